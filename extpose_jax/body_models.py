@@ -1,0 +1,358 @@
+"""SMPL and MANO in JAX: loading the official files and linear blend skinning.
+
+The math follows smplx's `lbs` step for step (shape blend, joint regression, pose blend from
+(R - I), kinematic chain, skinning), so outputs agree with smplx's SMPL/MANO layers to float
+rounding. On top of the skeleton joints a model can pick vertices (smplx's vertex joints),
+reorder everything through a joint map and append regressed extra joints; that is how HMR 2.0's
+44 body keypoints and HaMeR's 21 hand keypoints are made.
+
+Official `.pkl` files are Python-2 pickles that reference chumpy and old scipy.sparse classes.
+They are read with a restricted unpickler that never imports chumpy and refuses any class that
+a model file has no business holding, so a foreign pickle is an error, not code execution.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from extpose_jax import geometry, skeletons
+
+# smplx's vertex joints for SMPL (face, then feet) and MANO (fingertips); the joint maps of
+# HMR 2.0 and HaMeR index into [skeleton joints, these vertices].
+SMPL_VERTEX_JOINTS = (332, 6260, 2800, 4071, 583, 3216, 3226, 3387, 6617, 6624, 6787)
+MANO_TIP_VERTICES = (744, 320, 443, 554, 671)  # thumb, index, middle, ring, pinky
+
+_REQUIRED = ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights', 'kintree_table', 'f')
+
+
+class BodyModelFileError(ValueError):
+    """A body-model file that is missing, truncated, foreign or inconsistent."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class _Stub:
+    """Stands in for chumpy.ch.Ch and old scipy.sparse matrices: keeps the pickled state only."""
+
+    def __init__(self, *args, **kwargs):
+        del args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _stub_class(kind: str) -> type:
+    return type(kind, (_Stub,), {})
+
+
+_CHUMPY = _stub_class('chumpy')
+_SPARSE = {fmt: _stub_class(fmt) for fmt in ('csc', 'csr')}
+
+# Everything an official model pickle may reference besides the stubs. numpy's paths moved
+# between versions, so the module is matched by prefix.
+_NUMPY_NAMES = {'_reconstruct', 'ndarray', 'dtype', 'scalar', '_frombuffer'}
+_BUILTINS = {('copy_reg', '_reconstructor'), ('copyreg', '_reconstructor'),
+             ('__builtin__', 'object'), ('builtins', 'object'),
+             ('__builtin__', 'set'), ('builtins', 'set'), ('collections', 'OrderedDict')}
+
+
+class _ModelUnpickler(pickle.Unpickler):
+
+    def __init__(self, f, path):
+        super().__init__(f, encoding='latin1')
+        self._path = path
+
+    def find_class(self, module, name):
+        if module.split('.')[0] == 'chumpy':
+            return _CHUMPY
+        if module.startswith('scipy.sparse') and name[:3] in _SPARSE:
+            return _SPARSE[name[:3]]
+        if module.split('.')[0] == 'numpy' and name in _NUMPY_NAMES:
+            return super().find_class(module, name)
+        if (module, name) in _BUILTINS:
+            return super().find_class(module, name)
+        raise BodyModelFileError(
+            f'{self._path}: refusing to unpickle {module}.{name}; not a SMPL/MANO model file')
+
+
+def _to_numpy(value, path: str, key: str):
+    """Unwraps chumpy and sparse stubs into plain numpy arrays."""
+    if isinstance(value, _CHUMPY):
+        state = value.state if isinstance(getattr(value, 'state', None), dict) else {}
+        if 'x' not in state:
+            raise BodyModelFileError(f"{path}: key '{key}' is a chumpy object without an array 'x'")
+        return np.asarray(state['x'])
+    if isinstance(value, _Stub):
+        fmt, state = type(value).__name__, getattr(value, 'state', {})
+        try:
+            shape = tuple(state.get('_shape', state.get('shape')))
+            import scipy.sparse  # only sparse J_regressors need it
+            cls = scipy.sparse.csc_matrix if fmt == 'csc' else scipy.sparse.csr_matrix
+            return cls((state['data'], state['indices'], state['indptr']), shape=shape).toarray()
+        except (KeyError, TypeError, ValueError) as e:
+            raise BodyModelFileError(
+                f"{path}: key '{key}' is a {fmt} sparse matrix with unreadable state ({e!r})") from e
+    if hasattr(value, 'toarray'):  # a modern scipy sparse object in an .npz
+        return value.toarray()
+    return value
+
+
+def load_model_file(path: str) -> dict:
+    """Reads a SMPL/MANO `.pkl` (official, chumpy or clean) or `.npz` into numpy arrays."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'body model file not found: {path}')
+    try:
+        if path.endswith('.npz'):
+            with np.load(path, allow_pickle=False) as z:
+                raw = {k: z[k] for k in z.files}
+        else:
+            with open(path, 'rb') as f:
+                raw = _ModelUnpickler(f, path).load()
+    except BodyModelFileError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, OSError) as e:
+        raise BodyModelFileError(f'{path}: truncated or unreadable model file ({e!r})') from e
+    if not isinstance(raw, dict):
+        raise BodyModelFileError(f'{path}: expected a dict of model arrays, got {type(raw).__name__}')
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise BodyModelFileError(f'{path}: not a SMPL/MANO model file, missing keys {missing}')
+    return {k: _to_numpy(v, path, k) for k, v in raw.items()}
+
+
+def _check_shapes(arrays: dict, path: str) -> None:
+    def bad(key, expected):
+        raise BodyModelFileError(
+            f"{path}: key '{key}' has shape {np.shape(arrays[key])}, expected {expected}")
+
+    v = np.shape(arrays['v_template'])
+    if len(v) != 2 or v[1] != 3:
+        bad('v_template', '(V, 3)')
+    n_verts = v[0]
+    n_joints = np.shape(arrays['kintree_table'])[-1]
+    if np.shape(arrays['kintree_table']) != (2, n_joints):
+        bad('kintree_table', '(2, J)')
+    sd = np.shape(arrays['shapedirs'])
+    if len(sd) != 3 or sd[:2] != (n_verts, 3):
+        bad('shapedirs', f'({n_verts}, 3, num_betas)')
+    expected = {'posedirs': (n_verts, 3, 9 * (n_joints - 1)), 'J_regressor': (n_joints, n_verts),
+                'weights': (n_verts, n_joints)}
+    for key, shape in expected.items():
+        if np.shape(arrays[key]) != shape:
+            bad(key, shape)
+    f = np.shape(arrays['f'])
+    if len(f) != 2 or f[1] != 3:
+        bad('f', '(F, 3)')
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@flax.struct.dataclass
+class BodyModel:
+    """Arrays of one body model; a pytree, so it can be passed into jit and vmap."""
+    v_template: jax.Array      # (V, 3)
+    shapedirs: jax.Array       # (V, 3, B)
+    posedirs: jax.Array        # (9 (J-1), 3V): smplx's layout, pose feature @ posedirs
+    j_regressor: jax.Array     # (J, V)
+    weights: jax.Array         # (V, J)
+    faces: jax.Array           # (F, 3) int32
+    vertex_joints: jax.Array   # (K,) int32 vertices appended to the skeleton joints
+    joint_map: jax.Array       # (M,) int32 into [J skeleton joints, K vertex joints]
+    extra_regressor: Optional[jax.Array] = None  # (E, V) appended after the joint map
+    parents: tuple = flax.struct.field(pytree_node=False, default=())
+    kind: str = flax.struct.field(pytree_node=False, default='smpl')
+    mirrored: bool = flax.struct.field(pytree_node=False, default=False)
+
+    @property
+    def num_betas(self) -> int:
+        return self.shapedirs.shape[-1]
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.parents)
+
+
+def _build(arrays: dict, path: str, *, kind: str, vertex_joints, joint_map,
+           extra_regressor=None, mirrored=False, num_betas=None, dtype=jnp.float32) -> BodyModel:
+    _check_shapes(arrays, path)
+    n_verts = arrays['v_template'].shape[0]
+    if vertex_joints and max(vertex_joints) >= n_verts:
+        raise BodyModelFileError(
+            f'{path}: has {n_verts} vertices, but {kind} vertex joints need index {max(vertex_joints)}')
+    shapedirs = np.asarray(arrays['shapedirs'], np.float64)
+    if num_betas is not None:
+        if num_betas > shapedirs.shape[-1]:
+            raise BodyModelFileError(
+                f"{path}: key 'shapedirs' holds {shapedirs.shape[-1]} betas, {num_betas} requested")
+        shapedirs = shapedirs[..., :num_betas]
+    parents = np.asarray(arrays['kintree_table'])[0].astype(np.int64)
+    parents = tuple(int(p) for p in parents)
+    parents = (-1,) + parents[1:]  # the root's parent is stored as 2**32 - 1
+    if any(not 0 <= p < j for j, p in enumerate(parents) if j):
+        raise BodyModelFileError(f"{path}: key 'kintree_table' is not a tree with parents before children")
+    posedirs = np.asarray(arrays['posedirs'], np.float64)
+    posedirs = posedirs.reshape(n_verts * 3, -1).T
+    extra = None
+    if extra_regressor is not None:
+        extra = jnp.asarray(extra_regressor, dtype)
+    f = lambda a: jnp.asarray(np.asarray(a, np.float64), dtype)
+    return BodyModel(
+        v_template=f(arrays['v_template']), shapedirs=f(shapedirs), posedirs=f(posedirs),
+        j_regressor=f(arrays['J_regressor']), weights=f(arrays['weights']),
+        faces=jnp.asarray(np.asarray(arrays['f'], np.int64), jnp.int32),
+        vertex_joints=jnp.asarray(vertex_joints, jnp.int32),
+        joint_map=jnp.asarray(joint_map, jnp.int32), extra_regressor=extra,
+        parents=parents, kind=kind, mirrored=mirrored)
+
+
+def _resolve(path_or_dir: str, names) -> str:
+    if os.path.isfile(path_or_dir):
+        return path_or_dir
+    tried = []
+    for sub in ('', 'smpl', 'mano'):
+        for name in names:
+            for ext in ('.pkl', '.npz'):
+                candidate = os.path.join(path_or_dir, sub, name + ext)
+                tried.append(candidate)
+                if os.path.isfile(candidate):
+                    return candidate
+    raise FileNotFoundError(f'no body model file at {path_or_dir} (looked for {", ".join(tried[:4])}, ...)')
+
+
+def load_j19_regressor(path: str) -> np.ndarray:
+    """HMR 2.0's `SMPL_to_J19.pkl`: a pickled (19, 6890) array."""
+    arr = None
+    try:
+        if path.endswith('.npy') or path.endswith('.npz'):
+            arr = np.load(path, allow_pickle=False)
+            arr = arr[arr.files[0]] if isinstance(arr, np.lib.npyio.NpzFile) else arr
+        else:
+            with open(path, 'rb') as f:
+                arr = _to_numpy(_ModelUnpickler(f, path).load(), path, 'J_regressor_extra')
+    except FileNotFoundError:
+        raise FileNotFoundError(f'extra joint regressor not found: {path}') from None
+    except BodyModelFileError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
+        raise BodyModelFileError(f'{path}: truncated or unreadable regressor ({e!r})') from e
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise BodyModelFileError(f'{path}: expected a (E, V) regressor array, got shape {arr.shape}')
+    return arr
+
+
+def load_smpl(path_or_dir: str, gender: str = 'neutral', j19_path: Optional[str] = None,
+              num_betas: Optional[int] = None) -> BodyModel:
+    """SMPL as HMR 2.0 uses it: 24 joints, OpenPose-25 keypoints, + 19 extra with `j19_path`."""
+    if gender not in ('neutral', 'male', 'female'):
+        raise ValueError(f"gender must be 'neutral', 'male' or 'female', got {gender!r}")
+    path = _resolve(path_or_dir, [f'SMPL_{gender.upper()}'])
+    arrays = load_model_file(path)
+    extra = None
+    if j19_path is not None:
+        extra = load_j19_regressor(j19_path)
+        if extra.shape[1] != arrays['v_template'].shape[0]:
+            raise BodyModelFileError(
+                f"{j19_path}: regressor has {extra.shape[1]} columns, {path} has "
+                f"{arrays['v_template'].shape[0]} vertices")
+    return _build(arrays, path, kind='smpl', vertex_joints=SMPL_VERTEX_JOINTS,
+                  joint_map=skeletons.SMPL_TO_OPENPOSE25, extra_regressor=extra,
+                  num_betas=num_betas)
+
+
+def load_mano(path_or_dir: str, is_right: bool = True, num_betas: Optional[int] = None) -> BodyModel:
+    """MANO as HaMeR uses it, from the right-hand file; a left hand is its mirror image."""
+    path = _resolve(path_or_dir, ['MANO_RIGHT'])
+    return _build(load_model_file(path), path, kind='mano', vertex_joints=MANO_TIP_VERTICES,
+                  joint_map=skeletons.MANO_TO_OPENPOSE21, mirrored=not is_right,
+                  num_betas=num_betas)
+
+
+# ----------------------------------------------------------------------------- skinning
+
+
+def _rigid_chain(rotmats, joints, parents):
+    """Global joint positions and the skinning transforms relative to the rest pose."""
+    rel = joints.at[:, 1:].add(-joints[:, jnp.array(parents[1:])])  # the root keeps J_0
+    local = jnp.concatenate([rotmats, rel[..., None]], axis=-1)          # (N, J, 3, 4)
+    bottom = jnp.broadcast_to(jnp.array([0., 0., 0., 1.], rotmats.dtype), local.shape[:-2] + (1, 4))
+    local = jnp.concatenate([local, bottom], axis=-2)                    # (N, J, 4, 4)
+    chain = [local[:, 0]]
+    for j in range(1, len(parents)):
+        chain.append(chain[parents[j]] @ local[:, j])
+    world = jnp.stack(chain, axis=1)
+    posed_joints = world[..., :3, 3]
+    # Skinning moves rest-pose vertices, so remove each joint's rest position first.
+    offset = jnp.einsum('njab,njb->nja', world[..., :3, :3], joints)
+    rel_transforms = world.at[..., :3, 3].add(-offset)
+    return posed_joints, rel_transforms
+
+
+def lbs(model: BodyModel, betas: jax.Array, rotmats: jax.Array):
+    """smplx's linear blend skinning for flat batches: betas (N, B), rotmats (N, J, 3, 3)."""
+    n_betas = betas.shape[-1]
+    v_shaped = model.v_template + jnp.einsum('nl,vkl->nvk', betas, model.shapedirs[..., :n_betas])
+    joints = jnp.einsum('jv,nvk->njk', model.j_regressor, v_shaped)
+    eye = jnp.eye(3, dtype=rotmats.dtype)
+    pose_feature = (rotmats[:, 1:] - eye).reshape(rotmats.shape[0], -1)
+    v_posed = v_shaped + (pose_feature @ model.posedirs).reshape(v_shaped.shape)
+    posed_joints, transforms = _rigid_chain(rotmats, joints, model.parents)
+    per_vertex = jnp.einsum('vj,njab->nvab', model.weights, transforms[..., :3, :])
+    vertices = jnp.einsum('nvab,nvb->nva', per_vertex[..., :3], v_posed) + per_vertex[..., 3]
+    return vertices, posed_joints
+
+
+_MIRROR = np.diag([-1.0, 1.0, 1.0])
+
+
+def forward(model: BodyModel, pose: jax.Array, betas: jax.Array) -> dict:
+    """Poses a body model.
+
+    pose: rotation matrices (..., J, 3, 3), or axis-angle (..., J, 3) or (..., 3 J), with the
+      global orientation first. betas: (..., B) with B up to what the file holds. Leading
+      dimensions (batch, time, ...) are shared by pose and betas.
+    Returns vertices (..., V, 3), joints (..., J, 3) (the skeleton) and keypoints (..., M, 3):
+      OpenPose-25 (+ the extra regressor's joints, HMR 2.0's 44) for SMPL, OpenPose-21 for MANO.
+    """
+    n_joints = model.num_joints
+    if pose.shape[-2:] != (3, 3):
+        if pose.shape[-1] == 3 * n_joints and (pose.ndim == 1 or pose.shape[-2] != n_joints):
+            pose = pose.reshape(pose.shape[:-1] + (n_joints, 3))
+        pose = geometry.axis_angle_to_matrix(pose)
+    if pose.shape[-3] != n_joints:
+        raise ValueError(f'{model.kind} pose has {pose.shape[-3]} joints, the model has {n_joints}')
+    if betas.shape[-1] > model.num_betas:
+        raise ValueError(f'{betas.shape[-1]} betas given, the {model.kind} model holds {model.num_betas}')
+    lead = jnp.broadcast_shapes(pose.shape[:-3], betas.shape[:-1])
+    pose = jnp.broadcast_to(pose, lead + pose.shape[-3:]).reshape((-1, n_joints, 3, 3))
+    betas = jnp.broadcast_to(betas, lead + betas.shape[-1:]).reshape((-1, betas.shape[-1]))
+    if model.mirrored:
+        # A left hand is the right model seen in a mirror x -> -x: conjugate the rotations by
+        # the reflection, pose the right hand, reflect the result.
+        mirror = jnp.asarray(_MIRROR, pose.dtype)
+        pose = mirror @ pose @ mirror
+    vertices, joints = lbs(model, betas.astype(pose.dtype), pose)
+    keypoints = jnp.concatenate([joints, vertices[:, model.vertex_joints]], axis=1)[:, model.joint_map]
+    if model.extra_regressor is not None:
+        extra = jnp.einsum('ev,nvk->nek', model.extra_regressor, vertices)
+        keypoints = jnp.concatenate([keypoints, extra], axis=1)
+    out = {'vertices': vertices, 'joints': joints, 'keypoints': keypoints}
+    if model.mirrored:
+        out = {k: v * jnp.asarray([-1.0, 1.0, 1.0], v.dtype) for k, v in out.items()}
+    return {k: v.reshape(lead + v.shape[1:]) for k, v in out.items()}
+
+
+def faces(model: BodyModel) -> np.ndarray:
+    """Triangles with outward winding; a mirrored model reverses the order."""
+    f = np.asarray(model.faces)
+    return f[:, ::-1] if model.mirrored else f

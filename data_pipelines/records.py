@@ -33,7 +33,7 @@ from tensorflow_datasets.core import example_parser, example_serializer
 from tensorflow_datasets.core.features.feature import TensorInfo
 
 # Bump when a field is added, removed or changes meaning; readers refuse other versions.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: optional kp2d_occluded (HInt occlusion labels)
 
 DATASET_INFO = "dataset_info.json"
 INDEX_SUFFIX = ".index"
@@ -45,7 +45,8 @@ BODY_MODELS = {
     "smpl": (72, "gender", ("neutral", "male", "female")),
     "mano": (48, "hand_side", ("right", "left")),
 }
-HAS_FLAGS = ("has_kp2d", "has_kp2d_det", "has_kp3d", "has_pose", "has_betas")
+HAS_FLAGS = ("has_kp2d", "has_kp2d_det", "has_kp3d", "has_pose", "has_betas",
+             "has_kp2d_occluded")
 
 # Storage spec of the tf.train.Example. An Example stores every feature as a flat list anyway, so
 # fixed-size arrays are declared flat here and reshaped on decode from LOGICAL_SHAPES; the
@@ -60,6 +61,7 @@ _STORAGE = {
     "num_joints": TensorInfo(shape=(), dtype=np.int64),
     "kp2d": TensorInfo(shape=(None,), dtype=np.float32),
     "kp2d_det": TensorInfo(shape=(None,), dtype=np.float32),
+    "kp2d_occluded": TensorInfo(shape=(None,), dtype=np.float32),
     "kp3d": TensorInfo(shape=(None,), dtype=np.float32),
     "pose": TensorInfo(shape=(None,), dtype=np.float32),
     "betas": TensorInfo(shape=(NUM_BETAS,), dtype=np.float32),
@@ -75,14 +77,16 @@ _STORAGE = {
 # Decoded shapes; "J" = num_joints, "P" = pose length of the body model.
 LOGICAL_SHAPES = {
     "crop_affine": (2, 3), "image_size": (2,), "K": (3, 3), "box": (4,),
-    "kp2d": ("J", 3), "kp2d_det": ("J", 3), "kp3d": ("J", 3), "pose": ("P",), "betas": (NUM_BETAS,),
+    "kp2d": ("J", 3), "kp2d_det": ("J", 3), "kp2d_occluded": ("J",), "kp3d": ("J", 3),
+    "pose": ("P",), "betas": (NUM_BETAS,),
 }
-_FLOAT_FIELDS = ("crop_affine", "K", "box", "kp2d", "kp2d_det", "kp3d", "pose", "betas")
+_FLOAT_FIELDS = ("crop_affine", "K", "box", "kp2d", "kp2d_det", "kp2d_occluded", "kp3d", "pose",
+                 "betas")
 _STR_FIELDS = ("gender", "hand_side", "sequence", "dataset", "split")
 # Fields a record may omit: labels (their has_* flag then defaults to False, the array to zeros)
 # and the subject string that does not apply to its body model.
-_OPTIONAL = {"kp2d": "has_kp2d", "kp2d_det": "has_kp2d_det", "kp3d": "has_kp3d",
-             "pose": "has_pose", "betas": "has_betas"}
+_OPTIONAL = {"kp2d": "has_kp2d", "kp2d_det": "has_kp2d_det", "kp2d_occluded": "has_kp2d_occluded",
+             "kp3d": "has_kp3d", "pose": "has_pose", "betas": "has_betas"}
 _INPUT_FIELDS = set(_STORAGE) - {"schema_version", "num_joints"}  # those two are set by the writer
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.]+$")  # no '-' or '/': keeps file names unambiguous

@@ -32,6 +32,8 @@ import numpy as np
 from tensorflow_datasets.core import example_parser, example_serializer
 from tensorflow_datasets.core.features.feature import TensorInfo
 
+from data_pipelines import atomic_file
+
 # Bump when a field is added, removed or changes meaning; readers refuse other versions.
 SCHEMA_VERSION = 2  # 2: optional kp2d_occluded (HInt occlusion labels)
 
@@ -402,16 +404,6 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
-def _atomic_write(path: str, write_fn) -> None:
-  """write_fn(file) into path.tmp, fsync, then os.replace: readers see old or new, never half."""
-  tmp = path + TMP_SUFFIX
-  with open(tmp, "wb") as f:
-    write_fn(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _load_index(path: str) -> dict[str, np.ndarray]:
   ipath = index_path(path)
   try:
@@ -535,7 +527,7 @@ class ShardWriter:
     }
     if not len(self._seq_table):
       index["seq_names"] = np.zeros((0,), "<U1")
-    _atomic_write(index_path(self.path), lambda f: np.savez(f, **index))
+    atomic_file.atomic_write(index_path(self.path), lambda f: np.savez(f, **index))
     os.replace(self._tmp, self.path)
     if self.fsync:
       _fsync_dir(os.path.dirname(self.path) or ".")
@@ -635,7 +627,7 @@ def finalize_split(out_dir: str, name: str, split: str, num_shards: int) -> dict
       if info.get("name") != name:
         raise ValueError(f"{path} belongs to dataset {info.get('name')!r}, not {name!r}")
     info["splits"][split] = entry
-    _atomic_write(path, lambda f: f.write(json.dumps(info, indent=1).encode()))
+    atomic_file.atomic_write(path, lambda f: f.write(json.dumps(info, indent=1).encode()))
   return entry
 
 

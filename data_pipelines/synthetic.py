@@ -33,7 +33,7 @@ mirrored model turns back into exactly the mirrored right-hand mesh.
 
 3DPW pickles (§1.3): written like Python 2's cPickle, protocol 2 with Python-2 `str` opcodes
 (BINSTRING / SHORT_BINSTRING) for strings and ndarray payloads, arrays through
-`numpy.core.multiarray._reconstruct` (the writer of `synthetic_bodies`). Python 3 therefore
+`numpy.core.multiarray._reconstruct` (`legacy_pickle`, as the body-model files). Python 3 therefore
 needs `pickle.load(f, encoding='latin1')`; the default ASCII decoding raises UnicodeDecodeError.
 
 Randomness in the images: textured ground and wall planes seen through the moving camera
@@ -54,6 +54,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from data_pipelines import atomic_file
+from data_pipelines import legacy_pickle
 from data_pipelines import render
 from data_pipelines import synthetic_bodies
 from extpose_jax import skeletons
@@ -104,10 +106,8 @@ def _makedirs(path: str) -> str:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-    os.replace(tmp, path)
+    # no fsync: hundreds of small files, regenerated on demand
+    atomic_file.atomic_write(path, lambda f: f.write(data), fsync=False)
 
 
 def _encode_jpg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -491,11 +491,6 @@ class _Scene:
 # ----------------------------------------------------------------------------- 3DPW: writer
 
 
-def _py2_pickle(obj) -> bytes:
-    """Protocol-2 pickle with Python-2 str opcodes (needs encoding='latin1' to load)."""
-    return synthetic_bodies._pickle_bytes(obj, py2_strings=True)
-
-
 def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
     rng = _rng(seed, '3dpw', name)
     W, H = size_wh
@@ -671,7 +666,7 @@ def write_3dpw(root, body_models_dir, seed: int = 0, sequences=None, frames: int
                 for i, jpg in enumerate(jpgs):
                     _write_bytes(os.path.join(img_dir, f'image_{i:05d}.jpg'), jpg)
                 seq_dir = _makedirs(os.path.join(root, 'sequenceFiles', split))
-                _write_bytes(os.path.join(seq_dir, name + '.pkl'), _py2_pickle(data))
+                _write_bytes(os.path.join(seq_dir, name + '.pkl'), legacy_pickle.dumps(data))
                 names[split].append(name)
                 index += 1
     return {'root': root, 'sequences': names, 'frames': frames, 'image_size': (W, H)}

@@ -36,6 +36,7 @@ sequence), frame = 0 (HInt frames are independent images).
 Evaluation subsets (HaMeR's TEST_*_{all,vis,occ}): VIS = kp2d conf > 0.5; OCC = kp2d_occluded >
 0.5; ALL = either (every annotated keypoint, at its kp2d x, y).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,179 +58,253 @@ SIDES = {"_r": ("right", 1), "_l": ("left", 0)}
 
 
 def find_root(root: str) -> str:
-  cc.require_dir(root, "HInt root")
-  for cand in (root, os.path.join(root, "HInt_annotation"),
-               os.path.join(root, "HInt_annotation_partial")):
-    if os.path.isdir(cand) and any(_FOLDER_RE.match(f) and os.path.isdir(os.path.join(cand, f))
-                                   for f in os.listdir(cand)):
-      return cand
-  raise FileNotFoundError(f"no HInt folders ({{TRAIN,VAL,TEST}}_<source>_img) in {root} nor in "
-                          f"{os.path.join(root, 'HInt_annotation')}[_partial]")
+    cc.require_dir(root, "HInt root")
+    for cand in (
+        root,
+        os.path.join(root, "HInt_annotation"),
+        os.path.join(root, "HInt_annotation_partial"),
+    ):
+        if os.path.isdir(cand) and any(
+            _FOLDER_RE.match(f) and os.path.isdir(os.path.join(cand, f)) for f in os.listdir(cand)
+        ):
+            return cand
+    raise FileNotFoundError(
+        f"no HInt folders ({{TRAIN,VAL,TEST}}_<source>_img) in {root} nor in "
+        f"{os.path.join(root, 'HInt_annotation')}[_partial]"
+    )
 
 
 def list_jobs(root: str, split: str, allow_missing_images: bool = False):
-  """(jobs, info) for one split; info has skipped_folders {folder: json count}, missing images."""
-  prefix = SPLIT_PREFIX[split]
-  folders = sorted(f for f in os.listdir(root)
-                   if _FOLDER_RE.match(f) and f.startswith(prefix + "_")
-                   and os.path.isdir(os.path.join(root, f)))
-  if not folders:
-    raise FileNotFoundError(f"no HInt folder {prefix}_<source>_img in {root}")
-  groups: dict[str, list] = {}
-  info = {"folders": {}, "skipped_folders": {}, "missing_images": 0}
-  for folder in folders:
-    _, source, kind = _FOLDER_RE.match(folder).groups()
-    path = os.path.join(root, folder)
-    names = os.listdir(path)
-    stems = sorted(n[:-5] for n in names if n.endswith(".json"))
-    have_jpg = {n[:-4] for n in names if n.endswith(".jpg")}
-    if stems and not have_jpg:
-      print(f"hint: skipping {path}: {len(stems)} json files but no images "
-            "(Ego4D frames not retrieved yet? see the HInt README)", file=sys.stderr)
-      info["skipped_folders"][folder] = len(stems)
-      continue
-    missing = {s for s in stems if s not in have_jpg}
-    if missing and not allow_missing_images:
-      raise FileNotFoundError(
-          f"{len(missing)} of {len(stems)} HInt images missing in {path}, e.g. "
-          f"{os.path.join(path, min(missing) + '.jpg')} (allow_missing_images=True skips them)")
-    info["missing_images"] += len(missing)
-    n = 0
-    for stem in stems:
-      if stem in missing:
-        continue
-      side = SIDES.get(stem[-2:])
-      if side is None:
-        raise cc.ConversionError(f"{os.path.join(path, stem + '.json')}: file name does not end "
-                                 "in _l or _r (the only place HInt records handedness)")
-      sequence = f"{source}_{kind}/{stem[:-2]}"
-      groups.setdefault(sequence, []).append(
-          (os.path.join(path, stem + ".json"), os.path.join(path, stem + ".jpg"), side))
-      n += 1
-    info["folders"][folder] = n
-  jobs = []
-  for sequence, items in groups.items():
-    sides = [s[2][0] for s in items]
-    if len(set(sides)) != len(sides):  # only possible with a duplicated stem
-      raise cc.ConversionError(f"two {sides[0]} hands for one image: {items[0][0]}")
-    jobs.append(cc.Job(sequence, items, units=len(items)))
-  return jobs, info
+    """(jobs, info) for one split; info has skipped_folders {folder: json count}, missing images."""
+    prefix = SPLIT_PREFIX[split]
+    folders = sorted(
+        f
+        for f in os.listdir(root)
+        if _FOLDER_RE.match(f)
+        and f.startswith(prefix + "_")
+        and os.path.isdir(os.path.join(root, f))
+    )
+    if not folders:
+        raise FileNotFoundError(f"no HInt folder {prefix}_<source>_img in {root}")
+    groups: dict[str, list] = {}
+    info = {"folders": {}, "skipped_folders": {}, "missing_images": 0}
+    for folder in folders:
+        _, source, kind = _FOLDER_RE.match(folder).groups()
+        path = os.path.join(root, folder)
+        names = os.listdir(path)
+        stems = sorted(n[:-5] for n in names if n.endswith(".json"))
+        have_jpg = {n[:-4] for n in names if n.endswith(".jpg")}
+        if stems and not have_jpg:
+            print(
+                f"hint: skipping {path}: {len(stems)} json files but no images "
+                "(Ego4D frames not retrieved yet? see the HInt README)",
+                file=sys.stderr,
+            )
+            info["skipped_folders"][folder] = len(stems)
+            continue
+        missing = {s for s in stems if s not in have_jpg}
+        if missing and not allow_missing_images:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(stems)} HInt images missing in {path}, e.g. "
+                f"{os.path.join(path, min(missing) + '.jpg')} (allow_missing_images=True skips them)"
+            )
+        info["missing_images"] += len(missing)
+        n = 0
+        for stem in stems:
+            if stem in missing:
+                continue
+            side = SIDES.get(stem[-2:])
+            if side is None:
+                raise cc.ConversionError(
+                    f"{os.path.join(path, stem + '.json')}: file name does not end "
+                    "in _l or _r (the only place HInt records handedness)"
+                )
+            sequence = f"{source}_{kind}/{stem[:-2]}"
+            groups.setdefault(sequence, []).append(
+                (os.path.join(path, stem + ".json"), os.path.join(path, stem + ".jpg"), side)
+            )
+            n += 1
+        info["folders"][folder] = n
+    jobs = []
+    for sequence, items in groups.items():
+        sides = [s[2][0] for s in items]
+        if len(set(sides)) != len(sides):  # only possible with a duplicated stem
+            raise cc.ConversionError(f"two {sides[0]} hands for one image: {items[0][0]}")
+        jobs.append(cc.Job(sequence, items, units=len(items)))
+    return jobs, info
 
 
 def read_annotation(path: str) -> dict:
-  """The one hand of a HInt json: bbox (4,), keypoints (21, 2), occlusion (21,), existence (21,)."""
-  data = cc.load_json(path)
-  if isinstance(data, dict):
-    data = [data]
-  if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
-    what = f"a list of {len(data)}" if isinstance(data, list) else type(data).__name__
-    raise cc.ConversionError(f"{path}: expected a list holding one dict, got {what}")
-  d = data[0]
-  for key in ("bbox", "keypoints", "occlusion"):
-    if key not in d:
-      raise cc.ConversionError(f"{path}: missing key {key!r}")
-  try:
-    bbox = np.asarray(d["bbox"], np.float64)
-    kp = np.asarray(d["keypoints"], np.float64)
-    occ = np.asarray(d["occlusion"], np.float64).reshape(-1)
-    exist = np.asarray(d.get("existence", np.ones(21)), np.float64).reshape(-1)
-  except (ValueError, TypeError) as e:
-    raise cc.ConversionError(f"{path}: bbox / keypoints / occlusion are not numeric ({e})") from e
-  if bbox.shape == (1, 4):
-    bbox = bbox[0]
-  if bbox.shape != (4,):
-    raise cc.ConversionError(f"{path}: key 'bbox' has shape {bbox.shape}, "
-                             "expected [[x1, y1, x2, y2]]")
-  if kp.ndim != 2 or kp.shape[0] != NUM_JOINTS or kp.shape[1] not in (2, 3):
-    raise cc.ConversionError(f"{path}: key 'keypoints' has shape {kp.shape}, expected (21, 2)")
-  for key, a in (("occlusion", occ), ("existence", exist)):
-    if a.shape != (NUM_JOINTS,):
-      raise cc.ConversionError(f"{path}: key {key!r} has {a.size} values, expected 21")
-  for key, a in (("bbox", bbox), ("keypoints", kp), ("occlusion", occ), ("existence", exist)):
-    if not np.all(np.isfinite(a)):
-      raise cc.ConversionError(f"{path}: key {key!r} has non-finite values")
-  return {"bbox": bbox, "keypoints": kp[:, :2], "occlusion": (occ > 0.5).astype(np.float32),
-          "existence": (exist > 0.5).astype(np.float32)}
+    """The one hand of a HInt json: bbox (4,), keypoints (21, 2), occlusion (21,), existence (21,)."""
+    data = cc.load_json(path)
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+        what = f"a list of {len(data)}" if isinstance(data, list) else type(data).__name__
+        raise cc.ConversionError(f"{path}: expected a list holding one dict, got {what}")
+    d = data[0]
+    for key in ("bbox", "keypoints", "occlusion"):
+        if key not in d:
+            raise cc.ConversionError(f"{path}: missing key {key!r}")
+    try:
+        bbox = np.asarray(d["bbox"], np.float64)
+        kp = np.asarray(d["keypoints"], np.float64)
+        occ = np.asarray(d["occlusion"], np.float64).reshape(-1)
+        exist = np.asarray(d.get("existence", np.ones(21)), np.float64).reshape(-1)
+    except (ValueError, TypeError) as e:
+        raise cc.ConversionError(
+            f"{path}: bbox / keypoints / occlusion are not numeric ({e})"
+        ) from e
+    if bbox.shape == (1, 4):
+        bbox = bbox[0]
+    if bbox.shape != (4,):
+        raise cc.ConversionError(
+            f"{path}: key 'bbox' has shape {bbox.shape}, expected [[x1, y1, x2, y2]]"
+        )
+    if kp.ndim != 2 or kp.shape[0] != NUM_JOINTS or kp.shape[1] not in (2, 3):
+        raise cc.ConversionError(f"{path}: key 'keypoints' has shape {kp.shape}, expected (21, 2)")
+    for key, a in (("occlusion", occ), ("existence", exist)):
+        if a.shape != (NUM_JOINTS,):
+            raise cc.ConversionError(f"{path}: key {key!r} has {a.size} values, expected 21")
+    for key, a in (("bbox", bbox), ("keypoints", kp), ("occlusion", occ), ("existence", exist)):
+        if not np.all(np.isfinite(a)):
+            raise cc.ConversionError(f"{path}: key {key!r} has non-finite values")
+    return {
+        "bbox": bbox,
+        "keypoints": kp[:, :2],
+        "occlusion": (occ > 0.5).astype(np.float32),
+        "existence": (exist > 0.5).astype(np.float32),
+    }
 
 
 def process_image(job: cc.Job, opt, progress):
-  """Yields the records of one image (one per annotated hand)."""
-  for json_path, image_path, (side, track) in job.payload:
-    ann = read_annotation(json_path)
-    image = cc.read_image(image_path)
-    hw = image.shape[:2]
-    box = ann["bbox"].astype(np.float32)
-    exist = ann["existence"]
-    if not (box[2] > box[0] and box[3] > box[1]):
-      pts = ann["keypoints"][exist > 0]
-      box = cc.points_box(pts) if len(pts) else box
-      if not (box[2] > box[0] and box[3] > box[1]):
-        raise cc.ConversionError(f"{json_path}: degenerate bbox {ann['bbox'].tolist()} and no "
-                                 "keypoint extent to fall back on")
-      opt["stats"]["bbox_from_keypoints"] = opt["stats"].get("bbox_from_keypoints", 0) + 1
-    jpeg, affine = records.crop_and_encode(image, box, opt["crop_size"], opt["margin"],
-                                           opt["jpeg_quality"])
-    kp2d = cc.keypoints_to_crop(ann["keypoints"], (1.0 - ann["occlusion"]) * exist, affine)
-    kp2d[exist <= 0] = 0.0
-    record = {
-        "image": jpeg, "crop_affine": affine, "image_size": np.asarray(hw, np.int64),
-        "K": cc.nominal_K(hw), "box": box, "kp2d": kp2d, "has_kp2d": True,
-        "kp2d_occluded": ann["occlusion"] * exist, "has_kp2d_occluded": True,
-        "hand_side": side, "sequence": job.sequence, "track": int(track), "frame": 0,
-    }
-    opt["stats"]["occluded_keypoints"] = (opt["stats"].get("occluded_keypoints", 0)
-                                          + int((ann["occlusion"] * exist).sum()))
-    yield record
-    progress(1)
+    """Yields the records of one image (one per annotated hand)."""
+    for json_path, image_path, (side, track) in job.payload:
+        ann = read_annotation(json_path)
+        image = cc.read_image(image_path)
+        hw = image.shape[:2]
+        box = ann["bbox"].astype(np.float32)
+        exist = ann["existence"]
+        if not (box[2] > box[0] and box[3] > box[1]):
+            pts = ann["keypoints"][exist > 0]
+            box = cc.points_box(pts) if len(pts) else box
+            if not (box[2] > box[0] and box[3] > box[1]):
+                raise cc.ConversionError(
+                    f"{json_path}: degenerate bbox {ann['bbox'].tolist()} and no "
+                    "keypoint extent to fall back on"
+                )
+            opt["stats"]["bbox_from_keypoints"] = opt["stats"].get("bbox_from_keypoints", 0) + 1
+        jpeg, affine = records.crop_and_encode(
+            image, box, opt["crop_size"], opt["margin"], opt["jpeg_quality"]
+        )
+        kp2d = cc.keypoints_to_crop(ann["keypoints"], (1.0 - ann["occlusion"]) * exist, affine)
+        kp2d[exist <= 0] = 0.0
+        record = {
+            "image": jpeg,
+            "crop_affine": affine,
+            "image_size": np.asarray(hw, np.int64),
+            "K": cc.nominal_K(hw),
+            "box": box,
+            "kp2d": kp2d,
+            "has_kp2d": True,
+            "kp2d_occluded": ann["occlusion"] * exist,
+            "has_kp2d_occluded": True,
+            "hand_side": side,
+            "sequence": job.sequence,
+            "track": int(track),
+            "frame": 0,
+        }
+        opt["stats"]["occluded_keypoints"] = opt["stats"].get("occluded_keypoints", 0) + int(
+            (ann["occlusion"] * exist).sum()
+        )
+        yield record
+        progress(1)
 
 
-def convert(root: str, body_models: str | None, out: str, *, splits=SPLITS, workers: int = 0,
-            num_shards: int = 16, crop_size: int = 384, margin: float = 0.25,
-            jpeg_quality: int = 95, overwrite: bool = False, allow_missing_images: bool = False,
-            fsync: bool = True, quiet: bool = False) -> dict:
-  """Converts the requested HInt splits; returns {'dataset', 'out', 'splits': {split: summary}}.
+def convert(
+    root: str,
+    body_models: str | None,
+    out: str,
+    *,
+    splits=SPLITS,
+    workers: int = 0,
+    num_shards: int = 16,
+    crop_size: int = 384,
+    margin: float = 0.25,
+    jpeg_quality: int = 95,
+    overwrite: bool = False,
+    allow_missing_images: bool = False,
+    fsync: bool = True,
+    quiet: bool = False,
+) -> dict:
+    """Converts the requested HInt splits; returns {'dataset', 'out', 'splits': {split: summary}}.
 
-  Same signature as the other converters; body_models is ignored (may be None). Each split's
-  summary adds `folders` (records listed per folder), `skipped_folders` ({folder: json count}
-  for folders without images) and `missing_images`.
-  """
-  del body_models
-  root = find_root(os.fspath(root))
-  for split in splits:
-    if split not in SPLITS:
-      raise ValueError(f"unknown HInt split {split!r}; expected one of {SPLITS}")
-  listed = {split: list_jobs(root, split, allow_missing_images) for split in splits}
-  options = dict(crop_size=crop_size, margin=margin, jpeg_quality=jpeg_quality)
-  summary = {"dataset": NAME, "out": os.fspath(out), "root": root, "splits": {}}
-  with cc.WorkerPool(workers) as pool:
+    Same signature as the other converters; body_models is ignored (may be None). Each split's
+    summary adds `folders` (records listed per folder), `skipped_folders` ({folder: json count}
+    for folders without images) and `missing_images`.
+    """
+    del body_models
+    root = find_root(os.fspath(root))
     for split in splits:
-      jobs, info = listed[split]
-      s = cc.convert_split(
-          name=NAME, split=split, out=out, jobs=jobs, process=process_image, options=options,
-          num_shards=num_shards, workers=pool, num_joints=NUM_JOINTS, body_model="mano",
-          jpeg_quality=jpeg_quality, overwrite=overwrite, fsync=fsync, unit="hand",
-          quiet=quiet)
-      s.update(info)
-      summary["splits"][split] = s
-  return summary
+        if split not in SPLITS:
+            raise ValueError(f"unknown HInt split {split!r}; expected one of {SPLITS}")
+    listed = {split: list_jobs(root, split, allow_missing_images) for split in splits}
+    options = dict(crop_size=crop_size, margin=margin, jpeg_quality=jpeg_quality)
+    summary = {"dataset": NAME, "out": os.fspath(out), "root": root, "splits": {}}
+    with cc.WorkerPool(workers) as pool:
+        for split in splits:
+            jobs, info = listed[split]
+            s = cc.convert_split(
+                name=NAME,
+                split=split,
+                out=out,
+                jobs=jobs,
+                process=process_image,
+                options=options,
+                num_shards=num_shards,
+                workers=pool,
+                num_joints=NUM_JOINTS,
+                body_model="mano",
+                jpeg_quality=jpeg_quality,
+                overwrite=overwrite,
+                fsync=fsync,
+                unit="hand",
+                quiet=quiet,
+            )
+            s.update(info)
+            summary["splits"][split] = s
+    return summary
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  cc.add_common_args(parser, splits=list(SPLITS), num_shards=16, body_models=False)
-  parser.add_argument("--body_models", default=None, help="ignored (HInt has no 3D labels)")
-  parser.add_argument("--allow_missing_images", action="store_true",
-                      help="skip (and count) stems whose jpg is missing in a folder that has "
-                           "some images")
-  a = parser.parse_args(argv)
-  summary = convert(a.root, None, a.out, splits=a.splits, workers=a.workers,
-                    num_shards=a.num_shards, crop_size=a.crop_size, margin=a.margin,
-                    jpeg_quality=a.jpeg_quality, overwrite=a.overwrite,
-                    allow_missing_images=a.allow_missing_images, quiet=a.quiet)
-  cc.print_summary(summary)
-  return summary
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    cc.add_common_args(parser, splits=list(SPLITS), num_shards=16, body_models=False)
+    parser.add_argument("--body_models", default=None, help="ignored (HInt has no 3D labels)")
+    parser.add_argument(
+        "--allow_missing_images",
+        action="store_true",
+        help="skip (and count) stems whose jpg is missing in a folder that has some images",
+    )
+    a = parser.parse_args(argv)
+    summary = convert(
+        a.root,
+        None,
+        a.out,
+        splits=a.splits,
+        workers=a.workers,
+        num_shards=a.num_shards,
+        crop_size=a.crop_size,
+        margin=a.margin,
+        jpeg_quality=a.jpeg_quality,
+        overwrite=a.overwrite,
+        allow_missing_images=a.allow_missing_images,
+        quiet=a.quiet,
+    )
+    cc.print_summary(summary)
+    return summary
 
 
 if __name__ == "__main__":
-  from data_pipelines import convert_hint as _self
-  _self.main()
+    from data_pipelines import convert_hint as _self
+
+    _self.main()

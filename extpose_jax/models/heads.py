@@ -177,7 +177,8 @@ class CrossAttention(_Cfg):
         h = _layer_norm(self)(x).astype(self.dtype)
         q = _dense((HEADS, DIM_HEAD), -1, DIM, ('embed', 'heads', 'kv'),
                    use_bias=False, name='to_q', cfg=self)(h)
-        kv = _dense((2, HEADS, DIM_HEAD), -1, CONTEXT_DIM, ('context', 'qkv', 'heads', 'kv'),
+        # fan_in follows the backbone (1280 for ViT-H upstream; smaller ViTs work the same way).
+        kv = _dense((2, HEADS, DIM_HEAD), -1, context.shape[-1], ('context', 'qkv', 'heads', 'kv'),
                     use_bias=False, name='to_kv', cfg=self)(context.astype(self.dtype))
         out = _attend(q, kv[..., 0, :, :], kv[..., 1, :, :], context_valid, self.precision)
         return _dense(DIM, (-2, -1), HEADS * DIM_HEAD, ('heads', 'kv', 'embed'),
@@ -283,14 +284,15 @@ class PoseHead(_Cfg):
 
     kind: str = 'smpl'
     mean_params_path: Optional[str] = None
+    context_dim: int = CONTEXT_DIM  # the backbone's width
 
     @nn.compact
     def __call__(self, context, context_valid=None):
         cfg = _kind(self.kind)
-        if context.shape[-1] != CONTEXT_DIM:
-            raise ValueError(f'context width {context.shape[-1]} != {CONTEXT_DIM}')
+        if context.shape[-1] != self.context_dim:
+            raise ValueError(f'PoseHead: context width {context.shape[-1]} != context_dim {self.context_dim}')
         lead, n_ctx = context.shape[:-2], context.shape[-2]
-        context = context.reshape((-1, n_ctx, CONTEXT_DIM))
+        context = context.reshape((-1, n_ctx, self.context_dim))
         if context_valid is not None:
             context_valid = jnp.broadcast_to(context_valid, lead + (n_ctx,)).reshape((-1, n_ctx))
             context_valid = context_valid.astype(bool)

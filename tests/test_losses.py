@@ -186,7 +186,7 @@ def _synthetic(kind, model, b=2, t=3, seed=0):
            'betas': jnp.asarray(rng.normal(size=(b, t, 10)).astype(np.float32)),
            'pred_cam': jnp.asarray(cam)}
     from extpose_jax.models import extpose
-    posed = extpose.posed_keypoints(out, model)
+    posed = jax.jit(extpose.posed_keypoints)(out, model)
     kp2 = np.asarray(posed['keypoints_2d'])
     px = np.stack([(kp2[..., 0] + 0.5) * 256 - 32, (kp2[..., 1] + 0.5) * 256,
                    np.ones(kp2.shape[:-1])], -1).astype(np.float32)
@@ -198,6 +198,17 @@ def _synthetic(kind, model, b=2, t=3, seed=0):
     return out, batch
 
 
+_JIT = {}
+
+
+def _total(model, kind, normalize='sum'):
+    """jit-compiled total_loss (eager op-by-op dispatch is several times slower on CPU)."""
+    key = (kind, normalize)
+    if key not in _JIT:  # the model is an argument: closed-over arrays become slow-to-fold constants
+        _JIT[key] = jax.jit(lambda o, b, m: losses.total_loss(o, b, m, kind=kind, normalize=normalize))
+    return lambda o, b: _JIT[key](o, b, model)
+
+
 def _perturb(out, rng, scale=0.05):
     return {k: v + scale * jnp.asarray(rng.normal(size=v.shape).astype(np.float32)) for k, v in out.items()}
 
@@ -206,7 +217,7 @@ def _perturb(out, rng, scale=0.05):
 def test_total_loss_zero_at_ground_truth(kind, smpl_model, mano_model):
     model = smpl_model if kind == 'smpl' else mano_model
     out, batch = _synthetic(kind, model)
-    loss, terms = losses.total_loss(out, batch, model, kind=kind)
+    loss, terms = _total(model, kind)(out, batch)
     for k, v in terms.items():
         assert abs(float(v)) < 1e-3, (k, float(v))  # window-pixel -> crop-unit mapping is exact
 
@@ -216,7 +227,7 @@ def test_total_loss_terms_masks_and_padding(smpl_model):
     out, batch = _synthetic('smpl', model)
     out = _perturb(out, np.random.default_rng(1))
     w = losses.LossWeights()
-    loss, terms = losses.total_loss(out, batch, model, w, 'smpl')
+    loss, terms = _total(model, 'smpl')(out, batch)
     names = ['loss_kp2d', 'loss_kp3d', 'loss_global_orient', 'loss_body_pose', 'loss_betas']
     assert all(float(terms[k]) > 0 for k in names)
     expect = (w.kp2d * terms['loss_kp2d'] + w.kp3d * terms['loss_kp3d'] + w.global_orient
@@ -227,10 +238,10 @@ def test_total_loss_terms_masks_and_padding(smpl_model):
         float(jnp.sum((out['betas'] - batch['betas']) ** 2)), rel=1e-5)
     # has_* flags zero their own term only
     for flag, term in (('has_kp2d', 'loss_kp2d'), ('has_kp3d', 'loss_kp3d'), ('has_betas', 'loss_betas')):
-        _, t2 = losses.total_loss(out, {**batch, flag: jnp.zeros((2, 3), bool)}, model, w, 'smpl')
+        _, t2 = _total(model, 'smpl')(out, {**batch, flag: jnp.zeros((2, 3), bool)})
         assert float(t2[term]) == 0.0
         assert float(t2['loss_global_orient']) == pytest.approx(float(terms['loss_global_orient']))
-    _, t2 = losses.total_loss(out, {**batch, 'has_pose': jnp.zeros((2, 3), bool)}, model, w, 'smpl')
+    _, t2 = _total(model, 'smpl')(out, {**batch, 'has_pose': jnp.zeros((2, 3), bool)})
     assert float(t2['loss_global_orient']) == 0.0 and float(t2['loss_body_pose']) == 0.0
 
     # padded frames: garbage GT and predictions there change nothing, and get zero gradient
@@ -243,16 +254,20 @@ def test_total_loss_terms_masks_and_padding(smpl_model):
              for k, v in out.items()}
 
     def f(o, bt, normalize='sum'):
-        return losses.total_loss(o, bt, model, w, 'smpl', normalize=normalize)[0]
+        return _total(model, 'smpl', normalize)(o, bt)[0]
 
     l_pad = f(out, padded)
     assert float(f(out_g, garbage)) == pytest.approx(float(l_pad), rel=1e-6)
     # the same loss as the valid frames alone (as a (1, 3) batch)
-    flat_out = {k: v[valid][None] for k, v in out.items()}
-    flat_batch = {k: v[valid][None] for k, v in batch.items()}
-    assert float(f(flat_out, flat_batch)) == pytest.approx(float(l_pad), rel=1e-5)
+    # the same loss as the valid frames alone, packed into the same (2, 3) batch shape
+    idx = np.array([[0, 0], [0, 1], [1, 0]])
+    packed = lambda tree: {k: v.at[0].set(v[idx[:, 0], idx[:, 1]])  # noqa: E731
+                           for k, v in tree.items() if k != 'frame_valid'}
+    packed_batch = {**packed(batch), 'frame_valid': jnp.array([[True] * 3, [False] * 3])}
+    assert float(f(packed(out), packed_batch)) == pytest.approx(float(l_pad), rel=1e-5)
     assert float(f(out, padded, 'mean_per_frame')) == pytest.approx(float(l_pad) / 3, rel=1e-5)
-    grads = jax.grad(f)(out_g, garbage)
+    grads = jax.jit(jax.grad(lambda o, bt, m: losses.total_loss(o, bt, m, w, 'smpl')[0]))(
+        out_g, garbage, model)
     for k, g in grads.items():
         g = np.asarray(g)
         assert np.all(np.isfinite(g)), k
@@ -269,27 +284,31 @@ def test_total_loss_with_discriminator(kind, smpl_model, mano_model):
     out_v = {k: v[:, :, None] for k, v in out.items()}
     disc = D.Discriminator(kind)
     j = D.num_joints(kind)
-    dvars = disc.init(jax.random.PRNGKey(0), jnp.zeros((1, j, 3, 3)), jnp.zeros((1, 10)))
+    dvars = jax.jit(disc.init)(jax.random.PRNGKey(0), jnp.zeros((1, j, 3, 3)), jnp.zeros((1, 10)))
     valid = jnp.array([[True, True, True], [True, True, False]])
     batch = {**batch, 'frame_valid': valid}
 
-    def f(o):
-        return losses.total_loss(o, batch, model, kind=kind,
-                                 discriminator=lambda r, b: disc.apply(dvars, r, b))
+    def f(o, bt, m, dv):
+        return losses.total_loss(o, bt, m, kind=kind, discriminator=lambda r, b: disc.apply(dv, r, b))
 
-    (loss, terms), grads = jax.value_and_grad(f, has_aux=True)(out_v)
+    # gradients through SMPL are checked in test_total_loss_terms_masks_and_padding; here only
+    # through MANO (compiling the SMPL gradient twice costs ~10 s of test time)
+    if kind == 'mano':
+        (loss, terms), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(out_v, batch, model, dvars)
+    else:
+        (loss, terms), grads = jax.jit(f)(out_v, batch, model, dvars), {}
     key = losses.POSE_KEY[kind]
-    d_out = disc.apply(dvars, out[key], out['betas'])
+    d_out = jax.jit(disc.apply)(dvars, out[key], out['betas'])
     want_adv = float(jnp.sum(jnp.where(valid[..., None], (d_out - 1) ** 2, 0.)) / 5)
     assert float(terms['loss_adv']) == pytest.approx(want_adv, rel=1e-5)
-    _, no_adv = losses.total_loss(out, batch, model, kind=kind)
+    _, no_adv = _total(model, kind)(out, batch)
     assert float(loss) == pytest.approx(float(no_adv['loss']) + 0.0005 * want_adv, rel=1e-5)
     for k, g in grads.items():
         assert g.shape == out_v[k].shape
         assert np.all(np.isfinite(np.asarray(g))), k
         assert np.all(np.asarray(g)[1, 2] == 0.0), k
     # discriminator step on stop-gradient fakes and "MoCap" reals
-    real = disc.apply(dvars, jnp.asarray(_rand_rotmats(np.random.default_rng(4), 4, j)),
+    real = jax.jit(disc.apply)(dvars, jnp.asarray(_rand_rotmats(np.random.default_rng(4), 4, j)),
                       jnp.zeros((4, 10)))
     dl, dt = losses.discriminator_loss(jax.lax.stop_gradient(d_out), real, valid)
     assert float(dl) == pytest.approx(0.0005 * (float(dt['loss_disc_fake']) + float(dt['loss_disc_real'])))

@@ -445,13 +445,13 @@ CONFIG_VARIANTS = {
 }
 
 # Top-level parameter names each baseline adds beside 'backbone' and 'head'.
-_NEW = {'channel_concat': ('skeleton_patch_embed',), 'keypoint_tokens': ('keypoint_embed', 'joint_embed'),
+NEW_PARAM_PREFIXES = {'channel_concat': ('skeleton_patch_embed',), 'keypoint_tokens': ('keypoint_embed', 'joint_embed'),
         'controlnet': ('control_blocks_', 'control_proj_'), 'temporal_head': ('temporal',)}
 
 
 def new_param_names(name: str, params) -> list:
     """Top-level names in `params` that baseline `name` adds (prefix match)."""
-    prefixes = _NEW.get(name, ())
+    prefixes = NEW_PARAM_PREFIXES.get(name, ())
     return [k for k in params if any(k == p or (p.endswith('_') and k.startswith(p)) for p in prefixes)]
 
 

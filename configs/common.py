@@ -1,0 +1,132 @@
+"""Shared config skeleton: every configs/*.py is `base(...)` plus its own choices.
+
+Field groups (validated by extpose_jax/train/config.py before anything runs):
+  data.*    records root, mixture, clip length T, 2D-pose source, per-process loading
+  model.*   ViT size, architecture / ablation, mask, pose form, precision, remat
+  init.*    start from a variables checkpoint (convert.from_torch output or a training workdir)
+  optim.*   AdamW, schedule, clipping, trainable-parameter strategy
+  loss.*    HMR 2.0 / HaMeR loss weights, normalisation, optional adversarial prior
+  train.*   steps, gradient accumulation, logging / checkpoint / eval cadence
+  eval.*    held-out dataset and split, windows, overlays
+  mesh.*    device mesh sizes over ('data', 'fsdp', 'tensor'); -1 = the remaining devices
+
+Variants are parsed from the `:arg` of --config=configs/X.py:arg, e.g. `small` or
+`small,frames=8`: the first word picks the variant, key=value pairs set extras.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+VARIANTS = ('paper', 'small', 'base')
+
+
+def parse_arg(arg, config_file: str, **defaults) -> dict:
+    """'small,frames=8' -> {'variant': 'small', 'frames': 8}; values typed like the defaults."""
+    out = {'variant': 'paper', **defaults}
+    for i, part in enumerate(p for p in (arg or '').split(',') if p):
+        if '=' not in part:
+            if i:
+                raise ValueError(f'{config_file}: {part!r} must be key=value (only the first '
+                                 'word may be a bare variant name)')
+            out['variant'] = part
+            continue
+        key, value = part.split('=', 1)
+        if key not in out:
+            raise ValueError(f'{config_file}: unknown option {key!r}; known: {sorted(out)}')
+        out[key] = type(out[key])(value) if out[key] is not None else value
+    if out['variant'] not in VARIANTS:
+        raise ValueError(f'{config_file}: unknown variant {out["variant"]!r}; use one of {VARIANTS}')
+    return out
+
+
+def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
+    """The paper's settings (ViT-H, HMR 2.0 losses, AdamW 1e-5 / wd 1e-3, batch 32, 50k steps);
+    `small` shrinks them to a tiny ViT that trains on 2 CPU cores, `base` to ViT-B."""
+    small = variant == 'small'
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.seed = 0
+    # Empty: the built-in synthetic default is built under data_dir (procedural body models,
+    # rendered raw datasets, converted records). Otherwise: the folder holding smpl/ or mano/
+    # model files and SMPL_to_J19.pkl, and data.root with the records.
+    c.body_models = config_dict.placeholder(str)
+    c.data_dir = 'data'
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = config_dict.placeholder(str)   # records root; empty = the synthetic default
+    c.data.datasets = (('3dpw', 1.0),) if kind == 'smpl' else (('freihand', 1.0),)  # (name, weight)
+    c.data.as_images = ()                        # dataset names fed as single frames in video configs
+    c.data.split = 'train'
+    c.data.num_frames = num_frames               # T (1: the image model)
+    c.data.stride = 1
+    c.data.clip_hop = 1
+    c.data.pad_short = True
+    c.data.image_fill = 'pad'
+    c.data.pose_source = 'noisy_gt'              # 'gt' | 'noisy_gt' | 'detections'
+    c.data.augment = True
+    c.data.batch_size = 2 if small else 32       # GLOBAL, in clips (split over processes)
+    c.data.num_workers = 0                       # grain workers per process (part of the state)
+    c.data.num_threads = 2
+    c.data.read_buffer = 8
+
+    c.model = ml_collections.ConfigDict()
+    c.model.kind = kind                          # 'smpl' (HMR 2.0 head) | 'mano' (HaMeR head)
+    c.model.size = {'small': 'tiny', 'base': 'base'}.get(variant, 'huge')
+    # 'extpose' (default) | 'rgb_only' | 'heatmap' | 'late_fusion' | 'image' (config rewrites of
+    # ExtPose) | 'channel_concat' | 'keypoint_tokens' (1D pose form) | 'controlnet' |
+    # 'temporal_head' (baselines with new parameters).
+    c.model.arch = 'extpose'
+    c.model.mask = 'extpose'                     # 'frame' | 'multimodal' | 'extpose' | 'full'
+    c.model.window = -1                          # frames either side (-1: the whole clip)
+    c.model.causal = False
+    c.model.head_context = 'both'                # 'rgb' | 'skeleton' | 'both'
+    c.model.pose_form = 'skeleton'               # 'skeleton' | 'heatmap'
+    c.model.modality_dropout = 0.5               # p(one whole modality dropped) per clip
+    c.model.drop_path_rate = -1.0                # -1: the ViTPose value for the size
+    c.model.dtype = 'float32' if small else 'bfloat16'
+    c.model.attention = 'blockwise'               # 2.3x faster than 'dense' even at T=4 on CPU
+    c.model.remat = not small
+    c.model.mean_params = config_dict.placeholder(str)  # smpl/mano_mean_params.npz
+
+    c.init = ml_collections.ConfigDict()
+    c.init.checkpoint = config_dict.placeholder(str)    # variables dir or training workdir
+    c.init.params_only = True                    # start a NEW run from those weights
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4 if small else 1e-5
+    c.optim.weight_decay = 1e-3
+    c.optim.schedule = 'constant'                # 'constant' | 'warmup_cosine'
+    c.optim.warmup_steps = 0
+    c.optim.clip_norm = -1.0                     # <= 0: no clipping
+    c.optim.trainable = 'full'                   # 'full' | 'qk_only' | 'first_half' | 'frozen_backbone'
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.kp3d = 0.05
+    c.loss.kp2d = 0.01
+    c.loss.global_orient = 0.001
+    c.loss.body_pose = 0.001
+    c.loss.betas = 0.0005
+    c.loss.adversarial = 0.0005
+    c.loss.use_adversarial = False               # HMR 2.0's discriminator prior (GT poses as real)
+    c.loss.normalize = 'mean_per_frame' if small else 'sum'
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 160 if small else 50_000
+    c.train.grad_accum = 1
+    c.train.log_every = 10 if small else 50
+    c.train.checkpoint_every = 50 if small else 1000
+    c.train.keep = 3
+    c.train.eval_every = -1                      # n > 0: every n steps and at the ends; -1: the ends only; 0: never
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.dataset = '3dpw' if kind == 'smpl' else 'freihand'
+    c.eval.split = 'test'
+    c.eval.batch_size = 4 if small else 32
+    c.eval.hop = -1                              # -1: T // 2
+    c.eval.max_frames = -1                       # -1: the whole split
+    c.eval.overlays = 8
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    return c

@@ -1,0 +1,12 @@
+"""ExtPose for hands (HaMeR head, MANO) on single images: FreiHAND (+ HInt) records."""
+from configs import common
+
+
+def get_config(arg=None):
+    opts = common.parse_arg(arg, 'configs/hand.py')
+    c = common.base('mano', opts['variant'], num_frames=1)
+    c.data.datasets = (('freihand', 0.7), ('hint', 0.3))
+    c.data.batch_size = 8 if opts['variant'] == 'small' else 512
+    c.model.mask = 'multimodal'
+    c.eval.dataset = 'freihand'
+    return c

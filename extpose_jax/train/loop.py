@@ -1,0 +1,196 @@
+"""The training loop: pipeline -> sharded step -> logs, checkpoints, evaluation; exact resume.
+
+    result = train(cfg, workdir, body_models_dir, records_root)
+
+Order per step s (0-based): batch s -> state_{s+1} -> log -> checkpoint policy (state after
+s + 1 updates, iterator after s + 1 batches) -> stop on SIGTERM / preemption -> periodic eval.
+A resumed run restores the latest checkpoint and continues; its losses and final params equal
+the uninterrupted run's (test_train_loop.py checks this bit for bit on CPU).
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from data_pipelines import pipeline
+from extpose_jax.train import checkpoint as ckpt_lib
+from extpose_jax.train import config as config_lib
+from extpose_jax.train import optim, writers
+from extpose_jax.train import sharding as shd
+from extpose_jax.train import state as state_lib
+from extpose_jax.train import task as task_lib
+
+
+class _Stop:
+    """SIGTERM -> finish the current step, checkpoint it, exit cleanly (single process).
+
+    With several processes the signal may reach only one of them; orbax's preemption sync
+    (jax.distributed's notifier) agrees on a common step instead, so no handler is installed.
+    """
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle) if enabled else None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _flat(tree) -> dict:
+    return {optim.path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def init_from(state, shardings, path: str, new_param_prefixes=()):
+    """Replaces params / constants with a checkpoint's (a variables dir or a training workdir).
+
+    Strict: every loaded key must exist in the model with the same shape and every model key
+    must be loaded, except a baseline's own new parameters (they keep their init).
+    """
+    variables, _, _ = ckpt_lib.restore_variables(path)
+    for coll in ('params', 'constants'):
+        have, got = _flat(getattr(state, coll)), _flat(variables.get(coll, {}))
+        missing = [k for k in have if k not in got and not k.startswith(tuple(new_param_prefixes))]
+        unexpected = [k for k in got if k not in have]
+        shapes = [f'{k}: {got[k].shape} vs model {have[k].shape}' for k in got
+                  if k in have and tuple(got[k].shape) != tuple(have[k].shape)]
+        if missing or unexpected or shapes:
+            raise ValueError(f'config.init.checkpoint={path}: {coll} do not match the model: '
+                             f'missing {missing[:8]}{"..." if len(missing) > 8 else ""} '
+                             f'({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)}), '
+                             f'mis-shaped {shapes[:8]} ({len(shapes)})')
+    def merge(coll):
+        got = _flat(variables.get(coll, {}))
+        def one(path, x):
+            k = optim.path_str(path)
+            return np.asarray(got[k], x.dtype) if k in got else x
+        return jax.tree_util.tree_map_with_path(one, getattr(state, coll))
+    params = jax.device_put(merge('params'), shardings.params)
+    constants = jax.device_put(merge('constants'), shardings.constants)
+    # The optimizer state was built for the init params; Adam moments are zeros either way.
+    return state.replace(params=params, constants=constants)
+
+
+def host_variables(state) -> dict:
+    """{'params', 'constants'} as host-addressable arrays (gathered across processes)."""
+    variables = {'params': state.params, 'constants': state.constants}
+    if all(x.is_fully_addressable for x in jax.tree.leaves(variables)):
+        return variables
+    return multihost_utils.process_allgather(variables, tiled=True)
+
+
+def run_eval(cfg, task, state, step: int, workdir: str, body_models_dir: str, records_root: str,
+             writer, log: Callable) -> Optional[dict]:
+    """Evaluates on cfg.eval (process 0 only); writes eval/step_<n>/metrics.json and overlays."""
+    from extpose_jax.train import evaluate
+    variables = host_variables(state)  # a collective: every process takes part
+    if jax.process_index() != 0:
+        return None
+    e = cfg.eval
+    out_dir = os.path.join(workdir, 'eval', f'step_{step}')
+    metrics = evaluate.evaluate(
+        task_lib.make_predict_fn(cfg, variables, task), records_dir=os.path.join(records_root, e.dataset),
+        split=e.split, body_models_dir=body_models_dir, num_frames=cfg.data.num_frames,
+        batch_size=e.batch_size, hop=None if e.hop < 0 else e.hop,
+        max_frames=None if e.max_frames < 0 else e.max_frames, pose_source=cfg.data.pose_source,
+        overlays=e.overlays, overlay_dir=os.path.join(out_dir, 'overlays'))
+    evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
+    evaluate.write_metrics_json(os.path.join(workdir, 'eval', 'metrics.json'), {'step': step, **metrics})
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()
+                                if isinstance(v, (int, float))})
+    log(f'eval at step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in metrics.items()
+                                             if isinstance(v, float)))
+    return metrics
+
+
+def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
+          log: Callable = print) -> dict:
+    """Runs (or resumes) the config's training in workdir. Returns {'step', 'eval': {step: ...},
+    'stopped_early'}; on SIGTERM / preemption it checkpoints the current step and returns."""
+    config_lib.validate(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = shd.make_mesh({a: cfg.mesh[a] for a in ('data', 'fsdp', 'tensor')})
+    log(f'devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: '
+        f'{jax.process_count()}, mesh: {dict(mesh.shape)}')
+
+    task = task_lib.Task(cfg, body_models_dir)
+    tx = optim.make_optimizer(config_lib.optim_config(cfg))
+    rng_init, rng_train = jax.random.split(jax.random.key(cfg.seed))
+    example = task.example_inputs(cfg.data.batch_size, cfg.data.num_frames)
+    state, shardings = state_lib.create_train_state(task.model, tx, rng_init, example, mesh)
+    step_fn = state_lib.make_train_step(task.loss_fn, tx, mesh, shardings, shd.batch_sharding(mesh),
+                                        grad_accum=cfg.train.grad_accum)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log(f'model: {cfg.model.arch} ViT-{cfg.model.size} ({n_params / 1e6:.1f}M params), '
+        f'T={cfg.data.num_frames}, global batch {cfg.data.batch_size} clips')
+
+    data_iter = pipeline.make_iterator(config_lib.pipeline_config(
+        cfg, records_root, process_count=jax.process_count()))
+    checkpoints = ckpt_lib.RunCheckpoints(workdir, cfg.train.checkpoint_every, cfg.train.keep)
+    start = checkpoints.latest_step()
+    if start is not None:
+        state, data_iter = checkpoints.restore(start, ckpt_lib.abstract_like(state, shardings), data_iter)
+        log(f'resumed from {checkpoints.directory} at step {start}')
+    else:
+        start = 0
+        if cfg.init.checkpoint:
+            prefixes = config_lib.new_param_prefixes(cfg.model.arch)
+            state = init_from(state, shardings, cfg.init.checkpoint, prefixes)
+            log(f'initialised from {cfg.init.checkpoint}')
+
+    # Logs past the restored step came from the killed run's lost steps: writers drop them.
+    evaluate_at_ends = cfg.train.eval_every != 0
+    writer = writers.MetricWriter(workdir, jax.process_index(), start_step=start or None)
+    result = {'step': start, 'eval': {}, 'stopped_early': False}
+
+    def evaluate_now(step):
+        result['eval'][step] = run_eval(cfg, task, state, step, workdir, body_models_dir,
+                                        records_root, writer, log)
+    if evaluate_at_ends and start == 0:
+        evaluate_now(0)
+    if start == 0:
+        checkpoints.save(0, state, data_iter, cfg, force=True)
+
+    stop = _Stop(enabled=jax.process_count() == 1)
+    progress = writers.Progress(cfg.train.steps, start) if jax.process_index() == 0 else None
+    try:
+        for step in range(start, cfg.train.steps):
+            batch = shd.global_batch(task_lib.device_batch(next(data_iter)), mesh)
+            state, metrics = step_fn(state, batch, rng_train)
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                writer.write_scalars(done, scalars)
+                if progress is not None:
+                    progress.update(done, scalars.get('loss'))
+            checkpoints.save(done, state, data_iter, cfg)
+            result['step'] = done
+            if stop.requested or checkpoints.reached_preemption(done):
+                checkpoints.save(done, state, data_iter, cfg, force=True)
+                log(f'stop requested: checkpointed step {done} in {checkpoints.directory}')
+                result['stopped_early'] = True
+                return result
+            if cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
+                evaluate_now(done)
+        if checkpoints.latest_step() != cfg.train.steps:
+            checkpoints.save(cfg.train.steps, state, data_iter, cfg, force=True)
+        if evaluate_at_ends:
+            evaluate_now(cfg.train.steps)
+        if jax.process_index() == 0:
+            writers.plot_curves(writer.jsonl_path, os.path.join(workdir, 'curves.png'))
+        return result
+    finally:
+        stop.restore()
+        if progress is not None:
+            progress.close()
+        checkpoints.close()
+        writer.close()

@@ -26,6 +26,8 @@ flags.DEFINE_integer('num_processes', int(os.environ.get('JAX_NUM_PROCESSES', '0
 flags.DEFINE_integer('process_id', int(os.environ.get('JAX_PROCESS_ID', '-1')), 'This process (with --coordinator).')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
+# The number printed at the end of a run, per evaluation dataset (mm, or a fraction for PCK).
+HEADLINE = {'3dpw': '3dpw/pa_mpjpe', 'freihand': 'freihand/pa_mpjpe', 'hint': 'hint/pck@0.1/all'}
 
 
 def init_distributed():
@@ -54,7 +56,7 @@ def prepare_data(cfg) -> tuple:
     root = os.path.join(cfg.data_dir, 'synthetic')
     if jax.process_index() == 0:
         print(f'no dataset configured: using the built-in synthetic default in {root}')
-        paths = default_data.ensure(root, seed=0, log=logging.info)
+        paths = default_data.ensure(root, seed=0, log=print)
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('synthetic default ready')
     if jax.process_index() != 0:
@@ -67,16 +69,18 @@ def main(argv):
     from extpose_jax.train import config as config_lib
     cfg = CONFIG.value
     config_lib.validate(cfg)  # before any data or device work
+    if not FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     init_distributed()
     from extpose_jax.train import loop
     body_models, records = prepare_data(cfg)
     result = loop.train(cfg, FLAGS.workdir, body_models, records, log=print)
-    ev = result['eval']
-    if ev and all(ev.values()):
-        key = f'{cfg.eval.dataset}/pa_mpjpe'
+    ev = {s: m for s, m in result['eval'].items() if m}
+    if ev:
+        key = HEADLINE[cfg.eval.dataset]
         first, last = min(ev), max(ev)
-        print(f'held-out {cfg.eval.dataset}/{cfg.eval.split} PA-MPJPE: step {first}: '
-              f'{ev[first][key]:.1f} mm -> step {last}: {ev[last][key]:.1f} mm')
+        print(f'held-out {cfg.eval.dataset} {cfg.eval.split} {key}: step {first}: '
+              f'{ev[first][key]:.2f} -> step {last}: {ev[last][key]:.2f}')
     if result['stopped_early']:
         print(f'stopped at step {result["step"]}; rerun the same command to resume')
 

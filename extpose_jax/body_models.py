@@ -326,7 +326,8 @@ def forward(model: BodyModel, pose: jax.Array, betas: jax.Array) -> dict:
     """
     n_joints = model.num_joints
     if pose.shape[-2:] != (3, 3):
-        if pose.shape[-1] == 3 * n_joints and (pose.ndim == 1 or pose.shape[-2] != n_joints):
+        # A last axis of 3 J is the flat form whatever the other axes are ((J, 3J) is J poses).
+        if pose.shape[-1] == 3 * n_joints:
             pose = pose.reshape(pose.shape[:-1] + (n_joints, 3))
         pose = geometry.axis_angle_to_matrix(pose)
     if pose.shape[-3] != n_joints:

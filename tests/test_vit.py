@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from extpose_jax.convert import keymap
 from extpose_jax.models import masks, vit
 from extpose_jax.models.masks import MaskSpec, TokenLayout
 
@@ -56,19 +57,9 @@ def tiny_params():
 
 # ----------------------------------------------------------------------------- PyTorch reference
 
-def torch_key(path):
-    """Flax path tuple -> PyTorch state_dict key (reference_models.md §1.6, §9)."""
-    *mods, leaf = path
-    mods = ['blocks.' + m.split('_')[1] if m.startswith('blocks_') else m for m in mods]
-    leaf = {'kernel': 'weight', 'scale': 'weight'}.get(leaf, leaf)
-    return '.'.join(['backbone', *mods, leaf])
-
-
-def to_torch(path, value):
-    value = np.asarray(value)
-    if path[-1] == 'kernel':
-        return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T  # conv (kh,kw,I,O)->(O,I,kh,kw)
-    return value
+def vit_rows(config, torch_prefix=''):
+    """The converter's key table for a bare ViT (params at the root, not under 'backbone')."""
+    return keymap.vit_rows(**keymap.vit_dims(config), torch_prefix=torch_prefix, root=('params',))
 
 
 class TorchViT(torch.nn.Module if torch else object):
@@ -111,9 +102,7 @@ class TorchViT(torch.nn.Module if torch else object):
 
 def torch_model(config, params):
     model = TorchViT(config)
-    flat = traverse_util.flatten_dict(params['params'])
-    state = {torch_key(p)[len('backbone.'):]: torch.from_numpy(np.array(to_torch(p, v)))
-             for p, v in flat.items()}
+    state = {k: torch.from_numpy(v) for k, v in keymap.to_torch(params, vit_rows(config)).items()}
     model.load_state_dict(state, strict=True)  # names and shapes map 1:1
     return model.eval()
 
@@ -227,7 +216,7 @@ def test_vit_huge_parameters_match_the_reference_state_dict():
     with open(os.path.join(SPEC_DIR, 'reference_state_dicts.json')) as f:
         ref = {k: tuple(v) for k, v in json.load(f)['hmr2'].items() if k.startswith('backbone.')}
     assert len(ref) == 389
-    ours = {torch_key(p): to_torch(p, np.zeros(v.shape, np.int8)).shape for p, v in flat.items()}
+    ours = {k: v.shape for k, v in keymap.to_torch(nn.unbox(boxed), vit_rows(vit.ViTConfig.of('huge'), 'backbone.')).items()}
     assert ours == ref
     # Every parameter carries one logical axis name (or None) per dimension, from a small vocabulary.
     for path, leaf in traverse_util.flatten_dict(boxed['params']).items():

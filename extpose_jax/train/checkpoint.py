@@ -68,10 +68,13 @@ def load_variables(directory: str) -> Tuple[dict, dict]:
                                 f'(needs {_VARIABLES}/ and {_META})')
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(os.path.join(os.path.abspath(directory), _VARIABLES))
-    with open(os.path.join(directory, _META)) as f:
-        meta = json.load(f)
     tree = jax.tree.map(np.asarray, tree)
-    return {'params': tree['params'], 'constants': tree.get('constants', {})}, meta
+    return {'params': tree['params'], 'constants': tree.get('constants', {})}, load_meta(directory)
+
+
+def load_meta(directory: str) -> dict:
+    with open(os.path.join(directory, _META)) as f:
+        return json.load(f)
 
 
 # ------------------------------------------------------------------------------ training runs
@@ -151,5 +154,6 @@ def restore_variables(path: str, step: Optional[int] = None):
                                      restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)),
         config=ocp.args.JsonRestore()))
     manager.close()
-    variables = {'params': got.state['params'], 'constants': got.state.get('constants', {})}
+    # TrainState.constants holds the non-param collections by name ({'constants': {...}}).
+    variables = {'params': got.state['params'], **got.state.get('constants', {})}
     return variables, ml_collections.ConfigDict(got.config), step

@@ -50,39 +50,47 @@ def _flat(tree) -> dict:
     return {optim.path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def model_variables(state) -> dict:
+    """{'params': ..., 'constants': ...}: what model.apply and the variables dirs hold."""
+    return {'params': state.params, **state.constants}
+
+
 def init_from(state, shardings, path: str, new_param_prefixes=()):
     """Replaces params / constants with a checkpoint's (a variables dir or a training workdir).
 
     Strict: every loaded key must exist in the model with the same shape and every model key
-    must be loaded, except a baseline's own new parameters (they keep their init).
+    must be loaded, except a baseline's own new parameters and, from a backbone-only import
+    (ViTPose), the head: those keep their init.
     """
-    variables, _, _ = ckpt_lib.restore_variables(path)
-    for coll in ('params', 'constants'):
-        have, got = _flat(getattr(state, coll)), _flat(variables.get(coll, {}))
-        missing = [k for k in have if k not in got and not k.startswith(tuple(new_param_prefixes))]
-        unexpected = [k for k in got if k not in have]
-        shapes = [f'{k}: {got[k].shape} vs model {have[k].shape}' for k in got
-                  if k in have and tuple(got[k].shape) != tuple(have[k].shape)]
-        if missing or unexpected or shapes:
-            raise ValueError(f'config.init.checkpoint={path}: {coll} do not match the model: '
-                             f'missing {missing[:8]}{"..." if len(missing) > 8 else ""} '
-                             f'({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)}), '
-                             f'mis-shaped {shapes[:8]} ({len(shapes)})')
-    def merge(coll):
-        got = _flat(variables.get(coll, {}))
+    loaded, _, _ = ckpt_lib.restore_variables(path)
+    keep_init = [f'params/{p}' for p in new_param_prefixes]
+    if ckpt_lib.is_variables_dir(path) and 'head' not in ckpt_lib.load_meta(path).get('parts', ['head']):
+        keep_init += ['params/head/', 'constants/head/']  # a backbone-only import (ViTPose)
+    have = _flat(model_variables(state))
+    got = _flat(loaded)
+    missing = [k for k in have if k not in got and not k.startswith(tuple(keep_init))]
+    unexpected = [k for k in got if k not in have]
+    shapes = [f'{k}: {got[k].shape} vs model {have[k].shape}' for k in got
+              if k in have and tuple(got[k].shape) != tuple(have[k].shape)]
+    if missing or unexpected or shapes:
+        raise ValueError(f'config.init.checkpoint={path}: its variables do not match the model: '
+                         f'missing {missing[:8]} ({len(missing)}), unexpected {unexpected[:8]} '
+                         f'({len(unexpected)}), mis-shaped {shapes[:8]} ({len(shapes)})')
+
+    def merge(tree, prefix):
         def one(path, x):
-            k = optim.path_str(path)
+            k = prefix + optim.path_str(path)
             return np.asarray(got[k], x.dtype) if k in got else x
-        return jax.tree_util.tree_map_with_path(one, getattr(state, coll))
-    params = jax.device_put(merge('params'), shardings.params)
-    constants = jax.device_put(merge('constants'), shardings.constants)
+        return jax.tree_util.tree_map_with_path(one, tree)
+    params = jax.device_put(merge(state.params, 'params/'), shardings.params)
+    constants = jax.device_put(merge(state.constants, ''), shardings.constants)
     # The optimizer state was built for the init params; Adam moments are zeros either way.
     return state.replace(params=params, constants=constants)
 
 
 def host_variables(state) -> dict:
-    """{'params', 'constants'} as host-addressable arrays (gathered across processes)."""
-    variables = {'params': state.params, 'constants': state.constants}
+    """model_variables as host-addressable arrays (gathered across processes)."""
+    variables = model_variables(state)
     if all(x.is_fully_addressable for x in jax.tree.leaves(variables)):
         return variables
     return multihost_utils.process_allgather(variables, tiled=True)
@@ -137,7 +145,8 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
         cfg, records_root, process_count=jax.process_count()))
     checkpoints = ckpt_lib.RunCheckpoints(workdir, cfg.train.checkpoint_every, cfg.train.keep)
     start = checkpoints.latest_step()
-    if start is not None:
+    resumed = start is not None
+    if resumed:
         state, data_iter = checkpoints.restore(start, ckpt_lib.abstract_like(state, shardings), data_iter)
         log(f'resumed from {checkpoints.directory} at step {start}')
     else:
@@ -149,15 +158,15 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
 
     # Logs past the restored step came from the killed run's lost steps: writers drop them.
     evaluate_at_ends = cfg.train.eval_every != 0
-    writer = writers.MetricWriter(workdir, jax.process_index(), start_step=start or None)
+    writer = writers.MetricWriter(workdir, jax.process_index(), start_step=start if resumed else None)
     result = {'step': start, 'eval': {}, 'stopped_early': False}
 
     def evaluate_now(step):
         result['eval'][step] = run_eval(cfg, task, state, step, workdir, body_models_dir,
                                         records_root, writer, log)
-    if evaluate_at_ends and start == 0:
-        evaluate_now(0)
-    if start == 0:
+    if not resumed:
+        if evaluate_at_ends:
+            evaluate_now(0)
         checkpoints.save(0, state, data_iter, cfg, force=True)
 
     stop = _Stop(enabled=jax.process_count() == 1)

@@ -1,0 +1,83 @@
+"""Evaluates a training checkpoint: python run_eval.py --config=configs/video.py:small --workdir=DIR.
+
+    --step=N            that checkpoint (default: the latest)
+    --checkpoint=PATH   evaluate another training workdir, or a variables directory (e.g.
+                        converted PyTorch weights); results still go under --workdir
+    --split=S           another split of config.eval.dataset (default: config.eval.split)
+    --max_frames=N      score only the first N frames (default: the whole split)
+    --overlays=N        overlay PNGs (default: config.eval.overlays)
+    --pose_source=S     2D-pose input: gt | noisy_gt | detections (default: config.data.pose_source,
+                        as evaluation during training)
+
+Writes <workdir>/eval/step_<N>/metrics.json and overlays/ beside it, the same files the
+training loop writes for that step, and <workdir>/eval/metrics.json ({'step': N, ...}); another
+split goes to <workdir>/eval/<split>_step_<N>/ only, a variables directory (no step) to
+<workdir>/eval/variables/ (<split>_variables/). Prints the metrics. The data are the
+config's (or the synthetic default, as run_train.py builds it).
+"""
+import os
+
+from absl import app, flags
+
+import run_train  # its --config / --workdir flags and prepare_data(): one definition of each
+
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+flags.DEFINE_string('checkpoint', None, 'Training workdir or variables directory to evaluate '
+                    '(default: --workdir).')
+flags.DEFINE_string('split', None, 'Split of config.eval.dataset (default: config.eval.split).')
+flags.DEFINE_integer('max_frames', None, 'Score only the first N frames (default: all).')
+flags.DEFINE_integer('overlays', None, 'Overlay images to write (default: config.eval.overlays).')
+flags.DEFINE_string('pose_source', None, '2D-pose input (default: config.data.pose_source).')
+FLAGS = flags.FLAGS
+
+
+def _model_differences(cfg, saved) -> list:
+    if saved is None:
+        return []
+    ours = cfg.model.to_dict()
+    theirs = saved.model.to_dict() if 'model' in saved else {}
+    return sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+
+
+def run(cfg, workdir: str, *, checkpoint_path=None, step=None, split=None, max_frames=None,
+        overlays=None, pose_source=None, log=print) -> dict:
+    """Restores the checkpoint, evaluates, writes the files; returns {'step', 'out_dir', 'metrics'}."""
+    from extpose_jax.train import checkpoint, evaluate, task
+
+    variables, saved_cfg, step = checkpoint.restore_variables(checkpoint_path or workdir, step=step)
+    differ = _model_differences(cfg, saved_cfg)
+    if differ:
+        log(f'note: config.model differs from the checkpoint\'s in {differ}')
+    body_models_dir, records_root = run_train.prepare_data(cfg)
+    split = split or cfg.eval.split
+    tag = 'variables' if step is None else f'step_{step}'
+    tag = tag if split == cfg.eval.split else f'{split}_{tag}'
+    out_dir = os.path.join(workdir, 'eval', tag)
+    metrics = evaluate.evaluate(
+        task.make_predict_fn(cfg, variables), records_dir=os.path.join(records_root, cfg.eval.dataset),
+        split=split, body_models_dir=body_models_dir, num_frames=cfg.data.num_frames,
+        batch_size=cfg.eval.batch_size, hop=None if cfg.eval.hop < 0 else cfg.eval.hop,
+        max_frames=max_frames, pose_source=pose_source or cfg.data.pose_source,
+        overlays=cfg.eval.overlays if overlays is None else overlays,
+        overlay_dir=os.path.join(out_dir, 'overlays'))
+    evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
+    if split == cfg.eval.split and step is not None:   # the latest training evaluation
+        evaluate.write_metrics_json(os.path.join(workdir, 'eval', 'metrics.json'),
+                                    {'step': step, **metrics})
+    log(f'{cfg.eval.dataset}/{split}, {tag} ({out_dir}):')
+    for key, value in metrics.items():
+        log(f'  {key}: {value:.3f}' if isinstance(value, float) else f'  {key}: {value}')
+    return {'step': step, 'out_dir': out_dir, 'metrics': metrics}
+
+
+def main(argv):
+    del argv
+    from extpose_jax.train import config as config_lib
+    cfg = run_train.CONFIG.value
+    config_lib.validate(cfg)
+    run(cfg, FLAGS.workdir, checkpoint_path=FLAGS.checkpoint, step=FLAGS.step, split=FLAGS.split,
+        max_frames=FLAGS.max_frames, overlays=FLAGS.overlays, pose_source=FLAGS.pose_source)
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,66 @@
+"""A tiny training run in its own process, for the loop tests (kill / resume / multi-process).
+
+    python tests/train_job.py --workdir W --data ROOT --body_models DIR --steps 6 \
+        [--signal_at 3 --signal KILL|TERM] [--coordinator localhost:P --num_processes 2
+        --process_id I] [--devices 8 --mesh data=2,fsdp=4]
+
+--signal_at sends the signal to this process from inside the metric writer, right after step
+N's metrics are logged and before its checkpoint decision: a deterministic point to die at.
+"""
+import argparse
+import os
+import signal
+import sys
+
+p = argparse.ArgumentParser()
+p.add_argument('--workdir', required=True)
+p.add_argument('--data', required=True)
+p.add_argument('--body_models', required=True)
+p.add_argument('--steps', type=int, default=6)
+p.add_argument('--checkpoint_every', type=int, default=2)
+p.add_argument('--config', default='image')
+p.add_argument('--batch_size', type=int, default=2)
+p.add_argument('--signal_at', type=int, default=-1)
+p.add_argument('--signal', default='KILL')
+p.add_argument('--coordinator')
+p.add_argument('--num_processes', type=int, default=1)
+p.add_argument('--process_id', type=int, default=0)
+p.add_argument('--devices', type=int, default=1)
+p.add_argument('--mesh', default='')
+args = p.parse_args()
+
+os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
+os.environ['JAX_PLATFORMS'] = 'cpu'
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+if args.coordinator:
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id)
+
+import importlib  # noqa: E402
+
+from extpose_jax.train import loop, writers  # noqa: E402
+
+cfg = importlib.import_module(f'configs.{args.config}').get_config('small')
+cfg.train.steps = args.steps
+cfg.train.checkpoint_every = args.checkpoint_every
+cfg.train.log_every = 1
+cfg.train.eval_every = 0
+cfg.data.batch_size = args.batch_size
+for kv in filter(None, args.mesh.split(',')):
+    k, v = kv.split('=')
+    cfg.mesh[k] = int(v)
+
+if args.signal_at >= 0:
+    write = writers.MetricWriter.write_scalars
+
+    def write_then_signal(self, step, scalars):
+        write(self, step, scalars)
+        if step == args.signal_at:
+            os.kill(os.getpid(), getattr(signal, f'SIG{args.signal}'))
+    writers.MetricWriter.write_scalars = write_then_signal
+
+result = loop.train(cfg, args.workdir, args.body_models, args.data)
+print('RESULT', result['step'], result['stopped_early'])

@@ -51,9 +51,9 @@ def random_batch(cfg, rng):
 
 
 def run_case(case: str, args):
-    name, size, frames, batch = case.split(':')
+    name, size, frames, clips = case.split(':')
     cfg = importlib.import_module(f'configs.{name}').get_config('small')
-    cfg.model.size, cfg.data.num_frames, cfg.data.batch_size = size, int(frames), int(batch)
+    cfg.model.size, cfg.data.num_frames, cfg.data.batch_size = size, int(frames), int(clips)
     cfg.model.dtype, cfg.model.remat, cfg.model.attention = args.dtype, args.remat, args.attention
     config_lib.validate(cfg)
     task = task_lib.Task(cfg, args.body_models)
@@ -81,9 +81,9 @@ def run_case(case: str, args):
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != 'cpu' else None
     out = {'bench': 'train_step', 'case': case, 'config': name, 'vit': size, 'frames': int(frames),
-           'batch_clips': int(batch), 'dtype': args.dtype, 'remat': args.remat,
+           'batch_clips': int(clips), 'dtype': args.dtype, 'remat': args.remat,
            'attention': args.attention, 'params_m': round(sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, 1),
-           'steps_per_s': round(sps, 4), 'frames_per_s': round(sps * int(frames) * int(batch), 2),
+           'steps_per_s': round(sps, 4), 'frames_per_s': round(sps * int(frames) * int(clips), 2),
            'step_s': round(min(times), 4), 'tflops_per_step': round(flops / 1e12, 4),
            'compiled_temp_gib': round(temp / 2**30, 3), 'device': device.device_kind,
            'host': platform.node()}

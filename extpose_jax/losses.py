@@ -122,17 +122,22 @@ def generator_adv_loss(disc_fake, mask=None):
 
 
 def discriminator_loss(disc_fake, disc_real, fake_mask=None, weight: float = LossWeights.adversarial,
-                       num_samples=None):
+                       num_samples=None, real_mask=None):
     """LSGAN discriminator loss, weighted as upstream: w * [sum D(fake)^2 / N + sum (D(real)-1)^2 / N].
 
-    disc_fake (..., J + 2) on the (stop-gradient) predictions, disc_real (M, J + 2) on MoCap
-    samples. N = num_samples, or the number of (valid) fake samples. Returns (loss, terms).
+    disc_fake (..., J + 2) on the (stop-gradient) predictions, disc_real (..., J + 2) on MoCap
+    samples. N = num_samples, or the number of (valid) fake samples. real_mask (leading dims of
+    disc_real): real samples that count (others add exactly 0; N is unchanged, as upstream
+    divides the real term by the fake batch size too). Returns (loss, terms).
     """
     m, n = _masked_count(disc_fake, fake_mask)
     if num_samples is not None:
         n = num_samples
     fake = jnp.sum(jnp.where(m > 0, jnp.sum(disc_fake ** 2, axis=-1), 0.)) / n
-    real = jnp.sum((disc_real - 1.) ** 2) / n
+    real_per = jnp.sum((disc_real - 1.) ** 2, axis=-1)
+    if real_mask is not None:
+        real_per = jnp.where(real_mask, real_per, 0.)
+    real = jnp.sum(real_per) / n
     return weight * (fake + real), {'loss_disc_fake': fake, 'loss_disc_real': real}
 
 

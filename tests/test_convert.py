@@ -151,8 +151,8 @@ def test_cli_imports_hmr2_ckpt_and_exports_it_back(tmp_path, capsys):
 
     out = tmp_path / 'vars'
     meta = from_torch.main(['--ckpt', str(tmp_path / 'hmr2.ckpt'), '--kind', 'hmr2', '--out', str(out)])
-    assert 'discriminator.* (' in capsys.readouterr().out  # not written (no prior in training), and said so
-    assert meta['parts'] == ['backbone', 'head'] and meta['kind'] == 'smpl'
+    assert 'discriminator' in capsys.readouterr().out  # written, for runs with the adversarial prior
+    assert meta['parts'] == ['backbone', 'head', 'discriminator'] and meta['kind'] == 'smpl'
 
     from extpose_jax.train import checkpoint
     variables, saved_meta = checkpoint.load_variables(str(out))
@@ -160,10 +160,12 @@ def test_cli_imports_hmr2_ckpt_and_exports_it_back(tmp_path, capsys):
     np.testing.assert_array_equal(variables['constants']['head']['init_body_pose'], sd['smpl_head.init_body_pose'])
     np.testing.assert_array_equal(variables['params']['backbone']['blocks_1']['attn']['qkv']['kernel'],
                                   sd['backbone.blocks.1.attn.qkv.weight'].T)
+    np.testing.assert_array_equal(variables['discriminator']['D_alljoints_out']['kernel'],
+                                  sd['discriminator.D_alljoints_out.weight'].T)
 
     to_torch.main(['--workdir', str(out), '--out', str(tmp_path / 'back.ckpt')])
     back = torch.load(tmp_path / 'back.ckpt', weights_only=True)
-    want = [k for k in sd if not k.startswith('discriminator.')]
+    want = list(sd)  # discriminator.* included: the import kept it
     assert list(back['state_dict']) == want
     for k in want:
         assert torch.equal(back['state_dict'][k], torch.from_numpy(sd[k])), k

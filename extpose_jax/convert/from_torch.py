@@ -11,10 +11,10 @@
                experts, whose fc2 is joined with the expert chosen by --expert (ViTPose's own
                model split does the same). Gives the backbone only; the head starts fresh.
 
-DIR is written by train/checkpoint.save_variables ({'params', 'constants'}; meta: kind, ViT
-dims, parts, source); run_train.py starts from it (config.init.checkpoint=DIR). A checkpoint's
-discriminator is converted and checked like the rest, then reported and left out of DIR:
-training has no adversarial prior to give it to (import_checkpoint still returns it).
+DIR is written by train/checkpoint.save_variables ({'params', 'constants'[, 'discriminator']};
+meta: kind, ViT dims, parts, source); run_train.py starts from it (config.init.checkpoint=DIR).
+A checkpoint's discriminator is converted and checked like the rest and written too: a run
+with loss.use_adversarial starts its discriminator from it, other runs ignore it.
 The ViT's size is read off the tensors. Everything else in the checkpoint is an error that
 names the keys; nothing is written unless the whole conversion succeeded.
 
@@ -221,13 +221,6 @@ def main(argv=None) -> dict:
     if os.path.exists(a.out):
         raise FileExistsError(f'--out {a.out} exists; choose a new directory')
     variables, meta = import_checkpoint(a.ckpt, a.kind, a.expert)
-    if keymap.DISCRIMINATOR in variables:
-        # Training has no adversarial prior to give it to; say so rather than drop it quietly.
-        disc = variables.pop(keymap.DISCRIMINATOR)
-        n = sum(v.size for v in jax.tree.leaves(disc))
-        meta['parts'].remove('discriminator')
-        meta['left_behind'] = f'discriminator.* ({n:,} numbers): no adversarial prior in training'
-        print(f'note: {meta["left_behind"]}; not written')
     checkpoint.save_variables(a.out, variables, meta)
     n = sum(v.size for v in jax.tree.leaves(variables))
     print(f'{a.ckpt} ({a.kind}): {n:,} numbers in {", ".join(meta["parts"])}; '

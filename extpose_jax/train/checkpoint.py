@@ -1,14 +1,15 @@
 """Checkpoints: a training run's orbax CheckpointManager, and standalone variables directories.
 
 Training run (<workdir>/checkpoints/<step>/):
-    state   TrainState (params, opt_state, constants, step), sharded, restored onto the mesh
+    state   TrainState (params, opt_state, constants, step), sharded, restored onto the mesh;
+            with the adversarial prior an AdversarialTrainState (+ disc_params, disc_opt_state)
     data    the grain iterator's position, one JSON per process (shared filesystem multi-host)
     config  the run's ConfigDict as JSON
 A checkpoint at step s holds the state after s updates and the iterator after s batches, so a
 resumed run reproduces the uninterrupted one exactly (the step's rng is folded from state.step).
 
 Variables directory (what convert.from_torch writes; what config.init.checkpoint reads):
-    variables/   orbax PyTree {'params': ..., 'constants': ...}
+    variables/   orbax PyTree {'params': ..., 'constants': ...[, 'discriminator': ...]}
     meta.json    where they came from ({'kind': 'smpl', 'source': ...})
 written into a temporary sibling and renamed, so it exists only when complete.
 """
@@ -27,26 +28,34 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from data_pipelines.atomic_file import atomic_write
+from extpose_jax.convert.keymap import DISCRIMINATOR
 
 _VARIABLES, _META = 'variables', 'meta.json'
 ITEMS = ('state', 'data', 'config')
+# A variables tree: the model's collections, plus optionally the discriminator's params tree
+# (the Discriminator's 'params' collection, stored without that level, as convert.keymap has it).
+_COLLECTIONS = ('params', 'constants', DISCRIMINATOR)
 
 
 # ------------------------------------------------------------------------------ variables dirs
 
 
 def save_variables(directory: str, variables: dict, meta: Optional[dict] = None) -> None:
-    """Writes {'params', 'constants'} (+ meta.json) atomically; an existing directory is an error."""
+    """Writes {'params', 'constants'[, 'discriminator']} (+ meta.json) atomically; an existing
+    directory is an error. Without a discriminator the files are exactly as before it existed."""
     directory = os.path.abspath(directory)
     if os.path.exists(directory):
         raise FileExistsError(f'save_variables: {directory} exists; remove it or choose another')
-    unknown = set(variables) - {'params', 'constants'}
+    unknown = set(variables) - set(_COLLECTIONS)
     if unknown or 'params' not in variables:
-        raise ValueError(f"save_variables: expected {{'params', 'constants'}}, got {sorted(variables)}")
+        raise ValueError(f"save_variables: expected {{'params', 'constants'[, '{DISCRIMINATOR}']}}, "
+                         f"got {sorted(variables)}")
     tmp = f'{directory}.{secrets.token_hex(4)}.tmp'
     os.makedirs(tmp)
     try:
         tree = {'params': variables['params'], 'constants': variables.get('constants', {})}
+        if variables.get(DISCRIMINATOR) is not None:
+            tree[DISCRIMINATOR] = variables[DISCRIMINATOR]
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, _VARIABLES), jax.tree.map(np.asarray, tree))
         atomic_write(os.path.join(tmp, _META),
@@ -62,14 +71,17 @@ def is_variables_dir(path: str) -> bool:
 
 
 def load_variables(directory: str) -> Tuple[dict, dict]:
-    """-> (variables of numpy arrays, meta)."""
+    """-> (variables of numpy arrays, meta); variables hold 'discriminator' when one was saved."""
     if not is_variables_dir(directory):
         raise FileNotFoundError(f'load_variables: {directory} is not a variables directory '
                                 f'(needs {_VARIABLES}/ and {_META})')
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(os.path.join(os.path.abspath(directory), _VARIABLES))
     tree = jax.tree.map(np.asarray, tree)
-    return {'params': tree['params'], 'constants': tree.get('constants', {})}, load_meta(directory)
+    variables = {'params': tree['params'], 'constants': tree.get('constants', {})}
+    if DISCRIMINATOR in tree:
+        variables[DISCRIMINATOR] = tree[DISCRIMINATOR]
+    return variables, load_meta(directory)
 
 
 def load_meta(directory: str) -> dict:
@@ -131,7 +143,8 @@ def restore_variables(path: str, step: Optional[int] = None):
     """-> (variables of numpy arrays, config ConfigDict or None, step or None).
 
     `path` is a training workdir (its latest checkpoint, or `step`) or a variables directory.
-    Only params and constants are read; the optimizer state stays on disk.
+    Only params and constants are read (and the discriminator's params, as variables
+    ['discriminator'], when the run had one); the optimizer states stay on disk.
     """
     if is_variables_dir(path):
         variables, _ = load_variables(path)
@@ -147,7 +160,7 @@ def restore_variables(path: str, step: Optional[int] = None):
         raise FileNotFoundError(f'{checkpoint_dir(path)}: no checkpoint at step {step} '
                                 f'(have {sorted(manager.all_steps())})')
     meta = manager.item_metadata(step)['state']
-    wanted = {k: meta[k] for k in ('params', 'constants') if k in meta}
+    wanted = {k: meta[k] for k in ('params', 'constants', 'disc_params') if k in meta}
     target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), wanted)
     got = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
@@ -156,4 +169,6 @@ def restore_variables(path: str, step: Optional[int] = None):
     manager.close()
     # TrainState.constants holds the non-param collections by name ({'constants': {...}}).
     variables = {'params': got.state['params'], **got.state.get('constants', {})}
+    if 'disc_params' in got.state:   # an AdversarialTrainState
+        variables[DISCRIMINATOR] = got.state['disc_params']
     return variables, ml_collections.ConfigDict(got.config), step

@@ -82,6 +82,8 @@ def validate(cfg) -> None:
         v = _get(cfg, field)
         if not isinstance(v, int) or v < -1:
             _fail(field, v, 'must be an int >= 0, or -1 for off / the default')
+    if not isinstance(_get(cfg, 'loss.use_adversarial'), bool):
+        _fail('loss.use_adversarial', cfg.loss.use_adversarial, 'must be True or False')
     p = _get(cfg, 'model.modality_dropout')
     if not 0.0 <= p <= 1.0:
         _fail('model.modality_dropout', p, 'is a probability: use a value in [0, 1]')
@@ -158,6 +160,15 @@ def optim_config(cfg) -> optim.OptimConfig:
         warmup_steps=int(o.warmup_steps), total_steps=int(cfg.train.steps),
         clip_norm=float(o.clip_norm) if o.clip_norm > 0 else None, trainable=o.trainable,
         extra_trainable=tuple(_new_param_patterns(cfg)))
+
+
+def disc_optim_config(cfg) -> optim.OptimConfig:
+    """The discriminator's own AdamW (spec §5.2: same lr and weight decay as the generator's).
+
+    It always trains fully and is never clipped: the trainable strategy and clip_norm describe
+    the pose model. The schedule is shared, so both learning rates move together.
+    """
+    return dataclasses.replace(optim_config(cfg), clip_norm=None, trainable='full', extra_trainable=())
 
 
 def new_param_prefixes(arch: str) -> tuple:

@@ -18,6 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
+from extpose_jax.convert.keymap import DISCRIMINATOR
 from extpose_jax.train import checkpoint as ckpt_lib
 from extpose_jax.train import config as config_lib
 from extpose_jax.train import optim, writers
@@ -55,14 +56,17 @@ def model_variables(state) -> dict:
     return {'params': state.params, **state.constants}
 
 
-def init_from(state, shardings, path: str, new_param_prefixes=()):
+def init_from(state, shardings, path: str, new_param_prefixes=(), log: Callable = lambda _: None):
     """Replaces params / constants with a checkpoint's (a variables dir or a training workdir).
 
     Strict: every loaded key must exist in the model with the same shape and every model key
     must be loaded, except a baseline's own new parameters and, from a backbone-only import
-    (ViTPose), the head: those keep their init.
+    (ViTPose), the head: those keep their init. The checkpoint's discriminator (if any) is
+    loaded, just as strictly, when the state has one (the adversarial prior is on) and ignored
+    otherwise; a state with a discriminator keeps its init when the checkpoint has none.
     """
     loaded, _, _ = ckpt_lib.restore_variables(path)
+    disc = loaded.pop(DISCRIMINATOR, None)
     keep_init = [f'params/{p}' for p in new_param_prefixes]
     if ckpt_lib.is_variables_dir(path) and 'head' not in ckpt_lib.load_meta(path).get('parts', ['head']):
         keep_init += ['params/head/', 'constants/head/']  # a backbone-only import (ViTPose)
@@ -85,7 +89,25 @@ def init_from(state, shardings, path: str, new_param_prefixes=()):
     params = jax.device_put(merge(state.params, 'params/'), shardings.params)
     constants = jax.device_put(merge(state.constants, ''), shardings.constants)
     # The optimizer state was built for the init params; Adam moments are zeros either way.
-    return state.replace(params=params, constants=constants)
+    state = state.replace(params=params, constants=constants)
+    if not state_lib.has_discriminator(state):
+        if disc is not None:
+            log(f'{path}: its discriminator is not used (loss.use_adversarial is off)')
+        return state
+    if disc is None:
+        log(f'{path}: no discriminator in it; the discriminator starts from its init')
+        return state
+    have, got = _flat(state.disc_params), _flat(disc)
+    shapes = [f'{k}: {got[k].shape} vs {have[k].shape}' for k in got
+              if k in have and tuple(got[k].shape) != tuple(have[k].shape)]
+    if have.keys() != got.keys() or shapes:
+        raise ValueError(f'config.init.checkpoint={path}: its discriminator does not match the '
+                         f'run\'s: missing {sorted(set(have) - set(got))[:8]}, '
+                         f'unexpected {sorted(set(got) - set(have))[:8]}, mis-shaped {shapes[:8]}')
+    disc_params = jax.device_put(jax.tree_util.tree_map_with_path(
+        lambda p, x: np.asarray(got[optim.path_str(p)], x.dtype), state.disc_params), shardings.disc_params)
+    log(f'{path}: discriminator loaded')
+    return state.replace(disc_params=disc_params)
 
 
 def host_variables(state) -> dict:
@@ -135,11 +157,23 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
     rng_init, rng_train = jax.random.split(jax.random.key(cfg.seed))
     example = task.example_inputs(cfg.data.batch_size, cfg.data.num_frames)
     state, shardings = state_lib.create_train_state(task.model, tx, rng_init, example, mesh)
+    adversarial = {}
+    if cfg.loss.use_adversarial:
+        disc_tx = optim.make_optimizer(config_lib.disc_optim_config(cfg))
+        # Its own key: the pose model's init stays the same with the prior on or off.
+        state, shardings = state_lib.add_discriminator(
+            state, shardings, task.discriminator, disc_tx, jax.random.fold_in(rng_init, 1),
+            task.disc_example_inputs(), mesh)
+        adversarial = {'disc_loss_fn': task.disc_loss_fn, 'disc_tx': disc_tx}
     step_fn = state_lib.make_train_step(task.loss_fn, tx, mesh, shardings, shd.batch_sharding(mesh),
-                                        grad_accum=cfg.train.grad_accum)
+                                        grad_accum=cfg.train.grad_accum, **adversarial)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f'model: {cfg.model.arch} ViT-{cfg.model.size} ({n_params / 1e6:.1f}M params), '
         f'T={cfg.data.num_frames}, global batch {cfg.data.batch_size} clips')
+    if adversarial:
+        n_disc = sum(x.size for x in jax.tree.leaves(state.disc_params))
+        log(f'adversarial prior: discriminator {n_disc / 1e6:.1f}M params, weight '
+            f'{cfg.loss.adversarial} (real samples: the batch\'s GT pose / betas)')
 
     data_iter = pipeline.make_iterator(config_lib.pipeline_config(
         cfg, records_root, process_count=jax.process_count()))
@@ -153,7 +187,7 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
         start = 0
         if cfg.init.checkpoint:
             prefixes = config_lib.new_param_prefixes(cfg.model.arch)
-            state = init_from(state, shardings, cfg.init.checkpoint, prefixes)
+            state = init_from(state, shardings, cfg.init.checkpoint, prefixes, log=log)
             log(f'initialised from {cfg.init.checkpoint}')
 
     # Logs past the restored step came from the killed run's lost steps: writers drop them.

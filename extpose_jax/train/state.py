@@ -10,6 +10,21 @@ loss_fn(variables, batch, rng) -> (scalar loss, dict of scalar aux). `variables`
 {'params': ..., **state.constants}, ready for model.apply; gradients are taken with respect to
 variables['params'] only. The loss must be a mean over the batch's examples, so that the mean
 over equal micro-batches equals the full-batch loss (what makes grad_accum exact).
+
+Adversarial prior (HMR 2.0 / HaMeR, spec reference_models.md §5): a second network, the
+discriminator, trained by its own optimizer in the same step.
+
+    state, shardings = add_discriminator(state, shardings, Discriminator('smpl'), disc_tx, rng,
+                                         (rotmats, betas), mesh)
+    step = make_train_step(loss_fn, tx, mesh, shardings, batch_sh, disc_loss_fn=..., disc_tx=disc_tx)
+
+Then loss_fn also finds variables['discriminator'] = the discriminator's params (a constant
+there: the generator's gradient never reaches them) and must return aux['disc_inputs'], any
+pytree (e.g. predictions and GT); the step stops its gradient and calls
+disc_loss_fn(disc_params, disc_inputs) -> (scalar loss, dict of scalar aux), differentiated
+with respect to disc_params only. Both networks see the same pre-update parameters, as in
+upstream's generator-then-discriminator order. metrics gain 'loss_disc', 'disc_grad_norm'
+and disc_loss_fn's aux; with grad_accum both gradients are averaged over micro-batches.
 """
 from __future__ import annotations
 
@@ -21,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from extpose_jax.convert.keymap import DISCRIMINATOR
 from extpose_jax.train import sharding as shd
 
 
@@ -30,6 +46,21 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     opt_state: Any
     constants: Any   # every non-'params' collection, e.g. {'constants': {'head': {...}}}
+
+
+class AdversarialTrainState(TrainState):
+    """TrainState + the discriminator's params and its own optimizer state.
+
+    A subclass rather than optional None fields: orbax records a None field as an extra entry,
+    which would change the checkpoint tree of runs without the prior and stop their older
+    checkpoints from restoring. Here a run without it keeps exactly TrainState's tree.
+    """
+    disc_params: Any
+    disc_opt_state: Any
+
+
+def has_discriminator(state) -> bool:
+    return isinstance(state, AdversarialTrainState)
 
 
 def _as_shape(x):
@@ -92,6 +123,30 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     return state, shardings
 
 
+def add_discriminator(state: TrainState, shardings: TrainState, disc: nn.Module,
+                      tx: optax.GradientTransformation, rng: jax.Array, init_args: Sequence[Any], mesh):
+    """-> (AdversarialTrainState, its shardings): `state` plus a freshly initialised `disc`.
+
+    init_args: example inputs of disc.init (arrays or ShapeDtypeStructs). The discriminator is
+    small (~1.8M params for SMPL), so it and its optimizer state are replicated on every device.
+    """
+    if has_discriminator(state):
+        raise ValueError('add_discriminator: the state already has a discriminator')
+    shapes = [_as_shape(a) for a in init_args]
+    repl = shd.replicated(mesh)
+
+    def init(rng):
+        params = nn.unbox(disc.init(rng, *[jnp.zeros(s.shape, s.dtype) for s in shapes]))['params']
+        return params, tx.init(params)
+
+    out_sh = jax.tree.map(lambda _: repl, jax.eval_shape(init, rng))
+    params, opt_state = jax.jit(init, in_shardings=repl, out_shardings=out_sh)(rng)
+    fields = {f: getattr(state, f) for f in TrainState.__dataclass_fields__}
+    sh_fields = {f: getattr(shardings, f) for f in TrainState.__dataclass_fields__}
+    return (AdversarialTrainState(**fields, disc_params=params, disc_opt_state=opt_state),
+            AdversarialTrainState(**sh_fields, disc_params=out_sh[0], disc_opt_state=out_sh[1]))
+
+
 def _split_micro(batch, n: int):
     """(B, ...) -> (n, B/n, ...), micro-batch i = rows i, i+n, i+2n, ...
 
@@ -107,48 +162,79 @@ def _split_micro(batch, n: int):
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, state_shardings,
-                    batch_sharding, grad_accum: int = 1, constrain_activations: bool = False):
+                    batch_sharding, grad_accum: int = 1, constrain_activations: bool = False, *,
+                    disc_loss_fn: Callable | None = None,
+                    disc_tx: optax.GradientTransformation | None = None):
     """-> step(state, batch, rng) -> (state, metrics); the state argument is donated.
 
     metrics: 'loss', 'grad_norm' (global norm of the full-batch gradient, before any clipping or
     masking) and the loss's aux, each averaged over micro-batches. The step's rng is folded with
     state.step and the micro-batch index, so every step and micro-batch draws fresh noise.
+    disc_loss_fn / disc_tx (both or neither): the adversarial prior, see the module docstring;
+    the state must then come from add_discriminator.
     """
     if grad_accum < 1:
         raise ValueError(f'make_train_step: grad_accum must be >= 1, got {grad_accum}')
+    if (disc_loss_fn is None) != (disc_tx is None):
+        raise ValueError('make_train_step: pass both disc_loss_fn and disc_tx, or neither')
+    adversarial = disc_tx is not None
+    if adversarial != has_discriminator(state_shardings):
+        raise ValueError(f'make_train_step: disc_tx is {"set" if adversarial else "None"} but the '
+                         f'state {"lacks" if adversarial else "has"} a discriminator '
+                         '(build it with add_discriminator)')
     repl = shd.replicated(mesh)
     micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(shd.BATCH_AXES))
 
-    def grads_of(params, constants, batch, rng):
+    def grads_of(state, batch, rng):
+        """-> (loss, aux, grads); grads is (generator, discriminator) with the prior on."""
+        extra = {DISCRIMINATOR: state.disc_params} if adversarial else {}
+
         def f(p):
-            return loss_fn({'params': p, **constants}, batch, rng)
-        (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(params)
-        return loss, aux, grads
+            return loss_fn({'params': p, **state.constants, **extra}, batch, rng)
+        (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+        if not adversarial:
+            return loss, aux, grads
+        aux = dict(aux)
+        if 'disc_inputs' not in aux:
+            raise KeyError("make_train_step: with a discriminator, loss_fn's aux must hold "
+                           f"'disc_inputs'; it has {sorted(aux)}")
+        # The discriminator learns to tell predictions from real samples; it must not move them.
+        disc_inputs = jax.lax.stop_gradient(aux.pop('disc_inputs'))
+        (d_loss, d_aux), d_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(
+            state.disc_params, disc_inputs)
+        return loss, {**aux, **d_aux, 'loss_disc': d_loss}, (grads, d_grads)
 
     def step(state: TrainState, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
         if grad_accum == 1:
-            loss, aux, grads = grads_of(state.params, state.constants, batch, rng)
+            loss, aux, grads = grads_of(state, batch, rng)
         else:
             micro = _split_micro(batch, grad_accum)
 
             def body(carry, xs):
                 i, mb = xs
                 mb = jax.lax.with_sharding_constraint(mb, micro_sharding)
-                loss, aux, grads = grads_of(state.params, state.constants, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
+                out = grads_of(state, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, out), None
 
-            zero = jax.eval_shape(grads_of, state.params, state.constants,
-                                  jax.tree.map(lambda x: x[0], micro), rng)
+            zero = jax.eval_shape(grads_of, state, jax.tree.map(lambda x: x[0], micro), rng)
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32 if jnp.issubdtype(s.dtype, jnp.floating)
                                                      else s.dtype), zero)
             (loss, aux, grads), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
             loss, aux, grads = jax.tree.map(lambda x: x / grad_accum, (loss, aux, grads))
-            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads,
+                                 (state.params, state.disc_params) if adversarial else state.params)
+        if adversarial:
+            grads, d_grads = grads
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), **aux}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        new = dict(step=state.step + 1, params=params, opt_state=opt_state)
+        if adversarial:
+            d_updates, new['disc_opt_state'] = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+            new['disc_params'] = optax.apply_updates(state.disc_params, d_updates)
+            metrics['disc_grad_norm'] = optax.global_norm(d_grads)
+        return state.replace(**new), metrics
 
     jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding, repl),
                      out_shardings=(state_shardings, repl), donate_argnums=0)

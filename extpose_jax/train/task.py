@@ -7,6 +7,14 @@
 The pipeline's batch holds the records' keypoint layout (HMR 2.0's 44 for bodies, hand-21);
 the skeleton image is drawn in the model's layout (OpenPose-18, ControlNet's look, for bodies),
 so keypoints are converted here, on device, inside the jitted step.
+
+Adversarial prior (config loss.use_adversarial; spec reference_models.md §5.1): when variables
+hold 'discriminator' (its params, put there by the train step), loss_fn adds the generator term
+w_adv * sum (D(fake) - 1)^2 / N and returns aux['disc_inputs'] for `disc_loss_fn`, the LSGAN
+discriminator loss. Upstream's "real" samples are MoCap SMPL / MANO parameters (CMU for HMR 2.0,
+FreiHAND mocap for HaMeR); we have no MoCap files, so the real samples are the ground-truth
+pose and betas of the batch's own frames that have both (has_pose & has_betas & frame_valid),
+the honest substitute: real parameters, but only as many and as varied as the batch.
 """
 from __future__ import annotations
 
@@ -17,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import convert_common
-from extpose_jax import losses, skeletons
+from extpose_jax import geometry, losses, skeletons
+from extpose_jax.convert.keymap import DISCRIMINATOR
+from extpose_jax.models import discriminator as disc_lib
 from extpose_jax.train import config as config_lib
 
 # Batch keys the step reads; the rest (ids, affine, K, ...) stay on the host.
@@ -69,12 +79,16 @@ class Task:
         # With 'sum' the loss grows with the batch; grad accumulation averages micro-batch
         # losses, so each micro-batch's sum is scaled back up to the full batch's.
         self.loss_scale = float(cfg.train.grad_accum) if cfg.loss.normalize == 'sum' else 1.0
+        self.discriminator = disc_lib.Discriminator(self.kind)
 
     @functools.cached_property
     def body_model(self):
         if self.body_models_dir is None:
             raise ValueError('Task: the loss needs a body model; pass body_models_dir')
-        return load_body_model(self.kind, self.body_models_dir)
+        # Often first touched while a step is being traced: load eagerly, or the cached arrays
+        # would be that trace's tracers and leak into the next one (another jit, a scan body).
+        with jax.ensure_compile_time_eval():
+            return load_body_model(self.kind, self.body_models_dir)
 
     def inputs(self, batch):
         """(frames (B, T, 1, H, W, 3), keypoints (B, T, 1, J, 3) in the model's layout)."""
@@ -90,7 +104,15 @@ class Task:
         return (jax.ShapeDtypeStruct((batch_size, num_frames, 1, h, w, 3), jnp.uint8),
                 jax.ShapeDtypeStruct((batch_size, num_frames, 1, j, 3), jnp.float32))
 
+    def disc_example_inputs(self, batch_size: int = 1):
+        """ShapeDtypeStructs (rotmats (B, J, 3, 3), betas (B, 10)) for the discriminator's init."""
+        j = disc_lib.num_joints(self.kind)
+        return (jax.ShapeDtypeStruct((batch_size, j, 3, 3), jnp.float32),
+                jax.ShapeDtypeStruct((batch_size, disc_lib.NUM_BETAS), jnp.float32))
+
     def apply(self, variables, batch, *, rng=None, modality_keep=None):
+        # A checkpoint's discriminator may ride along (restore_variables); the model has no use for it.
+        variables = {k: v for k, v in variables.items() if k != DISCRIMINATOR}
         frames, kp = self.inputs(batch)
         kwargs = {'rngs': {'dropout': rng}} if rng is not None else {}
         return self.model.apply(variables, frames, kp, modality_keep=modality_keep,
@@ -102,9 +124,47 @@ class Task:
         keep = draw_modality_keep(r_keep, batch['image'].shape[0], len(self.model_config.modalities),
                                   self.cfg.model.modality_dropout)
         out = self.apply(variables, batch, rng=r_drop, modality_keep=keep)
+        disc_params = variables.get(DISCRIMINATOR)
+        disc = None
+        if disc_params is not None:
+            disc = functools.partial(self.discriminator.apply, {'params': disc_params})
         loss, terms = losses.total_loss(out, batch, self.body_model, self.weights, self.kind,
-                                        normalize=self.cfg.loss.normalize)
-        return loss * self.loss_scale, {k: v for k, v in terms.items() if k != 'loss'}
+                                        discriminator=disc, normalize=self.cfg.loss.normalize)
+        aux = {k: v for k, v in terms.items() if k != 'loss'}
+        if self.loss_scale != 1.0:
+            # The adversarial term is already a mean over frames: only the sums are scaled up.
+            adv = self.weights.adversarial * terms['loss_adv']
+            loss = (loss - adv) * self.loss_scale + adv
+        if disc is not None:
+            aux['disc_inputs'] = self.disc_inputs(out, batch)
+        return loss, aux
+
+    def disc_inputs(self, outputs, batch) -> dict:
+        """The discriminator's fakes (predictions of valid frames) and reals (GT, see the module
+        docstring), float32, leading dims (B, T); masks say which samples count."""
+        lead = tuple(batch['pose'].shape[:2])
+        ones = jnp.ones(lead, bool)
+        flag = lambda name: jnp.asarray(batch.get(name, ones), bool)  # noqa: E731
+        valid = flag('frame_valid')
+        pose_key = losses.POSE_KEY[self.kind]
+        fake_pose, fake_betas = outputs[pose_key], outputs['betas']
+        if fake_pose.ndim == len(lead) + 4:  # (B, T, 1, J, 3, 3): drop the single view
+            fake_pose, fake_betas = fake_pose[:, :, 0], fake_betas[:, :, 0]
+        j = disc_lib.num_joints(self.kind)
+        # GT pose is axis-angle with the global orient first; the discriminator sees the rest.
+        real_pose = geometry.axis_angle_to_matrix(batch['pose'].reshape(lead + (-1, 3))[..., 1:1 + j, :])
+        return {'fake_pose': fake_pose.astype(jnp.float32), 'fake_betas': fake_betas.astype(jnp.float32),
+                'fake_mask': valid, 'real_pose': real_pose.astype(jnp.float32),
+                'real_betas': batch['betas'].astype(jnp.float32),
+                'real_mask': valid & flag('has_pose') & flag('has_betas')}
+
+    def disc_loss_fn(self, disc_params, inputs):
+        """LSGAN discriminator loss (weighted by loss.adversarial) -> (loss, aux): the step's
+        disc_loss_fn. N = the number of valid fake frames, as upstream's image batch size."""
+        d = functools.partial(self.discriminator.apply, {'params': disc_params})
+        return losses.discriminator_loss(
+            d(inputs['fake_pose'], inputs['fake_betas']), d(inputs['real_pose'], inputs['real_betas']),
+            inputs['fake_mask'], self.weights.adversarial, real_mask=inputs['real_mask'])
 
     def predict(self, variables, batch):
         """Deterministic head outputs with the view axis dropped: (B, T, ...)."""

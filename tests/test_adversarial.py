@@ -21,8 +21,11 @@ from bench.train_step import random_batch
 from configs import video
 from extpose_jax import geometry, losses
 from extpose_jax.convert import from_torch, keymap, to_torch
-from extpose_jax.train import checkpoint, loop, optim, sharding as shd, state as state_lib, task as task_lib
+from extpose_jax.train import checkpoint, loop, optim
 from extpose_jax.train import config as config_lib
+from extpose_jax.train import sharding as shd
+from extpose_jax.train import state as state_lib
+from extpose_jax.train import task as task_lib
 
 B, T = 2, 2
 RNG = jax.random.key(1)

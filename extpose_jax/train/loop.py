@@ -137,8 +137,9 @@ def run_eval(cfg, task, state, step: int, workdir: str, body_models_dir: str, re
     evaluate.write_metrics_json(os.path.join(workdir, 'eval', 'metrics.json'), {'step': step, **metrics})
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()
                                 if isinstance(v, (int, float))})
+    # The overall numbers only ('hint/pck@0.1/all', not per source); metrics.json has them all.
     log(f'eval at step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in metrics.items()
-                                             if isinstance(v, float)))
+                                             if isinstance(v, float) and k.count('/') <= 2))
     return metrics
 
 

@@ -92,6 +92,25 @@ if PART == 2:
      res['bad_mesh'] = None
  except ValueError as e:
      res['bad_mesh'] = str(e)
+if PART == 3:
+  # Activation constraints on (the default): 4 heads so that tensor=2 splits q/k/v by head.
+  model = extpose.ExtPose(extpose.ExtPoseConfig(vit=vit.ViTConfig.of('tiny', image_size=(64, 48), heads=4)))
+  def compiled_run(mesh_shape, devices, steps):
+      mesh = sharding.make_mesh(mesh_shape, devices=devices)
+      tx = optim.make_optimizer(full)
+      state, sh = st.create_train_state(model, tx, jax.random.PRNGKey(0), (frames[:1], kp[:1]), mesh)
+      step = st.make_train_step(loss_fn, tx, mesh, sh, sharding.batch_sharding(mesh))
+      batch = sharding.global_batch(batch_np, mesh)
+      compiled = step.lower(state, batch, jax.random.PRNGKey(1)).compile()
+      losses = []
+      for _ in range(steps):
+          state, m = compiled(state, batch, jax.random.PRNGKey(1))
+          losses.append(float(m['loss']))
+      return losses, compiled.memory_analysis().temp_size_in_bytes, compiled.as_text().count('sharding_constraint')
+  res['loss_t1'], _, _ = compiled_run({'data': 1}, jax.devices()[:1], 2)
+  res['loss_222'], res['temp_222'], res['constraints_222'] = compiled_run(
+      {'data': 2, 'fsdp': 2, 'tensor': 2}, None, 2)
+  _, res['temp_221'], _ = compiled_run({'data': 2, 'fsdp': 2}, jax.devices()[:4], 0)
 print('RESULT' + json.dumps(res))
 '''
 
@@ -99,9 +118,9 @@ print('RESULT' + json.dumps(res))
 @pytest.fixture(scope='module')
 def eight_devices():
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-    # Three parts in parallel: each run's cost is mostly compilation, which is single-threaded.
+    # The parts in parallel: each run's cost is mostly compilation, which is single-threaded.
     procs = [subprocess.Popen([sys.executable, '-c', SCRIPT, str(i)], cwd=ROOT, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(3)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
     res = {}
     for proc in procs:
         out, err = proc.communicate(timeout=600)
@@ -133,6 +152,18 @@ def test_qk_only_moves_q_and_k_only(eight_devices):
     assert r['qk_leaves'] == 2 * 4             # kernel + bias in each of the 4 tiny blocks
     assert r['qk_all_changed']                 # every q/k output column moved
     assert r['loss_qk'][1] < r['loss_qk'][0]
+
+
+def test_activation_constraints_data_fsdp_tensor_equals_one_device(eight_devices):
+    r = eight_devices
+    assert r['constraints_222'] > 0  # the constraints reached the compiled step
+    # fp32, the same sums in another order (sharded reductions): a few ulps of a ~650 loss.
+    np.testing.assert_allclose(r['loss_222'], r['loss_t1'], rtol=1e-5)
+
+
+def test_tensor_parallelism_lowers_per_device_activation_memory(eight_devices):
+    # Same per-device batch (data x fsdp = 4 in both); tensor=2 splits heads and the MLP width.
+    assert eight_devices['temp_222'] < eight_devices['temp_221'], eight_devices
 
 
 def test_bad_mesh_names_the_field(eight_devices):

@@ -26,8 +26,10 @@ Logical axis names (every parameter; the rules table in train/ maps them to mesh
   'mlp'    the MLP hidden width
   None     small axes never worth sharding: conv kernel height/width/in-channels, pos_embed's
            leading 1 and token axes
-Activation constraints (no-ops without an active mesh): ('batch', 'seq', 'embed') on the
-residual stream and ('batch', 'seq', 'heads', 'kv') on q/k/v ('kv' = head_dim).
+Activation constraints (models/logical.py; no-ops unless a train step is being traced under
+sharding.activation_sharding): ('batch', 'seq', 'embed') on the residual stream,
+('batch', 'seq', 'heads', 'kv') on q/k/v ('kv' = head_dim), ('batch', 'seq', 'mlp') on the MLP
+hidden activations.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from extpose_jax.models import attention, masks
+from extpose_jax.models import attention, logical, masks
 
 # ViTPose sizes (ViTPose configs/*/ViTPose_{small,base,large,huge}_coco_256x192.py); 'tiny' is
 # for tests. drop_path_rate is the upstream fine-tuning value.
@@ -145,7 +147,7 @@ class Attention(nn.Module):
         qkv = _dense(3 * width, ('embed', 'qkv'), c, 'qkv')(x)
         # Upstream reshape(B, N, 3, heads, head_dim): columns are [q | k | v], head-major.
         q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, c.heads, width // c.heads), 2, 0)
-        q, k, v = (nn.with_logical_constraint(t, ('batch', 'seq', 'heads', 'kv')) for t in (q, k, v))
+        q, k, v = (logical.constrain(t, ('batch', 'seq', 'heads', 'kv')) for t in (q, k, v))
         block = layout.patches if c.block_size is None else c.block_size
         out = attention.attend(q, k, v, structure=masks.structure(layout, mask_spec, self.layer),
                                key_valid=key_valid, impl=c.attention, block_size=block)
@@ -160,6 +162,7 @@ class Mlp(nn.Module):
         c = self.config
         x = _dense(c.mlp_dim, ('embed', 'mlp'), c, 'fc1')(x)
         x = nn.gelu(x, approximate=False)  # torch nn.GELU() is the exact erf form
+        x = logical.constrain(x, ('batch', 'seq', 'mlp'))
         return _dense(c.width, ('mlp', 'embed'), c, 'fc2')(x)
 
 
@@ -174,7 +177,7 @@ class Block(nn.Module):
         y = Attention(c, self.layer, name='attn')(_norm(c, 'norm1')(x), key_valid, layout, mask_spec)
         x = x + self._drop_path(y, deterministic)
         x = x + self._drop_path(Mlp(c, name='mlp')(_norm(c, 'norm2')(x)), deterministic)
-        return nn.with_logical_constraint(x, ('batch', 'seq', 'embed'))
+        return logical.constrain(x, ('batch', 'seq', 'embed'))
 
     def _drop_path(self, y, deterministic):
         """Stochastic depth: drops the whole residual branch per sample (per clip here)."""
@@ -207,7 +210,7 @@ class ViT(nn.Module):
         x = self.patch_embed(images.reshape(b * s, *images.shape[2:]).astype(c.dtype))
         pos = self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # slot 0 goes to every token (upstream)
         x = x + pos.astype(c.dtype)
-        return nn.with_logical_constraint(x.reshape(b, s * c.num_patches, c.width), ('batch', 'seq', 'embed'))
+        return logical.constrain(x.reshape(b, s * c.num_patches, c.width), ('batch', 'seq', 'embed'))
 
     def __call__(self, images, layout: masks.TokenLayout, mask_spec: masks.MaskSpec, key_valid=None, *,
                  deterministic: bool = True):

@@ -1,8 +1,8 @@
 """Mesh, the one logical-axis rules table, and the shardings derived from it.
 
     mesh = make_mesh({'data': 2, 'fsdp': -1})          # -1: whatever devices are left
-    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
-        ...                                              # trace model code here
+    with activation_sharding(mesh):
+        ...                                              # trace model code: activations constrained
     shardings = param_shardings(boxed_variables, mesh)  # from jax.eval_shape(model.init, ...)
     batch = global_batch(local_numpy_dict, mesh)
 
@@ -12,6 +12,7 @@ logical constraints assert under Explicit axes (spec/jax_stack.md §2).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Mapping, Sequence
 
@@ -20,6 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from extpose_jax.models import logical
 
 AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')  # the batch is split over every non-tensor device
@@ -104,6 +107,17 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh) -> 
         used.update(keep)
         spec.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
     return P(*spec)
+
+
+def activation_sharding(mesh):
+    """Context in which the models' logical.constrain calls constrain activations by RULES.
+
+    Enter it around tracing (the first call of a jitted step, or lower()): the constraints are
+    then part of the compiled step. Dimensions a mesh axis does not divide stay unsplit.
+    """
+    if all(mesh.shape[a] == 1 for a in AXES):
+        return contextlib.nullcontext()  # one device: nothing to constrain
+    return logical.active(mesh, logical_to_spec)
 
 
 def _is_box(x):

@@ -3,6 +3,8 @@
     mesh = sharding.make_mesh({'data': 2, 'fsdp': -1})
     tx = optim.make_optimizer(optim.OptimConfig(...))
     state, shardings = create_train_state(model, tx, rng, (frames, keypoints), mesh)
+    # or abstract, nothing allocated: init, shardings = state_initializer(...);
+    # jax.eval_shape(init, rng)
     step = make_train_step(loss_fn, tx, mesh, shardings, sharding.batch_sharding(mesh), grad_accum=2)
     state, metrics = step(state, batch, rng)
 
@@ -28,6 +30,7 @@ and disc_loss_fn's aux; with grad_accum both gradients are averaged over micro-b
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -88,12 +91,14 @@ def _opt_shardings(opt_shapes, params, param_sh, repl):
     return jax.tree_util.tree_map_with_path(one, opt_shapes)
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       init_args: Sequence[Any], mesh, **init_kwargs):
-    """Initialises straight into the mesh: (TrainState of sharded arrays, TrainState of shardings).
+def state_initializer(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                      init_args: Sequence[Any], mesh, **init_kwargs):
+    """-> (init, shardings): init(rng) is jitted straight onto the mesh and returns a TrainState
+    of sharded arrays; `shardings` is a TrainState of NamedShardings.
 
-    init_args are example inputs for model.init (arrays or ShapeDtypeStructs, any batch size);
-    only their shapes are used, zeros of those shapes are made inside the jitted init.
+    jax.eval_shape(init, rng) is the abstract state (ShapeDtypeStructs with their shardings):
+    what the preflight lowers the step with, nothing allocated. init_args are example inputs
+    for model.init (arrays or ShapeDtypeStructs, any batch size); only their shapes are used.
     """
     shapes = [_as_shape(a) for a in init_args]
 
@@ -103,8 +108,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
         constants = {k: v for k, v in variables.items() if k != 'params'}
         return params, constants
 
-    # Shapes and logical names only; no FLOPs. Traced without a mesh so activation constraints
-    # (whose batch may not divide the mesh here) are no-ops: only the outputs' sharding matters.
+    # Shapes and logical names only; no FLOPs. Traced without activation constraints (whose
+    # batch may not divide the mesh here): only the outputs' sharding matters.
     boxed_params, boxed_constants = jax.eval_shape(init_boxed, rng)
     param_sh = shd.param_shardings(boxed_params, mesh)
     plain_params = nn.unbox(boxed_params)
@@ -119,8 +124,14 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           constants=constants)
 
-    state = jax.jit(init, in_shardings=repl, out_shardings=shardings)(rng)
-    return state, shardings
+    return jax.jit(init, in_shardings=repl, out_shardings=shardings), shardings
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       init_args: Sequence[Any], mesh, **init_kwargs):
+    """Initialises straight into the mesh: (TrainState of sharded arrays, TrainState of shardings)."""
+    init, shardings = state_initializer(model, tx, rng, init_args, mesh, **init_kwargs)
+    return init(rng), shardings
 
 
 def add_discriminator(state: TrainState, shardings: TrainState, disc: nn.Module,
@@ -129,6 +140,7 @@ def add_discriminator(state: TrainState, shardings: TrainState, disc: nn.Module,
 
     init_args: example inputs of disc.init (arrays or ShapeDtypeStructs). The discriminator is
     small (~1.8M params for SMPL), so it and its optimizer state are replicated on every device.
+    An abstract `state` (ShapeDtypeStructs, the preflight's) gets an abstract discriminator.
     """
     if has_discriminator(state):
         raise ValueError('add_discriminator: the state already has a discriminator')
@@ -140,7 +152,10 @@ def add_discriminator(state: TrainState, shardings: TrainState, disc: nn.Module,
         return params, tx.init(params)
 
     out_sh = jax.tree.map(lambda _: repl, jax.eval_shape(init, rng))
-    params, opt_state = jax.jit(init, in_shardings=repl, out_shardings=out_sh)(rng)
+    jitted = jax.jit(init, in_shardings=repl, out_shardings=out_sh)
+    abstract = isinstance(state.params, jax.ShapeDtypeStruct) or any(
+        isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.params))
+    params, opt_state = jax.eval_shape(jitted, rng) if abstract else jitted(rng)
     fields = {f: getattr(state, f) for f in TrainState.__dataclass_fields__}
     sh_fields = {f: getattr(shardings, f) for f in TrainState.__dataclass_fields__}
     return (AdversarialTrainState(**fields, disc_params=params, disc_opt_state=opt_state),
@@ -162,7 +177,7 @@ def _split_micro(batch, n: int):
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, state_shardings,
-                    batch_sharding, grad_accum: int = 1, constrain_activations: bool = False, *,
+                    batch_sharding, grad_accum: int = 1, constrain_activations: bool = True, *,
                     disc_loss_fn: Callable | None = None,
                     disc_tx: optax.GradientTransformation | None = None):
     """-> step(state, batch, rng) -> (state, metrics); the state argument is donated.
@@ -171,7 +186,10 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
     masking) and the loss's aux, each averaged over micro-batches. The step's rng is folded with
     state.step and the micro-batch index, so every step and micro-batch draws fresh noise.
     disc_loss_fn / disc_tx (both or neither): the adversarial prior, see the module docstring;
-    the state must then come from add_discriminator.
+    the state must then come from add_discriminator. constrain_activations: trace under
+    sharding.activation_sharding, so that activations follow the rules table (batch over
+    data x fsdp, heads / MLP over tensor) rather than whatever XLA's propagation picks.
+    step.lower(state, batch, rng) lowers under the same context (abstract inputs allowed).
     """
     if grad_accum < 1:
         raise ValueError(f'make_train_step: grad_accum must be >= 1, got {grad_accum}')
@@ -239,13 +257,20 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
     jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding, repl),
                      out_shardings=(state_shardings, repl), donate_argnums=0)
 
+    trace_context = shd.activation_sharding if constrain_activations else (
+        lambda _: contextlib.nullcontext())
+
     def run(state, batch, rng):
-        # When constraining, the mesh and the rules must be active while tracing, or the model's
-        # activation constraints silently do nothing (spec/jax_stack.md §9.3).
-        if not constrain_activations:
-            return jitted(state, batch, rng)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
+        # The rules must be active while the step is traced (its first call), or the model's
+        # activation constraints do nothing; later calls hit the compiled step.
+        with trace_context(mesh):
             return jitted(state, batch, rng)
 
+    def lower(state, batch, rng):
+        """jitted.lower under the same constraints (preflight: abstract arguments are fine)."""
+        with trace_context(mesh):
+            return jitted.lower(state, batch, rng)
+
     run.jitted = jitted
+    run.lower = lower
     return run

@@ -15,6 +15,16 @@ implementations that feed the same geometry print the same numbers.
 
 Means are over counted frames (PCK: per joint over counted keypoints, then over joints, as
 HaMeR's kpAvg). `num_frames_*` entries say how many frames each mean is over.
+
+Several processes: each scores its share of the windows, then
+
+    protocol.merge_states(collectives.allgather_arrays(protocol.state()))
+    protocol.result()        # what one process scoring every window gives
+
+`state()` is a dict of plain numpy arrays (numbers and fixed-width strings: sums, counts and,
+for 3DPW's acceleration error, which needs consecutive frames that may sit on different
+processes, the per-frame 14 joints); `merge_states(states)` replaces the accumulators by the
+combination of several such states. Sums and counts travel, never per-process means.
 """
 from __future__ import annotations
 
@@ -67,6 +77,20 @@ class _Means:
         n = self.count.get(name, 0)
         return self.total[name] / n if n else float('nan')
 
+    def state(self) -> dict:
+        names = sorted(self.total)
+        return {'means/names': np.array(names, str),
+                'means/total': np.array([self.total[n] for n in names], np.float64),
+                'means/count': np.array([self.count[n] for n in names], np.int64)}
+
+    def merge_states(self, states) -> None:
+        self.total.clear()
+        self.count.clear()
+        for s in states:
+            for name, total, count in zip(s['means/names'], s['means/total'], s['means/count']):
+                self.total[str(name)] += float(total)
+                self.count[str(name)] += int(count)
+
 
 # ---------------------------------------------------------------------------------- 3DPW
 
@@ -88,10 +112,14 @@ class ThreeDPW:
     name = '3dpw'
     needs_gt_mesh = True
     record_fields = ('gender',)
+    _ROWS = {'accel/track': ((2,), np.int64), 'accel/frame': ((), np.int64),
+             'accel/pred14': ((14, 3), np.float32), 'accel/gt14': ((14, 3), np.float32)}
 
     def __init__(self):
         self.means = _Means()
-        self.tracks = collections.defaultdict(list)  # (sequence id, track) -> [(frame, pred, gt)]
+        # Per counted frame with GT joints, appended per batch: (sequence id, track), frame and
+        # the pelvis-centred 14 joints, kept float32 as computed (float64 only in _accel).
+        self.rows = {k: [] for k in self._ROWS}
 
     def update(self, batch, pred, gt_mesh, count, fields) -> None:
         joints = count & batch['has_kp3d']
@@ -102,26 +130,39 @@ class ThreeDPW:
         self.means.add('mpjpe', mpjpe, _flat(joints))
         self.means.add('pa_mpjpe', pa, _flat(joints))
         self.means.add('pve', pve, _flat(mesh))
-        pred14, gt14 = np.asarray(pred14, np.float64), np.asarray(gt14, np.float64)
-        for i in np.flatnonzero(_flat(joints)):
-            b, t = divmod(int(i), joints.shape[1])
-            key = (int(batch['sequence_id'][b, t]), int(batch['track'][b, t]))
-            self.tracks[key].append((int(batch['frame'][b, t]), pred14[i], gt14[i]))
+        keep = _flat(joints)
+        track = np.stack([_flat(batch['sequence_id']), _flat(batch['track'])], -1)
+        for key, value in (('accel/track', track), ('accel/frame', _flat(batch['frame'])),
+                           ('accel/pred14', pred14), ('accel/gt14', gt14)):
+            self.rows[key].append(np.asarray(value)[keep].astype(self._ROWS[key][1]))
+
+    def state(self) -> dict:
+        rows = {k: (np.concatenate(v) if v else np.zeros((0,) + self._ROWS[k][0], self._ROWS[k][1]))
+                for k, v in self.rows.items()}
+        return {**self.means.state(), **rows}
+
+    def merge_states(self, states) -> None:
+        self.means.merge_states(states)
+        self.rows = {k: [np.asarray(s[k], self._ROWS[k][1]) for s in states] for k in self._ROWS}
 
     def _accel(self):
+        rows = self.state()
+        track, frame = rows['accel/track'], rows['accel/frame']
+        # Every frame is scored once, so (track, frame) is unique and this order is the same
+        # whichever process scored which frame.
+        order = np.lexsort((frame, track[:, 1], track[:, 0]))
+        track, frame = track[order], frame[order]
+        pred = rows['accel/pred14'][order].astype(np.float64)
+        gt = rows['accel/gt14'][order].astype(np.float64)
+        new_run = (np.diff(frame) != 1) | np.any(np.diff(track, axis=0) != 0, axis=1)
+        cuts = np.flatnonzero(new_run) + 1
         total, count = 0.0, 0
-        for items in self.tracks.values():
-            items.sort(key=lambda x: x[0])
-            frames = np.array([f for f, _, _ in items])
-            cuts = np.flatnonzero(np.diff(frames) != 1) + 1
-            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(items)]):
-                if hi - lo < 3:
-                    continue
-                pred = np.stack([p for _, p, _ in items[lo:hi]])
-                gt = np.stack([g for _, _, g in items[lo:hi]])
-                err, _ = metrics.accel_error_per_frame(pred, gt)
-                total += 1000.0 * float(np.sum(err))
-                count += len(err)
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(frame)]):
+            if hi - lo < 3:
+                continue
+            err, _ = metrics.accel_error_per_frame(pred[lo:hi], gt[lo:hi])
+            total += 1000.0 * float(np.sum(err))
+            count += len(err)
         return (total / count if count else float('nan')), count
 
     def result(self) -> dict[str, float]:
@@ -168,6 +209,12 @@ class FreiHAND:
         f = np.asarray(f)
         for i, th in enumerate(metrics.FREIHAND_F_THRESHOLDS):
             self.means.add(f'f@{th * 1000:g}mm', f[:, i], mesh)
+
+    def state(self) -> dict:
+        return self.means.state()
+
+    def merge_states(self, states) -> None:
+        self.means.merge_states(states)
 
     def result(self) -> dict[str, float]:
         m = self.means
@@ -221,6 +268,26 @@ class HInt:
                 acc = self.counts.setdefault((source, subset), [0, 0])
                 acc[0] = acc[0] + np.asarray(correct, np.int64)
                 acc[1] = acc[1] + np.asarray(counted, np.int64)
+
+    def state(self) -> dict:
+        """Per source (the sources differ between processes): frames, and per subset the PCK
+        counts: correct (S, subsets, thresholds, J), counted (S, subsets, J)."""
+        sources = sorted(self.frames)
+        pick = lambda i: np.array([[self.counts[(s, sub)][i] for sub in self.subsets]
+                                   for s in sources], np.int64)
+        return {'hint/sources': np.array(sources, str),
+                'hint/frames': np.array([self.frames[s] for s in sources], np.int64),
+                'hint/correct': pick(0), 'hint/counted': pick(1)}
+
+    def merge_states(self, states) -> None:
+        self.counts, self.frames = {}, collections.Counter()
+        for s in states:
+            for i, source in enumerate(map(str, s['hint/sources'])):
+                self.frames[source] += int(s['hint/frames'][i])
+                for k, subset in enumerate(self.subsets):
+                    acc = self.counts.setdefault((source, subset), [0, 0])
+                    acc[0] = acc[0] + s['hint/correct'][i, k]
+                    acc[1] = acc[1] + s['hint/counted'][i, k]
 
     def result(self) -> dict[str, float]:
         out = {}

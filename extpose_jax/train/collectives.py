@@ -1,0 +1,49 @@
+"""Host-side collectives over processes: every process's dict of numpy arrays, to every process.
+
+    states = allgather_arrays({'total': np.array([3.5]), 'names': np.array(['mpjpe'])})
+    # -> [process 0's dict, process 1's dict, ...] on every process; [the dict] with one process
+
+For evaluation accumulators (sums, counts, per-frame rows) whose shapes differ between processes:
+each dict is serialised with np.savez (numeric and fixed-width unicode arrays only; object arrays
+are refused, nothing is pickled), the byte strings are padded to the longest and gathered with
+jax.experimental.multihost_utils.process_allgather. Every process must call it, the same number
+of times, in the same order.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+
+def encode(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A dict of arrays -> the bytes of an .npz file, as a uint8 array."""
+    for key, value in arrays.items():
+        if np.asarray(value).dtype == object:
+            raise TypeError(f'collectives: {key!r} is an object array; send numbers or '
+                            'fixed-width strings (np.array(list_of_str) gives <U...)')
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return np.frombuffer(buf.getvalue(), np.uint8)
+
+
+def decode(data: np.ndarray) -> dict:
+    """encode's bytes -> the dict; allow_pickle=False: a byte string never runs code."""
+    with np.load(io.BytesIO(data.tobytes()), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def allgather_arrays(arrays: Mapping[str, np.ndarray]) -> list[dict]:
+    """-> every process's `arrays`, in process order. With one process: no collective at all."""
+    if jax.process_count() == 1:
+        return [dict(arrays)]
+    data = encode(arrays)
+    # int32 on purpose: without jax_enable_x64 an int64 would be narrowed anyway.
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:data.size] = data
+    everyone = np.asarray(multihost_utils.process_allgather(padded))   # (processes, longest)
+    return [decode(row[:n]) for row, n in zip(everyone, lengths)]

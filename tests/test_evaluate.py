@@ -7,8 +7,10 @@ parameters (looked up by its record key) then reproduces its 3D joints, mesh and
 exactly, so every metric has a known value; perturbed predictions are checked against an
 independent computation (smplx meshes, scipy Procrustes and nearest neighbours, numpy).
 """
+import concurrent.futures
 import json
 import os
+import threading
 
 import cv2
 import numpy as np
@@ -22,6 +24,7 @@ from data_pipelines import augment as aug
 from data_pipelines import convert_common, records
 from data_pipelines import pipeline as pl
 from extpose_jax import body_models, geometry, skeletons
+from extpose_jax.train import collectives
 from extpose_jax.train import evaluate as ev
 from extpose_jax.train import overlays
 
@@ -370,6 +373,68 @@ def test_hint_pck_ground_truth_and_a_known_shift(data):
     m = _evaluate(data, 'hint', truth_predictor(truth, 'mano', shift))
     for subset in ('all', 'vis', 'occ'):
         assert [m[f'hint/pck@{th:g}/{subset}'] for th in (0.05, 0.1, 0.15)] == [0.0, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------ several processes
+
+
+def _simulated_processes(n, run):
+    """run(process_index, allgather) in n threads whose allgather exchanges like n processes
+    (through collectives' npz bytes, as the real one); -> the n return values."""
+    barrier, slots = threading.Barrier(n, timeout=300), [None] * n
+
+    def allgather_of(i):
+        def allgather(arrays):
+            slots[i] = collectives.encode(arrays)
+            barrier.wait()
+            out = [collectives.decode(x) for x in slots]
+            barrier.wait()   # nobody overwrites a slot before everyone has read it
+            return out
+        return allgather
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: run(i, allgather_of(i)), range(n)))
+
+
+@pytest.mark.parametrize('name, perturb, kw', [
+    ('3dpw/gendered', _noise(0.05), {'hop': 1, 'pose_source': 'noisy_gt'}),
+    ('freihand', _noise(0.15, seed=1), {}),
+    ('hint', _noise(0.3, seed=2), {})])
+def test_processes_share_the_windows_and_merge_to_the_single_process_result(data, name, perturb, kw):
+    """3 simulated processes: each scores only its share (p, p + 3, ...) with the same 2D
+    input per window as one process; merged sums (3DPW's accel across the shares' frames, HInt's
+    per-source counts with sources that differ between processes) give one process's metrics."""
+    kind = 'smpl' if name.startswith('3dpw') else 'mano'
+    truth = data['truth'][name]
+
+    def run(index=None, allgather=None, count=None):
+        seen = {}
+        predict = truth_predictor(truth, kind, perturb)
+
+        def predict_fn(batch):
+            for position, kp in zip(batch['position'], batch['kp2d_input']):
+                if position >= 0:
+                    seen[int(position)] = kp
+            return predict(batch)
+        lines = []
+        metrics = _evaluate(data, name, predict_fn, process_index=index, process_count=count,
+                            allgather=allgather, log=lines.append, **kw)
+        return metrics, seen, lines
+
+    want, want_seen, _ = run()
+    results = _simulated_processes(3, lambda i, allgather: run(i, allgather, 3))
+    for i, (got, seen, lines) in enumerate(results):
+        assert sorted(seen) == list(range(i, want['num_windows'], 3)), lines
+        for position, kp in seen.items():   # 'noisy_gt' is seeded by the global window index
+            np.testing.assert_array_equal(kp, want_seen[position])
+        assert got.keys() == want.keys()
+        for key, value in want.items():     # float64 sums in another order: ~1e-16 relative
+            if isinstance(value, float) and 'pck' not in key:
+                assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+            else:
+                assert got[key] == value, key
+    if name == 'hint':
+        assert {k for k in want if k.endswith('/num_frames')} >= {'hint/epick/num_frames',
+                                                                  'hint/newdays/num_frames'}
 
 
 # ------------------------------------------------------------------------------ files, errors

@@ -20,7 +20,12 @@ centre is nearest (the earlier on a tie), so every frame counts exactly once and
 window edges where it can. Images (FreiHAND, HInt) are one-frame runs. Batches hold
 `batch_size` windows, the last one padded with empty windows: a jitted predict_fn sees one
 shape. Crops are the pipeline's deterministic ones (AugmentConfig(enabled=False)); the
-2D-pose input is `pose_source`, 'noisy_gt' seeded per window.
+2D-pose input is `pose_source`, 'noisy_gt' seeded by the window's global index, so the inputs
+do not depend on how many processes share the windows.
+
+Several processes: the plan is global and the same everywhere; process p scores windows
+p, p + P, ... (process_share), and the protocols' sums are combined at the end (see evaluate).
+With a model sharded like training, predict_fn is train/task.make_sharded_predict_fn.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from data_pipelines import augment, convert_common, pipeline, records
 from data_pipelines.atomic_file import atomic_write
 from extpose_jax import body_models
 from extpose_jax.models import extpose
-from extpose_jax.train import eval_protocols
+from extpose_jax.train import collectives, eval_protocols
 from extpose_jax.train import overlays as overlays_lib
 
 POSE_KEYS = {'smpl': ('body_pose', 23), 'mano': ('hand_pose', 15)}
@@ -120,22 +125,35 @@ def _empty_window(like: dict) -> dict:
     return out
 
 
-def iter_batches(plan: WindowPlan, loader: pipeline.ClipLoader, batch_size: int,
-                 pool: concurrent.futures.Executor):
-    """Yields (batch, owned (B, T)) over the plan; the next batch loads while one is scored."""
-    n = len(plan)
+def process_share(num_windows: int, process_index: int, process_count: int) -> np.ndarray:
+    """The global window indices one process scores: p, p + P, p + 2P, ... (shares differ by
+    at most one window, and each spreads over the whole split)."""
+    return np.arange(process_index, num_windows, process_count)
 
-    def submit(lo):  # element = (position, dataset, unit); the position seeds 'noisy_gt'
-        return [pool.submit(loader, (u, 0, u)) for u in range(lo, min(lo + batch_size, n))]
+
+def iter_batches(plan: WindowPlan, loader: pipeline.ClipLoader, batch_size: int,
+                 pool: concurrent.futures.Executor, units=None, num_batches: int | None = None):
+    """Yields (batch, owned (B, T)) over `units` (global window indices; default: the whole
+    plan), padded with empty windows to `num_batches` batches (default: as many as the units
+    fill); the next batch loads while one is scored."""
+    units = np.arange(len(plan)) if units is None else np.asarray(units, np.int64)
+    n = len(units)
+    num_batches = -(-n // batch_size) if num_batches is None else num_batches
+    empty = None
+
+    def submit(lo):  # element = (position, dataset, unit); the GLOBAL index seeds 'noisy_gt'
+        return [pool.submit(loader, (int(u), 0, int(u))) for u in units[lo:lo + batch_size]]
 
     pending = submit(0)
-    for lo in range(0, n, batch_size):
+    for lo in range(0, num_batches * batch_size, batch_size):
         windows = [f.result() for f in pending]
-        if lo + batch_size < n:
-            pending = submit(lo + batch_size)
-        windows += [_empty_window(windows[0])] * (batch_size - len(windows))
+        pending = submit(lo + batch_size)
+        if empty is None:   # a share may have no window at all: take the shapes from window 0
+            empty = _empty_window(windows[0] if windows else loader((0, 0, 0)))
+        mine = units[lo:lo + batch_size]
+        windows += [empty] * (batch_size - len(windows))
         owned = np.zeros((batch_size, plan.owned.shape[1]), bool)
-        owned[:min(batch_size, n - lo)] = plan.owned[lo:lo + batch_size]
+        owned[:len(mine)] = plan.owned[mine]
         batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
         yield batch, owned & batch['frame_valid']
 
@@ -243,13 +261,25 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
              body_models_dir: str | None = None, num_frames: int, batch_size: int,
              hop: int | None = None, max_frames: int | None = None,
              pose_source: str = 'gt', seed: int = 0, overlays: int = 0,
-             overlay_dir: str | None = None, bodies=None, num_threads: int = 2) -> dict:
+             overlay_dir: str | None = None, bodies=None, num_threads: int = 2,
+             process_index: int | None = None, process_count: int | None = None,
+             allgather: Callable[[dict], list] | None = None,
+             log: Callable[[str], None] | None = None) -> dict:
     """Scores predict_fn on one split of a records dataset (3dpw, freihand or hint).
 
     Returns flat metrics {'<dataset>/<metric>': float, ..., 'num_frames': frames scored,
     'num_windows': windows run} (mm for distances; see eval_protocols for each protocol).
     `bodies`: the body-model forward (default JaxBodies(kind, body_models_dir)). `overlays`:
     PNGs of the first that many scored frames written into overlay_dir.
+
+    Several processes (default: jax.process_index() / process_count()): each scores its
+    process_share of the windows in batches of `batch_size` windows (this process's rows; the
+    global batch is process_count x batch_size), padded so that every process calls predict_fn
+    the same number of times (a sharded predict_fn is a collective), then the protocols' sums
+    are combined with `allgather` (default collectives.allgather_arrays; pass your own only
+    together with process_index / process_count, e.g. to simulate processes). Every process
+    returns the same metrics, equal to one process scoring every window; overlays come from
+    process 0's share, and only it writes them. `log` gets one line per process: its share.
     """
     for name, value in (('num_frames', num_frames), ('batch_size', batch_size)):
         if not isinstance(value, int) or value < 1:
@@ -261,6 +291,13 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
         raise ValueError(f'unknown pose_source {pose_source!r}; use one of {pipeline.POSE_SOURCES}')
     if overlays and not overlay_dir:
         raise ValueError(f'overlays={overlays} needs an overlay_dir')
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if allgather is None and count != jax.process_count():
+        raise ValueError(f'evaluate: process_count={count} but JAX runs {jax.process_count()} '
+                         'processes; simulating processes needs your own allgather')
+    if not 0 <= index < count:
+        raise ValueError(f'evaluate: process_index={index} is not in [0, {count})')
     reader = records.RecordReader(records_dir, split)
     protocol = eval_protocols.make(reader.name)
     if bodies is None:
@@ -275,26 +312,37 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
         pose_source=pose_source, seed=seed, shuffle=False)
     loader = pipeline.ClipLoader([plan.source], cfg)
     sequences = reader.sequences()
+    units = process_share(len(plan), index, count)
+    num_batches = math.ceil(math.ceil(len(plan) / count) / batch_size)   # the largest share's
     scored, drawn = 0, 0
+    overlays = overlays if index == 0 else 0
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-        for batch, count in iter_batches(plan, loader, batch_size, pool):
-            if not count.any():
+        for batch, owned in iter_batches(plan, loader, batch_size, pool, units, num_batches):
+            outputs = _check_outputs(predict_fn(batch), reader.body_model, owned.shape)
+            if not owned.any():
                 continue
-            outputs = _check_outputs(predict_fn(batch), reader.body_model, count.shape)
             pred = bodies.predicted(outputs)
-            fields = _record_fields(reader, batch, count, protocol.record_fields)
+            fields = _record_fields(reader, batch, owned, protocol.record_fields)
             gt_mesh = None
             if protocol.needs_gt_mesh:
                 gt_mesh = bodies.ground_truth(batch['pose'], batch['betas'], fields.get('gender'))
-            protocol.update(batch, pred, gt_mesh, count, fields)
-            scored += int(count.sum())
-            for b, t in list(zip(*np.nonzero(count)))[:max(0, overlays - drawn)]:
+            protocol.update(batch, pred, gt_mesh, owned, fields)
+            scored += int(owned.sum())
+            for b, t in list(zip(*np.nonzero(owned)))[:max(0, overlays - drawn)]:
                 name = _overlay_name(drawn, sequences[batch['sequence_id'][b, t]],
                                      batch['track'][b, t], batch['frame'][b, t])
                 _write_overlay(os.path.join(overlay_dir, name), batch, pred, b, t,
                                loader.layout.limbs, bodies.faces)
                 drawn += 1
-    return {**protocol.result(), 'num_frames': scored, 'num_windows': len(plan)}
+    if log is not None:
+        log(f'evaluation: process {index} of {count} scored {len(units)} of {len(plan)} windows '
+            f'({scored} frames) in {num_batches} batches of {batch_size}')
+    # One process too goes through state() / merge_states(): a single code path.
+    state = {**protocol.state(), 'evaluate/num_frames': np.int64(scored)}
+    states = [state] if count == 1 else (allgather or collectives.allgather_arrays)(state)
+    protocol.merge_states(states)
+    return {**protocol.result(), 'num_frames': sum(int(s['evaluate/num_frames']) for s in states),
+            'num_windows': len(plan)}
 
 
 def _jsonable(value):

@@ -4,6 +4,11 @@
     loss, aux = task.loss_fn(variables, batch, rng)      # train.state.make_train_step's contract
     outputs = task.predict(variables, batch)             # per-frame head outputs, (B, T, ...)
 
+    # Evaluation sharded like training (every process; this process's rows in and out):
+    variables, shardings = task.place_variables(host_variables, mesh)
+    predict_fn = make_sharded_predict_fn(cfg, variables, shardings, mesh, task)
+    rows = eval_batch_size(cfg.eval.batch_size, mesh, log=print)   # this process's windows per step
+
 The pipeline's batch holds the records' keypoint layout (HMR 2.0's 44 for bodies, hand-21);
 the skeleton image is drawn in the model's layout (OpenPose-18, ControlNet's look, for bodies),
 so keypoints are converted here, on device, inside the jitted step.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +35,8 @@ from extpose_jax import geometry, losses, skeletons
 from extpose_jax.convert.keymap import DISCRIMINATOR
 from extpose_jax.models import discriminator as disc_lib
 from extpose_jax.train import config as config_lib
+from extpose_jax.train import optim
+from extpose_jax.train import sharding as shd
 
 # Batch keys the step reads; the rest (ids, affine, K, ...) stay on the host.
 TRAIN_KEYS = ('image', 'kp2d_input', 'kp2d', 'kp3d', 'pose', 'betas', 'has_kp2d', 'has_kp3d',
@@ -171,13 +179,96 @@ class Task:
         out = self.apply(variables, batch)
         return {k: v[:, :, 0] for k, v in out.items()}
 
+    def place_variables(self, variables, mesh, source: str = 'variables'):
+        """Host variables (checkpoint.restore_variables) -> (the same as jax.Arrays on `mesh`,
+        their NamedShardings): each array laid out by the logical-axis rules, as
+        state.create_train_state lays out training's (an abstract init: no FLOPs). A
+        discriminator is dropped; keys or shapes that do not fit the model fail naming `source`.
+        """
+        frames, kp = self.example_inputs(1, self.cfg.data.num_frames)
+        boxed = jax.eval_shape(lambda rng: self.model.init(
+            rng, jnp.zeros(frames.shape, frames.dtype), jnp.zeros(kp.shape, kp.dtype)), jax.random.key(0))
+        shardings = shd.param_shardings(boxed, mesh)
+        want = {optim.path_str(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(nn.unbox(boxed))}
+        variables = {k: v for k, v in variables.items() if k != DISCRIMINATOR}
+        got = {optim.path_str(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(variables)}
+        bad = sorted(k for k in got if k in want and tuple(got[k]) != tuple(want[k]))
+        if want.keys() != got.keys() or bad:
+            raise ValueError(f'{source}: its variables do not fit config.model: missing '
+                             f'{sorted(want.keys() - got.keys())[:8]}, unexpected '
+                             f'{sorted(got.keys() - want.keys())[:8]}, mis-shaped '
+                             f'{[(k, got[k], want[k]) for k in bad[:8]]}')
+        # From every process's identical host copy, each process fills its own shards.
+        put = lambda x, sh: jax.make_array_from_callback(np.shape(x), sh, lambda i: np.asarray(x)[i])
+        return jax.tree.map(put, variables, shardings), shardings
+
 
 def make_predict_fn(cfg, variables, task: Task | None = None):
-    """numpy batch -> numpy head outputs (B, T, ...), jitted once per batch shape."""
+    """numpy batch -> numpy head outputs (B, T, ...), jitted once per batch shape, on one
+    device with host variables (the PyTorch comparison, tests); evaluation of a sharded model
+    uses make_sharded_predict_fn."""
     task = task or Task(cfg)
     jitted = jax.jit(task.predict)
 
     def predict_fn(batch):
         out = jitted(variables, device_batch(batch, PREDICT_KEYS))
         return {k: np.asarray(v) for k, v in out.items()}
+    return predict_fn
+
+
+def eval_batch_size(batch_size: int, mesh, log=None) -> int:
+    """config eval.batch_size (windows per step, global) -> this process's rows per step.
+
+    The global batch is rounded up to a multiple of the mesh's data x fsdp devices (log says so,
+    on process 0, when that changes it), so that every process's rows split evenly over its own
+    data x fsdp devices, as training's batch does.
+    """
+    shards, processes = mesh.shape['data'] * mesh.shape['fsdp'], jax.process_count()
+    if shards % processes:
+        raise ValueError(f'mesh: data x fsdp = {shards} devices do not split over {processes} '
+                         'processes; the evaluation batch is split over processes along them')
+    total = -(-batch_size // shards) * shards
+    if total != batch_size and log is not None and jax.process_index() == 0:
+        log(f'eval.batch_size {batch_size} -> {total}: a multiple of the mesh\'s data x fsdp = '
+            f'{shards} devices')
+    return total // processes
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of an array sharded over its leading (batch) axis, in the order
+    sharding.global_batch took them: the addressable shards by global row, each once (devices
+    along 'tensor' hold the same rows)."""
+    shards = {}
+    for shard in x.addressable_shards:
+        shards.setdefault(shard.index[0].start or 0, shard)
+    return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
+
+
+def make_sharded_predict_fn(cfg, variables, variable_shardings, mesh, task: Task | None = None,
+                            trace_context=None):
+    """Evaluation's predict_fn with the model sharded as in training; run it on every process.
+
+    variables: {'params': ..., **constants}, jax.Arrays already laid out as variable_shardings
+    (training: loop.model_variables of the state and of its shardings; a checkpoint:
+    Task.place_variables). Nothing is gathered to a host. predict_fn(batch): this process's
+    rows, a numpy batch (B_local, T, ...) with B_local splitting over this process's data x
+    fsdp devices (eval_batch_size) -> this process's rows of the head outputs, numpy
+    (B_local, T, ...). The batch is made global and sharded over ('data', 'fsdp') like
+    training's (sharding.global_batch), so each call is a collective: every process calls it
+    the same number of times (evaluate.evaluate pads the shares so). trace_context(mesh): the
+    context manager entered around each call, so around the tracing; the default is training's,
+    sharding.activation_sharding, so that the model is traced with the same activation
+    constraints as in the train step.
+    """
+    task = task or Task(cfg)
+    trace_context = trace_context or shd.activation_sharding
+    batch_sharding = shd.batch_sharding(mesh)
+    jitted = jax.jit(task.predict, in_shardings=(variable_shardings, batch_sharding),
+                     out_shardings=batch_sharding)
+
+    def predict_fn(batch):
+        batch = shd.global_batch(device_batch(batch, PREDICT_KEYS), mesh)
+        with trace_context(mesh):
+            out = jitted(variables, batch)
+        return {k: local_rows(v) for k, v in out.items()}
     return predict_fn

@@ -14,6 +14,10 @@ training loop writes for that step, and <workdir>/eval/metrics.json ({'step': N,
 split goes to <workdir>/eval/<split>_step_<N>/ only, a variables directory (no step) to
 <workdir>/eval/variables/ (<split>_variables/). Prints the metrics. The data are the
 config's (or the synthetic default, as run_train.py builds it).
+
+Evaluation runs as in training: under config.mesh, the model sharded by the same rules, every
+process scoring its share of the windows (run_train.py's --coordinator / --num_processes /
+--process_id / --distributed start several); process 0 writes the files.
 """
 import os
 
@@ -42,31 +46,44 @@ def _model_differences(cfg, saved) -> list:
 def run(cfg, workdir: str, *, checkpoint_path=None, step=None, split=None, max_frames=None,
         overlays=None, pose_source=None, log=print) -> dict:
     """Restores the checkpoint, evaluates, writes the files; returns {'step', 'out_dir', 'metrics'}."""
-    from extpose_jax.train import checkpoint, evaluate, task
+    import jax
 
-    variables, saved_cfg, step = checkpoint.restore_variables(checkpoint_path or workdir, step=step)
+    from extpose_jax.train import checkpoint, evaluate
+    from extpose_jax.train import sharding as shd
+    from extpose_jax.train import task as task_lib
+
+    mesh = shd.make_mesh({a: cfg.mesh[a] for a in ('data', 'fsdp', 'tensor')})
+    source = checkpoint_path or workdir
+    # Host numpy, the whole checkpoint on every process, of which each keeps its shards: fine at
+    # the sizes evaluated so far; a restore straight onto the shardings would read only those.
+    variables, saved_cfg, step = checkpoint.restore_variables(source, step=step)
     differ = _model_differences(cfg, saved_cfg)
     if differ:
         log(f'note: config.model differs from the checkpoint\'s in {differ}')
+    task = task_lib.Task(cfg)
+    variables, shardings = task.place_variables(variables, mesh, source=source)
     body_models_dir, records_root = run_train.prepare_data(cfg)
     split = split or cfg.eval.split
     tag = 'variables' if step is None else f'step_{step}'
     tag = tag if split == cfg.eval.split else f'{split}_{tag}'
     out_dir = os.path.join(workdir, 'eval', tag)
     metrics = evaluate.evaluate(
-        task.make_predict_fn(cfg, variables), records_dir=os.path.join(records_root, cfg.eval.dataset),
-        split=split, body_models_dir=body_models_dir, num_frames=cfg.data.num_frames,
-        batch_size=cfg.eval.batch_size, hop=None if cfg.eval.hop < 0 else cfg.eval.hop,
-        max_frames=max_frames, pose_source=pose_source or cfg.data.pose_source,
+        task_lib.make_sharded_predict_fn(cfg, variables, shardings, mesh, task),
+        records_dir=os.path.join(records_root, cfg.eval.dataset), split=split,
+        body_models_dir=body_models_dir, num_frames=cfg.data.num_frames,
+        batch_size=task_lib.eval_batch_size(cfg.eval.batch_size, mesh, log),
+        hop=None if cfg.eval.hop < 0 else cfg.eval.hop, max_frames=max_frames,
+        pose_source=pose_source or cfg.data.pose_source,
         overlays=cfg.eval.overlays if overlays is None else overlays,
-        overlay_dir=os.path.join(out_dir, 'overlays'))
-    evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
-    if split == cfg.eval.split and step is not None:   # the latest training evaluation
-        evaluate.write_metrics_json(os.path.join(workdir, 'eval', 'metrics.json'),
-                                    {'step': step, **metrics})
-    log(f'{cfg.eval.dataset}/{split}, {tag} ({out_dir}):')
-    for key, value in metrics.items():
-        log(f'  {key}: {value:.3f}' if isinstance(value, float) else f'  {key}: {value}')
+        overlay_dir=os.path.join(out_dir, 'overlays'), log=log)
+    if jax.process_index() == 0:
+        evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
+        if split == cfg.eval.split and step is not None:   # the latest training evaluation
+            evaluate.write_metrics_json(os.path.join(workdir, 'eval', 'metrics.json'),
+                                        {'step': step, **metrics})
+        log(f'{cfg.eval.dataset}/{split}, {tag} ({out_dir}):')
+        for key, value in metrics.items():
+            log(f'  {key}: {value:.3f}' if isinstance(value, float) else f'  {key}: {value}')
     return {'step': step, 'out_dir': out_dir, 'metrics': metrics}
 
 
@@ -75,6 +92,7 @@ def main(argv):
     from extpose_jax.train import config as config_lib
     cfg = run_train.CONFIG.value
     config_lib.validate(cfg)
+    run_train.init_distributed()
     run(cfg, FLAGS.workdir, checkpoint_path=FLAGS.checkpoint, step=FLAGS.step, split=FLAGS.split,
         max_frames=FLAGS.max_frames, overlays=FLAGS.overlays, pose_source=FLAGS.pose_source)
 

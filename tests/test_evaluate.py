@@ -516,7 +516,9 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
         restored.append(path)
         return {}, None, (None if path.endswith('converted') else 7)
     monkeypatch.setattr(checkpoint, 'restore_variables', restore)
-    monkeypatch.setattr(task, 'make_predict_fn', lambda cfg, variables: truth_predictor(
+    # No model: the variables stay as restored and predictions are the truth.
+    monkeypatch.setattr(task.Task, 'place_variables', lambda self, v, mesh, source: (v, None))
+    monkeypatch.setattr(task, 'make_sharded_predict_fn', lambda *args: truth_predictor(
         data['truth']['3dpw/test'], 'smpl'))
     monkeypatch.setattr(run_train, 'prepare_data', lambda cfg: (data['bm'], str(data['root'] / 'test')))
     lines = []

@@ -249,7 +249,7 @@ def make_sharded_predict_fn(cfg, variables, variable_shardings, mesh, task: Task
     """Evaluation's predict_fn with the model sharded as in training; run it on every process.
 
     variables: {'params': ..., **constants}, jax.Arrays already laid out as variable_shardings
-    (training: loop.model_variables of the state and of its shardings; a checkpoint:
+    (training: loop.model_variables(state) and its arrays' shardings; a checkpoint:
     Task.place_variables). Nothing is gathered to a host. predict_fn(batch): this process's
     rows, a numpy batch (B_local, T, ...) with B_local splitting over this process's data x
     fsdp devices (eval_batch_size) -> this process's rows of the head outputs, numpy

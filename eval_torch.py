@@ -128,6 +128,7 @@ def make_predict_fn(cfg, state_dict):
 def run(cfg, ckpt: str, *, split=None, max_frames=None, pose_source=None, log=print) -> dict:
     """Evaluates the checkpoint on cfg.eval.dataset / split with PyTorch; returns the metrics."""
     state_dict = from_torch.state_dict_of(from_torch.read_torch_file(ckpt), ckpt)
+    cfg = config_lib.resolved(cfg)  # eval.batch_size None: the config's default rule
     body_models_dir, records_root = run_eval.run_train.prepare_data(cfg)
     split = split or cfg.eval.split
     metrics = evaluate.evaluate(

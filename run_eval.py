@@ -1,4 +1,4 @@
-"""Evaluates a training checkpoint: python run_eval.py --config=configs/video.py:small --workdir=DIR.
+"""Evaluates a training checkpoint: python run_eval.py --config=configs/video.py:small [--workdir=DIR].
 
     --step=N            that checkpoint (default: the latest)
     --checkpoint=PATH   evaluate another training workdir, or a variables directory (e.g.
@@ -49,9 +49,11 @@ def run(cfg, workdir: str, *, checkpoint_path=None, step=None, split=None, max_f
     import jax
 
     from extpose_jax.train import checkpoint, evaluate
+    from extpose_jax.train import config as config_lib
     from extpose_jax.train import sharding as shd
     from extpose_jax.train import task as task_lib
 
+    cfg = config_lib.resolved(cfg)   # the automatic fields (eval.batch_size None, ...) set
     mesh = shd.make_mesh({a: cfg.mesh[a] for a in ('data', 'fsdp', 'tensor')})
     source = checkpoint_path or workdir
     # Host numpy, the whole checkpoint on every process, of which each keeps its shards: fine at
@@ -93,7 +95,8 @@ def main(argv):
     cfg = run_train.CONFIG.value
     config_lib.validate(cfg)
     run_train.init_distributed()
-    run(cfg, FLAGS.workdir, checkpoint_path=FLAGS.checkpoint, step=FLAGS.step, split=FLAGS.split,
+    workdir = FLAGS.workdir or run_train.default_workdir(run_train.config_label())
+    run(cfg, workdir, checkpoint_path=FLAGS.checkpoint, step=FLAGS.step, split=FLAGS.split,
         max_frames=FLAGS.max_frames, overlays=FLAGS.overlays, pose_source=FLAGS.pose_source)
 
 

@@ -8,6 +8,7 @@ Field groups (validated by extpose_jax/train/config.py before anything runs):
   loss.*    HMR 2.0 / HaMeR loss weights, normalisation, optional adversarial prior
   train.*   steps, gradient accumulation, logging / checkpoint / eval cadence
   eval.*    held-out dataset and split, windows, overlays
+  preflight.*  the per-device budget check before any data (memory, FLOPs, run time)
   mesh.*    device mesh sizes over ('data', 'fsdp', 'tensor'); -1 = the remaining devices
 
 Variants are parsed from the `:arg` of --config=configs/X.py:arg, e.g. `small` or
@@ -111,7 +112,9 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 160 if small else 50_000
-    c.train.grad_accum = 1
+    # None: the preflight picks the fewest micro-batches whose step fits a device (the global
+    # batch stays data.batch_size); an int fixes it.
+    c.train.grad_accum = config_dict.placeholder(int)
     c.train.log_every = 10 if small else 50
     c.train.checkpoint_every = 50 if small else 1000
     c.train.keep = 3
@@ -120,10 +123,18 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.dataset = '3dpw' if kind == 'smpl' else 'freihand'
     c.eval.split = 'test'
-    c.eval.batch_size = 4 if small else 32
+    c.eval.batch_size = config_dict.placeholder(int)  # GLOBAL windows; None: from the devices
     c.eval.hop = -1                              # -1: T // 2
     c.eval.max_frames = -1                       # -1: the whole split
     c.eval.overlays = 8
+
+    # Before any data is read: will the step fit the devices, how long will the run take
+    # (extpose_jax/train/preflight.py; python -m extpose_jax.train.preflight shows the table).
+    c.preflight = ml_collections.ConfigDict()
+    c.preflight.enabled = True
+    c.preflight.compile = 'auto'                 # 'auto' (close cases) | 'always' | 'never'
+    c.preflight.memory_gb = config_dict.placeholder(float)  # per device; None: the device's own
+    c.preflight.max_run_hours = 720.0            # refuse longer runs (--force runs them anyway)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1

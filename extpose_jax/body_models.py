@@ -278,6 +278,35 @@ def load_mano(path_or_dir: str, is_right: bool = True, num_betas: Optional[int] 
                   num_betas=num_betas)
 
 
+def stand_in(kind: str, seed: int = 0) -> BodyModel:
+    """Random arrays in the official SMPL (with J19) / MANO shapes: for shape-only traces.
+
+    The preflight lowers the training step, body-model loss included, before any model file
+    exists (it runs before the synthetic default is built): FLOPs and buffer sizes depend on the
+    shapes only. Random rather than zero values, so that nothing folds away when compiled.
+    """
+    r = np.random.default_rng(seed)
+    if kind == 'smpl':
+        n_verts, n_faces, parents, extra = 6890, 13776, skeletons.SMPL24_PARENTS, 19
+        vertex_joints, joint_map = SMPL_VERTEX_JOINTS, skeletons.SMPL_TO_OPENPOSE25
+    elif kind == 'mano':
+        n_verts, n_faces, parents, extra = 778, 1538, skeletons.MANO16_PARENTS, 0
+        vertex_joints, joint_map = MANO_TIP_VERTICES, skeletons.MANO_TO_OPENPOSE21
+    else:
+        raise ValueError(f"stand_in: kind must be 'smpl' or 'mano', got {kind!r}")
+    n_joints = len(parents)
+    weights = r.uniform(size=(n_verts, n_joints))
+    arrays = {'v_template': r.normal(size=(n_verts, 3)), 'shapedirs': r.normal(size=(n_verts, 3, 10)),
+              'posedirs': r.normal(size=(n_verts, 3, 9 * (n_joints - 1))),
+              'J_regressor': r.uniform(size=(n_joints, n_verts)) / n_verts,
+              'weights': weights / weights.sum(1, keepdims=True),
+              'kintree_table': np.stack([np.r_[2 ** 32 - 1, parents[1:]], np.arange(n_joints)]),
+              'f': r.integers(0, n_verts, (n_faces, 3))}
+    extra_regressor = r.uniform(size=(extra, n_verts)) / n_verts if extra else None
+    return _build(arrays, f'stand-in {kind}', kind=kind, vertex_joints=vertex_joints,
+                  joint_map=joint_map, extra_regressor=extra_regressor)
+
+
 # ----------------------------------------------------------------------------- skinning
 
 

@@ -38,13 +38,15 @@ _CHOICES = {
     'eval.dataset': ('3dpw', 'freihand', 'hint'),
 }
 _POSITIVE_INTS = ('data.num_frames', 'data.stride', 'data.clip_hop', 'data.batch_size',
-                  'data.num_threads', 'data.read_buffer', 'train.steps', 'train.grad_accum',
-                  'train.log_every', 'train.checkpoint_every', 'train.keep', 'eval.batch_size')
+                  'data.num_threads', 'data.read_buffer', 'train.steps',
+                  'train.log_every', 'train.checkpoint_every', 'train.keep')
+_AUTO_INTS = ('train.grad_accum', 'eval.batch_size')  # None: resolved by the preflight
 _NON_NEGATIVE = ('optim.lr', 'optim.weight_decay', 'optim.warmup_steps', 'data.num_workers',
                  'loss.kp3d', 'loss.kp2d', 'loss.global_orient', 'loss.body_pose', 'loss.betas',
                  'loss.adversarial', 'eval.overlays')
 _INT_OR_OFF = ('model.window', 'train.eval_every', 'eval.hop', 'eval.max_frames')  # -1 = off
 _MESH_AXES = ('data', 'fsdp', 'tensor')
+PREFLIGHT_COMPILE = ('auto', 'always', 'never')
 
 
 class ConfigError(ValueError):
@@ -74,6 +76,16 @@ def validate(cfg) -> None:
         v = _get(cfg, field)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             _fail(field, v, 'must be an int >= 1')
+    for field in _AUTO_INTS:
+        v = _get(cfg, field)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            _fail(field, v, 'must be an int >= 1, or None (chosen for the devices)')
+    if _get(cfg, 'preflight.compile') not in PREFLIGHT_COMPILE:
+        _fail('preflight.compile', cfg.preflight.compile, f'use one of {PREFLIGHT_COMPILE}')
+    for field in ('preflight.memory_gb', 'preflight.max_run_hours'):
+        v = _get(cfg, field)
+        if v is not None and (not isinstance(v, (int, float)) or not v > 0):
+            _fail(field, v, 'must be a number > 0' + (', or None' if field.endswith('gb') else ''))
     for field in _NON_NEGATIVE:
         v = _get(cfg, field)
         if not isinstance(v, (int, float)) or v < 0:
@@ -82,8 +94,9 @@ def validate(cfg) -> None:
         v = _get(cfg, field)
         if not isinstance(v, int) or v < -1:
             _fail(field, v, 'must be an int >= 0, or -1 for off / the default')
-    if not isinstance(_get(cfg, 'loss.use_adversarial'), bool):
-        _fail('loss.use_adversarial', cfg.loss.use_adversarial, 'must be True or False')
+    for field in ('loss.use_adversarial', 'preflight.enabled'):
+        if not isinstance(_get(cfg, field), bool):
+            _fail(field, _get(cfg, field), 'must be True or False')
     p = _get(cfg, 'model.modality_dropout')
     if not 0.0 <= p <= 1.0:
         _fail('model.modality_dropout', p, 'is a probability: use a value in [0, 1]')
@@ -106,7 +119,7 @@ def validate(cfg) -> None:
             _fail(f'mesh.{axis}', v, 'must be an int >= 1, or -1 for the remaining devices')
     if [cfg.mesh[a] for a in _MESH_AXES].count(-1) > 1:
         _fail('mesh', dict(cfg.mesh), 'at most one axis may be -1')
-    if cfg.data.batch_size % cfg.train.grad_accum:
+    if cfg.train.grad_accum is not None and cfg.data.batch_size % cfg.train.grad_accum:
         _fail('train.grad_accum', cfg.train.grad_accum,
               f'must divide data.batch_size={cfg.data.batch_size}')
     if cfg.optim.schedule == 'warmup_cosine' and cfg.optim.warmup_steps >= cfg.train.steps:
@@ -130,6 +143,22 @@ def validate(cfg) -> None:
 
 
 # ------------------------------------------------------------------------------ builders
+
+
+def resolved(cfg, *, grad_accum: Optional[int] = None, eval_batch_size: Optional[int] = None):
+    """A copy with the automatic fields set: the given values, else the config's own, else
+    grad_accum 1 and an eval batch of twice the training micro-batch (forward only needs less
+    memory per clip). The preflight passes what it measured to fit the devices."""
+    out = cfg.copy_and_resolve_references()
+    with out.unlocked():
+        out.train.grad_accum = int(grad_accum or cfg.train.grad_accum or 1)
+        micro = cfg.data.batch_size // out.train.grad_accum
+        out.eval.batch_size = int(eval_batch_size or cfg.eval.batch_size or 2 * micro)
+    return out
+
+
+def is_resolved(cfg) -> bool:
+    return all(_get(cfg, f) is not None for f in _AUTO_INTS)
 
 
 def _mask_spec(cfg) -> masks.MaskSpec:

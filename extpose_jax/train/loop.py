@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
 from extpose_jax.convert.keymap import DISCRIMINATOR
 from extpose_jax.train import checkpoint as ckpt_lib
 from extpose_jax.train import config as config_lib
 from extpose_jax.train import optim, writers
+from extpose_jax.train import setup as setup_lib
 from extpose_jax.train import sharding as shd
 from extpose_jax.train import state as state_lib
 from extpose_jax.train import task as task_lib
@@ -110,29 +110,27 @@ def init_from(state, shardings, path: str, new_param_prefixes=(), log: Callable 
     return state.replace(disc_params=disc_params)
 
 
-def host_variables(state) -> dict:
-    """model_variables as host-addressable arrays (gathered across processes)."""
-    variables = model_variables(state)
-    if all(x.is_fully_addressable for x in jax.tree.leaves(variables)):
-        return variables
-    return multihost_utils.process_allgather(variables, tiled=True)
-
-
 def run_eval(cfg, task, state, step: int, workdir: str, body_models_dir: str, records_root: str,
-             writer, log: Callable) -> Optional[dict]:
-    """Evaluates on cfg.eval (process 0 only); writes eval/step_<n>/metrics.json and overlays."""
+             writer, log: Callable) -> dict:
+    """Evaluates on cfg.eval on every process, the model sharded as the state is (nothing is
+    gathered): each process scores its share of the windows and every process returns the same
+    metrics; process 0 writes eval/step_<n>/metrics.json and the overlays (from its share)."""
     from extpose_jax.train import evaluate
-    variables = host_variables(state)  # a collective: every process takes part
-    if jax.process_index() != 0:
-        return None
+    variables = model_variables(state)
+    shardings = jax.tree.map(lambda x: x.sharding, variables)
+    mesh = jax.tree.leaves(shardings)[0].mesh
     e = cfg.eval
     out_dir = os.path.join(workdir, 'eval', f'step_{step}')
     metrics = evaluate.evaluate(
-        task_lib.make_predict_fn(cfg, variables, task), records_dir=os.path.join(records_root, e.dataset),
-        split=e.split, body_models_dir=body_models_dir, num_frames=cfg.data.num_frames,
-        batch_size=e.batch_size, hop=None if e.hop < 0 else e.hop,
-        max_frames=None if e.max_frames < 0 else e.max_frames, pose_source=cfg.data.pose_source,
-        overlays=e.overlays, overlay_dir=os.path.join(out_dir, 'overlays'))
+        task_lib.make_sharded_predict_fn(cfg, variables, shardings, mesh, task),
+        records_dir=os.path.join(records_root, e.dataset), split=e.split,
+        body_models_dir=body_models_dir, num_frames=cfg.data.num_frames,
+        batch_size=task_lib.eval_batch_size(e.batch_size, mesh, log),
+        hop=None if e.hop < 0 else e.hop, max_frames=None if e.max_frames < 0 else e.max_frames,
+        pose_source=cfg.data.pose_source, overlays=e.overlays,
+        overlay_dir=os.path.join(out_dir, 'overlays'), log=log)
+    if jax.process_index() != 0:
+        return metrics
     evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
     evaluate.write_metrics_json(os.path.join(workdir, 'eval', 'metrics.json'), {'step': step, **metrics})
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()
@@ -148,30 +146,20 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
     """Runs (or resumes) the config's training in workdir. Returns {'step', 'eval': {step: ...},
     'stopped_early'}; on SIGTERM / preemption it checkpoints the current step and returns."""
     config_lib.validate(cfg)
+    cfg = config_lib.resolved(cfg)  # grad_accum / eval batch: run_train passes the preflight's
     os.makedirs(workdir, exist_ok=True)
     mesh = shd.make_mesh({a: cfg.mesh[a] for a in ('data', 'fsdp', 'tensor')})
     log(f'devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: '
         f'{jax.process_count()}, mesh: {dict(mesh.shape)}')
 
     task = task_lib.Task(cfg, body_models_dir)
-    tx = optim.make_optimizer(config_lib.optim_config(cfg))
-    rng_init, rng_train = jax.random.split(jax.random.key(cfg.seed))
-    example = task.example_inputs(cfg.data.batch_size, cfg.data.num_frames)
-    state, shardings = state_lib.create_train_state(task.model, tx, rng_init, example, mesh)
-    adversarial = {}
-    if cfg.loss.use_adversarial:
-        disc_tx = optim.make_optimizer(config_lib.disc_optim_config(cfg))
-        # Its own key: the pose model's init stays the same with the prior on or off.
-        state, shardings = state_lib.add_discriminator(
-            state, shardings, task.discriminator, disc_tx, jax.random.fold_in(rng_init, 1),
-            task.disc_example_inputs(), mesh)
-        adversarial = {'disc_loss_fn': task.disc_loss_fn, 'disc_tx': disc_tx}
-    step_fn = state_lib.make_train_step(task.loss_fn, tx, mesh, shardings, shd.batch_sharding(mesh),
-                                        grad_accum=cfg.train.grad_accum, **adversarial)
+    setup = setup_lib.TrainSetup.build(task, mesh)
+    state, shardings, step_fn, rng_train = setup.create_state(), setup.shardings, setup.step, setup.rng_train
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(f'model: {cfg.model.arch} ViT-{cfg.model.size} ({n_params / 1e6:.1f}M params), '
-        f'T={cfg.data.num_frames}, global batch {cfg.data.batch_size} clips')
-    if adversarial:
+        f'T={cfg.data.num_frames}, global batch {cfg.data.batch_size} clips'
+        + (f' in {setup.grad_accum} micro-batches' if setup.grad_accum > 1 else ''))
+    if state_lib.has_discriminator(state):
         n_disc = sum(x.size for x in jax.tree.leaves(state.disc_params))
         log(f'adversarial prior: discriminator {n_disc / 1e6:.1f}M params, weight '
             f'{cfg.loss.adversarial} (real samples: the batch\'s GT pose / betas)')
@@ -216,10 +204,13 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
                 writer.write_scalars(done, scalars)
                 if progress is not None:
                     progress.update(done, scalars.get('loss'))
-            checkpoints.save(done, state, data_iter, cfg)
+            saved = checkpoints.save(done, state, data_iter, cfg)
             result['step'] = done
+            # Every process asks at every step (a sync point once a notice arrived): all of them
+            # agree on the same step, whichever process got the SIGTERM.
             if stop.requested or checkpoints.reached_preemption(done):
-                checkpoints.save(done, state, data_iter, cfg, force=True)
+                if not saved:  # the policy (or orbax, at a preemption step) may have saved it
+                    checkpoints.save(done, state, data_iter, cfg, force=True)
                 log(f'stop requested: checkpointed step {done} in {checkpoints.directory}')
                 result['stopped_early'] = True
                 return result

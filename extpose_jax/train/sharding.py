@@ -57,6 +57,13 @@ def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]], devices: Seq
     Missing axes get size 1; at most one axis may be -1 (the devices left). Errors name the field.
     """
     devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_sizes(shape, len(devices))
+    dims = tuple(sizes[a] for a in AXES)
+    return jax.make_mesh(dims, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def mesh_sizes(shape: Mapping[str, int] | Sequence[tuple[str, int]], n: int) -> dict:
+    """The sizes make_mesh would give over n devices: {'data': .., 'fsdp': .., 'tensor': ..}."""
     items = list(shape.items()) if isinstance(shape, Mapping) else [tuple(x) for x in shape]
     sizes = {}
     for name, size in items:
@@ -71,7 +78,6 @@ def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]], devices: Seq
     if len(rest) > 1:
         raise ValueError(f'make_mesh: only one axis may be -1, got {rest}')
     fixed = math.prod(s for s in sizes.values() if s != -1)
-    n = len(devices)
     if n % fixed:
         bad = ', '.join(f'{k}={v}' for k, v in sizes.items() if v != -1 and n % v)
         raise ValueError(f'make_mesh: {bad or sizes} does not divide the {n} devices '
@@ -81,8 +87,7 @@ def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]], devices: Seq
     elif fixed != n:
         raise ValueError(f'make_mesh: {sizes} uses {fixed} devices but {n} are present; '
                          f'set one axis to -1 or change the sizes')
-    dims = tuple(sizes.get(a, 1) for a in AXES)
-    return jax.make_mesh(dims, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    return {a: sizes.get(a, 1) for a in AXES}
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh) -> P:

@@ -77,17 +77,29 @@ def draw_modality_keep(rng, batch_size: int, num_modalities: int, p_drop: float)
 class Task:
     """The config's model, body model and loss, as pure functions of (variables, batch, rng)."""
 
-    def __init__(self, cfg, body_models_dir: str | None = None):
+    def __init__(self, cfg, body_models_dir: str | None = None, body_model=None):
+        """body_model: a loaded BodyModel instead of body_models_dir (the preflight passes
+        body_models.stand_in: same shapes, so the same program, before any file exists)."""
         self.cfg = cfg
+        if body_model is not None:
+            self.__dict__['body_model'] = body_model  # fills the cached property
         self.kind = cfg.model.kind
         self.model_config = config_lib.model_config(cfg)
         self.model = config_lib.build_model(cfg)
         self.body_models_dir = body_models_dir
         self.weights = config_lib.loss_weights(cfg)
-        # With 'sum' the loss grows with the batch; grad accumulation averages micro-batch
-        # losses, so each micro-batch's sum is scaled back up to the full batch's.
-        self.loss_scale = float(cfg.train.grad_accum) if cfg.loss.normalize == 'sum' else 1.0
         self.discriminator = disc_lib.Discriminator(self.kind)
+
+    @property
+    def loss_scale(self) -> float:
+        """With 'sum' the loss grows with the batch; grad accumulation averages micro-batch
+        losses, so each micro-batch's sum is scaled back up to the full batch's."""
+        if self.cfg.loss.normalize != 'sum':
+            return 1.0
+        if self.cfg.train.grad_accum is None:
+            raise ValueError('Task: config.train.grad_accum is unresolved (None); pass the config '
+                             'through preflight.check or config.resolved first')
+        return float(self.cfg.train.grad_accum)
 
     @functools.cached_property
     def body_model(self):

@@ -1,5 +1,6 @@
 """The training loop end to end, in subprocesses: exact resume after SIGKILL, SIGTERM checkpoints
-and exits 0, two processes on localhost equal one, bad configs fail before any compute.
+and exits 0, two processes on localhost equal one, SIGTERM to one of two processes stops both
+at the same step and resumes exactly, bad configs fail before any compute.
 
 Each job is a tiny ViT, T = 1, batch 2 on the synthetic default (tests/train_job.py).
 """
@@ -88,18 +89,54 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_on_localhost_match_one(synthetic_default, reference, tmp_path):
+def _two_processes(data, workdir, *extra):
     port = _free_port()
-    procs = [_job(synthetic_default, tmp_path, '--coordinator', f'localhost:{port}',
-                  '--num_processes', '2', '--process_id', str(i)) for i in range(2)]
-    results = [_finish(p) for p in procs]
+    procs = [_job(data, workdir, '--coordinator', f'localhost:{port}', '--num_processes', '2',
+                  '--process_id', str(i), *extra) for i in range(2)]
+    return [_finish(p) for p in procs]
+
+
+@pytest.fixture(scope='module')
+def two_process_run(synthetic_default, tmp_path_factory):
+    """An uninterrupted 2-process run (jax.distributed on localhost)."""
+    workdir = tmp_path_factory.mktemp('two_processes')
+    results = _two_processes(synthetic_default, workdir)
     for rc, out in results:
         assert rc == 0, out
     assert 'processes: 2' in results[0][1]
-    got, want = _losses(tmp_path), _losses(reference)
+    return workdir
+
+
+def test_two_processes_on_localhost_match_one(two_process_run, reference):
+    got, want = _losses(two_process_run), _losses(reference)
     assert sorted(got) == sorted(want)
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
                                rtol=1e-5)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exactly(
+        synthetic_default, two_process_run, tmp_path):
+    # SIGTERM reaches process 1 only (a preempted host); jax.distributed's preemption notice
+    # makes both agree on the next step, checkpoint it and exit 0.
+    results = _two_processes(synthetic_default, tmp_path, '--signal_at', '3', '--signal', 'TERM',
+                             '--signal_process', '1')
+    steps = set()
+    for rc, out in results:
+        assert rc == 0, out
+        line = [ln for ln in out.splitlines() if ln.startswith('RESULT')]
+        assert line and line[0].endswith('True'), out[-3000:]
+        steps.add(int(line[0].split()[1]))
+    assert len(steps) == 1 and 3 <= min(steps) < STEPS, steps
+    stopped = steps.pop()
+    assert checkpoint.RunCheckpoints(str(tmp_path), 2, 3, read_only=True).latest_step() == stopped
+    for rc, out in _two_processes(synthetic_default, tmp_path):
+        assert rc == 0 and 'resumed from' in out, out
+    assert _losses(tmp_path) == _losses(two_process_run)  # bit for bit, every step
+    step, got = _params(tmp_path)
+    ref_step, want = _params(two_process_run)
+    assert step == ref_step == STEPS
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
 
 
 def test_bad_config_fails_before_any_compute(tmp_path):

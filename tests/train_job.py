@@ -1,8 +1,8 @@
 """A tiny training run in its own process, for the loop tests (kill / resume / multi-process).
 
     python tests/train_job.py --workdir W --data ROOT --body_models DIR --steps 6 \
-        [--signal_at 3 --signal KILL|TERM] [--coordinator localhost:P --num_processes 2
-        --process_id I] [--devices 8 --mesh data=2,fsdp=4]
+        [--signal_at 3 --signal KILL|TERM [--signal_process I]] [--coordinator localhost:P
+        --num_processes 2 --process_id I] [--devices 8 --mesh data=2,fsdp=4]
 
 --signal_at sends the signal to this process from inside the metric writer, right after step
 N's metrics are logged and before its checkpoint decision: a deterministic point to die at.
@@ -22,6 +22,7 @@ p.add_argument('--config', default='image')
 p.add_argument('--batch_size', type=int, default=2)
 p.add_argument('--signal_at', type=int, default=-1)
 p.add_argument('--signal', default='KILL')
+p.add_argument('--signal_process', type=int, default=-1, help='only this process signals itself')
 p.add_argument('--coordinator')
 p.add_argument('--num_processes', type=int, default=1)
 p.add_argument('--process_id', type=int, default=0)
@@ -58,7 +59,7 @@ if args.signal_at >= 0:
 
     def write_then_signal(self, step, scalars):
         write(self, step, scalars)
-        if step == args.signal_at:
+        if step == args.signal_at and args.signal_process in (-1, jax.process_index()):
             os.kill(os.getpid(), getattr(signal, f'SIG{args.signal}'))
     writers.MetricWriter.write_scalars = write_then_signal
 

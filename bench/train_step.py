@@ -7,7 +7,9 @@
 A case is config:size:T:batch (clips). Prints one JSON line per case: steps/s (best of
 --runs after a warm-up), frames/s, the compiled step's FLOPs (XLA cost analysis, forward +
 backward + update), MFU = FLOPs x steps/s / peak when --peak_tflops is given, XLA's compiled
-temp memory, and the peak device memory (GPU: memory_stats) or this process's peak RSS (CPU).
+temp memory, the preflight's per-device predictions (analytic, and XLA's arguments + outputs -
+donated + temporaries) and the measured peak device memory (GPU: memory_stats) or this
+process's peak RSS (CPU), so that a GPU run checks the preflight against reality.
 Inputs are random arrays of the pipeline's batch shapes: the input pipeline has its own
 benchmark (bench/pipeline.py).
 """
@@ -27,6 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from extpose_jax.train import config as config_lib  # noqa: E402
+from extpose_jax.train import estimate  # noqa: E402
 from extpose_jax.train import optim  # noqa: E402
 from extpose_jax.train import sharding as shd  # noqa: E402
 from extpose_jax.train import state as state_lib  # noqa: E402
@@ -56,6 +59,7 @@ def run_case(case: str, args):
     cfg.model.size, cfg.data.num_frames, cfg.data.batch_size = size, int(frames), int(clips)
     cfg.model.dtype, cfg.model.remat, cfg.model.attention = args.dtype, args.remat, args.attention
     config_lib.validate(cfg)
+    cfg = config_lib.resolved(cfg, grad_accum=1)
     task = task_lib.Task(cfg, args.body_models)
     mesh = shd.make_mesh({'data': -1})
     tx = optim.make_optimizer(config_lib.optim_config(cfg))
@@ -68,7 +72,12 @@ def run_case(case: str, args):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
-    temp = compiled.memory_analysis().temp_size_in_bytes
+    ma = compiled.memory_analysis()
+    temp = ma.temp_size_in_bytes
+    # The preflight's two predictions of this step's per-device memory, beside the measured peak.
+    xla_total = ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + temp
+    analytic = estimate.memory(estimate.Dims.of(cfg), state, batch, dict(mesh.shape),
+                               cfg.data.batch_size, 1)['total']
     state, m = compiled(state, batch, rng)  # warm-up
     jax.block_until_ready(m)
     times = []
@@ -85,7 +94,9 @@ def run_case(case: str, args):
            'attention': args.attention, 'params_m': round(sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, 1),
            'steps_per_s': round(sps, 4), 'frames_per_s': round(sps * int(frames) * int(clips), 2),
            'step_s': round(min(times), 4), 'tflops_per_step': round(flops / 1e12, 4),
-           'compiled_temp_gib': round(temp / 2**30, 3), 'device': device.device_kind,
+           'compiled_temp_gib': round(temp / 2**30, 3),
+           'preflight_analytic_gib': round(analytic / 2**30, 3),
+           'preflight_compiled_gib': round(xla_total / 2**30, 3), 'device': device.device_kind,
            'host': platform.node()}
     if args.peak_tflops:
         out['mfu'] = round(flops * sps / (args.peak_tflops * 1e12), 4)

@@ -227,7 +227,9 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
     abstract, abstract_batch = first.abstract_state(), first.abstract_batch()
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
 
-    def analytic(g, d=dims):
+    mem_dims = estimate.on_platform(dims, info.platform)  # what the target's XLA keeps
+
+    def analytic(g, d=mem_dims):
         return estimate.memory(d, abstract, abstract_batch, mesh_sizes, batch, g)
 
     chosen, compiled, xla_flops, compile_seconds, notes = None, None, None, None, []
@@ -260,7 +262,10 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
 
     if not info.peak_flops:
         notes.append('no peak FLOP/s known for this device: no time estimate')
-    eval_batch, eval_bytes = _eval_batch(cfg, label, dims, analytic(chosen), batch // chosen,
+    if info.platform == 'cpu':
+        notes.append('analytic memory uses the XLA:CPU model (activations fp32, every block kept, '
+                     f'x{estimate.XLA_CPU_OVERHEAD:g}): estimate.on_platform')
+    eval_batch, eval_bytes = _eval_batch(cfg, label, mem_dims, analytic(chosen), batch // chosen,
                                          shards, mesh_sizes['tensor'], usable)
     resolved = config_lib.resolved(cfg, grad_accum=chosen, eval_batch_size=eval_batch)
     report = Report(label=label, config=resolved, device=info, num_devices=len(devices),
@@ -314,13 +319,17 @@ def compiled_step_memory(setup) -> tuple[dict, float | None]:
 
 
 def _memory_message(label, cfg, info, usable, g, dims, analytic, mesh_sizes, n_devices) -> str:
-    """One line: what is over, and the smallest change that fits (analytic estimates)."""
+    """One line: what is over, and the smallest change that fits (analytic estimates).
+
+    dims: the config's, before the platform's memory model (estimate.on_platform), so that a
+    change that the platform undoes (remat, bf16 on XLA:CPU) is never offered as a fix.
+    """
     batch = cfg.data.batch_size
     shards = mesh_sizes['data'] * mesh_sizes['fsdp']
     worst = analytic(g)
 
     def total(d=dims, accum=g, state_scale=1.0):
-        m = analytic(accum, d)
+        m = analytic(accum, estimate.on_platform(d, info.platform))
         return m['total'] - (1 - state_scale) * (m['params'] + m['optimizer'] + m['gradients'])
 
     candidates = []
@@ -329,24 +338,26 @@ def _memory_message(label, cfg, info, usable, g, dims, analytic, mesh_sizes, n_d
         for a in _divisors(batch):
             if a > g and (batch // a) % shards == 0:
                 candidates.append((f'--config.train.grad_accum={a}', total(accum=a)))
-    lean = dims
-    if not dims.remat:
-        lean = dataclasses.replace(lean, remat=True)
-        candidates.append(('--config.model.remat=True', total(d=lean)))
-    if dims.value_bytes > 2:
-        lean = dataclasses.replace(lean, value_bytes=2)
-        candidates.append(('--config.model.dtype=bfloat16', total(d=dataclasses.replace(dims, value_bytes=2))))
+    lean, combo = dims, []
+    for flag, change in (('--config.model.remat=True', {'remat': True}),
+                         ('--config.model.dtype=bfloat16', {'value_bytes': 2})):
+        if any(getattr(dims, k) != v for k, v in change.items()):
+            t = total(d=dataclasses.replace(dims, **change))
+            if t < worst['total']:
+                candidates.append((flag, t))
+                combo.append(flag)
+                lean = dataclasses.replace(lean, **change)
+    scale = 1.0
     if n_devices > 1 and mesh_sizes['fsdp'] < n_devices:
         # FSDP shards (nearly) all of the parameter, optimizer and gradient bytes n ways.
-        candidates.append((f'--config.mesh.fsdp={n_devices} --config.mesh.data=1',
-                           total(state_scale=mesh_sizes['fsdp'] / n_devices)))
-    combo = [c for c, _ in candidates if not c.startswith('--config.train.grad_accum')]
-    if combo:
-        scale = mesh_sizes['fsdp'] / n_devices if n_devices > 1 else 1.0
-        everything = total(d=lean, accum=most_accum, state_scale=scale)
+        scale = mesh_sizes['fsdp'] / n_devices
+        flag = f'--config.mesh.fsdp={n_devices} --config.mesh.data=1 --config.mesh.tensor=1'
+        candidates.append((flag, total(state_scale=scale)))
+        combo.append(flag)
+    if len(combo) > 1 or (combo and most_accum != g and cfg.train.grad_accum is not None):
         flags = ' '.join(combo + ([f'--config.train.grad_accum={most_accum}']
                                   if cfg.train.grad_accum is not None and most_accum != g else []))
-        candidates.append((flags, everything))
+        candidates.append((flags, total(d=lean, accum=most_accum, state_scale=scale)))
     fits = [(c, t) for c, t in candidates if t <= usable]
     need = f'needs ~{worst["total"] / GIB:.1f} GiB per device ({_parts(worst)})'
     have = f'{info.name} has {usable / GIB:.1f} GiB usable'

@@ -10,7 +10,8 @@ N's metrics are logged and before its checkpoint decision: a deterministic point
 import argparse
 import os
 import signal
-import sys
+
+import job_process  # tests/ is this script's directory, so it is on sys.path
 
 p = argparse.ArgumentParser()
 p.add_argument('--workdir', required=True)
@@ -23,22 +24,10 @@ p.add_argument('--batch_size', type=int, default=2)
 p.add_argument('--signal_at', type=int, default=-1)
 p.add_argument('--signal', default='KILL')
 p.add_argument('--signal_process', type=int, default=-1, help='only this process signals itself')
-p.add_argument('--coordinator')
-p.add_argument('--num_processes', type=int, default=1)
-p.add_argument('--process_id', type=int, default=0)
-p.add_argument('--devices', type=int, default=1)
 p.add_argument('--mesh', default='')
+job_process.add_args(p)
 args = p.parse_args()
-
-os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
-os.environ['JAX_PLATFORMS'] = 'cpu'
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-
-if args.coordinator:
-    jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                               process_id=args.process_id)
+jax = job_process.start(args)
 
 import importlib  # noqa: E402
 

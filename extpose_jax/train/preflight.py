@@ -401,11 +401,11 @@ def main(argv):
     except Refusal as e:
         print(f'REFUSED {e}')
         if f.json:
-            _append_json(f.json, {'label': label, 'refused': str(e)})
+            _append_json(f.json, {'tag': f.tag, 'label': label, 'refused': str(e)})
         return 1
     print(report.table())
     if f.json:
-        _append_json(f.json, report.as_dict())
+        _append_json(f.json, {'tag': f.tag, **report.as_dict()})
     return 0
 
 
@@ -423,5 +423,6 @@ if __name__ == '__main__':
                         f'{", ".join(devices_lib.CHIPS)}.')
     flags.DEFINE_enum('compile', 'always', config_lib.PREFLIGHT_COMPILE, 'Compile the step.')
     flags.DEFINE_string('json', None, 'Append the report as one JSON line to this file.')
+    flags.DEFINE_string('tag', None, 'Stored with the JSON line (bench/scaling.py names its cases).')
     flags.mark_flags_as_required(['config'])
     app.run(main)

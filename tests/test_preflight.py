@@ -148,6 +148,9 @@ def test_eight_simulated_devices_compile_a_tiny_config_and_agree_with_the_estima
     assert c['alias'] >= a['params'] + a['optimizer'] - 64  # the donated state is reused
     # The analytic total is an estimate: within a factor of two of XLA's on this config.
     assert 0.5 < a['total'] / c['total'] < 2.0, (a, c)
+    # The eval step compiled too: the resident train state plus the forward's buffers.
+    e = row['eval_compiled']
+    assert e['resident_state'] == a['params'] + a['optimizer'] and e['total'] > e['resident_state']
     assert 'compiled (XLA)' in proc.stdout and 'FLOPs/step' in proc.stdout
     print(f'preflight on 8 simulated devices: {seconds:.1f} s')
 

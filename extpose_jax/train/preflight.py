@@ -71,6 +71,7 @@ class Report:
     step_seconds: float | None
     run_hours: float | None
     eval_bytes: float | None = None  # analytic, per device, while evaluating
+    eval_compiled: dict | None = None  # compiled_eval_memory
     compile_seconds: float | None = None
     notes: list = dataclasses.field(default_factory=list)
 
@@ -101,7 +102,8 @@ class Report:
             f'mesh ' + ' '.join(f'{k}={v}' for k, v in self.mesh.items()),
             f'batch      {b} clips per step = {self.grad_accum} micro-batch(es) x '
             f'{b // self.grad_accum // shards} clip(s) per data x fsdp shard; eval {c.eval.batch_size} '
-            f'windows per step (~{self.eval_bytes / GIB:.2f} GiB per device with the train state)',
+            f'windows per step (~{self.eval_bytes / GIB:.2f} GiB per device with the train state'
+            + (f'; compiled {self.eval_compiled["total"] / GIB:.2f} GiB)' if self.eval_compiled else ')'),
             'per device            analytic' + ('      compiled (XLA)' if comp else ''),
             f'  parameters      {gb(a["params"])}' + xla('arguments', 'argument'),
             f'  optimizer state {gb(a["optimizer"])}' + xla('outputs', 'output'),
@@ -131,6 +133,7 @@ class Report:
                 'num_devices': self.num_devices, 'processes': self.processes, 'mesh': self.mesh,
                 'batch_size': self.config.data.batch_size, 'grad_accum': self.grad_accum,
                 'eval_batch_size': self.config.eval.batch_size, 'eval_bytes': self.eval_bytes,
+                'eval_compiled': self.eval_compiled,
                 'params': self.params,
                 'analytic': self.analytic, 'compiled': self.compiled,
                 'flops_model': self.flops['model'], 'flops_executed': self.flops['executed'],
@@ -268,11 +271,15 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
     eval_batch, eval_bytes = _eval_batch(cfg, label, mem_dims, analytic(chosen), batch // chosen,
                                          shards, mesh_sizes['tensor'], usable)
     resolved = config_lib.resolved(cfg, grad_accum=chosen, eval_batch_size=eval_batch)
+    eval_compiled = None
+    if compiled is not None:  # compiled the train step: the eval step too, for the same table
+        eval_compiled = compiled_eval_memory(setup_for(chosen), eval_batch)
     report = Report(label=label, config=resolved, device=info, num_devices=len(devices),
                     processes=jax.process_count(), mesh=mesh_sizes, params=n_params,
                     analytic=analytic(chosen), compiled=compiled, flops=fl, xla_flops=xla_flops,
                     step_seconds=step_seconds, run_hours=run_hours,
-                    eval_bytes=eval_bytes, compile_seconds=compile_seconds, notes=notes)
+                    eval_bytes=eval_bytes, eval_compiled=eval_compiled,
+                    compile_seconds=compile_seconds, notes=notes)
     return report
 
 
@@ -300,6 +307,26 @@ def _eval_batch(cfg, label, dims, train_mem, micro_batch, shards, tensor, usable
                       f'~{need(windows) / GIB:.1f} GiB per device beside the train state, '
                       f'{usable / GIB:.1f} GiB usable; use a smaller eval.batch_size (e.g. {shards})')
     return windows, need(windows)
+
+
+def compiled_eval_memory(setup, eval_batch: int) -> dict:
+    """Per-device bytes of the compiled evaluation step beside the resident train state: the
+    state (parameters + optimizer) + the eval batch + its outputs + XLA's temporaries."""
+    from extpose_jax.train import setup as setup_lib
+    from extpose_jax.train import task as task_lib
+    state, sh = setup.abstract_state(), setup.shardings
+    variables = {'params': state.params, **state.constants}
+    shardings = {'params': sh.params, **sh.constants}
+    batch = setup_lib.abstract_batch(setup.cfg, setup.mesh, eval_batch, task_lib.PREDICT_KEYS)
+    with shd.activation_sharding(setup.mesh):
+        exe = task_lib.sharded_predict(setup.task, shardings, setup.mesh).lower(variables, batch).compile()
+    ma = exe.memory_analysis()
+    resident = estimate.shard_bytes((state.params, state.constants, state.opt_state))
+    batch_bytes = estimate.shard_bytes(batch)
+    out = {'argument': ma.argument_size_in_bytes, 'output': ma.output_size_in_bytes,
+           'temp': ma.temp_size_in_bytes, 'resident_state': resident}
+    out['total'] = resident + batch_bytes + out['output'] + out['temp']
+    return out
 
 
 def compiled_step_memory(setup) -> tuple[dict, float | None]:

@@ -256,6 +256,14 @@ def local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
 
 
+def sharded_predict(task: Task, variable_shardings, mesh):
+    """task.predict jitted for the mesh: (variables on variable_shardings, a global batch over
+    data x fsdp) -> outputs over data x fsdp. The preflight lowers it from abstract inputs."""
+    batch_sharding = shd.batch_sharding(mesh)
+    return jax.jit(task.predict, in_shardings=(variable_shardings, batch_sharding),
+                   out_shardings=batch_sharding)
+
+
 def make_sharded_predict_fn(cfg, variables, variable_shardings, mesh, task: Task | None = None,
                             trace_context=None):
     """Evaluation's predict_fn with the model sharded as in training; run it on every process.
@@ -274,9 +282,7 @@ def make_sharded_predict_fn(cfg, variables, variable_shardings, mesh, task: Task
     """
     task = task or Task(cfg)
     trace_context = trace_context or shd.activation_sharding
-    batch_sharding = shd.batch_sharding(mesh)
-    jitted = jax.jit(task.predict, in_shardings=(variable_shardings, batch_sharding),
-                     out_shardings=batch_sharding)
+    jitted = sharded_predict(task, variable_shardings, mesh)
 
     def predict_fn(batch):
         batch = shd.global_batch(device_batch(batch, PREDICT_KEYS), mesh)

@@ -2,6 +2,7 @@
 
     python bench/eval.py                          # 1 process x 2 devices vs 2 processes x 1
     python bench/eval.py --cases 1x1 1x2 2x1 --batch_size 8
+    python bench/eval.py --cases 1x1 2x1 --cores_per_process 1   # each process its own core
 
 A case is PROCESSESxDEVICES (devices per process); the mesh is data = all devices, so the two
 default cases run the same mesh and the same per-device work, and differ in the host work (the
@@ -13,7 +14,9 @@ sharded predict, body models, metrics) and is not counted; the second, compiled 
 timed from run_eval's call to its return on every process (loading, predict, body models,
 metrics, the cross-process merge, process 0's metrics.json), the slowest process counting.
 Process start-up, imports and placing the variables are excluded too. Prints one JSON line per
-case, then one with the ratio of the last case's windows/s to the first's.
+case, then one with the ratio of the last case's windows/s to the first's. With
+--cores_per_process each process is pinned to its own cores, as on hosts with their own
+compute; without it, all processes share this machine's cores (and their compute).
 """
 import argparse
 import json
@@ -45,9 +48,14 @@ def run_case(case: str, args, workdir: str) -> dict:
     if processes > 1:
         port = _free_port()
         distributed = ['--coordinator', f'localhost:{port}', '--num_processes', str(processes)]
+    def pin(i):  # process i on its own cores, as a host with its own compute
+        if not args.cores_per_process:
+            return None
+        n = args.cores_per_process
+        return lambda: os.sched_setaffinity(0, range(i * n, (i + 1) * n))
     procs = [subprocess.Popen(common + distributed + (['--process_id', str(i)] if distributed else []),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                              env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+                              env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, preexec_fn=pin(i))
              for i in range(processes)]
     runs = []
     for proc in procs:
@@ -63,6 +71,7 @@ def run_case(case: str, args, workdir: str) -> dict:
             'first_eval_s': round(max(r[0]['seconds'] for r in runs), 2),
             'timed_eval_s': round(timed, 2), 'windows_per_s': round(windows / timed, 3),
             'pa_mpjpe': round(runs[0][1]['metrics']['3dpw/pa_mpjpe'], 4),
+            'cores_per_process': args.cores_per_process or 'shared',
             'cpus': os.cpu_count(), 'load_avg_1m': round(os.getloadavg()[0], 2)}
 
 
@@ -70,6 +79,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--cases', nargs='+', default=['1x2', '2x1'])
     p.add_argument('--batch_size', type=int, default=8, help='global windows per step')
+    p.add_argument('--cores_per_process', type=int, default=0,
+                   help='pin process i to cores [i n, (i + 1) n) (hosts with their own compute); '
+                        '0: all processes share every core')
     p.add_argument('--data_dir', default=os.path.join(ROOT, 'data', 'synthetic'),
                    help='the synthetic default (built here if missing, as run_train.py does)')
     args = p.parse_args()

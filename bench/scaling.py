@@ -9,7 +9,8 @@ devices (the device count is fixed when JAX starts). Analytic rows ask the prefl
 gradient accumulation fits an H100 (80 GiB) and a TPU v5p chip (95 GiB) under their memory
 model; compiled rows compile the step at the H100's choice on XLA:CPU with the memory limit
 lifted, for XLA's own per-device figures (an upper bound there: XLA:CPU keeps fp32 activations
-of every block, see estimate.on_platform). A rerun skips rows already in --out.
+of every block, see estimate.on_platform), beside what the XLA:CPU memory model predicts for
+them. A rerun skips rows already in --out.
 """
 import argparse
 import json
@@ -60,6 +61,10 @@ def run(case, target, mode, out, grad_accum=None, timeout=3600):
            '--config.mesh.tensor=' + str(mesh.get('tensor', 1))]
     if mode == 'analytic':
         cmd.append('--compile=never')
+    elif mode == 'cpumodel':  # what the XLA:CPU memory model predicts for the compiled row
+        cmd = [c for c in cmd if not c.startswith('--target=')]
+        cmd += ['--compile=never', '--config.preflight.memory_gb=1000000',
+                f'--config.train.grad_accum={grad_accum}']
     else:  # XLA's figures at the analytic choice, whatever they say about fitting
         cmd += ['--compile=always', '--config.preflight.memory_gb=1000000',
                 f'--config.train.grad_accum={grad_accum}']
@@ -86,10 +91,10 @@ def markdown(rows: dict) -> str:
     lines = []
     for name in ('image', 'video'):
         lines += [f'\n### {name}\n',
-                  '| devices | mesh d x f x t | H100: grad_accum, GiB/device (analytic) | v5p: grad_accum, GiB | '
-                  'params + opt + grads GiB | activations GiB | XLA:CPU compiled GiB (temp) | '
-                  'FLOPs/step (model) | H100 step s, run h |',
-                  '|---:|---|---|---|---:|---:|---:|---:|---|']
+                  '| devices | mesh d x f x t | H100: grad_accum, GiB/device | v5p: grad_accum, GiB | '
+                  'params + opt + grads | activations | eval (H100 model) | XLA:CPU compiled (temp) | '
+                  'XLA:CPU model | FLOPs/step (model) | H100 s/step, h/run |',
+                  '|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|']
         for case in CASES:
             if case[0] != name:
                 continue
@@ -110,9 +115,12 @@ def markdown(rows: dict) -> str:
             comp = c.get('compiled')
             comp_s = (f'{comp["total"] / GIB:.1f} ({comp["temp"] / GIB:.1f})' if comp else
                       'timeout' if 'timeout_s' in c else '-')
+            host = c.get('analytic_host') or rows.get(tag(name, devices, mesh, 'cpu', 'cpumodel'), {}).get('analytic')
+            host_s = f'{host["total"] / GIB:.1f}' if host else '-'
+            ev = f'{h["eval_batch_size"]} w, {h["eval_bytes"] / GIB:.1f}' if h.get('eval_bytes') else '-'
             time_s = (f'{h["step_seconds"]:.2f}, {h["run_hours"]:.1f}' if h.get('step_seconds') else '-')
             lines.append(f'| {devices} | {mesh_str(mesh)} | {fit(h)} | {fit(v)} | {state} | {acts} | '
-                         f'{comp_s} | {h.get("flops_model", 0):.3g} | {time_s} |')
+                         f'{ev} | {comp_s} | {host_s} | {h.get("flops_model", 0):.3g} | {time_s} |')
     return '\n'.join(lines)
 
 
@@ -133,6 +141,11 @@ def main():
             if args.only in t and t not in load(args.out):
                 run(case, target, 'analytic', args.out)
                 print(json.dumps(load(args.out).get(t, {'tag': t}), default=str)[:300], flush=True)
+    for case in CASES:  # the XLA:CPU model's prediction of each compiled row (seconds)
+        t = tag(case[0], case[3], case[4], 'cpu', 'cpumodel')
+        chosen = load(args.out).get(tag(case[0], case[3], case[4], 'h100', 'analytic'), {})
+        if args.only in t and t not in load(args.out) and 'grad_accum' in chosen:
+            run(case, 'cpu', 'cpumodel', args.out, chosen['grad_accum'])
     if args.compiled:
         for case in CASES:
             t = tag(case[0], case[3], case[4], 'h100', 'compiled')

@@ -93,8 +93,8 @@ class Dims:
 
 
 # XLA:CPU keeps about twice the formula's fp32 activations: measured 2026-12-05 on jax 0.10.2,
-# backbone forward + backward of ViT-B (6,144 tokens) 7.55 GiB temp vs 3.85 GiB counted, ViT-H
-# image train step (9,216 tokens per device) 49.0 GiB vs 51 GiB predicted with this factor.
+# ViT-B backbone forward + backward at 6,144 tokens 7.55 GiB temp vs 3.85 GiB counted; with this
+# factor the model over-predicts XLA:CPU's compiled ViT-H train steps by 8-24% (docs/scaling.md).
 XLA_CPU_OVERHEAD = 2.0
 
 

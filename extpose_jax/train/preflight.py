@@ -72,6 +72,7 @@ class Report:
     run_hours: float | None
     eval_bytes: float | None = None  # analytic, per device, while evaluating
     eval_compiled: dict | None = None  # compiled_eval_memory
+    analytic_host: dict | None = None  # this machine's memory model, when compiled for a target
     compile_seconds: float | None = None
     notes: list = dataclasses.field(default_factory=list)
 
@@ -119,8 +120,8 @@ class Report:
         f = self.flops
         xla = '' if self.xla_flops is None else \
             f'; XLA cost analysis {self.xla_flops:.3g} per device (loop bodies counted once)'
-        rows.append(f'FLOPs/step {f["model"]:.3g} model (3 x forward), {f["executed"]:.3g} executed '
-                    f'with remat, analytic, global{xla}')
+        executed = f', {f["executed"]:.3g} executed with the remat recompute' if c.model.remat else ''
+        rows.append(f'FLOPs/step {f["model"]:.3g} model (3 x forward){executed}; analytic, global{xla}')
         if self.step_seconds is not None:
             rows.append(f'time       ~{_duration(self.step_seconds)} per step at '
                         f'{self.device.efficiency:.0%} of peak; {c.train.steps} steps: '
@@ -133,7 +134,7 @@ class Report:
                 'num_devices': self.num_devices, 'processes': self.processes, 'mesh': self.mesh,
                 'batch_size': self.config.data.batch_size, 'grad_accum': self.grad_accum,
                 'eval_batch_size': self.config.eval.batch_size, 'eval_bytes': self.eval_bytes,
-                'eval_compiled': self.eval_compiled,
+                'eval_compiled': self.eval_compiled, 'analytic_host': self.analytic_host,
                 'params': self.params,
                 'analytic': self.analytic, 'compiled': self.compiled,
                 'flops_model': self.flops['model'], 'flops_executed': self.flops['executed'],
@@ -155,16 +156,6 @@ def mesh_shape(cfg) -> dict:
 
 def _divisors(n: int):
     return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _with(cfg, **fields):
-    """A copy of cfg with dotted fields set (train__grad_accum=2 sets train.grad_accum)."""
-    out = cfg.copy_and_resolve_references()
-    with out.unlocked():
-        for key, value in fields.items():
-            group, name = key.split('__')
-            out[group][name] = value
-    return out
 
 
 # ------------------------------------------------------------------------------ the check
@@ -235,7 +226,7 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
     def analytic(g, d=mem_dims):
         return estimate.memory(d, abstract, abstract_batch, mesh_sizes, batch, g)
 
-    chosen, compiled, xla_flops, compile_seconds, notes = None, None, None, None, []
+    chosen, compiled, compiled_for, xla_flops, compile_seconds, notes = None, None, None, None, None, []
     for g in accums:
         a = analytic(g)
         if usable is None or compile == 'never':
@@ -251,13 +242,15 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
         log(f'preflight: compiling the train step (grad_accum={g})')
         start = time.perf_counter()
         compiled, xla_flops = compiled_step_memory(setup_for(g))
-        compile_seconds = time.perf_counter() - start
+        compiled_for, compile_seconds = g, time.perf_counter() - start
         if compiled['total'] <= usable:
             chosen = g
             break
     if chosen is None:
         raise Refusal(_memory_message(label, cfg, info, usable, accums[-1], dims, analytic,
                                       mesh_sizes, len(devices)))
+    if compiled_for != chosen:  # figures of a rejected accumulation describe another program
+        compiled = xla_flops = None
     if compile == 'always' and compiled is None:
         start = time.perf_counter()
         compiled, xla_flops = compiled_step_memory(setup_for(chosen))
@@ -271,14 +264,21 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
     eval_batch, eval_bytes = _eval_batch(cfg, label, mem_dims, analytic(chosen), batch // chosen,
                                          shards, mesh_sizes['tensor'], usable)
     resolved = config_lib.resolved(cfg, grad_accum=chosen, eval_batch_size=eval_batch)
-    eval_compiled = None
+    eval_compiled, analytic_host = None, None
     if compiled is not None:  # compiled the train step: the eval step too, for the same table
         eval_compiled = compiled_eval_memory(setup_for(chosen), eval_batch)
+        host = devices[0].platform
+        if host != info.platform:  # a what-if compiled here: what this platform's model predicts
+            analytic_host = estimate.memory(estimate.on_platform(dims, host), abstract,
+                                            abstract_batch, mesh_sizes, batch, chosen)
+            notes.append(f'compiled by XLA:{host.upper()}, not for {info.name}: its buffers follow '
+                         f'{host}\'s memory model (analytic for {host}: '
+                         f'{analytic_host["total"] / GIB:.1f} GiB)')
     report = Report(label=label, config=resolved, device=info, num_devices=len(devices),
                     processes=jax.process_count(), mesh=mesh_sizes, params=n_params,
                     analytic=analytic(chosen), compiled=compiled, flops=fl, xla_flops=xla_flops,
                     step_seconds=step_seconds, run_hours=run_hours,
-                    eval_bytes=eval_bytes, eval_compiled=eval_compiled,
+                    eval_bytes=eval_bytes, eval_compiled=eval_compiled, analytic_host=analytic_host,
                     compile_seconds=compile_seconds, notes=notes)
     return report
 

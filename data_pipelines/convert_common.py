@@ -44,9 +44,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipelines import records
+from extpose_jax import errors
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.DataFileError):
     """Raw data that cannot be converted; the message names the file (and key / sample)."""
 
 

@@ -33,6 +33,7 @@ from tensorflow_datasets.core import example_parser, example_serializer
 from tensorflow_datasets.core.features.feature import TensorInfo
 
 from data_pipelines import atomic_file
+from extpose_jax import errors
 
 # Bump when a field is added, removed or changes meaning; readers refuse other versions.
 SCHEMA_VERSION = 2  # 2: optional kp2d_occluded (HInt occlusion labels)
@@ -115,7 +116,7 @@ _INPUT_FIELDS = set(_STORAGE) - {"schema_version", "num_joints"}  # those two ar
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.]+$")  # no '-' or '/': keeps file names unambiguous
 
 
-class RecordError(Exception):
+class RecordError(errors.DataFileError):
     """Base class of the errors raised here."""
 
 

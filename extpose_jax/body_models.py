@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from extpose_jax import geometry, skeletons
+from extpose_jax import errors, geometry, skeletons
 
 # smplx's vertex joints for SMPL (face, then feet) and MANO (fingertips); the joint maps of
 # HMR 2.0 and HaMeR index into [skeleton joints, these vertices].
@@ -31,7 +31,7 @@ MANO_TIP_VERTICES = (744, 320, 443, 554, 671)  # thumb, index, middle, ring, pin
 _REQUIRED = ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights', 'kintree_table', 'f')
 
 
-class BodyModelFileError(ValueError):
+class BodyModelFileError(errors.DataFileError):
     """A body-model file that is missing, truncated, foreign or inconsistent."""
 
 

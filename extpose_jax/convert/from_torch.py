@@ -35,6 +35,7 @@ import types
 import jax
 import numpy as np
 
+from extpose_jax import errors
 from extpose_jax.convert import keymap
 from extpose_jax.models import vit
 
@@ -45,7 +46,7 @@ _LEFT_BEHIND = {'hmr2': ('smpl.', 'initialized'), 'hamer': ('mano.', 'initialize
 _EXPERT = re.compile(r'^(.*blocks\.\d+\.mlp\.)experts\.(\d+)\.(weight|bias)$')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.DataFileError):
     """A file that is not a readable PyTorch checkpoint of the kind asked for."""
 
 

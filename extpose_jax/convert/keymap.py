@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from extpose_jax import errors
 from extpose_jax.models import discriminator as disc_lib
 from extpose_jax.models import heads
 
@@ -44,7 +45,7 @@ class Row(NamedTuple):
     rule: str
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError):
     """A conversion that cannot be complete; lists missing, unexpected and mis-shaped entries."""
 
     def __init__(self, what: str, missing=(), unexpected=(), mis_shaped=(), hint: str = ''):

@@ -12,7 +12,7 @@ from typing import Optional
 import jax.numpy as jnp
 
 from data_pipelines import augment, pipeline
-from extpose_jax import losses
+from extpose_jax import errors, losses
 from extpose_jax.models import baselines, extpose, masks, vit
 from extpose_jax.train import optim
 
@@ -49,7 +49,7 @@ _MESH_AXES = ('data', 'fsdp', 'tensor')
 PREFLIGHT_COMPILE = ('auto', 'always', 'never')
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
     """A config value that cannot work; the message starts with the dotted field name."""
 
 

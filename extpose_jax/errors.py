@@ -1,0 +1,93 @@
+"""The errors a user can fix, and the one way every command line reports them.
+
+A UserError is a mistake in what the user gave (a flag, a config value, a missing path): one line
+on stderr naming the field or file, exit code 2. A DataFileError is an input file that exists but
+is malformed, truncated or foreign: one line, exit code 1. Anything else is a bug and keeps its
+traceback. Every entry point runs through `run`, so the rule holds everywhere.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+class UserError(ValueError):
+    """A fixable mistake in the user's input; the message names the field, flag or path."""
+    exit_code = 2
+
+
+class DataFileError(UserError):
+    """An input file that cannot be read as what it claims to be; the message names it."""
+    exit_code = 1
+
+
+# Missing or unusable paths the user named: the OS message already carries the path.
+_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def one_line(message) -> str:
+    """Multi-line library messages (ml_collections, absl) folded into one line."""
+    return ' '.join(str(message).split())
+
+
+def exit_code(error: BaseException) -> int | None:
+    """The exit code for a user error, None for a bug (which should keep its traceback)."""
+    if isinstance(error, UserError):
+        return error.exit_code
+    if isinstance(error, _PATH_ERRORS):
+        return 2
+    from absl import app, flags
+    if isinstance(error, (app.UsageError, flags.Error)):
+        return 2
+    return None
+
+
+def fail(prog: str, error: BaseException | str, code: int = 2):
+    """Prints `prog: message` on stderr and exits with `code`."""
+    sys.stderr.write(f'{prog}: {one_line(error)}\n')
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def _parse_flags(prog: str):
+    """absl's flag parsing, but a bad flag (or an unloadable --config file) is one line, exit 2."""
+    from absl import flags
+
+    def parse(argv):
+        try:
+            rest = flags.FLAGS(argv)
+            for name in list(flags.FLAGS):
+                _ = flags.FLAGS[name].value  # config files load lazily: fail here, not in main
+        except Exception as e:  # noqa: BLE001 - whatever parsing raises came from the command line
+            fail(prog, f'bad command line: {e}', 2)
+        return rest
+    return parse
+
+
+def run(main: Callable, prog: str | None = None):
+    """absl.app.run(main) with the project's error rule: user errors are one line, bugs trace."""
+    from absl import app
+    prog = prog or os.path.basename(sys.argv[0])
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs below
+            code = exit_code(e)
+            if code is None:
+                raise
+            fail(prog, e, code)
+    app.run(guarded, flags_parser=_parse_flags(prog))
+
+
+def guard(main: Callable[[], object], prog: str | None = None):
+    """For argparse entry points: runs main() with the same rule (argparse exits 2 itself)."""
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        return main()
+    except Exception as e:  # noqa: BLE001
+        code = exit_code(e)
+        if code is None:
+            raise
+        fail(prog, e, code)

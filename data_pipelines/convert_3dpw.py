@@ -8,8 +8,8 @@ or `convert(root, body_models, out, ...)`, which returns a summary dict.
 Input: `RAW/sequenceFiles/{train,validation,test}/<seq>.pkl` (a nested
 `RAW/sequenceFiles/sequenceFiles/...` from unzipping is accepted) and
 `RAW/imageFiles/<seq>/image_{i:05d}.jpg`. The pkl files are the list of sequences (an image
-folder without a pkl is ignored). They are Python-2 pickles, read with encoding='latin1' by a
-restricted unpickler (numpy arrays and plain containers only).
+folder without a pkl is ignored). They are Python-2 pickles, read by extpose_jax.safe_pickle (numpy
+arrays and plain containers; nothing in the file is imported or run).
 
 One record per (actor, frame) with `campose_valid[actor][frame]`:
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import warnings
 
 import numpy as np
@@ -45,6 +44,7 @@ from scipy.spatial.transform import Rotation
 
 from data_pipelines import convert_common as cc
 from data_pipelines import records
+from extpose_jax import safe_pickle
 
 NAME = "3dpw"
 SPLITS = ("train", "validation", "test")
@@ -66,35 +66,6 @@ FRAME_BLOCK = 256  # frames per body-model pass
 # ---------------------------------------------------------------------------- reading
 
 
-class _SequenceUnpickler(pickle.Unpickler):
-    """Only what a 3DPW sequence pkl holds: numpy arrays / scalars and builtin containers."""
-
-    _NUMPY = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
-    _BUILTINS = {
-        ("copy_reg", "_reconstructor"),
-        ("copyreg", "_reconstructor"),
-        ("__builtin__", "object"),
-        ("builtins", "object"),
-        ("__builtin__", "set"),
-        ("builtins", "set"),
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),
-    }  # how Python 3 writes bytes in a protocol-2 pickle
-
-    def __init__(self, f, path):
-        super().__init__(f, encoding="latin1")
-        self._path = path
-
-    def find_class(self, module, name):
-        if module.split(".")[0] == "numpy" and name in self._NUMPY:
-            return super().find_class(module, name)
-        if (module, name) in self._BUILTINS:
-            return super().find_class(module, name)
-        raise cc.ConversionError(
-            f"{self._path}: refusing to unpickle {module}.{name}; not a 3DPW sequence file"
-        )
-
-
 def _str(value) -> str:
     return value.decode("latin1") if isinstance(value, bytes) else str(value)
 
@@ -103,13 +74,7 @@ def load_sequence(path: str) -> dict:
     """Reads and checks one sequence pkl; returns numpy arrays (see module docstring)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"3DPW sequence file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            raw = _SequenceUnpickler(f, path).load()
-    except cc.ConversionError:
-        raise
-    except Exception as e:
-        raise cc.ConversionError(f"{path}: cannot unpickle 3DPW sequence file ({e!r})") from e
+    raw = safe_pickle.load(path, cc.ConversionError, "3DPW sequence file")
     if not isinstance(raw, dict):
         raise cc.ConversionError(f"{path}: expected a dict, got {type(raw).__name__}")
     for key in REQUIRED_KEYS:

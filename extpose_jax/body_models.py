@@ -7,13 +7,13 @@ reorder everything through a joint map and append regressed extra joints; that i
 44 body keypoints and HaMeR's 21 hand keypoints are made.
 
 Official `.pkl` files are Python-2 pickles that reference chumpy and old scipy.sparse classes.
-They are read with a restricted unpickler that never imports chumpy and refuses any class that
-a model file has no business holding, so a foreign pickle is an error, not code execution.
+They are read by safe_pickle, which never imports chumpy and refuses any class that a model
+file has no business holding, so a foreign pickle is an error, not code execution.
 """
 from __future__ import annotations
 
 import os
-import pickle
+import zipfile
 from typing import Optional
 
 import flax.struct
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from extpose_jax import errors, geometry, skeletons
+from extpose_jax import errors, geometry, safe_pickle, skeletons
 
 # smplx's vertex joints for SMPL (face, then feet) and MANO (fingertips); the joint maps of
 # HMR 2.0 and HaMeR index into [skeleton joints, these vertices].
@@ -38,65 +38,39 @@ class BodyModelFileError(errors.DataFileError):
 # ----------------------------------------------------------------------------- loading
 
 
-class _Stub:
-    """Stands in for chumpy.ch.Ch and old scipy.sparse matrices: keeps the pickled state only."""
-
-    def __init__(self, *args, **kwargs):
-        del args, kwargs
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def _stub_class(kind: str) -> type:
-    return type(kind, (_Stub,), {})
-
-
-_CHUMPY = _stub_class('chumpy')
-_SPARSE = {fmt: _stub_class(fmt) for fmt in ('csc', 'csr')}
-
-# Everything an official model pickle may reference besides the stubs. numpy's paths moved
-# between versions, so the module is matched by prefix.
-_NUMPY_NAMES = {'_reconstruct', 'ndarray', 'dtype', 'scalar', '_frombuffer'}
-_BUILTINS = {('copy_reg', '_reconstructor'), ('copyreg', '_reconstructor'),
-             ('__builtin__', 'object'), ('builtins', 'object'),
-             ('__builtin__', 'set'), ('builtins', 'set'), ('collections', 'OrderedDict')}
-
-
-class _ModelUnpickler(pickle.Unpickler):
-
-    def __init__(self, f, path):
-        super().__init__(f, encoding='latin1')
-        self._path = path
-
-    def find_class(self, module, name):
-        if module.split('.')[0] == 'chumpy':
-            return _CHUMPY
-        if module.startswith('scipy.sparse') and name[:3] in _SPARSE:
-            return _SPARSE[name[:3]]
-        if module.split('.')[0] == 'numpy' and name in _NUMPY_NAMES:
-            return super().find_class(module, name)
-        if (module, name) in _BUILTINS:
-            return super().find_class(module, name)
+def _chumpy_value(value: safe_pickle.StandIn, path: str, key: str):
+    """A chumpy expression's array: `Ch` holds it as 'x'; MANO's shapedirs is a `Select` of a Ch
+    (evaluated as chumpy's compute_r does); other nodes are None (see load_model_file)."""
+    state = value.pickled_state if isinstance(value.pickled_state, dict) else {}
+    try:
+        if value.pickled_name == 'chumpy.ch.Ch' and 'x' in state:
+            return np.asarray(state['x'])
+        if value.pickled_name == 'chumpy.reordering.Select':
+            source = state['a']
+            if isinstance(source, safe_pickle.StandIn):
+                source = _chumpy_value(source, path, key)
+            flat = np.asarray(source).ravel()[np.asarray(state['idxs'])]
+            return flat.reshape(state['preferred_shape'])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
         raise BodyModelFileError(
-            f'{self._path}: refusing to unpickle {module}.{name}; not a SMPL/MANO model file')
+            f"{path}: key '{key}' is a {value.pickled_name} with unreadable state ({e!r})") from e
+    return None
 
 
 def _to_numpy(value, path: str, key: str):
-    """Unwraps chumpy and sparse stubs into plain numpy arrays."""
-    if isinstance(value, _CHUMPY):
-        state = value.state if isinstance(getattr(value, 'state', None), dict) else {}
-        if 'x' not in state:
-            raise BodyModelFileError(f"{path}: key '{key}' is a chumpy object without an array 'x'")
-        return np.asarray(state['x'])
-    if isinstance(value, _Stub):
-        fmt, state = type(value).__name__, getattr(value, 'state', {})
+    """Unwraps chumpy and sparse stand-ins into plain numpy arrays (None: a chumpy expression
+    this loader does not evaluate)."""
+    if isinstance(value, safe_pickle.StandIn) and value.pickled_name.startswith('chumpy.'):
+        return _chumpy_value(value, path, key)
+    if isinstance(value, safe_pickle.StandIn):  # old or new scipy.sparse csc / csr path
+        fmt = value.pickled_name.rpartition('.')[2][:3]
+        state = value.pickled_state if isinstance(value.pickled_state, dict) else {}
         try:
             shape = tuple(state.get('_shape', state.get('shape')))
             import scipy.sparse  # only sparse J_regressors need it
             cls = scipy.sparse.csc_matrix if fmt == 'csc' else scipy.sparse.csr_matrix
             return cls((state['data'], state['indices'], state['indptr']), shape=shape).toarray()
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, IndexError) as e:
             raise BodyModelFileError(
                 f"{path}: key '{key}' is a {fmt} sparse matrix with unreadable state ({e!r})") from e
     if hasattr(value, 'toarray'):  # a modern scipy sparse object in an .npz
@@ -104,29 +78,41 @@ def _to_numpy(value, path: str, key: str):
     return value
 
 
+def _load_numpy_file(path: str, what: str):
+    """np.load without pickles: an .npz as a dict, an .npy as its array; damage names the file."""
+    try:
+        with open(path, 'rb') as f:
+            got = np.load(f, allow_pickle=False)
+            return {k: got[k] for k in got.files} if isinstance(got, np.lib.npyio.NpzFile) else got
+    except (zipfile.BadZipFile, *safe_pickle.DAMAGE) as e:
+        raise BodyModelFileError(f'{path}: not a readable {what} (truncated or damaged: '
+                                 f'{type(e).__name__}: {e})') from e
+
+
 def load_model_file(path: str) -> dict:
-    """Reads a SMPL/MANO `.pkl` (official, chumpy or clean) or `.npz` into numpy arrays."""
+    """Reads a SMPL/MANO `.pkl` (official, chumpy or clean) or `.npz` into numpy arrays.
+
+    A key holding a chumpy expression other than an array (`Ch`) or MANO's `Select` of one (an
+    old file's derived J or v_shaped) is left out: the loader recomputes what those held."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'body model file not found: {path}')
-    try:
-        if path.endswith('.npz'):
-            with np.load(path, allow_pickle=False) as z:
-                raw = {k: z[k] for k in z.files}
-        else:
-            with open(path, 'rb') as f:
-                raw = _ModelUnpickler(f, path).load()
-    except BodyModelFileError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, OSError) as e:
-        raise BodyModelFileError(f'{path}: truncated or unreadable model file ({e!r})') from e
+    what = 'SMPL/MANO model file'
+    if path.endswith('.npz'):
+        raw = _load_numpy_file(path, what)
+    else:
+        raw = safe_pickle.load(path, BodyModelFileError, what)
     if not isinstance(raw, dict):
         raise BodyModelFileError(f'{path}: expected a dict of model arrays, got {type(raw).__name__}')
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
-        raise BodyModelFileError(f'{path}: not a SMPL/MANO model file, missing keys {missing}')
-    return {k: _to_numpy(v, path, k) for k, v in raw.items()}
+        raise BodyModelFileError(f'{path}: not a {what}, missing keys {missing}')
+    arrays = {k: _to_numpy(v, path, k) for k, v in raw.items()}
+    for key in _REQUIRED:
+        if arrays[key] is None:
+            raise BodyModelFileError(f"{path}: key '{key}' is a {raw[key].pickled_name} "
+                                     'expression, not an array')
+    return {k: v for k, v in arrays.items() if v is not None}
 
 
 def _check_shapes(arrays: dict, path: str) -> None:
@@ -230,24 +216,19 @@ def _resolve(path_or_dir: str, names) -> str:
 
 
 def load_j19_regressor(path: str) -> np.ndarray:
-    """HMR 2.0's `SMPL_to_J19.pkl`: a pickled (19, 6890) array."""
-    arr = None
-    try:
-        if path.endswith('.npy') or path.endswith('.npz'):
-            arr = np.load(path, allow_pickle=False)
-            arr = arr[arr.files[0]] if isinstance(arr, np.lib.npyio.NpzFile) else arr
-        else:
-            with open(path, 'rb') as f:
-                arr = _to_numpy(_ModelUnpickler(f, path).load(), path, 'J_regressor_extra')
-    except FileNotFoundError:
-        raise FileNotFoundError(f'extra joint regressor not found: {path}') from None
-    except BodyModelFileError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
-        raise BodyModelFileError(f'{path}: truncated or unreadable regressor ({e!r})') from e
-    arr = np.asarray(arr)
-    if arr.ndim != 2:
-        raise BodyModelFileError(f'{path}: expected a (E, V) regressor array, got shape {arr.shape}')
+    """HMR 2.0's `SMPL_to_J19.pkl`: a pickled (19, 6890) array (or the same as .npy / .npz)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'extra joint regressor not found: {path}')
+    what = 'joint regressor file'
+    if path.endswith('.npy') or path.endswith('.npz'):
+        arr = _load_numpy_file(path, what)
+        arr = next(iter(arr.values()), None) if isinstance(arr, dict) else arr
+    else:
+        arr = _to_numpy(safe_pickle.load(path, BodyModelFileError, what), path, 'J_regressor_extra')
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in 'fiub' or arr.ndim != 2:
+        got = f'shape {arr.shape} {arr.dtype}' if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise BodyModelFileError(f'{path}: expected a numeric (E, V) regressor array, got {got}')
     return arr
 
 

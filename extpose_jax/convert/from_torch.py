@@ -18,24 +18,22 @@ with loss.use_adversarial starts its discriminator from it, other runs ignore it
 The ViT's size is read off the tensors. Everything else in the checkpoint is an error that
 names the keys; nothing is written unless the whole conversion succeeded.
 
-Reading never runs code from the file: the unpickler resolves only what torch's weights_only
-loader allows, and the classes a Lightning checkpoint pickles besides tensors (its
+Reading never runs code from the file (extpose_jax.safe_pickle): only what torch's weights_only
+loader allows is resolved, the classes a Lightning checkpoint pickles besides tensors (its
 hyper_parameters: yacs / omegaconf configs) become inert stand-ins, so those libraries need not
-be installed.
+be installed, and any other global (os.system, builtins.exec, ...) is refused.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import re
 import sys
-import types
 
 import jax
 import numpy as np
 
-from extpose_jax import errors
+from extpose_jax import errors, safe_pickle
 from extpose_jax.convert import keymap
 from extpose_jax.models import vit
 
@@ -53,45 +51,12 @@ class CheckpointError(errors.DataFileError):
 # ------------------------------------------------------------------------------ reading
 
 
-def _inert_class(full_name: str):
-    """A dict-like stand-in for a pickled class: accepts any arguments and state, runs nothing."""
-    module, _, name = full_name.rpartition('.')
-
-    def setstate(self, state):
-        self.__dict__['pickled_state'] = state
-
-    return type(name, (dict,), {'__module__': module, '__qualname__': name,
-                                '__init__': lambda self, *a, **k: dict.__init__(self),
-                                '__setstate__': setstate})
-
-
-class _Unpickler(pickle.Unpickler):
-    """Resolves only what torch's weights_only loader allows (tensors, storages, dtypes, a few
-    containers); every other global becomes an inert stand-in, so nothing in the file runs."""
-
-    def find_class(self, module, name):
-        from torch._weights_only_unpickler import _get_allowed_globals
-        allowed = _get_allowed_globals()
-        full = f'{module}.{name}'
-        return allowed[full] if full in allowed else _inert_class(full)
-
-
-_RESTRICTED_PICKLE = types.SimpleNamespace(
-    __name__='extpose_restricted_pickle', Unpickler=_Unpickler,
-    load=lambda f, **kw: _Unpickler(f, **kw).load())
-
-
 def read_torch_file(path: str):
-    """torch.load through _Unpickler: tensors as torch.load(weights_only=True) gives them, and
+    """torch.load through safe_pickle: tensors as torch.load(weights_only=True) gives them, and
     whatever else the file pickles (a Lightning checkpoint's cfg) as inert stand-ins."""
-    import torch
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path}: no such checkpoint file')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=False, pickle_module=_RESTRICTED_PICKLE)
-    except Exception as e:
-        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (truncated or not '
-                              f'written by torch.save?): {type(e).__name__}: {e}') from e
+    return safe_pickle.load_torch(path, CheckpointError)
 
 
 def state_dict_of(obj, path: str = '<checkpoint>') -> dict:

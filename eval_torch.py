@@ -147,8 +147,8 @@ def main(argv):
     del argv
     cfg = run_eval.run_train.CONFIG.value
     config_lib.validate(cfg)
-    if not FLAGS.ckpt:
-        raise app.UsageError('--ckpt is required')
+    if not FLAGS.ckpt or not FLAGS.workdir:
+        raise app.UsageError('--ckpt and --workdir are required')
     metrics = run(cfg, FLAGS.ckpt, split=FLAGS.split, max_frames=FLAGS.max_frames,
                   pose_source=FLAGS.pose_source)
     split = FLAGS.split or cfg.eval.split
@@ -156,4 +156,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    from extpose_jax import errors
+    errors.run(main)

@@ -21,7 +21,7 @@ process scoring its share of the windows (run_train.py's --coordinator / --num_p
 """
 import os
 
-from absl import app, flags
+from absl import flags
 
 import run_train  # its --config / --workdir flags and prepare_data(): one definition of each
 
@@ -91,6 +91,8 @@ def run(cfg, workdir: str, *, checkpoint_path=None, step=None, split=None, max_f
 
 def main(argv):
     del argv
+    if FLAGS.checkpoint and not os.path.exists(FLAGS.checkpoint):  # before the model is built
+        raise FileNotFoundError(f'--checkpoint={FLAGS.checkpoint}: no such file or directory')
     from extpose_jax.train import config as config_lib
     cfg = run_train.CONFIG.value
     config_lib.validate(cfg)
@@ -101,4 +103,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    from extpose_jax import errors
+    errors.run(main)

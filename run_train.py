@@ -144,4 +144,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    from extpose_jax import errors
+    errors.run(main)

@@ -35,7 +35,6 @@ off-image or behind the camera are skipped and counted (`skipped_offscreen`).
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 
@@ -44,6 +43,7 @@ from scipy.spatial.transform import Rotation
 
 from data_pipelines import convert_common as cc
 from data_pipelines import records
+from extpose_jax import errors
 from extpose_jax import safe_pickle
 
 NAME = "3dpw"
@@ -384,7 +384,7 @@ def convert(
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
     cc.add_common_args(parser, splits=list(SPLITS), num_shards=8)
     parser.add_argument(
         "--joint_tol",
@@ -417,4 +417,4 @@ if __name__ == "__main__":
     # Run through the importable module so worker processes unpickle the same functions.
     from data_pipelines import convert_3dpw as _self
 
-    _self.main()
+    errors.guard(_self.main)

@@ -487,11 +487,15 @@ def _drain(q, bar) -> None:
 def add_common_args(
     parser: argparse.ArgumentParser, *, splits: list[str], num_shards: int, body_models: bool = True
 ) -> None:
-    parser.add_argument("--root", required=True, help="raw dataset root")
+    # Input folders are checked while parsing: before any body model or annotation is read.
+    parser.add_argument(
+        "--root", required=True, type=lambda p: require_dir(p, "--root"), help="raw dataset root"
+    )
     if body_models:
         parser.add_argument(
             "--body_models",
             required=True,
+            type=lambda p: require_dir(p, "--body_models"),
             help="directory with smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl, "
             "mano/MANO_RIGHT.pkl and SMPL_to_J19.pkl",
         )

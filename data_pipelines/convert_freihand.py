@@ -39,7 +39,6 @@ pinky 672 (thumb, index, middle agree but are left out too).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -47,6 +46,7 @@ import numpy as np
 
 from data_pipelines import convert_common as cc
 from data_pipelines import records
+from extpose_jax import errors
 
 NAME = "freihand"
 SPLITS = ("train", "test")
@@ -345,7 +345,7 @@ def convert(
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
     cc.add_common_args(parser, splits=list(SPLITS), num_shards=32)
     parser.add_argument(
         "--xyz_tol",
@@ -375,4 +375,4 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     from data_pipelines import convert_freihand as _self
 
-    _self.main()
+    errors.guard(_self.main)

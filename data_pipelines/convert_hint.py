@@ -39,7 +39,6 @@ Evaluation subsets (HaMeR's TEST_*_{all,vis,occ}): VIS = kp2d conf > 0.5; OCC = 
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -48,6 +47,7 @@ import numpy as np
 
 from data_pipelines import convert_common as cc
 from data_pipelines import records
+from extpose_jax import errors
 
 NAME = "hint"
 SPLITS = ("train", "val", "test")
@@ -277,7 +277,7 @@ def convert(
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
     cc.add_common_args(parser, splits=list(SPLITS), num_shards=16, body_models=False)
     parser.add_argument("--body_models", default=None, help="ignored (HInt has no 3D labels)")
     parser.add_argument(
@@ -307,4 +307,4 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     from data_pipelines import convert_hint as _self
 
-    _self.main()
+    errors.guard(_self.main)

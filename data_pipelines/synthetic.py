@@ -42,7 +42,6 @@ occluders (HInt, FreiHAND evaluation), motion / defocus blur and sensor noise no
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -58,7 +57,7 @@ from data_pipelines import atomic_file
 from data_pipelines import legacy_pickle
 from data_pipelines import render
 from data_pipelines import synthetic_bodies
-from extpose_jax import skeletons
+from extpose_jax import errors, skeletons
 
 # ----------------------------------------------------------------------------- sizes
 
@@ -1128,12 +1127,13 @@ def write_all(root, seed: int = 0, small: bool = True) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description='Write synthetic 3DPW / FreiHAND / HInt raw datasets '
-                                             '(and the body models they use).')
+    ap = errors.ArgumentParser(description='Write synthetic 3DPW / FreiHAND / HInt raw datasets '
+                                           '(and the body models they use).')
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--large', action='store_true', help='the LARGE sizes instead of SMALL')
     args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)  # an unusable --out fails now, not after the models
     t0 = time.time()
     paths = write_all(args.out, seed=args.seed, small=not args.large)
     for k, v in paths.items():
@@ -1143,4 +1143,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    errors.guard(main)

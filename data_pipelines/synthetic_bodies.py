@@ -59,7 +59,6 @@ seed.  CLI: ``python -m data_pipelines.synthetic_bodies --out DIR [--seed S]``.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import time
@@ -73,6 +72,7 @@ from data_pipelines import legacy_pickle
 from data_pipelines import procedural_mesh as pm
 from data_pipelines import rigging
 from data_pipelines import synthetic_anatomy as anatomy
+from extpose_jax import errors
 # The skeletons are part of this module's API (the real files' joint order).
 from data_pipelines.synthetic_anatomy import (  # noqa: F401
     FINGERS, MANO_JOINT_NAMES, MANO_PARENTS, SMPL_JOINT_NAMES, SMPL_PARENTS)
@@ -635,11 +635,12 @@ def write_body_models(out_dir, seed=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
+    ap = errors.ArgumentParser(
         description='Write synthetic SMPL / MANO model files in the official layout.')
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--seed', type=int, default=0)
     args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)  # an unusable --out fails now, not after the models
     t0 = time.time()
     paths = write_body_models(args.out, seed=args.seed)
     for rel in sorted(paths):
@@ -648,4 +649,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    errors.guard(main)

@@ -3,10 +3,11 @@
 A UserError is a mistake in what the user gave (a flag, a config value, a missing path): one line
 on stderr naming the field or file, exit code 2. A DataFileError is an input file that exists but
 is malformed, truncated or foreign: one line, exit code 1. Anything else is a bug and keeps its
-traceback. Every entry point runs through `run`, so the rule holds everywhere.
+traceback. Every entry point runs through `run` or `guard`, so the rule holds everywhere.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable
@@ -23,7 +24,8 @@ class DataFileError(UserError):
 
 
 # Missing or unusable paths the user named: the OS message already carries the path.
-_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                PermissionError)
 
 
 def one_line(message) -> str:
@@ -50,6 +52,43 @@ def fail(prog: str, error: BaseException | str, code: int = 2):
     sys.exit(code)
 
 
+def _load_config_files() -> None:
+    """ml_collections keeps a config file's IOError until the config is first used (in main,
+    after the heavy imports): raise it now, naming the flag."""
+    from absl import flags
+    from ml_collections.config_flags import config_flags
+    deferred = getattr(config_flags, '_ErrorConfig', ())
+    for name in list(flags.FLAGS):
+        value = flags.FLAGS[name].value
+        if isinstance(value, deferred):
+            error = object.__getattribute__(value, '_error')
+            raise UserError(f'--{name}={flags.FLAGS[name].config_filename}: '
+                            f'{_last_line(str(error))}')
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1].strip() if text.strip() else text
+
+
+def _flag_message(error: BaseException, argv) -> str:
+    """One line for whatever absl / ml_collections raised while parsing `argv`."""
+    text = str(error)
+    if isinstance(error, (AttributeError, KeyError)):
+        # ml_collections' unknown override field: the error is just the missing key's name.
+        key = text.strip('\'"')
+        for arg in argv[1:]:
+            flag = arg.lstrip('-').split('=', 1)[0]
+            if '.' in flag and key in flag.split('.')[1:]:
+                return f'--{flag}: no such config field {key!r}'
+        return f'{type(error).__name__}: {text}'
+    if 'Traceback (most recent call last)' in text:
+        # A config file's get_config raised: absl embeds the whole traceback in the message;
+        # its last line is the config's own message.
+        head = text.split('Traceback (most recent call last)')[0].strip().rstrip(':')
+        return f'{head}: {_last_line(text)}'
+    return text
+
+
 def _parse_flags(prog: str):
     """absl's flag parsing, but a bad flag (or an unloadable --config file) is one line, exit 2."""
     from absl import flags
@@ -57,10 +96,9 @@ def _parse_flags(prog: str):
     def parse(argv):
         try:
             rest = flags.FLAGS(argv)
-            for name in list(flags.FLAGS):
-                _ = flags.FLAGS[name].value  # config files load lazily: fail here, not in main
+            _load_config_files()
         except Exception as e:  # noqa: BLE001 - whatever parsing raises came from the command line
-            fail(prog, f'bad command line: {e}', 2)
+            fail(prog, f'bad command line: {_flag_message(e, argv)}', 2)
         return rest
     return parse
 
@@ -82,7 +120,7 @@ def run(main: Callable, prog: str | None = None):
 
 
 def guard(main: Callable[[], object], prog: str | None = None):
-    """For argparse entry points: runs main() with the same rule (argparse exits 2 itself)."""
+    """For argparse entry points: runs main() with the same rule (parse with ArgumentParser)."""
     prog = prog or os.path.basename(sys.argv[0])
     try:
         return main()
@@ -91,3 +129,10 @@ def guard(main: Callable[[], object], prog: str | None = None):
         if code is None:
             raise
         fail(prog, e, code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same one line (exit 2) as every other user error."""
+
+    def error(self, message):
+        fail(self.prog, f'{message} (--help for usage)', 2)

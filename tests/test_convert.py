@@ -320,5 +320,6 @@ def test_cli_process_exits_with_a_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'extpose_jax.convert.from_torch', '--ckpt', str(tmp_path / 'bad.ckpt'),
                            '--kind', 'hmr2', '--out', str(tmp_path / 'out')], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-    assert proc.returncode == 1 and proc.stderr.startswith('error: ') and 'Traceback' not in proc.stderr
+    # A malformed file is a data error (exit 1), one line naming the program and the file.
+    assert proc.returncode == 1 and proc.stderr.startswith('from_torch.py: ') and 'Traceback' not in proc.stderr
     assert 'not a readable PyTorch checkpoint' in proc.stderr and not (tmp_path / 'out').exists()

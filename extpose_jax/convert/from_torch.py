@@ -25,10 +25,8 @@ be installed, and any other global (os.system, builtins.exec, ...) is refused.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 
 import jax
 import numpy as np
@@ -177,7 +175,7 @@ def import_checkpoint(path: str, kind: str, expert: int | None = None):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = errors.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--ckpt', required=True, help='PyTorch checkpoint (.ckpt / .pth)')
     ap.add_argument('--kind', required=True, choices=list(KINDS), help='what the checkpoint is')
     ap.add_argument('--out', required=True, help='output directory (must not exist)')
@@ -195,7 +193,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, OSError) as e:  # ConversionError / CheckpointError are ValueErrors
-        sys.exit(f'error: {e}')
+    errors.guard(main)

@@ -18,12 +18,11 @@ whole or not at all.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import os
-import sys
 
 from data_pipelines.atomic_file import atomic_write
+from extpose_jax import errors
 from extpose_jax.convert import keymap
 
 # Lightning's load_from_checkpoint wants this entry and migrates files older than its targets;
@@ -59,7 +58,8 @@ def load_source(directory: str, step: int | None = None):
         raise FileNotFoundError(f'--workdir {directory}: no such directory')
     if checkpoint.is_variables_dir(directory):
         if step is not None:
-            raise ValueError(f'--step {step}: {directory} is a variables directory, not a training workdir')
+            raise errors.UserError(f'--step {step}: {directory} is a variables directory, not a '
+                                   'training workdir')
         variables, meta = checkpoint.load_variables(directory)
         return variables, dict(meta), 0
     variables, cfg, step = checkpoint.restore_variables(directory, step)
@@ -70,7 +70,7 @@ def load_source(directory: str, step: int | None = None):
 
 
 def main(argv=None) -> collections.OrderedDict:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = errors.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--workdir', required=True, help='training workdir or from_torch output')
     ap.add_argument('--out', required=True, help='output .ckpt path')
     ap.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
@@ -85,7 +85,4 @@ def main(argv=None) -> collections.OrderedDict:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f'error: {e}')
+    errors.guard(main)

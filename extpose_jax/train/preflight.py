@@ -420,6 +420,8 @@ def main(argv):
     from absl import flags
     from ml_collections import config_flags
     f = flags.FLAGS
+    if f.json and not os.path.isdir(os.path.dirname(f.json) or '.'):  # not after the compile
+        raise FileNotFoundError(f'--json={f.json}: no such directory {os.path.dirname(f.json)!r}')
     cfg = _CONFIG.value
     label = config_flags.get_config_filename(f['config'])
     device = devices_lib.DeviceInfo.target(f.target, cfg.model.dtype) if f.target else None
@@ -442,14 +444,16 @@ def _append_json(path: str, row: dict) -> None:
 
 
 if __name__ == '__main__':
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from extpose_jax import errors
     _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.')
     flags.DEFINE_integer('devices', None, 'Simulate this many CPU devices (set before JAX starts).')
-    flags.DEFINE_string('target', None, f'Compare with this chip instead of the local device: '
-                        f'{", ".join(devices_lib.CHIPS)}.')
+    flags.DEFINE_enum('target', None, list(devices_lib.CHIPS),
+                      'Compare with this chip instead of the local device.')
     flags.DEFINE_enum('compile', 'always', config_lib.PREFLIGHT_COMPILE, 'Compile the step.')
     flags.DEFINE_string('json', None, 'Append the report as one JSON line to this file.')
     flags.DEFINE_string('tag', None, 'Stored with the JSON line (bench/scaling.py names its cases).')
     flags.mark_flags_as_required(['config'])
-    app.run(main)
+    errors.run(main)

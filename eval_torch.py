@@ -133,10 +133,8 @@ def run(cfg, ckpt: str, *, split=None, max_frames=None, pose_source=None, log=pr
     split = split or cfg.eval.split
     metrics = evaluate.evaluate(
         make_predict_fn(cfg, state_dict), records_dir=os.path.join(records_root, cfg.eval.dataset),
-        split=split, num_frames=cfg.data.num_frames, batch_size=cfg.eval.batch_size,
-        hop=None if cfg.eval.hop < 0 else cfg.eval.hop, max_frames=max_frames,
-        pose_source=pose_source or cfg.data.pose_source,
-        bodies=SmplxBodies(cfg.model.kind, body_models_dir))
+        split=split, batch_size=cfg.eval.batch_size, bodies=SmplxBodies(cfg.model.kind, body_models_dir),
+        **config_lib.eval_kwargs(cfg, max_frames=max_frames, pose_source=pose_source))
     log(f'{cfg.eval.dataset}/{split}, PyTorch + smplx ({ckpt}):')
     for key, value in metrics.items():
         log(f'  {key}: {value:.3f}' if isinstance(value, float) else f'  {key}: {value}')

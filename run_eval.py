@@ -4,7 +4,7 @@
     --checkpoint=PATH   evaluate another training workdir, or a variables directory (e.g.
                         converted PyTorch weights); results still go under --workdir
     --split=S           another split of config.eval.dataset (default: config.eval.split)
-    --max_frames=N      score only the first N frames (default: the whole split)
+    --max_frames=N      score only the first N frames (default: config.eval.max_frames)
     --overlays=N        overlay PNGs (default: config.eval.overlays)
     --pose_source=S     2D-pose input: gt | noisy_gt | detections (default: config.data.pose_source,
                         as evaluation during training)
@@ -29,7 +29,7 @@ flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 flags.DEFINE_string('checkpoint', None, 'Training workdir or variables directory to evaluate '
                     '(default: --workdir).')
 flags.DEFINE_string('split', None, 'Split of config.eval.dataset (default: config.eval.split).')
-flags.DEFINE_integer('max_frames', None, 'Score only the first N frames (default: all).')
+flags.DEFINE_integer('max_frames', None, 'Score only the first N frames (default: config.eval.max_frames).')
 flags.DEFINE_integer('overlays', None, 'Overlay images to write (default: config.eval.overlays).')
 flags.DEFINE_string('pose_source', None, '2D-pose input (default: config.data.pose_source).')
 FLAGS = flags.FLAGS
@@ -72,12 +72,11 @@ def run(cfg, workdir: str, *, checkpoint_path=None, step=None, split=None, max_f
     metrics = evaluate.evaluate(
         task_lib.make_sharded_predict_fn(cfg, variables, shardings, mesh, task),
         records_dir=os.path.join(records_root, cfg.eval.dataset), split=split,
-        body_models_dir=body_models_dir, num_frames=cfg.data.num_frames,
+        body_models_dir=body_models_dir,
         batch_size=task_lib.eval_batch_size(cfg.eval.batch_size, mesh, log),
-        hop=None if cfg.eval.hop < 0 else cfg.eval.hop, max_frames=max_frames,
-        pose_source=pose_source or cfg.data.pose_source,
         overlays=cfg.eval.overlays if overlays is None else overlays,
-        overlay_dir=os.path.join(out_dir, 'overlays'), log=log)
+        overlay_dir=os.path.join(out_dir, 'overlays'), log=log,
+        **config_lib.eval_kwargs(cfg, max_frames=max_frames, pose_source=pose_source))
     if jax.process_index() == 0:
         evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
         if split == cfg.eval.split and step is not None:   # the latest training evaluation

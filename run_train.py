@@ -97,11 +97,7 @@ def preflight(cfg):
 
 def prepare_data(cfg) -> tuple:
     """(body models dir, records root): the configured ones, or the synthetic default."""
-    if cfg.body_models or cfg.data.root:
-        for field, path in (('body_models', cfg.body_models), ('data.root', cfg.data.root)):
-            if not path or not os.path.isdir(path):
-                raise FileNotFoundError(f'config.{field}: no such directory {path!r} (set both '
-                                        'body_models and data.root, or neither for the synthetic default)')
+    if cfg.body_models:  # config.validate checked both are set and exist
         return cfg.body_models, cfg.data.root
     import jax
 

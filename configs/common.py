@@ -3,7 +3,7 @@
 Field groups (validated by extpose_jax/train/config.py before anything runs):
   data.*    records root, mixture, clip length T, 2D-pose source, per-process loading
   model.*   ViT size, architecture / ablation, mask, pose form, precision, remat
-  init.*    start from a variables checkpoint (convert.from_torch output or a training workdir)
+  init.*    start a new run from a variables checkpoint (convert.from_torch output or a training workdir)
   optim.*   AdamW, schedule, clipping, trainable-parameter strategy
   loss.*    HMR 2.0 / HaMeR loss weights, normalisation, optional adversarial prior
   train.*   steps, gradient accumulation, logging / checkpoint / eval cadence
@@ -17,7 +17,7 @@ Variants are parsed from the `:arg` of --config=configs/X.py:arg, e.g. `small` o
 import ml_collections
 from ml_collections import config_dict
 
-VARIANTS = ('paper', 'small', 'base')
+from extpose_jax.train.config import VARIANTS
 
 
 def parse_arg(arg, config_file: str, **defaults) -> dict:
@@ -68,6 +68,7 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     c.data.num_workers = 0                       # grain workers per process (part of the state)
     c.data.num_threads = 2
     c.data.read_buffer = 8
+    c.data.skip_corrupt = False                  # True: a corrupt record is skipped and counted
 
     c.model = ml_collections.ConfigDict()
     c.model.kind = kind                          # 'smpl' (HMR 2.0 head) | 'mano' (HaMeR head)
@@ -90,7 +91,6 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
 
     c.init = ml_collections.ConfigDict()
     c.init.checkpoint = config_dict.placeholder(str)    # variables dir or training workdir
-    c.init.params_only = True                    # start a NEW run from those weights
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-4 if small else 1e-5
@@ -118,6 +118,7 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     c.train.log_every = 10 if small else 50
     c.train.checkpoint_every = 50 if small else 1000
     c.train.keep = 3
+    c.train.skip_nonfinite = False               # True: skip a non-finite update (counted), else stop
     c.train.eval_every = -1                      # n > 0: every n steps and at the ends; -1: the ends only; 0: never
 
     c.eval = ml_collections.ConfigDict()

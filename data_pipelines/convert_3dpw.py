@@ -70,6 +70,17 @@ def _str(value) -> str:
     return value.decode("latin1") if isinstance(value, bytes) else str(value)
 
 
+def _numeric(path: str, name: str, value, dtype=None) -> np.ndarray:
+    """np.asarray of a pickled value, a ConversionError naming the key if it is not an array."""
+    try:
+        a = np.asarray(value, dtype)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged lists, dicts, strings
+        raise cc.ConversionError(f"{path}: key {name} is not a numeric array ({e})") from e
+    if a.dtype.kind not in "fiub":
+        raise cc.ConversionError(f"{path}: key {name} is not numeric ({a.dtype})")
+    return a
+
+
 def load_sequence(path: str) -> dict:
     """Reads and checks one sequence pkl; returns numpy arrays (see module docstring)."""
     if not os.path.isfile(path):
@@ -84,6 +95,12 @@ def load_sequence(path: str) -> dict:
                 "poses2d": " (the readme's 'poses2D' is wrong)",
             }.get(key, "")
             raise cc.ConversionError(f"{path}: missing key {key!r}{hint}")
+    for key in PER_ACTOR_KEYS:
+        value = raw[key]
+        if not isinstance(value, (list, tuple, np.ndarray)) or getattr(value, "ndim", 1) == 0:
+            raise cc.ConversionError(
+                f"{path}: key {key!r} is a {type(value).__name__}, expected one entry per actor"
+            )
     num_actors = len(raw["poses"])
     if num_actors == 0:
         raise cc.ConversionError(f"{path}: key 'poses' lists no actor")
@@ -92,13 +109,11 @@ def load_sequence(path: str) -> dict:
             raise cc.ConversionError(
                 f"{path}: key {key!r} has {len(raw[key])} actor entries, 'poses' has {num_actors}"
             )
-    n = len(np.asarray(raw["img_frame_ids"]).reshape(-1))
+    n = _numeric(path, "'img_frame_ids'", raw["img_frame_ids"]).size
 
     def arr(key, k, shape):
-        a = np.asarray(raw[key] if k is None else raw[key][k])
         name = key if k is None else f"{key}[{k}]"
-        if a.dtype.kind not in "fiub":
-            raise cc.ConversionError(f"{path}: key {name} is not numeric ({a.dtype})")
+        a = _numeric(path, name, raw[key] if k is None else raw[key][k])
         if a.ndim == 0 or a.shape[0] != n and shape[0] == "N":
             raise cc.ConversionError(
                 f"{path}: array lengths disagree: {name} has {a.shape[0] if a.ndim else 0} frames, "
@@ -124,7 +139,7 @@ def load_sequence(path: str) -> dict:
         if g not in GENDERS:
             raise cc.ConversionError(f"{path}: key 'genders'[{k}] is {g!r}, expected 'm' or 'f'")
         genders.append(GENDERS[g])
-        b = np.asarray(raw["betas"][k], np.float64).reshape(-1)
+        b = _numeric(path, f"'betas'[{k}]", raw["betas"][k], np.float64).reshape(-1)
         if b.size < 10:
             raise cc.ConversionError(
                 f"{path}: key 'betas'[{k}] has {b.size} values, expected >= 10"
@@ -347,7 +362,8 @@ def convert(
     if size_mismatch not in ("error", "warn"):
         raise ValueError(f"size_mismatch must be 'error' or 'warn', got {size_mismatch!r}")
     root, body_models = os.fspath(root), os.fspath(body_models)
-    cc.require_dir(body_models, "body model directory")
+    for gender in ("male", "female"):  # every file checked before anything is written
+        cc.smpl_model(body_models, gender)
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown 3DPW split {split!r}; expected one of {SPLITS}")

@@ -87,7 +87,7 @@ def _first_file(dirs, name) -> str | None:
 def _array(path: str, data, shape: tuple) -> np.ndarray:
     try:
         a = np.asarray(data, np.float64)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:  # OverflowError: an int beyond float
         raise cc.ConversionError(
             f"{path}: entries are not numeric arrays of one shape ({e})"
         ) from e
@@ -295,7 +295,7 @@ def convert(
     split without its GT json is reported as {'skipped': reason} instead of being converted.
     """
     root, body_models = os.fspath(root), os.fspath(body_models)
-    cc.require_dir(body_models, "body model directory")
+    cc.mano_model(body_models)  # checked (and cached) before anything is written
     for split in splits:
         if split not in SPLITS:
             raise ValueError(

@@ -73,6 +73,7 @@ class PipelineConfig:
     prefetch: int = 2              # batches buffered per worker
     num_threads: int = 2           # reader threads per process (cv2 releases the GIL)
     read_buffer: int = 8           # elements prefetched by those threads
+    skip_corrupt: bool = False     # a corrupt record becomes a padded frame (record_skipped)
 
 
 def config_from_dict(d: Mapping[str, Any]) -> PipelineConfig:
@@ -153,7 +154,8 @@ class Source:
         return self.flat[self.offset[u] + self.step * np.arange(self.count[u])]
 
 
-def _open_reader(root: str, spec: DatasetSpec) -> records.RecordReader:
+def open_reader(root: str, spec: DatasetSpec, skip_corrupt: bool = False) -> records.RecordReader:
+    """The records of one mixture entry; errors name the path and the datasets that do exist."""
     path = spec.path or os.path.join(root, spec.name)
     if not os.path.isfile(os.path.join(path, records.DATASET_INFO)):
         known = []
@@ -162,14 +164,14 @@ def _open_reader(root: str, spec: DatasetSpec) -> records.RecordReader:
                            if os.path.isfile(os.path.join(root, d, records.DATASET_INFO)))
         raise ValueError(f'unknown dataset {spec.name!r}: no records at {path} (no '
                          f'{records.DATASET_INFO}); datasets under {root!r}: {known}')
-    reader = records.RecordReader(path, spec.split)
+    reader = records.RecordReader(path, spec.split, skip_corrupt=skip_corrupt)
     if reader.name != spec.name:
         raise ValueError(f'dataset {spec.name!r}: the records at {path} are named {reader.name!r}')
     return reader
 
 
 def build_source(root: str, spec: DatasetSpec, cfg: PipelineConfig) -> Source:
-    reader = _open_reader(root, spec)
+    reader = open_reader(root, spec, cfg.skip_corrupt)
     if len(reader) == 0:
         raise ValueError(f'dataset {spec.name!r} split {spec.split!r} has no records')
     seqs = reader.sequences()
@@ -243,7 +245,7 @@ def batch_spec(cfg: PipelineConfig, num_joints: int, body_model: str) -> dict:
         'position': ((b,), i64),
     }
     for k in ('has_kp2d', 'has_kp2d_input', 'has_kp3d', 'has_pose', 'has_betas', 'frame_valid',
-              'is_right', 'flipped'):
+              'is_right', 'flipped', 'record_skipped'):
         spec[k] = ((b, t), b8)
     return spec
 
@@ -279,6 +281,10 @@ class ClipLoader:
         recs, imgs = [], []
         for i in src.unit_records(unit):
             rec = src.reader[int(i)]
+            if rec is None:  # corrupt and skipped (skip_corrupt): the frame is padding
+                recs.append(None)
+                imgs.append(None)
+                continue
             img = cv2.imdecode(np.frombuffer(rec['image'], np.uint8), cv2.IMREAD_COLOR)
             if img is None:
                 raise ValueError(f'record {i} of {src.reader!r}: cannot decode its JPEG')
@@ -308,6 +314,8 @@ class ClipLoader:
         out['frame'] = np.full(t, -1, np.int64)
         out['record_index'] = np.full(t, -1, np.int64)
         idx = src.unit_records(unit)
+        out['record_skipped'] = np.zeros(t, np.bool_)
+        out['record_skipped'][:len(idx)] = [f is None for f in frames[:len(idx)]]
         for k, rec in enumerate(frames):
             if rec is not None:
                 out['sequence_id'][k] = src.seq_ids[rec['sequence']]

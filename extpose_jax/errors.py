@@ -2,8 +2,9 @@
 
 A UserError is a mistake in what the user gave (a flag, a config value, a missing path): one line
 on stderr naming the field or file, exit code 2. A DataFileError is an input file that exists but
-is malformed, truncated or foreign: one line, exit code 1. Anything else is a bug and keeps its
-traceback. Every entry point runs through `run` or `guard`, so the rule holds everywhere.
+is malformed, truncated or foreign: one line, exit code 1. A training run whose loss turned
+non-finite stops with one line, exit code 3. Anything else is a bug and keeps its traceback.
+Every entry point runs through `run` or `guard`, so the rule holds everywhere.
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ class UserError(ValueError):
 class DataFileError(UserError):
     """An input file that cannot be read as what it claims to be; the message names it."""
     exit_code = 1
+
+
+class Diverged(UserError):
+    """A training step whose loss or gradients are not finite: the run stops before saving it."""
+    exit_code = 3
 
 
 # Missing or unusable paths the user named: the OS message already carries the path.

@@ -139,7 +139,7 @@ def test_jsonl_round_trip_append_and_torn_line(tmp_path):
     w.close()
     rows = W.read_jsonl(path)
     assert [r['step'] for r in rows] == [1, 2, 3]
-    assert rows[0] == {'step': 1, 'loss': 0.5, 'lr': 1e-4} and np.isnan(rows[1]['loss'])
+    assert rows[0] == {'step': 1, 'loss': 0.5, 'lr': 1e-4} and rows[1]['loss'] is None  # strict JSON
 
     with open(path, 'a') as f:   # SIGKILL mid-write
         f.write('{"step": 4, "lo')

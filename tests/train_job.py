@@ -4,6 +4,10 @@
         [--signal_at 3 --signal KILL|TERM [--signal_process I]] [--coordinator localhost:P
         --num_processes 2 --process_id I] [--devices 8 --mesh data=2,fsdp=4]
 
+--nan_at N makes step N's batch non-finite (its targets and 2D inputs NaN); --set k=v,k=v sets
+config fields (ints, floats, True / False as such). Errors go through extpose_jax.errors.guard,
+as in every entry point: a user error or a diverged run is one line and its exit code.
+
 --signal_at sends the signal to this process from inside the metric writer, right after step
 N's metrics are logged and before its checkpoint decision: a deterministic point to die at.
 """
@@ -25,13 +29,19 @@ p.add_argument('--signal_at', type=int, default=-1)
 p.add_argument('--signal', default='KILL')
 p.add_argument('--signal_process', type=int, default=-1, help='only this process signals itself')
 p.add_argument('--mesh', default='')
+p.add_argument('--nan_at', type=int, default=-1)
+p.add_argument('--set', default='')
 job_process.add_args(p)
 args = p.parse_args()
 jax = job_process.start(args)
 
 import importlib  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+from extpose_jax import errors  # noqa: E402
 from extpose_jax.train import loop, writers  # noqa: E402
+from extpose_jax.train import task as task_lib  # noqa: E402
 
 cfg = importlib.import_module(f'configs.{args.config}').get_config('small')
 cfg.train.steps = args.steps
@@ -43,6 +53,35 @@ for kv in filter(None, args.mesh.split(',')):
     k, v = kv.split('=')
     cfg.mesh[k] = int(v)
 
+
+def _typed(v: str):
+    if v in ('True', 'False'):
+        return v == 'True'
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+for kv in filter(None, args.set.split(',')):
+    k, v = kv.split('=')
+    group, key = k.split('.')
+    cfg[group][key] = _typed(v)
+
+if args.nan_at > 0:
+    device_batch, calls = task_lib.device_batch, []
+
+    def nan_batch(batch, *a, **kw):
+        out = dict(device_batch(batch, *a, **kw))
+        calls.append(1)
+        if len(calls) == args.nan_at:   # the loop asks once per step
+            for k in ('kp2d', 'kp3d', 'pose', 'betas', 'kp2d_input'):
+                out[k] = np.full_like(out[k], np.nan)
+        return out
+    task_lib.device_batch = nan_batch
+
 if args.signal_at >= 0:
     write = writers.MetricWriter.write_scalars
 
@@ -52,5 +91,6 @@ if args.signal_at >= 0:
             os.kill(os.getpid(), getattr(signal, f'SIG{args.signal}'))
     writers.MetricWriter.write_scalars = write_then_signal
 
-result = loop.train(cfg, args.workdir, args.body_models, args.data)
+result = errors.guard(lambda: loop.train(cfg, args.workdir, args.body_models, args.data),
+                      prog='train_job')
 print('RESULT', result['step'], result['stopped_early'])

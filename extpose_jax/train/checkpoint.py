@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from data_pipelines.atomic_file import atomic_write
+from extpose_jax import errors
 from extpose_jax.convert.keymap import DISCRIMINATOR
 
 _VARIABLES, _META = 'variables', 'meta.json'
@@ -38,6 +39,10 @@ _COLLECTIONS = ('params', 'constants', DISCRIMINATOR)
 
 
 # ------------------------------------------------------------------------------ variables dirs
+
+
+class VariablesError(errors.DataFileError):
+    """A variables directory whose files are truncated, damaged or not what save_variables wrote."""
 
 
 def save_variables(directory: str, variables: dict, meta: Optional[dict] = None) -> None:
@@ -75,8 +80,17 @@ def load_variables(directory: str) -> Tuple[dict, dict]:
     if not is_variables_dir(directory):
         raise FileNotFoundError(f'load_variables: {directory} is not a variables directory '
                                 f'(needs {_VARIABLES}/ and {_META})')
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(os.path.join(os.path.abspath(directory), _VARIABLES))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(os.path.join(os.path.abspath(directory), _VARIABLES))
+    except Exception as e:  # noqa: BLE001 - orbax / tensorstore report damage as ValueError,
+        # JSONDecodeError, UnicodeDecodeError, ...: any failure to read is the directory's
+        reason = str(e).split(' [tensorstore_spec=')[0]  # the spec is a page of JSON
+        raise VariablesError(f'{directory}: variables/ is unreadable (truncated or damaged?): '
+                             f'{type(e).__name__}: {errors.one_line(reason)}') from e
+    if not isinstance(tree, dict) or not isinstance(tree.get('params'), dict):
+        raise VariablesError(f"{directory}: variables/ holds no 'params' tree "
+                             f'(top level: {sorted(tree) if isinstance(tree, dict) else type(tree).__name__})')
     tree = jax.tree.map(np.asarray, tree)
     variables = {'params': tree['params'], 'constants': tree.get('constants', {})}
     if DISCRIMINATOR in tree:
@@ -85,8 +99,15 @@ def load_variables(directory: str) -> Tuple[dict, dict]:
 
 
 def load_meta(directory: str) -> dict:
-    with open(os.path.join(directory, _META)) as f:
-        return json.load(f)
+    path = os.path.join(directory, _META)
+    try:
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        raise VariablesError(f'{path} is not valid JSON: {e}') from e
+    if not isinstance(meta, dict):
+        raise VariablesError(f'{path}: expected a JSON object, got {type(meta).__name__}')
+    return meta
 
 
 # ------------------------------------------------------------------------------ training runs
@@ -107,6 +128,11 @@ class RunCheckpoints:
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        """Whether save(step) would save (interval or preemption), asked before the state is
+        trusted enough to be written."""
+        return self.manager.should_save(step)
 
     def save(self, step: int, state, data_iter, cfg, *, force: bool = False) -> bool:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),

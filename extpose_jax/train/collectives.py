@@ -47,3 +47,10 @@ def allgather_arrays(arrays: Mapping[str, np.ndarray]) -> list[dict]:
     padded[:data.size] = data
     everyone = np.asarray(multihost_utils.process_allgather(padded))   # (processes, longest)
     return [decode(row[:n]) for row, n in zip(everyone, lengths)]
+
+
+def process_sum(count: int) -> int:
+    """The sum of an int over processes (every process calls it); the int itself with one."""
+    if jax.process_count() == 1:
+        return int(count)
+    return int(np.asarray(multihost_utils.process_allgather(np.int32(count))).sum())

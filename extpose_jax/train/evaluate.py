@@ -133,9 +133,10 @@ def process_share(num_windows: int, process_index: int, process_count: int) -> n
 
 def iter_batches(plan: WindowPlan, loader: pipeline.ClipLoader, batch_size: int,
                  pool: concurrent.futures.Executor, units=None, num_batches: int | None = None):
-    """Yields (batch, owned (B, T)) over `units` (global window indices; default: the whole
-    plan), padded with empty windows to `num_batches` batches (default: as many as the units
-    fill); the next batch loads while one is scored."""
+    """Yields (batch, owned (B, T), how many owned frames were skipped corrupt records) over
+    `units` (global window indices; default: the whole plan), padded with empty windows to
+    `num_batches` batches (default: as many as the units fill); the next batch loads while one
+    is scored."""
     units = np.arange(len(plan)) if units is None else np.asarray(units, np.int64)
     n = len(units)
     num_batches = -(-n // batch_size) if num_batches is None else num_batches
@@ -155,7 +156,8 @@ def iter_batches(plan: WindowPlan, loader: pipeline.ClipLoader, batch_size: int,
         owned = np.zeros((batch_size, plan.owned.shape[1]), bool)
         owned[:len(mine)] = plan.owned[mine]
         batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
-        yield batch, owned & batch['frame_valid']
+        # A frame owned here whose record was corrupt (skip_corrupt) is counted, not scored.
+        yield batch, owned & batch['frame_valid'], int((owned & batch['record_skipped']).sum())
 
 
 # ------------------------------------------------------------------------------ body models
@@ -263,7 +265,7 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
              pose_source: str = 'gt', seed: int = 0, overlays: int = 0,
              overlay_dir: str | None = None, bodies=None, num_threads: int = 2,
              process_index: int | None = None, process_count: int | None = None,
-             allgather: Callable[[dict], list] | None = None,
+             skip_corrupt: bool = False, allgather: Callable[[dict], list] | None = None,
              log: Callable[[str], None] | None = None) -> dict:
     """Scores predict_fn on one split of a records dataset (3dpw, freihand or hint).
 
@@ -298,7 +300,7 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
                          'processes; simulating processes needs your own allgather')
     if not 0 <= index < count:
         raise ValueError(f'evaluate: process_index={index} is not in [0, {count})')
-    reader = records.RecordReader(records_dir, split)
+    reader = records.RecordReader(records_dir, split, skip_corrupt=skip_corrupt)
     protocol = eval_protocols.make(reader.name)
     if bodies is None:
         if body_models_dir is None:
@@ -314,11 +316,13 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
     sequences = reader.sequences()
     units = process_share(len(plan), index, count)
     num_batches = math.ceil(math.ceil(len(plan) / count) / batch_size)   # the largest share's
-    scored, drawn = 0, 0
+    scored, drawn, skipped = 0, 0, 0
     overlays = overlays if index == 0 else 0
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-        for batch, owned in iter_batches(plan, loader, batch_size, pool, units, num_batches):
+        for batch, owned, n_skipped in iter_batches(plan, loader, batch_size, pool, units,
+                                                    num_batches):
             outputs = _check_outputs(predict_fn(batch), reader.body_model, owned.shape)
+            skipped += n_skipped
             if not owned.any():
                 continue
             pred = bodies.predicted(outputs)
@@ -338,11 +342,15 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
         log(f'evaluation: process {index} of {count} scored {len(units)} of {len(plan)} windows '
             f'({scored} frames) in {num_batches} batches of {batch_size}')
     # One process too goes through state() / merge_states(): a single code path.
-    state = {**protocol.state(), 'evaluate/num_frames': np.int64(scored)}
+    state = {**protocol.state(), 'evaluate/num_frames': np.int64(scored),
+             'evaluate/skipped_records': np.int64(skipped)}
     states = [state] if count == 1 else (allgather or collectives.allgather_arrays)(state)
     protocol.merge_states(states)
-    return {**protocol.result(), 'num_frames': sum(int(s['evaluate/num_frames']) for s in states),
-            'num_windows': len(plan)}
+    out = {**protocol.result(), 'num_frames': sum(int(s['evaluate/num_frames']) for s in states),
+           'num_windows': len(plan)}
+    if skip_corrupt:
+        out['skipped_records'] = sum(int(s['evaluate/skipped_records']) for s in states)
+    return out
 
 
 def _jsonable(value):

@@ -17,9 +17,12 @@ import jax
 import numpy as np
 
 from data_pipelines import pipeline
+from extpose_jax import errors
 from extpose_jax.convert.keymap import DISCRIMINATOR
 from extpose_jax.train import checkpoint as ckpt_lib
+from extpose_jax.train import collectives
 from extpose_jax.train import config as config_lib
+from extpose_jax.train import inputs
 from extpose_jax.train import optim, writers
 from extpose_jax.train import setup as setup_lib
 from extpose_jax.train import sharding as shd
@@ -45,6 +48,46 @@ class _Stop:
     def restore(self):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Divergence:
+    """Watches the steps' 'finite' flags. Each flag is read one step late, so the device keeps a
+    step queued; before a checkpoint or a log line the current one is read at once, so nothing
+    after a non-finite step is ever saved. With train.skip_nonfinite such steps left the state
+    unchanged (the step skipped them) and are counted; otherwise the first one stops the run."""
+
+    def __init__(self, skip: bool, checkpoints):
+        self.skip, self.checkpoints = skip, checkpoints
+        self.skipped = 0   # since the last take()
+        self._pending = None
+
+    def add(self, step: int, metrics: dict) -> None:
+        previous, self._pending = self._pending, (step, metrics.pop('finite'), metrics)
+        if previous is not None:
+            self._check(*previous)
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self._check(*self._pending)
+            self._pending = None
+
+    def take(self) -> int:
+        n, self.skipped = self.skipped, 0
+        return n
+
+    def _check(self, step, finite, metrics) -> None:
+        if bool(finite):
+            return
+        if self.skip:
+            self.skipped += 1
+            return
+        last = self.checkpoints.latest_step()
+        loss, norm = float(metrics['loss']), float(metrics['grad_norm'])
+        raise errors.Diverged(
+            f'step {step}: the loss or a gradient is not finite (loss {loss}, grad_norm {norm}); '
+            f'stopped without saving it. Last good checkpoint: step {last} in '
+            f'{self.checkpoints.directory} (rerun to resume from it). Lower optim.lr, set '
+            'optim.clip_norm, or set train.skip_nonfinite=True to skip such steps')
 
 
 def _flat(tree) -> dict:
@@ -124,11 +167,9 @@ def run_eval(cfg, task, state, step: int, workdir: str, body_models_dir: str, re
     metrics = evaluate.evaluate(
         task_lib.make_sharded_predict_fn(cfg, variables, shardings, mesh, task),
         records_dir=os.path.join(records_root, e.dataset), split=e.split,
-        body_models_dir=body_models_dir, num_frames=cfg.data.num_frames,
-        batch_size=task_lib.eval_batch_size(e.batch_size, mesh, log),
-        hop=None if e.hop < 0 else e.hop, max_frames=None if e.max_frames < 0 else e.max_frames,
-        pose_source=cfg.data.pose_source, overlays=e.overlays,
-        overlay_dir=os.path.join(out_dir, 'overlays'), log=log)
+        body_models_dir=body_models_dir, batch_size=task_lib.eval_batch_size(e.batch_size, mesh, log),
+        overlays=e.overlays, overlay_dir=os.path.join(out_dir, 'overlays'), log=log,
+        **config_lib.eval_kwargs(cfg))
     if jax.process_index() != 0:
         return metrics
     evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
@@ -146,6 +187,7 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
     """Runs (or resumes) the config's training in workdir. Returns {'step', 'eval': {step: ...},
     'stopped_early'}; on SIGTERM / preemption it checkpoints the current step and returns."""
     config_lib.validate(cfg)
+    inputs.check(cfg, body_models_dir, records_root)  # before any model or output exists
     cfg = config_lib.resolved(cfg)  # grad_accum / eval batch: run_train passes the preflight's
     os.makedirs(workdir, exist_ok=True)
     mesh = shd.make_mesh({a: cfg.mesh[a] for a in ('data', 'fsdp', 'tensor')})
@@ -194,13 +236,26 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
 
     stop = _Stop(enabled=jax.process_count() == 1)
     progress = writers.Progress(cfg.train.steps, start) if jax.process_index() == 0 else None
+    divergence = _Divergence(cfg.train.skip_nonfinite, checkpoints)
+    skipped_records = 0  # this process's, since the last log line
     try:
         for step in range(start, cfg.train.steps):
-            batch = shd.global_batch(task_lib.device_batch(next(data_iter)), mesh)
+            host_batch = next(data_iter)
+            skipped_records += int(host_batch['record_skipped'].sum())
+            batch = shd.global_batch(task_lib.device_batch(host_batch), mesh)
             state, metrics = step_fn(state, batch, rng_train)
             done = step + 1
-            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            divergence.add(done, metrics)
+            log_now = done % cfg.train.log_every == 0 or done == cfg.train.steps
+            if log_now or checkpoints.should_save(done):
+                divergence.flush()
+            if log_now:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if cfg.train.skip_nonfinite:
+                    scalars['skipped_nonfinite'] = divergence.take()
+                if cfg.data.skip_corrupt:
+                    scalars['skipped_records'] = collectives.process_sum(skipped_records)
+                    skipped_records = 0
                 writer.write_scalars(done, scalars)
                 if progress is not None:
                     progress.update(done, scalars.get('loss'))
@@ -209,6 +264,7 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
             # Every process asks at every step (a sync point once a notice arrived): all of them
             # agree on the same step, whichever process got the SIGTERM.
             if stop.requested or checkpoints.reached_preemption(done):
+                divergence.flush()
                 if not saved:  # the policy (or orbax, at a preemption step) may have saved it
                     checkpoints.save(done, state, data_iter, cfg, force=True)
                 log(f'stop requested: checkpointed step {done} in {checkpoints.directory}')
@@ -216,6 +272,7 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
                 return result
             if cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
                 evaluate_now(done)
+        divergence.flush()
         if checkpoints.latest_step() != cfg.train.steps:
             checkpoints.save(cfg.train.steps, state, data_iter, cfg, force=True)
         if evaluate_at_ends:

@@ -169,7 +169,7 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
     compile: 'auto' | 'always' | 'never' (default config.preflight.compile). force: run even
     when the estimated run time exceeds config.preflight.max_run_hours.
     """
-    config_lib.validate(cfg)
+    config_lib.validate(cfg, check_paths=False)  # may describe another machine
     compile = compile or cfg.preflight.compile
     devices = list(jax.devices() if devices is None else devices)
     try:
@@ -405,7 +405,8 @@ def _parts(m: dict) -> str:
 
 def _time_message(label, cfg, info, fl, n_devices, step_seconds, run_hours) -> str:
     alt = (f'use the small variant (--config={label.split(":")[0]}:small) on a CPU'
-           if info.platform == 'cpu' else 'use more devices, fewer train.steps or a smaller variant')
+           if info.platform == 'cpu' and cfg.variant != 'small'
+           else 'use more devices, fewer train.steps or a smaller variant')
     return (f'{label} would take ~{_duration(step_seconds)} per step ({fl["executed"]:.2g} FLOPs '
             f'at {info.efficiency:.0%} of {n_devices} x {info.peak_flops / 1e12:.3g} TFLOP/s '
             f'{info.name}), ~{_duration(run_hours * 3600)} for {cfg.train.steps} steps (limit '

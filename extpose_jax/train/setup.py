@@ -69,7 +69,8 @@ class TrainSetup:
 
         _, shardings = with_disc(jax.eval_shape(init, rng_init), shardings)
         step = state_lib.make_train_step(task.loss_fn, tx, mesh, shardings, shd.batch_sharding(mesh),
-                                         grad_accum=grad_accum, **adversarial)
+                                         grad_accum=grad_accum,
+                                         skip_nonfinite=cfg.train.skip_nonfinite, **adversarial)
         return cls(cfg=cfg, mesh=mesh, task=task, tx=tx, shardings=shardings, step=step,
                    grad_accum=grad_accum, rng_train=rng_train,
                    _init=lambda: with_disc(init(rng_init), shardings)[0],

@@ -178,12 +178,15 @@ def _split_micro(batch, n: int):
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, state_shardings,
                     batch_sharding, grad_accum: int = 1, constrain_activations: bool = True, *,
-                    disc_loss_fn: Callable | None = None,
+                    skip_nonfinite: bool = False, disc_loss_fn: Callable | None = None,
                     disc_tx: optax.GradientTransformation | None = None):
     """-> step(state, batch, rng) -> (state, metrics); the state argument is donated.
 
     metrics: 'loss', 'grad_norm' (global norm of the full-batch gradient, before any clipping or
-    masking) and the loss's aux, each averaged over micro-batches. The step's rng is folded with
+    masking) and the loss's aux, each averaged over micro-batches, and 'finite': whether the
+    loss and every gradient were finite. skip_nonfinite: a non-finite step leaves params and
+    optimizer state as they were (the step counter still advances, like optax.apply_if_finite
+    but for the discriminator too); otherwise the caller decides (the loop stops the run). The step's rng is folded with
     state.step and the micro-batch index, so every step and micro-batch draws fresh noise.
     disc_loss_fn / disc_tx (both or neither): the adversarial prior, see the module docstring;
     the state must then come from add_discriminator. constrain_activations: trace under
@@ -247,12 +250,20 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), **aux}
-        new = dict(step=state.step + 1, params=params, opt_state=opt_state)
+        new = dict(params=params, opt_state=opt_state)
         if adversarial:
             d_updates, new['disc_opt_state'] = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
             new['disc_params'] = optax.apply_updates(state.disc_params, d_updates)
             metrics['disc_grad_norm'] = optax.global_norm(d_grads)
-        return state.replace(**new), metrics
+        # A global norm is finite only if every gradient entry is: one scalar test per model.
+        finite = jnp.isfinite(loss) & jnp.isfinite(metrics['grad_norm'])
+        if adversarial:
+            finite &= jnp.isfinite(metrics['disc_grad_norm'])
+        metrics['finite'] = finite
+        if skip_nonfinite:
+            new = {k: jax.tree.map(lambda n, o: jnp.where(finite, n, o), v, getattr(state, k))
+                   for k, v in new.items()}
+        return state.replace(step=state.step + 1, **new), metrics
 
     jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding, repl),
                      out_shardings=(state_shardings, repl), donate_argnums=0)

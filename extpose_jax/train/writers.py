@@ -81,6 +81,10 @@ _COLORSPACES = {1: 1, 3: 3, 4: 4}   # channels -> Summary.Image colorspace (grey
 _EVENT_FILE = re.compile(r'^events\.out\.tfevents\.(\d+)\.')
 
 
+def _finite_or_none(value: float):
+    return value if math.isfinite(value) else None
+
+
 def _as_float(key: str, value) -> float:
     arr = np.asarray(value)
     # Kind, not np.number: bfloat16 (a common loss dtype) is kind 'V' and not a np.number.
@@ -213,7 +217,7 @@ def read_jsonl(path, dedupe: bool = False) -> list[dict]:
 class JsonlWriter:
     """Appends {'step': int, key: float, ...} lines to `path`, flushed after each write.
 
-    NaN and infinities are written as NaN / Infinity (JSON's common extension; Python reads them).
+    NaN and infinities are written as null: the file stays strict JSON (jq, pandas, browsers).
 
     On open, a torn last line (a killed run) is cut off, and with `start_step` the entries after it
     are removed (rewritten atomically), so the file continues where the restored state is.
@@ -236,8 +240,9 @@ class JsonlWriter:
             raise ValueError(f'JsonlWriter for {self.path} is closed')
         if 'step' in scalars:
             raise ValueError(f"metric key 'step' is reserved (writing {self.path})")
-        entry = {'step': int(step), **{_check_tag(k): _as_float(k, v) for k, v in scalars.items()}}
-        self._f.write(json.dumps(entry) + '\n')   # one write call: a kill tears at most this line
+        entry = {'step': int(step), **{_check_tag(k): _finite_or_none(_as_float(k, v))
+                                       for k, v in scalars.items()}}
+        self._f.write(json.dumps(entry, allow_nan=False) + '\n')   # one write call: a kill tears at most this line
         self._f.flush()
 
     def close(self) -> None:

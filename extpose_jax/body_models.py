@@ -38,9 +38,13 @@ class BodyModelFileError(errors.DataFileError):
 # ----------------------------------------------------------------------------- loading
 
 
+# What _to_numpy gives for a chumpy expression it does not evaluate (see load_model_file).
+_NOT_EVALUATED = object()
+
+
 def _chumpy_value(value: safe_pickle.StandIn, path: str, key: str):
     """A chumpy expression's array: `Ch` holds it as 'x'; MANO's shapedirs is a `Select` of a Ch
-    (evaluated as chumpy's compute_r does); other nodes are None (see load_model_file)."""
+    (evaluated as chumpy's compute_r does); other nodes are _NOT_EVALUATED."""
     state = value.pickled_state if isinstance(value.pickled_state, dict) else {}
     try:
         if value.pickled_name == 'chumpy.ch.Ch' and 'x' in state:
@@ -48,18 +52,17 @@ def _chumpy_value(value: safe_pickle.StandIn, path: str, key: str):
         if value.pickled_name == 'chumpy.reordering.Select':
             source = state['a']
             if isinstance(source, safe_pickle.StandIn):
-                source = _chumpy_value(source, path, key)
+                source = _to_numpy(source, path, key)
             flat = np.asarray(source).ravel()[np.asarray(state['idxs'])]
             return flat.reshape(state['preferred_shape'])
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
         raise BodyModelFileError(
             f"{path}: key '{key}' is a {value.pickled_name} with unreadable state ({e!r})") from e
-    return None
+    return _NOT_EVALUATED
 
 
 def _to_numpy(value, path: str, key: str):
-    """Unwraps chumpy and sparse stand-ins into plain numpy arrays (None: a chumpy expression
-    this loader does not evaluate)."""
+    """Unwraps chumpy and sparse stand-ins into plain numpy arrays (or _NOT_EVALUATED)."""
     if isinstance(value, safe_pickle.StandIn) and value.pickled_name.startswith('chumpy.'):
         return _chumpy_value(value, path, key)
     if isinstance(value, safe_pickle.StandIn):  # old or new scipy.sparse csc / csr path
@@ -69,8 +72,10 @@ def _to_numpy(value, path: str, key: str):
             shape = tuple(state.get('_shape', state.get('shape')))
             import scipy.sparse  # only sparse J_regressors need it
             cls = scipy.sparse.csc_matrix if fmt == 'csc' else scipy.sparse.csr_matrix
-            return cls((state['data'], state['indices'], state['indptr']), shape=shape).toarray()
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+            matrix = cls((state['data'], state['indices'], state['indptr']), shape=shape)
+            matrix.check_format(full_check=True)  # toarray trusts the indices: out of bounds crash
+            return matrix.toarray()
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, MemoryError) as e:
             raise BodyModelFileError(
                 f"{path}: key '{key}' is a {fmt} sparse matrix with unreadable state ({e!r})") from e
     if hasattr(value, 'toarray'):  # a modern scipy sparse object in an .npz
@@ -109,10 +114,14 @@ def load_model_file(path: str) -> dict:
         raise BodyModelFileError(f'{path}: not a {what}, missing keys {missing}')
     arrays = {k: _to_numpy(v, path, k) for k, v in raw.items()}
     for key in _REQUIRED:
-        if arrays[key] is None:
+        value = arrays[key]
+        if value is _NOT_EVALUATED:
             raise BodyModelFileError(f"{path}: key '{key}' is a {raw[key].pickled_name} "
                                      'expression, not an array')
-    return {k: v for k, v in arrays.items() if v is not None}
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in 'fiub':
+            got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            raise BodyModelFileError(f"{path}: key '{key}' is not a numeric array ({got})")
+    return {k: v for k, v in arrays.items() if v is not _NOT_EVALUATED}
 
 
 def _check_shapes(arrays: dict, path: str) -> None:

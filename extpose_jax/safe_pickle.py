@@ -52,8 +52,9 @@ _CODE_PACKAGES = frozenset(sys.stdlib_module_names) | {'__builtin__', 'copy_reg'
                                                        'torch'}
 
 # How a truncated or garbled pickle fails inside the unpickler and the constructors it calls.
+# (numpy's scalar() refuses some states with RuntimeError, of which RecursionError is one too.)
 DAMAGE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError,
-          struct.error, OverflowError, MemoryError, RecursionError)
+          struct.error, OverflowError, MemoryError, RuntimeError)
 
 
 class Refused(Exception):
@@ -160,12 +161,44 @@ def _torch_table() -> dict:
     return _TORCH
 
 
-class _Reader(pickle.Unpickler):
-    """Resolves globals from the legacy table; everything else outside LEGACY_STAND_INS is refused."""
+def _check_dtype_state(dtype: np.dtype, state) -> None:
+    """A dtype's BUILD may set its byte order (and metadata), nothing that says what its bytes hold.
+
+    numpy's dtype.__setstate__ trusts the pickled flags, size and fields: an object dtype whose
+    flags are cleared takes raw bytes as object pointers (a crash, or worse). The state is tried
+    on a copy first; structured and subarray states are refused (no file we read holds them)."""
+    if not isinstance(state, tuple) or len(state) < 8 or any(x is not None for x in state[2:5]):
+        raise pickle.UnpicklingError(f'dtype {dtype} with a structured or malformed state')
+    probe = np.dtype(*dtype.__reduce__()[1])  # a fresh copy: np.dtype(dtype, copy=True) is dtype
+    probe.__setstate__(state)
+    if (probe.flags, probe.itemsize, probe.alignment) != (dtype.flags, dtype.itemsize, dtype.alignment):
+        raise pickle.UnpicklingError(f'dtype {dtype}: its pickled state changes its flags or size')
+
+
+class _Reader(pickle._Unpickler):
+    """Resolves globals from the legacy table; everything else outside LEGACY_STAND_INS is refused.
+
+    The pure-Python unpickler, because its BUILD can be checked (`_check_dtype_state`); the files
+    hold few opcodes (arrays are single byte strings), so speed is not at stake."""
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, **kwargs):
         kwargs.setdefault('encoding', 'latin1')  # Python 2 str payloads are raw bytes
         super().__init__(file, **kwargs)
+
+    def load_build(self):
+        inst = self.stack[-2] if len(self.stack) >= 2 else None
+        if isinstance(inst, np.dtype):
+            _check_dtype_state(inst, self.stack[-1])
+        elif not isinstance(inst, self.buildable()):  # as torch's weights_only loader rules
+            raise pickle.UnpicklingError(f'setting the state of a {type(inst).__name__} is not '
+                                         'part of this kind of pickle')
+        super().load_build()
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def buildable(self) -> tuple:
+        """The types whose state a pickle may set (BUILD)."""
+        return StandIn, np.ndarray, collections.OrderedDict
 
     def table(self) -> dict:
         return _LEGACY
@@ -187,6 +220,10 @@ class _CheckpointReader(_Reader):
 
     def table(self) -> dict:
         return _torch_table()
+
+    def buildable(self) -> tuple:
+        import torch
+        return super().buildable() + (torch.Tensor,)
 
     def foreign(self, module: str, name: str) -> bool:
         full = f'{module}.{name}'

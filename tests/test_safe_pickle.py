@@ -145,7 +145,7 @@ print('RESULTS ' + json.dumps({'dropped': dropped, 'results': out}))
 def _good_files(tmp_path) -> dict:
     import torch
     model, j19, seq, ckpt = (tmp_path / n for n in ('good.pkl', 'good_j19.pkl', 'good_3dpw.pkl', 'good.ckpt'))
-    synthetic_bodies.write_model_pkl(str(model), _tiny_model())
+    synthetic_bodies.write_model_pkl(str(model), tiny_model())
     synthetic_bodies.write_array_pkl(str(j19), np.ones((2, 5)))
     seq.write_bytes(legacy_pickle.dumps(tiny_3dpw_sequence()))
     torch.save({'state_dict': {'w': torch.zeros(2)}}, ckpt)
@@ -203,10 +203,51 @@ def test_codecs_encode_is_latin1_text_only(tmp_path):
         safe_pickle.load(str(path), convert_common.ConversionError, 'file')
 
 
+# Files that crashed the interpreter before (numpy / scipy trust what they are given): run in a
+# child process, so that a regression fails this test instead of killing the session.
+_CRASHERS = r'''
+import sys
+from extpose_jax import body_models
+for path in sys.argv[1:]:
+    try:
+        body_models.load_model_file(path)
+        print('LOADED', path)
+    except body_models.BodyModelFileError as e:
+        print('REFUSED', e)
+'''
+
+
+def test_files_that_would_crash_numpy_or_scipy_are_refused(tmp_path):
+    model = tiny_model()
+    # An object array whose dtype state clears numpy's object flags: its bytes become pointers.
+    objects = tmp_path / 'object_dtype.pkl'
+    objects.write_bytes(legacy_pickle.dumps({**model, 'v_template': np.array([1, 2], dtype=object)}))
+    # A sparse regressor with a row index past its shape: scipy's toarray writes out of bounds.
+    sparse = model['J_regressor'].copy()
+    sparse.indices[0] = 10 ** 6
+    out_of_bounds = tmp_path / 'sparse.pkl'
+    out_of_bounds.write_bytes(legacy_pickle.dumps({**model, 'J_regressor': sparse}))
+    proc = subprocess.run([sys.executable, '-c', _CRASHERS, str(objects), str(out_of_bounds)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith('REFUSED') for line in lines), proc.stdout
+    assert 'changes its flags or size' in lines[0] and str(objects) in lines[0]
+    assert "key 'J_regressor' is a csc sparse matrix with unreadable state" in lines[1]
+
+
+def test_state_is_set_only_on_array_config_and_container_types(tmp_path):
+    path = tmp_path / 'build.pkl'
+    path.write_bytes(_dumps({'a': _Call('__builtin__', 'object', state={'x': 1})}))
+    with pytest.raises(convert_common.ConversionError, match='setting the state of a object'):
+        safe_pickle.load(str(path), convert_common.ConversionError, 'file')
+
+
 # ---------------------------------------------------------------- what must read
 
 
-def _tiny_model(num_verts=6, num_joints=3, seed=0) -> dict:
+def tiny_model(num_verts=6, num_joints=3, seed=0) -> dict:
     """A SMPL-layout model (not a meaningful body): the loader checks keys, not anatomy."""
     rng = np.random.default_rng(seed)
     regressor = rng.random((num_joints, num_verts)) * (rng.random((num_joints, num_verts)) < 0.5)
@@ -251,7 +292,7 @@ _ENCODINGS = {
 
 @pytest.mark.parametrize('encoding', sorted(_ENCODINGS))
 def test_model_and_j19_pickles_read_in_every_encoding(tmp_path, encoding):
-    model, j19 = _tiny_model(), np.random.default_rng(1).random((19, 6))
+    model, j19 = tiny_model(), np.random.default_rng(1).random((19, 6))
     # Plain pickle writes the modern scipy.sparse path, and protocol 2 bytes through _codecs.
     (tmp_path / 'm.pkl').write_bytes(_ENCODINGS[encoding](model))
     (tmp_path / 'j19.pkl').write_bytes(_ENCODINGS[encoding](j19))
@@ -264,7 +305,7 @@ def test_model_and_j19_pickles_read_in_every_encoding(tmp_path, encoding):
 def test_official_chumpy_layout_reads(tmp_path):
     """Ch arrays (SMPL), MANO's shapedirs as a Select over a Ch, and an old file's derived
     chumpy expressions (left out: the loader recomputes them)."""
-    model = _tiny_model()
+    model = tiny_model()
     full = model['shapedirs']
     wide = np.concatenate([full, np.zeros_like(full)], axis=2)  # MANO: a Select of the first betas
     idxs = np.arange(wide.size).reshape(wide.shape)[..., :2].ravel()

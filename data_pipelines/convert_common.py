@@ -105,9 +105,9 @@ def load_json(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation file not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
         raise ConversionError(f"{path} is not valid JSON: {e}") from e
 
 

@@ -151,7 +151,7 @@ def read_annotation(path: str) -> dict:
         kp = np.asarray(d["keypoints"], np.float64)
         occ = np.asarray(d["occlusion"], np.float64).reshape(-1)
         exist = np.asarray(d.get("existence", np.ones(21)), np.float64).reshape(-1)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:  # OverflowError: an int beyond float
         raise cc.ConversionError(
             f"{path}: bbox / keypoints / occlusion are not numeric ({e})"
         ) from e

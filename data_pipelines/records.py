@@ -128,6 +128,11 @@ class IncompleteShardError(RecordError):
     pass
 
 
+class MissingSplitError(RecordError, KeyError):
+    """A split that dataset_info.json does not list (a KeyError too, as readers raised before)."""
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
 class CorruptRecordError(RecordError):
     """A record whose bytes fail the framing/CRC checks or cannot be parsed."""
 
@@ -470,6 +475,10 @@ def _load_index(path: str) -> dict[str, np.ndarray]:
             f"{int(index.get('schema_version', -1))}, this code reads "
             f"{SCHEMA_VERSION}"
         )
+    missing = sorted({"offsets", "seq_ids", "seq_names", "track", "frame", "num_joints",
+                      "body_model"} - set(index))
+    if missing:
+        raise IncompleteShardError(f"shard index {ipath} lacks {missing}")
     return index
 
 
@@ -641,20 +650,57 @@ def load_dataset_info(data_dir: str) -> dict:
         raise FileNotFoundError(f"dataset directory {data_dir} does not exist")
     path = os.path.join(data_dir, DATASET_INFO)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             info = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path} not found: not a dataset directory, or its writer never finished"
         ) from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        raise RecordError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(info, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {type(info).__name__}")
     if info.get("schema_version") != SCHEMA_VERSION:
         raise SchemaVersionError(
             f"{path} has schema_version {info.get('schema_version')!r}, this "
             f"code reads {SCHEMA_VERSION}; reconvert the dataset"
         )
+    if not isinstance(info.get("name"), str) or not isinstance(info.get("splits"), dict):
+        raise RecordError(f"{path}: needs a 'name' string and a 'splits' object")
     return info
+
+
+def _split_entry(info: dict, split: str, path: str) -> dict:
+    """One split of a dataset_info.json, with the fields a reader uses checked (errors name it)."""
+    entry = info["splits"].get(split)
+    if entry is None:
+        raise MissingSplitError(f"split {split!r} not in {path} (has {sorted(info['splits'])})")
+
+    def bad(what):
+        raise RecordError(f"{path}: split {split!r}: {what}")
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+        bad("needs a 'shards' list")
+    counts = []
+    for shard in entry["shards"]:
+        file, count = (shard.get(k) if isinstance(shard, dict) else None
+                       for k in ("file", "num_records"))
+        if not isinstance(file, str) or os.path.basename(file) != file or not file:
+            bad(f"shard entry {shard!r} lacks a file name (a name, not a path)")
+        if type(count) is not int or count < 0:
+            bad(f"shard {file!r} has num_records {count!r}")
+        counts.append(count)
+    if entry.get("num_records") != sum(counts):
+        bad(f"num_records {entry.get('num_records')!r} is not its shards' sum ({sum(counts)})")
+    # An empty split has neither (finalize_split); the shard indexes must agree with both.
+    empty = entry["num_records"] == 0
+    body_model = entry.get("body_model")
+    if not (isinstance(body_model, str) and body_model in BODY_MODELS
+            or empty and body_model is None):
+        bad(f"body_model {body_model!r} is not one of {sorted(BODY_MODELS)}")
+    if not (type(entry.get("num_joints")) is int or empty and entry.get("num_joints") is None):
+        bad(f"num_joints {entry.get('num_joints')!r} is not an int")
+    return entry
 
 
 def finalize_split(out_dir: str, name: str, split: str, num_shards: int) -> dict:
@@ -845,25 +891,27 @@ class RecordReader:
         self.data_dir, self.split = os.fspath(data_dir), split
         self.skip_corrupt, self.decode_images = skip_corrupt, decode_images
         info = load_dataset_info(self.data_dir)
-        if split not in info["splits"]:
-            raise KeyError(
-                f"split {split!r} not in {os.path.join(self.data_dir, DATASET_INFO)} "
-                f"(has {sorted(info['splits'])})"
-            )
+        info_path = os.path.join(self.data_dir, DATASET_INFO)
         self.name = info["name"]
-        self.info = info["splits"][split]
+        self.info = _split_entry(info, split, info_path)
         self.num_joints, self.body_model = self.info["num_joints"], self.info["body_model"]
         self.paths: list[str] = []
         offsets, seq_names, seq_ids, tracks, frames = [], [], [], [], []
         for shard in self.info["shards"]:
             path = os.path.join(self.data_dir, shard["file"])
             if not os.path.isfile(path):
-                raise IncompleteShardError(f"shard {path} listed in dataset_info.json is missing")
+                raise IncompleteShardError(f"shard {path} listed in {info_path} is missing")
             index = _load_index(path)  # refuses a shard without its finished index
             if len(index["frame"]) != shard["num_records"]:
                 raise IncompleteShardError(
                     f"index {index_path(path)} lists {len(index['frame'])} records, "
-                    f"dataset_info.json says {shard['num_records']}"
+                    f"{info_path} says {shard['num_records']}"
+                )
+            indexed = (int(index["num_joints"]), str(index["body_model"]))
+            if indexed != (self.num_joints, self.body_model):
+                raise IncompleteShardError(
+                    f"index {index_path(path)} has (num_joints, body_model) {indexed}, "
+                    f"{info_path} says {(self.num_joints, self.body_model)}"
                 )
             self.paths.append(path)
             offsets.append(index["offsets"])

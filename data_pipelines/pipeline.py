@@ -280,14 +280,12 @@ class ClipLoader:
         src, t = self.sources[dataset_id], self.cfg.num_frames
         recs, imgs = [], []
         for i in src.unit_records(unit):
-            rec = src.reader[int(i)]
-            if rec is None:  # corrupt and skipped (skip_corrupt): the frame is padding
-                recs.append(None)
-                imgs.append(None)
-                continue
-            img = cv2.imdecode(np.frombuffer(rec['image'], np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
-                raise ValueError(f'record {i} of {src.reader!r}: cannot decode its JPEG')
+            rec = src.reader[int(i)]  # None: corrupt and skipped (skip_corrupt), a padded frame
+            img = None if rec is None else cv2.imdecode(np.frombuffer(rec['image'], np.uint8),
+                                                        cv2.IMREAD_COLOR)
+            if rec is not None and img is None:  # CRC fine, JPEG broken: corrupt all the same
+                src.reader.report_corrupt(int(i), 'cannot decode its JPEG')
+                rec = None
             recs.append(rec)
             imgs.append(img)
         if src.spec.as_images and self.cfg.image_fill == 'repeat':

@@ -989,6 +989,12 @@ class RecordReader:
             return self._corrupt_record(shard, local, i, why)
         return payload
 
+    def report_corrupt(self, i: int, why: str) -> None:
+        """For a reader of record i's contents (e.g. its JPEG) that found them broken: raises
+        CorruptRecordError naming shard and record, or with skip_corrupt counts it (-> None)."""
+        i, shard, local = self._locate(i)
+        return self._corrupt_record(shard, local, i, why)
+
     def _corrupt_record(self, shard: int, local: int, i: int, why: str) -> None:
         if not self.skip_corrupt:
             raise CorruptRecordError(self.paths[shard], local, i, why)

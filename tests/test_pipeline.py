@@ -269,3 +269,21 @@ def test_end_to_end_on_converted_3dpw(body_model_dir, tmp_path):
     ok = batch['kp2d'][..., 2] > 0
     np.testing.assert_allclose((uvw[..., :2] / uvw[..., 2:])[ok], batch['kp2d'][..., :2][ok],
                                atol=0.05)
+
+
+def test_undecodable_jpeg_is_a_corrupt_record(tmp_path):
+    """A record whose bytes pass the CRC but whose JPEG does not decode: without skip_corrupt the
+    error names shard and record; with it the frame is padding, flagged record_skipped."""
+    rng = np.random.default_rng(5)
+    recs, _ = synthetic_track(rng, 3, body_model='smpl', sequence='s', track=0, first_frame=0)
+    recs[1] = {**recs[1], 'image': b'\xff\xd8' + bytes(64)}   # JPEG magic, then nothing valid
+    with records.RecordWriter(str(tmp_path / 'body'), 'body', 'train', num_shards=1,
+                              num_joints=44, body_model='smpl', fsync=False) as w:
+        for r in recs:
+            w.write(r)
+    kw = dict(num_frames=3, batch_size=1, shuffle=False, augment=aug.AugmentConfig(enabled=False))
+    with pytest.raises(records.CorruptRecordError, match=r'record 1 of shard .*body-train.*JPEG'):
+        _batches(_cfg(str(tmp_path), **kw), 1)
+    batch = _batches(_cfg(str(tmp_path), skip_corrupt=True, **kw), 1)[0]
+    np.testing.assert_array_equal(batch['record_skipped'][0], [False, True, False])
+    np.testing.assert_array_equal(batch['frame_valid'][0], [True, False, True])

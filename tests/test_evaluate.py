@@ -10,6 +10,7 @@ independent computation (smplx meshes, scipy Procrustes and nearest neighbours, 
 import concurrent.futures
 import json
 import os
+import shutil
 import threading
 
 import cv2
@@ -536,3 +537,26 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     assert res['out_dir'] == str(tmp_path / 'eval' / 'variables')
     assert json.loads((tmp_path / 'eval' / 'variables' / 'metrics.json').read_text())['num_frames'] == 2
     assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text()) == latest   # untouched
+
+
+def test_corrupt_record_is_named_or_skipped_and_counted(data, tmp_path):
+    """One record of 3dpw/test with a flipped payload byte: evaluation stops naming it, or with
+    skip_corrupt scores every other frame (still exactly) and counts the skipped one once."""
+    records_dir = tmp_path / '3dpw'
+    shutil.copytree(data['dirs']['3dpw/test'], records_dir)
+    reader = records.RecordReader(records_dir, 'test')
+    shard = next(k for k, o in enumerate(reader._offsets) if len(o) > 3)
+    with open(reader.paths[shard], 'r+b') as f:
+        f.seek(int(reader._offsets[shard][2]) + 20)   # inside record 2's payload
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    predict = truth_predictor(data['truth']['3dpw/test'], 'smpl')
+    kw = dict(num_frames=T, batch_size=B, body_models_dir=data['bm'])
+    with pytest.raises(records.CorruptRecordError, match='record 2 of shard'):
+        ev.evaluate(predict, records_dir=str(records_dir), split='test', **kw)
+    m = ev.evaluate(predict, records_dir=str(records_dir), split='test', skip_corrupt=True, **kw)
+    n = sum(len(f) for tracks in BODY_TRACKS.values() for _, f in tracks)
+    assert m['skipped_records'] == 1 and m['num_frames'] == n - 1
+    for k in ('mpjpe', 'pa_mpjpe', 'pve'):
+        assert abs(m[f'3dpw/{k}']) < 0.01, (k, m)

@@ -161,7 +161,7 @@ def test_split_without_records_fails_before_the_model(synthetic_default, no_mode
     shutil.copytree(synthetic_default['root'], root)
     info_path = root / '3dpw' / records.DATASET_INFO
     info = json.loads(info_path.read_text())
-    info['splits']['train']['shards'] = []
+    info['splits']['train'].update(shards=[], num_records=0)   # a consistent, empty split
     info_path.write_text(json.dumps(info))
     _train_fails(_small(), tmp_path / 'w', synthetic_default['body_models'], str(root),
                  r"config\.data\.datasets: split 'train' of .*3dpw has no records")

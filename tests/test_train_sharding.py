@@ -123,7 +123,7 @@ def eight_devices():
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
     res = {}
     for proc in procs:
-        out, err = proc.communicate(timeout=600)
+        out, err = proc.communicate(timeout=1800)
         line = [l for l in out.splitlines() if l.startswith('RESULT')]
         assert proc.returncode == 0 and line, err[-4000:]
         res.update(json.loads(line[0][len('RESULT'):]))

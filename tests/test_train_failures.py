@@ -92,20 +92,88 @@ def test_corrupt_record_stops_training_naming_shard_and_record(synthetic_default
     assert 'corrupt record' in lines[0] and '3dpw-train.tfrecord' in lines[0], lines[0]
 
 
-def test_skip_options_finish_and_count_what_they_skipped(synthetic_default, corrupt_root,
-                                                         tmp_path):
-    """train.skip_nonfinite and data.skip_corrupt together (one job: each is a minute on CPU)."""
+def test_skip_corrupt_finishes_and_counts_skipped_records(synthetic_default, corrupt_root,
+                                                          tmp_path):
     root, _ = corrupt_root
-    rc, out, err = _run(synthetic_default, tmp_path, '--nan_at', '3', '--set',
-                        'train.skip_nonfinite=True,data.skip_corrupt=True', root=root)
+    rc, out, err = _run(synthetic_default, tmp_path, '--set', 'data.skip_corrupt=True', root=root)
     assert rc == 0, out + err
     rows = _strict_rows(tmp_path)
-    assert [r['step'] for r in rows if r.get('skipped_nonfinite')] == [3]
-    assert sum(r.get('skipped_nonfinite', 0) for r in rows) == 1
-    assert next(r for r in rows if r['step'] == 3)['loss'] is None   # NaN written as null
     skipped = sum(r.get('skipped_records', 0) for r in rows)
     assert skipped >= 1 and all('skipped_records' in r for r in rows if 'loss' in r)
     assert _finite_params(tmp_path) == (6, True)
+
+
+# ------------------------------------------------------------------ the step and the loop's watch
+
+
+def _dense_step(skip: bool):
+    """A one-layer model through the real make_train_step (compiles in a second)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from extpose_jax.train import sharding, state
+    model, tx = nn.Dense(3), optax.adamw(1e-2)
+    mesh = sharding.make_mesh({'data': 1}, devices=jax.devices()[:1])
+    st, sh = state.create_train_state(model, tx, jax.random.PRNGKey(0), (np.zeros((1, 4)),), mesh)
+
+    def loss_fn(variables, batch, rng):
+        return jnp.mean((model.apply(variables, batch['x']) - batch['y']) ** 2), {}
+    step = state.make_train_step(loss_fn, tx, mesh, sh, sharding.batch_sharding(mesh),
+                                 skip_nonfinite=skip)
+    return st, step
+
+
+@pytest.mark.parametrize('skip', [False, True])
+def test_step_reports_finiteness_and_skips_a_nonfinite_update_when_asked(skip):
+    import jax
+    st, step = _dense_step(skip)
+    good = {'x': np.ones((2, 4), np.float32), 'y': np.zeros((2, 3), np.float32)}
+    bad = {'x': good['x'], 'y': np.full((2, 3), np.nan, np.float32)}
+    before = jax.device_get(st)
+    st, m = step(st, bad, jax.random.PRNGKey(1))
+    assert not bool(m['finite']) and int(st.step) == 1
+    after = jax.device_get(st)
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.params),
+                                                 jax.tree.leaves(before.params))]
+    if skip:   # params and Adam moments untouched: the next good step is the first real one
+        assert all(same)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.opt_state),
+                                                        jax.tree.leaves(before.opt_state)))
+        st, m = step(st, good, jax.random.PRNGKey(1))
+        assert bool(m['finite'])
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(st.params)))
+    else:      # the update went through: the loop must stop the run before saving it
+        assert not any(np.isfinite(x).all() for x in jax.tree.leaves(after.params))
+
+
+class _Checkpoints:
+    directory = '/ckpt'
+
+    def latest_step(self):
+        return 4
+
+
+def test_divergence_watch_reads_late_counts_and_stops():
+    from extpose_jax import errors
+    from extpose_jax.train import loop
+    flags = {1: True, 2: False, 3: True, 4: False}
+
+    def metrics(step):
+        return {'finite': np.bool_(flags[step]), 'loss': np.float32(np.nan), 'grad_norm': 1.0}
+    watch = loop._Divergence(True, _Checkpoints())
+    for step in (1, 2, 3):
+        watch.add(step, metrics(step))
+    assert watch.take() == 1          # step 2, read when step 3 arrived
+    watch.add(4, metrics(4))
+    watch.flush()
+    assert watch.take() == 1 and watch.take() == 0
+    watch = loop._Divergence(False, _Checkpoints())
+    watch.add(1, metrics(1))
+    watch.add(2, metrics(2))          # nothing read yet for step 2: the device may run ahead
+    with pytest.raises(errors.Diverged, match=r'step 2: .*not finite.*step 4 in /ckpt'):
+        watch.flush()
 
 
 # ------------------------------------------------------------------ inputs, before any model

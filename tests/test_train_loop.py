@@ -108,10 +108,15 @@ def two_process_run(synthetic_default, tmp_path_factory):
 
 
 def test_two_processes_on_localhost_match_one(two_process_run, reference):
+    # The first step sees the same params and batch and differs only in summation order (fp32:
+    # ~1e-7 relative on a loss of a few units). Later steps start from params that already differ
+    # by that much, and training amplifies it: measured about 2x per step (1.5e-6 at step 2,
+    # 1.2e-5 at step 6), so the bound doubles per step from 5x the first step's. A wrong split of
+    # data or gradients over processes differs by 1e-2 or more from step 1 on.
     got, want = _losses(two_process_run), _losses(reference)
     assert sorted(got) == sorted(want)
-    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
-                               rtol=1e-5)
+    for i, s in enumerate(sorted(got)):
+        np.testing.assert_allclose(got[s], want[s], rtol=5e-6 * 2 ** i, err_msg=f'step {s}')
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exactly(

@@ -73,6 +73,7 @@ def preflight(cfg):
     import numpy as np
     from jax.experimental import multihost_utils
 
+    from extpose_jax import errors
     from extpose_jax.train import config as config_lib
     from extpose_jax.train import preflight as preflight_lib
     if not cfg.preflight.enabled:
@@ -88,7 +89,7 @@ def preflight(cfg):
         decision = multihost_utils.broadcast_one_to_all(decision)
     if not decision[0]:
         if jax.process_index() == 0:
-            print(f'run_train: {refusal}', file=sys.stderr)
+            errors.fail(os.path.basename(sys.argv[0]), refusal, 2)  # like every user error
         sys.exit(2)
     if jax.process_index() == 0:
         print(report.table())

@@ -168,4 +168,4 @@ def test_front_door_refuses_the_paper_config_on_a_cpu_before_any_data(tmp_path):
     assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
     assert 'video.py:small' in lines[0] and '--force' in lines[0]
     assert not (tmp_path / 'data').exists() and not (tmp_path / 'runs').exists()
-    assert seconds < 60, seconds
+    assert seconds < 180, seconds   # ~5 s alone; only a gross regression (data built first) fails

@@ -8,10 +8,16 @@ each dict is serialised with np.savez (numeric and fixed-width unicode arrays on
 are refused, nothing is pickled), the byte strings are padded to the longest and gathered with
 jax.experimental.multihost_utils.process_allgather. Every process must call it, the same number
 of times, in the same order.
+
+`barrier` waits for every process on jax.distributed's coordination service, with a timeout we
+choose. Processes reach their first collective at different times (imports, data set-up and
+compiles run at each host's own speed), and on CPU that first collective sets up a Gloo context
+whose rendezvous gives up after a fixed 30 s; the CI machine, loaded, was once slower than that.
 """
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Mapping
 
 import jax
@@ -41,12 +47,26 @@ def allgather_arrays(arrays: Mapping[str, np.ndarray]) -> list[dict]:
     if jax.process_count() == 1:
         return [dict(arrays)]
     data = encode(arrays)
+    barrier('allgather')   # processes finish their shares at different times
     # int32 on purpose: without jax_enable_x64 an int64 would be narrowed anyway.
     lengths = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
     padded = np.zeros(int(lengths.max()), np.uint8)
     padded[:data.size] = data
     everyone = np.asarray(multihost_utils.process_allgather(padded))   # (processes, longest)
     return [decode(row[:n]) for row, n in zip(everyone, lengths)]
+
+
+_barriers = itertools.count()
+
+
+def barrier(name: str, timeout_s: float = 600.0) -> None:
+    """Returns once every process has called barrier(name); a no-op with one process."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed   # the client has no public name; initialize() fills it
+    # A numbered id: every process calls barriers in the same order, and no id is used twice.
+    barrier_id = f'extpose:{next(_barriers)}:{name}'
+    distributed.global_state.client.wait_at_barrier(barrier_id, int(timeout_s * 1000))
 
 
 def process_sum(count: int) -> int:

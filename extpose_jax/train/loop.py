@@ -208,6 +208,7 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
 
     data_iter = pipeline.make_iterator(config_lib.pipeline_config(
         cfg, records_root, process_count=jax.process_count()))
+    collectives.barrier('train-start')   # before the first collective (orbax's directory sync)
     checkpoints = ckpt_lib.RunCheckpoints(workdir, cfg.train.checkpoint_every, cfg.train.keep)
     start = checkpoints.latest_step()
     resumed = start is not None

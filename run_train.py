@@ -102,7 +102,7 @@ def prepare_data(cfg) -> tuple:
         return cfg.body_models, cfg.data.root
     import jax
 
-    from data_pipelines import default_data
+    from data_pipelines.synthetic import default_data
     root = os.path.join(cfg.data_dir, 'synthetic')
     if jax.process_index() == 0:
         print(f'no dataset configured: using the built-in synthetic default in {root}')

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 JOB = os.path.join(ROOT, 'tests', 'eval_job.py')
 
-from data_pipelines import default_data  # noqa: E402
+from data_pipelines.synthetic import default_data  # noqa: E402
 
 
 def _free_port() -> int:

@@ -120,7 +120,7 @@ def main():
                    help='device peak for MFU (H100 SXM dense bf16: 989)')
     args = p.parse_args()
     if not os.path.isdir(args.body_models):
-        from data_pipelines import default_data
+        from data_pipelines.synthetic import default_data
         args.body_models = default_data.ensure(os.path.join(ROOT, 'data', 'synthetic'))['body_models']
     for case in args.cases:
         run_case(case, args)

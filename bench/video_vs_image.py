@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 
 from absl import logging  # noqa: E402
 
-from data_pipelines import default_data  # noqa: E402
+from data_pipelines.synthetic import default_data  # noqa: E402
 from extpose_jax.train import loop  # noqa: E402
 
 

@@ -4,10 +4,10 @@ import pytest
 
 @pytest.fixture(scope='session')
 def body_model_dir(tmp_path_factory):
-    """Procedural SMPL/MANO-format model files in the official layout (see synthetic_bodies)."""
-    from data_pipelines import synthetic_bodies
+    """Procedural SMPL/MANO-format model files in the official layout (see synthetic/bodies.py)."""
+    from data_pipelines.synthetic import bodies
     out = tmp_path_factory.mktemp('body_models')
-    synthetic_bodies.write_body_models(str(out), seed=0)
+    bodies.write_body_models(str(out), seed=0)
     return out
 
 
@@ -19,7 +19,7 @@ def synthetic_default(tmp_path_factory):
     """
     import os
 
-    from data_pipelines import default_data
+    from data_pipelines.synthetic import default_data
     paths = default_data.ensure(str(tmp_path_factory.mktemp('synthetic_default')), seed=0,
                                 log=lambda *_: None)
     return {**paths, 'root': os.path.dirname(paths['3dpw'])}

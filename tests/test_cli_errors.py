@@ -49,13 +49,13 @@ CASES = [
                                   '--out', '{tmp}/x.ckpt', '--step', 'q'], 2, '--step'),
     ('to_torch missing workdir', ['-m', 'extpose_jax.convert.to_torch', '--workdir', MISSING,
                                   '--out', '{tmp}/x.ckpt'], 2, MISSING),
-    ('synthetic unparsable flag', ['-m', 'data_pipelines.synthetic', '--out', '{tmp}/s',
+    ('synthetic unparsable flag', ['-m', 'data_pipelines.synthetic.raw_3dpw', '--out', '{tmp}/s',
                                    '--seed', 'x'], 2, '--seed'),
-    ('synthetic unusable out', ['-m', 'data_pipelines.synthetic', '--out', '{file}/s'], 2,
+    ('synthetic unusable out', ['-m', 'data_pipelines.synthetic.raw_3dpw', '--out', '{file}/s'], 2,
      '{file}/s'),
-    ('synthetic_bodies unparsable flag', ['-m', 'data_pipelines.synthetic_bodies', '--out',
+    ('synthetic_bodies unparsable flag', ['-m', 'data_pipelines.synthetic.bodies', '--out',
                                           '{tmp}/b', '--seed', 'x'], 2, '--seed'),
-    ('synthetic_bodies unusable out', ['-m', 'data_pipelines.synthetic_bodies', '--out',
+    ('synthetic_bodies unusable out', ['-m', 'data_pipelines.synthetic.bodies', '--out',
                                        '{file}/b'], 2, '{file}/b'),
 ] + [
     case for name in ('convert_3dpw', 'convert_freihand', 'convert_hint') for case in (

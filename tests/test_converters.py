@@ -37,7 +37,7 @@ HINT_PER_FOLDER = 2
 
 @pytest.fixture(scope="session")
 def raw(tmp_path_factory, body_model_dir):
-    from data_pipelines import synthetic
+    from data_pipelines.synthetic import raw_3dpw
 
     root = tmp_path_factory.mktemp("raw")
     bmd = str(body_model_dir)
@@ -47,9 +47,9 @@ def raw(tmp_path_factory, body_model_dir):
         "freihand": str(root / "FreiHAND"),
         "hint": str(root / "HInt"),
     }
-    synthetic.write_3dpw(info["3dpw"], bmd, seed=0, sequences=SEQS_3DPW, frames=FRAMES_3DPW)
-    synthetic.write_freihand(info["freihand"], bmd, seed=0, train=N_FH_TRAIN, evaluation=N_FH_EVAL)
-    info["hint_manifest"] = synthetic.write_hint(
+    raw_3dpw.write_3dpw(info["3dpw"], bmd, seed=0, sequences=SEQS_3DPW, frames=FRAMES_3DPW)
+    raw_3dpw.write_freihand(info["freihand"], bmd, seed=0, train=N_FH_TRAIN, evaluation=N_FH_EVAL)
+    info["hint_manifest"] = raw_3dpw.write_hint(
         info["hint"], bmd, seed=0, per_folder=HINT_PER_FOLDER
     )["hands"]
     return info

@@ -253,11 +253,11 @@ def test_end_to_end_on_converted_3dpw(body_model_dir, tmp_path):
     """Smoke: synthetic raw 3DPW -> convert_3dpw records -> clips. The augmented 3D joints,
     projected with the batch's K, land on the augmented 2D joints (the converter's conventions
     and ours agree)."""
-    synthetic = pytest.importorskip('data_pipelines.synthetic')
+    raw_3dpw = pytest.importorskip('data_pipelines.synthetic.raw_3dpw')
     convert_3dpw = pytest.importorskip('data_pipelines.convert_3dpw')
     raw = str(tmp_path / '3DPW')
-    synthetic.write_3dpw(raw, str(body_model_dir), seed=0,
-                         sequences={'train': 1, 'validation': 0, 'test': 0}, frames=8)
+    raw_3dpw.write_3dpw(raw, str(body_model_dir), seed=0,
+                        sequences={'train': 1, 'validation': 0, 'test': 0}, frames=8)
     convert_3dpw.convert(raw, str(body_model_dir), str(tmp_path / 'rec' / '3dpw'),
                          splits=('train',), workers=0, num_shards=1, fsync=False, quiet=True)
     cfg = _cfg(str(tmp_path / 'rec'), (pl.DatasetSpec('3dpw'),), num_frames=4, batch_size=4,

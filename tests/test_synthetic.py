@@ -1,4 +1,4 @@
-"""The synthetic raw datasets (data_pipelines.synthetic) and the CPU renderer (render.py).
+"""The synthetic raw datasets (data_pipelines/synthetic/raw_*.py) and the CPU renderer (render.py).
 
 Small sizes, temporary folders. The checks recompute what the spec says a reader computes, with
 extpose_jax.body_models (not with the generator's own helpers), so a convention slip in the
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from data_pipelines import render, synthetic
+from data_pipelines.synthetic import raw_3dpw, render
 from extpose_jax import body_models as bm
 from extpose_jax import skeletons
 
@@ -28,11 +28,11 @@ HINT_PER_FOLDER = 2
 
 def _write_small(root, body_model_dir, seed):
     out = {
-        '3dpw': synthetic.write_3dpw(os.path.join(root, '3DPW'), body_model_dir, seed=seed,
+        '3dpw': raw_3dpw.write_3dpw(os.path.join(root, '3DPW'), body_model_dir, seed=seed,
                                      sequences=SEQS, frames=FRAMES, image_size=(W3, H3)),
-        'freihand': synthetic.write_freihand(os.path.join(root, 'FreiHAND'), body_model_dir,
+        'freihand': raw_3dpw.write_freihand(os.path.join(root, 'FreiHAND'), body_model_dir,
                                              seed=seed, train=FH_TRAIN, evaluation=FH_EVAL),
-        'hint': synthetic.write_hint(os.path.join(root, 'HInt'), body_model_dir, seed=seed,
+        'hint': raw_3dpw.write_hint(os.path.join(root, 'HInt'), body_model_dir, seed=seed,
                                      per_folder=HINT_PER_FOLDER),
     }
     return out
@@ -83,7 +83,7 @@ def test_same_bytes_for_the_same_seed(synth, body_model_dir, tmp_path):
 
 
 def test_other_seed_other_data(synth, body_model_dir, tmp_path):
-    out = synthetic.write_3dpw(str(tmp_path / '3DPW'), str(body_model_dir), seed=1,
+    out = raw_3dpw.write_3dpw(str(tmp_path / '3DPW'), str(body_model_dir), seed=1,
                                sequences={'test': 1}, frames=2, image_size=(W3, H3))
     (name,) = out['sequences']['test']
     with open(tmp_path / '3DPW' / 'sequenceFiles' / 'test' / f'{name}.pkl', 'rb') as f:
@@ -233,12 +233,12 @@ def test_openpose18_2d_zeroes_frames_with_few_visible_joints():
     pts = np.zeros((18, 3))
     pts[:, 2] = 2.0
     pts[:, 0] = np.linspace(-4, 4, 18)          # only the middle few project onto the image
-    out = synthetic.openpose18_2d(pts, K, (100, 100))
+    out = raw_3dpw.openpose18_2d(pts, K, (100, 100))
     inside = render.inside_image(render.project(K, pts), (100, 100))
     assert inside.sum() < 6 and not out.any()
     pts[:, 0] = np.linspace(-0.5, 0.5, 18)
     pts[0, 2] = -1.0                             # behind the camera
-    out = synthetic.openpose18_2d(pts, K, (100, 100))
+    out = raw_3dpw.openpose18_2d(pts, K, (100, 100))
     assert out.shape == (3, 18) and out[2, 0] == 0 and (out[2, 1:] == 1).all()
     np.testing.assert_allclose(out[:2, 1:].T, render.project(K, pts[1:]))
 
@@ -416,7 +416,7 @@ def test_hint_keypoints_and_side_match_the_rendered_hands(synth, body_model_dir)
 
 
 def test_hint_ego4d_json_only(body_model_dir, tmp_path):
-    out = synthetic.write_hint(str(tmp_path), str(body_model_dir), seed=3, per_folder=1,
+    out = raw_3dpw.write_hint(str(tmp_path), str(body_model_dir), seed=3, per_folder=1,
                                ego4d_images=False)
     for folder in os.listdir(out['root']):
         files = os.listdir(os.path.join(out['root'], folder))
@@ -467,7 +467,7 @@ def test_render_lambert_shading_follows_the_light():
 
 def test_render_plane_horizon_and_occluders():
     K = _K(64, 48)
-    R, t = synthetic.look_at([0, 1.5, 0], [0, 1.5, 10])      # level camera, 1.5 m above ground
+    R, t = raw_3dpw.look_at([0, 1.5, 0], [0, 1.5, 10])      # level camera, 1.5 m above ground
     img = np.zeros((48, 64, 3), np.uint8)
     tex = np.full((8, 8, 3), 200, np.uint8)
     depth = render.render_plane(img, K, R, t, [0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], tex, 1.0)
@@ -485,7 +485,7 @@ def test_render_plane_horizon_and_occluders():
 
 
 def test_look_at_is_a_y_up_to_y_down_rotation():
-    R, t = synthetic.look_at([0, 1.0, -5.0], [0, 1.0, 0])
+    R, t = raw_3dpw.look_at([0, 1.0, -5.0], [0, 1.0, 0])
     np.testing.assert_allclose(R @ [0, 1.0, 0], [0, -1.0, 0], atol=1e-12)    # up -> -y (image up)
     np.testing.assert_allclose(R @ [0, 0, 1.0], [0, 0, 1.0], atol=1e-12)      # looks along +z
     np.testing.assert_allclose(np.linalg.det(R), 1.0)

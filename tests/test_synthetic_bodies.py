@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.synthetic_bodies (CPU, a few seconds).
+"""Tests for data_pipelines.synthetic.bodies (CPU, a few seconds).
 
 The whole default set is generated once per module (write_body_models) and
 the tests read it back, in memory (npz) and through the legacy pickles.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from data_pipelines import synthetic_bodies as sb
+from data_pipelines.synthetic import bodies as sb
 
 GENDERS = ('neutral', 'male', 'female')
 SMPL_KEYS = {'J_regressor_prior', 'f', 'J_regressor', 'kintree_table', 'J', 'weights_prior',

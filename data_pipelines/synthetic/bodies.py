@@ -9,7 +9,7 @@ everything runs on a fresh machine with nothing downloaded.  Nothing here is
 derived from the licensed models; only their public file layout is mimicked.
 
 How a mesh is made (the same recipe for the body and the hand; the generic
-steps are in procedural_mesh and sdf, the body's shapes in synthetic_anatomy,
+steps are in mesh and sdf, the body's shapes in anatomy,
 skinning and regressors in rigging, the Python-2 pickle format in
 legacy_pickle; this module fixes topology and vertex ids and builds the files):
 
@@ -55,7 +55,7 @@ ext='npz', ...)``; ``smplx.SMPL`` opens a model path with pickle only, so pass
 (19, 6890) float64 array pickled the Python-3 way (loads with any encoding).
 
 Only numpy and scipy are used; the result is a deterministic function of the
-seed.  CLI: ``python -m data_pipelines.synthetic_bodies --out DIR [--seed S]``.
+seed.  CLI: ``python -m data_pipelines.synthetic.bodies --out DIR [--seed S]``.
 """
 from __future__ import annotations
 
@@ -68,13 +68,13 @@ import scipy.sparse
 import scipy.spatial
 
 from data_pipelines import atomic_file
-from data_pipelines import legacy_pickle
-from data_pipelines import procedural_mesh as pm
-from data_pipelines import rigging
-from data_pipelines import synthetic_anatomy as anatomy
+from data_pipelines.synthetic import anatomy
+from data_pipelines.synthetic import legacy_pickle
+from data_pipelines.synthetic import mesh as pm
+from data_pipelines.synthetic import rigging
 from extpose_jax import errors
 # The skeletons are part of this module's API (the real files' joint order).
-from data_pipelines.synthetic_anatomy import (  # noqa: F401
+from data_pipelines.synthetic.anatomy import (  # noqa: F401
     FINGERS, MANO_JOINT_NAMES, MANO_PARENTS, SMPL_JOINT_NAMES, SMPL_PARENTS)
 
 # --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse
 
-from data_pipelines import procedural_mesh as pm
+from data_pipelines.synthetic import mesh as pm
 
 
 def _offsets_from_segment(P, a, b):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from data_pipelines import sdf as sdf_lib
+from data_pipelines.synthetic import sdf as sdf_lib
 
 
 # --------------------------------------------------------------------------

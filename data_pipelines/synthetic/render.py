@@ -1,7 +1,8 @@
 """A small CPU renderer and image-synthesis helpers (OpenCV + numpy only).
 
-Used by `data_pipelines.synthetic` to draw SMPL / MANO meshes into images that then go through
-the real dataset converters. Nothing here knows about bodies or datasets.
+Used by the raw-dataset writers of `data_pipelines.synthetic` to draw SMPL / MANO meshes into
+images that then go through the real dataset converters. Nothing here knows about bodies or
+datasets.
 
 Conventions
 -----------

@@ -3,13 +3,13 @@
 Everything here is a hand-made approximation of an adult body (sizes are
 population averages), parameterised by a few proportion knobs per gender.  It
 describes each body three times, at three levels of detail, because the mesh
-recipe (procedural_mesh) needs all three: joints (the skeleton the model is
+recipe (mesh) needs all three: joints (the skeleton the model is
 rigged on), a coarse polygon cage (whose topology becomes the model's mesh
 topology) and a signed distance function (the smooth surface the subdivided
 cage is pulled onto).  Cage and SDF are placed on the skeleton, so the three
 agree for every gender and seed.
 
-Frames are the real models' frames (see synthetic_bodies).  Cage faces carry
+Frames are the real models' frames (see bodies).  Cage faces carry
 part tags ('torso', 'L_leg', 'R_index', 'wrist_cap', ...), which the model
 builder uses to rig each part with the right joints.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines import procedural_mesh as pm
-from data_pipelines import sdf as sdf_lib
+from data_pipelines.synthetic import mesh as pm
+from data_pipelines.synthetic import sdf as sdf_lib
 
 SMPL_JOINT_NAMES = (
     'pelvis', 'L_hip', 'R_hip', 'spine1', 'L_knee', 'R_knee', 'spine2',

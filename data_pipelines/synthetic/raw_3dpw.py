@@ -1,10 +1,10 @@
 """Synthetic raw datasets in the REAL 3DPW, FreiHAND v2 and HInt layouts (DESIGN.md §4.8).
 
-    python -m data_pipelines.synthetic --out DIR [--seed S] [--large]
+    python -m data_pipelines.synthetic.raw_3dpw --out DIR [--seed S] [--large]
 
 writes, under DIR,
 
-    body_models/   procedural SMPL / MANO model files (data_pipelines.synthetic_bodies)
+    body_models/   procedural SMPL / MANO model files (data_pipelines.synthetic.bodies)
     3DPW/          sequenceFiles/{train,validation,test}/<seq>.pkl + imageFiles/<seq>/image_%05d.jpg
     FreiHAND/      FreiHAND_pub_v2/{training,evaluation}/... + FreiHAND_pub_v2_eval/...
     HInt/          HInt_annotation_partial/{TRAIN,VAL,TEST}_{newdays,epick,ego4d}_img/<stem>.{jpg,json}
@@ -54,9 +54,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from data_pipelines import atomic_file
-from data_pipelines import legacy_pickle
-from data_pipelines import render
-from data_pipelines import synthetic_bodies
+from data_pipelines.synthetic import bodies, legacy_pickle, render
 from extpose_jax import errors, skeletons
 
 # ----------------------------------------------------------------------------- sizes
@@ -1119,7 +1117,7 @@ def write_all(root, seed: int = 0, small: bool = True) -> dict:
     sizes = SMALL if small else LARGE
     paths = {'body_models': os.path.join(root, 'body_models'), '3dpw': os.path.join(root, '3DPW'),
              'freihand': os.path.join(root, 'FreiHAND'), 'hint': os.path.join(root, 'HInt')}
-    synthetic_bodies.write_body_models(paths['body_models'], seed=seed)
+    bodies.write_body_models(paths['body_models'], seed=seed)
     write_3dpw(paths['3dpw'], paths['body_models'], seed=seed, **sizes['3dpw'])
     write_freihand(paths['freihand'], paths['body_models'], seed=seed, **sizes['freihand'])
     write_hint(paths['hint'], paths['body_models'], seed=seed, **sizes['hint'])

@@ -3,7 +3,7 @@
 A fresh machine has no licensed body models and no downloaded data, so training falls back to
 this. It runs the same converters as real data would, and caches everything under one folder:
 
-  <data_dir>/raw/{body_models,3DPW,FreiHAND,HInt}   synthetic.write_all
+  <data_dir>/raw/{body_models,3DPW,FreiHAND,HInt}   raw_3dpw.write_all
   <data_dir>/records/{3dpw,freihand,hint}           convert_3dpw / convert_freihand / convert_hint
 
 The raw folder is complete once its marker exists (written last); the converters always run but
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from data_pipelines import convert_3dpw, convert_freihand, convert_hint, records, synthetic
+from data_pipelines import convert_3dpw, convert_freihand, convert_hint, records
+from data_pipelines.synthetic import raw_3dpw
 
 _RAW_DONE = 'COMPLETE'
 _CONVERTERS = {'3dpw': convert_3dpw, 'freihand': convert_freihand, 'hint': convert_hint}
@@ -29,7 +30,7 @@ def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
         log(f'synthetic default: raw datasets cached in {raw_dir}')
     else:
         log(f'no dataset configured: rendering the synthetic default into {raw_dir}')
-        raw = synthetic.write_all(raw_dir, seed=seed)
+        raw = raw_3dpw.write_all(raw_dir, seed=seed)
         with open(marker, 'w') as f:
             f.write(f'seed={seed}\n')
     out = {'body_models': raw['body_models']}

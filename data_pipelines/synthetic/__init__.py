@@ -1,0 +1,25 @@
+"""The synthetic world: everything needed to train and test with nothing licensed or downloaded.
+
+Real runs read licensed body-model files and downloaded datasets; a fresh machine has neither.
+This package builds stand-ins for both, in the exact on-disk formats of the real ones, so that
+the loaders and the raw -> record converters in `data_pipelines` meet the same files either way
+and never know which they got. Nothing outside this package imports it except the places that
+build the default (run_train.py, the benchmarks) and the tests.
+
+Body models (procedural, not derived from the licensed models):
+    sdf.py            signed distance functions the meshes are fitted to
+    mesh.py           cage modelling, Catmull-Clark, edge splits, fitting a mesh to an SDF
+    anatomy.py        skeletons, cages and SDF shapes of the synthetic bodies and hands
+    rigging.py        skinning weights, joint regressors, pose correctives
+    bodies.py         SMPL / MANO model dicts and their files in the official layout
+    legacy_pickle.py  Python-2 pickles in the byte format of the official files
+
+Raw datasets (rendered from those models):
+    render.py         a small CPU mesh renderer plus backgrounds, occluders and blur
+    raw_3dpw.py       raw 3DPW / FreiHAND / HInt folders in the real layouts
+
+The cached default:
+    default_data.py   the raw datasets converted to records by the real converters, cached
+
+    python -m data_pipelines.synthetic.raw_3dpw --out DIR   body models + the three raw datasets
+"""

@@ -1,7 +1,7 @@
 """Evaluates exported ExtPose weights in PyTorch: the mirror model and smplx's SMPL / MANO layers.
 
     python eval_torch.py --config=configs/video.py:small --ckpt=extpose.ckpt --workdir=DIR
-        [--split=S] [--max_frames=N] [--pose_source=S]
+        [--evaluator=NAME] [--split=S] [--max_frames=N] [--pose_source=S]
 
 --ckpt is what `python -m extpose_jax.convert.to_torch` writes (or any HMR 2.0 / HaMeR checkpoint
 whose backbone.* and smpl_head.* / mano_head.* keys fit the config's model). The records split,
@@ -9,8 +9,8 @@ windows, 2D-pose input and metrics are run_eval.py's: train/evaluate.py iterates
 train/eval_protocols.py scores it; only the model (convert/torch_model.py) and the body-model
 forward (smplx here, JAX there) are swapped, so the two print the same metrics for the same
 weights, and any difference is the frameworks'. The other flags are run_eval.py's; the
-metrics are printed and written to DIR/eval_torch/<split>/metrics.json (run_eval.py writes
-DIR/eval/...), so --workdir is the run the weights were exported from, or any directory.
+metrics are printed and written to DIR/eval_torch/<evaluator>/<split>/metrics.json (run_eval.py
+writes DIR/eval/...), so --workdir is the run the weights were exported from, or any directory.
 """
 import os
 
@@ -22,7 +22,6 @@ from smplx.lbs import batch_rodrigues
 from smplx.utils import Struct
 
 import run_eval  # its flags (--config, --split, --max_frames, --pose_source) and run_train's data
-from data_pipelines import convert_common
 from extpose_jax import body_models, skeletons
 from extpose_jax.convert import from_torch, torch_model
 from extpose_jax.models import extpose
@@ -48,13 +47,13 @@ class SmplxBodies:
         self.neutral = self._layer('neutral')
         self.faces = np.asarray(self.neutral.faces, np.int64)
         if kind == 'smpl':
-            j19 = convert_common._find_file(body_models_dir, ['SMPL_to_J19.pkl'])
+            j19 = body_models.find_model_file(body_models_dir, 'SMPL_to_J19')
             self.j19 = torch.from_numpy(body_models.load_j19_regressor(j19)).float()
 
     def _layer(self, gender: str):
         if gender not in self._layers:
             name = f'SMPL_{gender.upper()}' if self.kind == 'smpl' else 'MANO_RIGHT'
-            path = body_models._resolve(self.dir, [name])
+            path = body_models.find_model_file(self.dir, name)
             struct = Struct(**body_models.load_model_file(path))
             if self.kind == 'smpl':
                 layer = smplx.SMPLLayer(model_path=path, data_struct=struct, num_betas=10)
@@ -125,17 +124,20 @@ def make_predict_fn(cfg, state_dict):
     return predict_fn
 
 
-def run(cfg, ckpt: str, *, split=None, max_frames=None, pose_source=None, log=print) -> dict:
-    """Evaluates the checkpoint on cfg.eval.dataset / split with PyTorch; returns the metrics."""
+def run(cfg, ckpt: str, *, evaluator=None, split=None, max_frames=None, pose_source=None,
+        log=print) -> dict:
+    """Evaluates the checkpoint on one of cfg.evaluators (default: the first) with PyTorch;
+    returns the metrics."""
     state_dict = from_torch.state_dict_of(from_torch.read_torch_file(ckpt), ckpt)
     cfg = config_lib.resolved(cfg)  # eval.batch_size None: the config's default rule
+    ev = config_lib.evaluator(cfg, evaluator)
     body_models_dir, records_root = run_eval.run_train.prepare_data(cfg)
-    split = split or cfg.eval.split
+    split = split or ev.split
     metrics = evaluate.evaluate(
-        make_predict_fn(cfg, state_dict), records_dir=os.path.join(records_root, cfg.eval.dataset),
+        make_predict_fn(cfg, state_dict), records_dir=os.path.join(records_root, ev.dataset),
         split=split, batch_size=cfg.eval.batch_size, bodies=SmplxBodies(cfg.model.kind, body_models_dir),
-        **config_lib.eval_kwargs(cfg, max_frames=max_frames, pose_source=pose_source))
-    log(f'{cfg.eval.dataset}/{split}, PyTorch + smplx ({ckpt}):')
+        **config_lib.eval_kwargs(cfg, ev, max_frames=max_frames, pose_source=pose_source))
+    log(f'{ev.name}: {ev.dataset}/{split}, PyTorch + smplx ({ckpt}):')
     for key, value in metrics.items():
         log(f'  {key}: {value:.3f}' if isinstance(value, float) else f'  {key}: {value}')
     return metrics
@@ -147,10 +149,12 @@ def main(argv):
     config_lib.validate(cfg)
     if not FLAGS.ckpt or not FLAGS.workdir:
         raise app.UsageError('--ckpt and --workdir are required')
-    metrics = run(cfg, FLAGS.ckpt, split=FLAGS.split, max_frames=FLAGS.max_frames,
-                  pose_source=FLAGS.pose_source)
-    split = FLAGS.split or cfg.eval.split
-    evaluate.write_metrics_json(os.path.join(FLAGS.workdir, 'eval_torch', split, 'metrics.json'), metrics)
+    ev = config_lib.evaluator(cfg, FLAGS.evaluator)
+    metrics = run(cfg, FLAGS.ckpt, evaluator=ev.name, split=FLAGS.split,
+                  max_frames=FLAGS.max_frames, pose_source=FLAGS.pose_source)
+    split = FLAGS.split or ev.split
+    evaluate.write_metrics_json(
+        os.path.join(FLAGS.workdir, 'eval_torch', ev.name, split, 'metrics.json'), metrics)
 
 
 if __name__ == '__main__':

@@ -34,8 +34,6 @@ flags.DEFINE_integer('process_id', int(os.environ.get('JAX_PROCESS_ID', '-1')), 
 flags.DEFINE_bool('force', False, 'Run even when the preflight estimates an absurd run time.')
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
-# The number printed at the end of a run, per evaluation dataset (mm, or a fraction for PCK).
-HEADLINE = {'3dpw': '3dpw/pa_mpjpe', 'freihand': 'freihand/pa_mpjpe', 'hint': 'hint/pck@0.1/all'}
 
 
 def init_distributed():
@@ -130,12 +128,12 @@ def main(argv):
     from extpose_jax.train import loop
     body_models, records = prepare_data(cfg)
     result = loop.train(cfg, workdir, body_models, records, log=log)
-    ev = {s: m for s, m in result['eval'].items() if m}
-    if ev:
-        key = HEADLINE[cfg.eval.dataset]
-        first, last = min(ev), max(ev)
-        log(f'held-out {cfg.eval.dataset} {cfg.eval.split} {key}: step {first}: '
-            f'{ev[first][key]:.2f} -> step {last}: {ev[last][key]:.2f}')
+    for evaluator in config_lib.evaluators(cfg):
+        ev = {s: m for s, m in result['eval'][evaluator.name].items() if m}
+        if ev:
+            key, first, last = evaluator.headline, min(ev), max(ev)
+            log(f'held-out {evaluator.name} ({evaluator.dataset} {evaluator.split}) {key}: '
+                f'step {first}: {ev[first][key]:.2f} -> step {last}: {ev[last][key]:.2f}')
     if result['stopped_early']:
         log(f'stopped at step {result["step"]}; rerun the same command to resume')
 

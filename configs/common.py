@@ -7,7 +7,8 @@ Field groups (validated by extpose_jax/train/config.py before anything runs):
   optim.*   AdamW, schedule, clipping, trainable-parameter strategy
   loss.*    HMR 2.0 / HaMeR loss weights, normalisation, optional adversarial prior
   train.*   steps, gradient accumulation, logging / checkpoint / eval cadence
-  eval.*    held-out dataset and split, windows, overlays
+  eval.*    what every evaluation shares: window batch, hop, overlays
+  evaluators.<name>.*  the named held-out evaluations (dataset, split, cadence, frames)
   preflight.*  the per-device budget check before any data (memory, FLOPs, run time)
   mesh.*    device mesh sizes over ('data', 'fsdp', 'tensor'); -1 = the remaining devices
 
@@ -37,6 +38,17 @@ def parse_arg(arg, config_file: str, **defaults) -> dict:
     if out['variant'] not in VARIANTS:
         raise ValueError(f'{config_file}: unknown variant {out["variant"]!r}; use one of {VARIANTS}')
     return out
+
+
+def evaluator(dataset: str, split: str = 'test', every=None) -> ml_collections.ConfigDict:
+    """One named evaluation. every: None = at the start and the end of a run; n > 0 = also
+    every n steps; 0 = never (switched off without removing it)."""
+    e = ml_collections.ConfigDict()
+    e.dataset = dataset                          # a protocol name: '3dpw' | 'freihand' | 'hint'
+    e.split = split
+    e.every = config_dict.FieldReference(every, field_type=int)
+    e.max_frames = config_dict.placeholder(int)  # score the first N frames; None: all of them
+    return e
 
 
 def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
@@ -78,12 +90,12 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     # 'temporal_head' (baselines with new parameters).
     c.model.arch = 'extpose'
     c.model.mask = 'extpose'                     # 'frame' | 'multimodal' | 'extpose' | 'full'
-    c.model.window = -1                          # frames either side (-1: the whole clip)
+    c.model.window = config_dict.placeholder(int)  # frames either side; None: the whole clip
     c.model.causal = False
     c.model.head_context = 'both'                # 'rgb' | 'skeleton' | 'both'
     c.model.pose_form = 'skeleton'               # 'skeleton' | 'heatmap'
     c.model.modality_dropout = 0.5               # p(one whole modality dropped) per clip
-    c.model.drop_path_rate = -1.0                # -1: the ViTPose value for the size
+    c.model.drop_path_rate = config_dict.placeholder(float)  # None: ViTPose's for the size
     c.model.dtype = 'float32' if small else 'bfloat16'
     c.model.attention = 'blockwise'               # 2.3x faster than 'dense' even at T=4 on CPU
     c.model.remat = not small
@@ -97,7 +109,7 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-3
     c.optim.schedule = 'constant'                # 'constant' | 'warmup_cosine'
     c.optim.warmup_steps = 0
-    c.optim.clip_norm = -1.0                     # <= 0: no clipping
+    c.optim.clip_norm = config_dict.placeholder(float)  # global-norm clip; None: no clipping
     c.optim.trainable = 'full'                   # 'full' | 'qk_only' | 'first_half' | 'frozen_backbone'
 
     c.loss = ml_collections.ConfigDict()
@@ -108,7 +120,7 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     c.loss.betas = 0.0005
     c.loss.adversarial = 0.0005
     c.loss.use_adversarial = False               # HMR 2.0's discriminator prior (GT poses as real)
-    c.loss.normalize = 'mean_per_frame' if small else 'sum'
+    c.loss.normalize = 'sum'                     # upstream's; AdamW makes the scale moot
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 160 if small else 50_000
@@ -119,15 +131,17 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 50 if small else 1000
     c.train.keep = 3
     c.train.skip_nonfinite = False               # True: skip a non-finite update (counted), else stop
-    c.train.eval_every = -1                      # n > 0: every n steps and at the ends; -1: the ends only; 0: never
 
+    # Shared by every evaluator: windows of data.num_frames frames, batched over the devices.
     c.eval = ml_collections.ConfigDict()
-    c.eval.dataset = '3dpw' if kind == 'smpl' else 'freihand'
-    c.eval.split = 'test'
     c.eval.batch_size = config_dict.placeholder(int)  # GLOBAL windows; None: from the devices
-    c.eval.hop = -1                              # -1: T // 2
-    c.eval.max_frames = -1                       # -1: the whole split
-    c.eval.overlays = 8
+    c.eval.hop = config_dict.placeholder(int)    # frames between window starts; None: T // 2
+    c.eval.overlays = 8                          # overlay PNGs per evaluation
+
+    # Named held-out evaluations, each at its own cadence; results under eval/<name>/.
+    c.evaluators = ml_collections.ConfigDict()
+    c.evaluators['3dpw' if kind == 'smpl' else 'freihand'] = evaluator(
+        '3dpw' if kind == 'smpl' else 'freihand')
 
     # Before any data is read: will the step fit the devices, how long will the run take
     # (extpose_jax/train/preflight.py; python -m extpose_jax.train.preflight shows the table).

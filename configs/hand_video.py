@@ -8,10 +8,10 @@ from configs import common
 
 
 def get_config(arg=None):
-    opts = common.parse_arg(arg, 'configs/hand_video.py', frames=-1)
-    frames = opts['frames'] if opts['frames'] > 0 else (4 if opts['variant'] == 'small' else 16)
+    opts = common.parse_arg(arg, 'configs/hand_video.py', frames=None)
+    frames = int(opts['frames']) if opts['frames'] else (4 if opts['variant'] == 'small' else 16)
     c = common.base('mano', opts['variant'], frames)
     c.data.datasets = (('hint', 0.5), ('freihand', 0.5))
     c.data.as_images = ('freihand',)
-    c.eval.dataset = 'hint'
+    c.evaluators = {'hint': common.evaluator('hint')}
     return c

@@ -8,6 +8,6 @@ from configs import common
 
 
 def get_config(arg=None):
-    opts = common.parse_arg(arg, 'configs/video.py', frames=-1)
-    frames = opts['frames'] if opts['frames'] > 0 else (4 if opts['variant'] == 'small' else 16)
+    opts = common.parse_arg(arg, 'configs/video.py', frames=None)
+    frames = int(opts['frames']) if opts['frames'] else (4 if opts['variant'] == 'small' else 16)
     return common.base('smpl', opts['variant'], frames)

@@ -43,6 +43,7 @@ from extpose_jax.models import extpose
 ROOT_JOINT = {'smpl': skeletons.HMR44_PELVIS, 'mano': 0}
 POSE_KEY = {'smpl': 'body_pose', 'mano': 'hand_pose'}
 WINDOW_WIDTH = 192
+NORMALIZATIONS = ('sum', 'mean_per_frame')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +175,8 @@ def total_loss(outputs: dict, batch: dict, body_model: body_models.BodyModel,
     """
     if kind not in ROOT_JOINT:
         raise ValueError(f"kind must be 'smpl' or 'mano', got {kind!r}")
-    if normalize not in ('sum', 'mean_per_frame'):
-        raise ValueError(f"normalize must be 'sum' or 'mean_per_frame', got {normalize!r}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f'normalize must be one of {NORMALIZATIONS}, got {normalize!r}')
     lead = tuple(batch['kp2d'].shape[:2])
     outputs = _frames_first(outputs, lead)
     ones = jnp.ones(lead, bool)

@@ -37,13 +37,15 @@ jax = job_process.start(args)
 from configs import video  # noqa: E402
 from extpose_jax.convert import keymap  # noqa: E402
 from extpose_jax.models import vit  # noqa: E402
+from extpose_jax.train import config as config_lib  # noqa: E402
 from extpose_jax.train import loop, writers  # noqa: E402
 from extpose_jax.train import sharding as shd  # noqa: E402
 from extpose_jax.train import state as state_lib  # noqa: E402
 from extpose_jax.train import task as task_lib  # noqa: E402
 
 cfg = video.get_config('small')
-cfg.eval.batch_size, cfg.eval.max_frames, cfg.eval.overlays = args.batch_size, args.max_frames, args.overlays
+cfg.eval.batch_size, cfg.eval.overlays = args.batch_size, args.overlays
+cfg.evaluators['3dpw'].max_frames = args.max_frames if args.max_frames > 0 else None
 cfg.data.pose_source = 'noisy_gt'
 cfg.train.grad_accum = 1   # Task wants it set; evaluation has no use for it
 task = task_lib.Task(cfg)
@@ -79,8 +81,8 @@ for m, spec in enumerate(args.meshes):
             seen.clear()
             lines = []
             start = time.perf_counter()
-            metrics = loop.run_eval(cfg, task, state, step, workdir, args.body_models, args.data,
-                                    writer, lines.append)
+            metrics = loop.run_eval(cfg, config_lib.evaluator(cfg), task, state, step, workdir,
+                                    args.body_models, args.data, writer, lines.append)
             seconds = time.perf_counter() - start
             print('RESULT ' + json.dumps({
                 'mesh': spec, 'process': jax.process_index(), 'metrics': metrics,

@@ -37,6 +37,7 @@ def _config(adversarial=True, grad_accum=1):
     cfg.data.num_frames, cfg.data.batch_size, cfg.train.grad_accum = T, B, grad_accum
     cfg.model.modality_dropout = 0.0
     cfg.loss.use_adversarial, cfg.loss.adversarial = adversarial, 1.0
+    cfg.loss.normalize = 'mean_per_frame'   # as the recomputation below (one batch, no scale)
     config_lib.validate(cfg)
     return cfg
 

@@ -44,7 +44,7 @@ BAD = {
     'model.size': ('giant', {}, 'use one of'),
     'model.arch': ('resnet', {}, 'use one of'),
     'model.mask': ('sideways', {}, 'use one of'),
-    'model.window': (-3, {}, 'int >= 0, or -1'),
+    'model.window': (-3, {}, 'int >= 0, or None'),
     'model.causal': ('yes', {}, 'True or False'),
     'model.head_context': ('neither', {}, 'use one of'),
     'model.pose_form': ('dots', {}, 'use one of'),
@@ -59,7 +59,7 @@ BAD = {
     'optim.weight_decay': (-1e-3, {}, 'finite number >= 0'),
     'optim.schedule': ('step', {}, 'use one of'),
     'optim.warmup_steps': (-1, {}, '>= 0'),
-    'optim.clip_norm': (INF, {}, 'finite number'),
+    'optim.clip_norm': (INF, {}, 'finite number > 0, or None'),
     'optim.trainable': ('everything', {}, 'use one of'),
     'loss.kp3d': (INF, {}, 'finite number >= 0'),
     'loss.kp2d': (-0.01, {}, 'finite number >= 0'),
@@ -75,13 +75,13 @@ BAD = {
     'train.checkpoint_every': (0, {}, '>= 1'),
     'train.keep': (0, {}, '>= 1'),
     'train.skip_nonfinite': ('yes', {}, 'True or False'),
-    'train.eval_every': (-2, {}, 'int >= 0, or -1'),
-    'eval.dataset': ('freihand', {}, "model.kind='smpl'"),
-    'eval.split': ('', {}, 'non-empty'),
     'eval.batch_size': (0, {}, '>= 1, or None'),
-    'eval.hop': (0, {}, 'in [1, data.num_frames'),
-    'eval.max_frames': (0, {}, '>= 1, or -1'),
+    'eval.hop': (0, {}, 'int >= 1, or None'),
     'eval.overlays': (-1, {}, '>= 0'),
+    'evaluators.3dpw.dataset': ('freihand', {}, "scores mano models; model.kind='smpl'"),
+    'evaluators.3dpw.split': ('', {}, 'non-empty'),
+    'evaluators.3dpw.every': (-1, {}, 'int >= 0 (0: never), or None'),
+    'evaluators.3dpw.max_frames': (0, {}, '>= 1, or None'),
     'preflight.enabled': ('yes', {}, 'True or False'),
     'preflight.compile': ('sometimes', {}, 'use one of'),
     'preflight.memory_gb': (NAN, {}, 'finite number > 0'),
@@ -93,8 +93,10 @@ BAD = {
 
 # More bad values of fields above: edges of a range, and values that only clash with another.
 MORE = [
-    ('eval.hop', 5, {}, 'in [1, data.num_frames=4]'),       # the small video config has T = 4
-    ('eval.max_frames', -2, {}, '>= 1, or -1'),
+    ('eval.hop', 5, {}, 'at most data.num_frames=4'),       # the small video config has T = 4
+    ('evaluators.3dpw.max_frames', -2, {}, '>= 1, or None'),
+    ('evaluators.3dpw.dataset', 'coco', {}, 'use one of'),
+    ('optim.clip_norm', 0.0, {}, '> 0, or None'),
     ('optim.lr', INF, {}, 'finite number'),
     ('model.drop_path_rate', NAN, {}, 'rate in [0, 1)'),
     ('data.datasets', (('3dpw', NAN),), {}, 'finite weight'),
@@ -102,7 +104,7 @@ MORE = [
     ('mesh.fsdp', -1, {}, 'at most one axis'),               # mesh.data is -1 already
     ('optim.warmup_steps', 160, {'optim.schedule': 'warmup_cosine'}, 'below train.steps'),
     ('body_models', '<tmp>', {}, 'set both'),                # data.root left empty
-    ('eval.dataset', '3dpw', {'model.kind': 'mano'}, 'body dataset'),
+    ('evaluators.3dpw.dataset', '3dpw', {'model.kind': 'mano'}, 'scores smpl models'),
 ]
 
 # An arch that implies settings refuses an explicit conflicting one, naming both fields.

@@ -106,7 +106,8 @@ def data(body_model_dir, tmp_path_factory):
                 box = np.array([220.0, 60, 420, 420]) + 20 * track
                 poses = [(pose0 + f * vel + 0.02 * rng.normal(size=72)).astype(np.float32)
                          for f in frames]
-                kps = _keypoints(convert_common.smpl_model(bm, gender), poses, [betas] * len(poses))
+                model = body_models.load_from_dir(bm, 'smpl', gender)
+                kps = _keypoints(model, poses, [betas] * len(poses))
                 for f, pose, kp in zip(frames, poses, kps):
                     transl = np.array([0.02 * f, 0.01, 40.0 + 0.1 * f])
                     key = (seq, track, f)
@@ -114,7 +115,7 @@ def data(body_model_dir, tmp_path_factory):
                     remember(f'3dpw/{split}', key, (pose, betas, transl, gender))
         _write(str(root / split / '3dpw'), '3dpw', split, 'smpl', recs)
 
-    models = {'right': convert_common.mano_model(bm)[0],
+    models = {'right': body_models.load_from_dir(bm, 'mano'),
               'left': body_models.load_mano(os.path.join(bm, 'mano'), is_right=False)}
     hand_sets = {
         'freihand': [(f'test_{i:08d}', 0, i, 'right') for i in range(5)],
@@ -524,19 +525,19 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     monkeypatch.setattr(run_train, 'prepare_data', lambda cfg: (data['bm'], str(data['root'] / 'test')))
     lines = []
     res = run_eval.run(cfg, str(tmp_path), max_frames=6, log=lines.append)
-    step_dir = tmp_path / 'eval' / 'step_7'
+    step_dir = tmp_path / 'eval' / '3dpw' / 'step_7'
     assert res['step'] == 7 and res['out_dir'] == str(step_dir) and restored == [str(tmp_path)]
     assert json.loads((step_dir / 'metrics.json').read_text())['num_frames'] == 6
-    latest = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    latest = json.loads((tmp_path / 'eval' / '3dpw' / 'metrics.json').read_text())
     assert latest['step'] == 7 and latest['3dpw/mpjpe'] < 0.01
     assert len(os.listdir(step_dir / 'overlays')) == 2
     assert any('3dpw/mpjpe' in line for line in lines)
 
     res = run_eval.run(cfg, str(tmp_path), checkpoint_path='/x/converted', max_frames=2,
                        overlays=0, log=lines.append)
-    assert res['out_dir'] == str(tmp_path / 'eval' / 'variables')
-    assert json.loads((tmp_path / 'eval' / 'variables' / 'metrics.json').read_text())['num_frames'] == 2
-    assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text()) == latest   # untouched
+    assert res['out_dir'] == str(tmp_path / 'eval' / '3dpw' / 'variables')
+    assert json.loads((tmp_path / 'eval' / '3dpw' / 'variables' / 'metrics.json').read_text())['num_frames'] == 2
+    assert json.loads((tmp_path / 'eval' / '3dpw' / 'metrics.json').read_text()) == latest   # untouched
 
 
 def test_corrupt_record_is_named_or_skipped_and_counted(data, tmp_path):

@@ -181,9 +181,7 @@ def test_divergence_watch_reads_late_counts_and_stops():
 
 def _small():
     import importlib
-    cfg = importlib.import_module('configs.image').get_config('small')
-    cfg.train.eval_every = -1
-    return cfg
+    return importlib.import_module('configs.image').get_config('small')
 
 
 @pytest.fixture
@@ -219,9 +217,9 @@ def test_missing_split_fails_before_the_model(synthetic_default, no_model, tmp_p
 
 def test_missing_eval_split_fails_before_the_model(synthetic_default, no_model, tmp_path):
     cfg = _small()
-    cfg.eval.split = 'heldout'
+    cfg.evaluators['3dpw'].split = 'heldout'
     _train_fails(cfg, tmp_path / 'w', synthetic_default['body_models'], synthetic_default['root'],
-                 r"config\.eval\.dataset: split 'heldout'")
+                 r"config\.evaluators\.3dpw: split 'heldout'")
 
 
 def test_split_without_records_fails_before_the_model(synthetic_default, no_model, tmp_path):

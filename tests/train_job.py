@@ -47,7 +47,7 @@ cfg = importlib.import_module(f'configs.{args.config}').get_config('small')
 cfg.train.steps = args.steps
 cfg.train.checkpoint_every = args.checkpoint_every
 cfg.train.log_every = 1
-cfg.train.eval_every = 0
+cfg.evaluators = {}   # no evaluation: the jobs compare training
 cfg.data.batch_size = args.batch_size
 for kv in filter(None, args.mesh.split(',')):
     k, v = kv.split('=')

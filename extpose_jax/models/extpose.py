@@ -27,6 +27,8 @@ from extpose_jax import body_models, geometry, skeletons
 from extpose_jax.models import heads, masks, pose_forms, vit
 
 POSE_FORMS = ('skeleton', 'heatmap')
+KINDS = ('smpl', 'mano')                   # HMR 2.0's body head, HaMeR's hand head
+HEAD_CONTEXTS = ('rgb', 'skeleton', 'both')  # which of a frame's tokens the head reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +49,11 @@ class ExtPoseConfig:
         allowed = {'rgb', 'skeleton'}
         if not self.modalities or not set(self.modalities) <= allowed or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f'ExtPoseConfig.modalities: {self.modalities!r}; use distinct names from {sorted(allowed)}')
-        if self.kind not in ('smpl', 'mano'):
-            raise ValueError(f"ExtPoseConfig.kind: {self.kind!r}; use 'smpl' or 'mano'")
-        if self.head_context not in ('rgb', 'skeleton', 'both'):
-            raise ValueError(f"ExtPoseConfig.head_context: {self.head_context!r}; use 'rgb', 'skeleton' or 'both'")
+        if self.kind not in KINDS:
+            raise ValueError(f'ExtPoseConfig.kind: {self.kind!r}; allowed: {KINDS}')
+        if self.head_context not in HEAD_CONTEXTS:
+            raise ValueError(f'ExtPoseConfig.head_context: {self.head_context!r}; '
+                             f'allowed: {HEAD_CONTEXTS}')
         needed = {'rgb': ('rgb',), 'skeleton': ('skeleton',), 'both': ('rgb', 'skeleton')}[self.head_context]
         missing = [m for m in needed if m not in self.modalities]
         if missing:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from typing import Optional
 
 import jax.numpy as jnp
 
 from data_pipelines import augment, pipeline
 from extpose_jax import errors, losses
-from extpose_jax.models import baselines, extpose, masks, vit
-from extpose_jax.train import optim
+from extpose_jax.models import attention, baselines, extpose, masks, vit
+from extpose_jax.train import eval_protocols, optim
 
 VARIANTS = ('paper', 'small', 'base')  # configs/common.py's variants
 ARCHS = tuple(baselines.CONFIG_VARIANTS) + tuple(baselines.BASELINES)
@@ -25,32 +26,35 @@ KEYPOINT_LAYOUT = {'smpl': 'openpose18', 'mano': 'hand21'}   # what the skeleton
 RECORD_LAYOUT = {'smpl': 'hmr44', 'mano': 'hand21'}          # what the records hold
 
 _CHOICES = {
-    'model.kind': ('smpl', 'mano'),
+    'model.kind': extpose.KINDS,
     'model.size': tuple(vit.SIZES),
     'model.arch': ARCHS,
     'model.mask': masks.STRATEGIES,
-    'model.head_context': ('rgb', 'skeleton', 'both'),
+    'model.head_context': extpose.HEAD_CONTEXTS,
     'model.pose_form': extpose.POSE_FORMS,
     'model.dtype': tuple(DTYPES),
-    'model.attention': ('dense', 'blockwise', 'cudnn'),
+    'model.attention': attention.IMPLS,
     'data.pose_source': pipeline.POSE_SOURCES,
     'data.image_fill': pipeline.IMAGE_FILLS,
     'optim.schedule': optim.SCHEDULES,
     'optim.trainable': optim.STRATEGIES,
-    'loss.normalize': ('sum', 'mean_per_frame'),
-    'eval.dataset': ('3dpw', 'freihand', 'hint'),
+    'loss.normalize': losses.NORMALIZATIONS,
 }
 _POSITIVE_INTS = ('data.num_frames', 'data.stride', 'data.clip_hop', 'data.batch_size',
                   'data.num_threads', 'data.read_buffer', 'train.steps',
                   'train.log_every', 'train.checkpoint_every', 'train.keep')
 _AUTO_INTS = ('train.grad_accum', 'eval.batch_size')  # None: resolved by the preflight
+# None: off / the default, named in the message; else an int >= the bound.
+_OPTIONAL_INTS = {'model.window': (0, 'the whole clip'), 'eval.hop': (1, 'data.num_frames // 2')}
+_EVALUATOR_FIELDS = ('dataset', 'split', 'every', 'max_frames')
+_EVALUATOR_NAME = re.compile(r'^[A-Za-z0-9_]+$')   # a folder name and a TensorBoard tag part
 _NON_NEGATIVE = ('optim.lr', 'optim.weight_decay', 'optim.warmup_steps', 'data.num_workers',
                  'loss.kp3d', 'loss.kp2d', 'loss.global_orient', 'loss.body_pose', 'loss.betas',
                  'loss.adversarial', 'eval.overlays')
 _INTS = ('seed', 'optim.warmup_steps', 'data.num_workers', 'eval.overlays')
 _BOOLS = ('data.pad_short', 'data.augment', 'data.skip_corrupt', 'model.causal', 'model.remat',
           'loss.use_adversarial', 'train.skip_nonfinite', 'preflight.enabled')
-_NAMES = ('data_dir', 'data.split', 'eval.split')    # non-empty strings
+_NAMES = ('data_dir', 'data.split')    # non-empty strings
 # (field, directory?) of the paths a run reads; each must exist before any data is built.
 _PATHS = (('body_models', True), ('data.root', True), ('init.checkpoint', None),
           ('model.mean_params', False))
@@ -123,27 +127,24 @@ def validate(cfg, *, check_paths: bool = True) -> None:
         v = _get(cfg, field)
         if not _is_number(v) or v < 0:
             _fail(field, v, 'must be a finite number >= 0')
-    for field in ('model.window', 'train.eval_every'):
+    for field, (low, default) in _OPTIONAL_INTS.items():
         v = _get(cfg, field)
-        if not _is_int(v) or v < -1:
-            _fail(field, v, 'must be an int >= 0, or -1 for off / the default')
+        if v is not None and (not _is_int(v) or v < low):
+            _fail(field, v, f'must be an int >= {low}, or None for {default}')
     t = _get(cfg, 'data.num_frames')
-    hop = _get(cfg, 'eval.hop')
-    if not _is_int(hop) or not (hop == -1 or 1 <= hop <= t):
-        _fail('eval.hop', hop, f'must be an int in [1, data.num_frames={t}] (every frame in a '
-              'window), or -1 for T // 2')
-    v = _get(cfg, 'eval.max_frames')
-    if not _is_int(v) or not (v == -1 or v >= 1):
-        _fail('eval.max_frames', v, 'must be an int >= 1, or -1 for the whole split')
+    if cfg.eval.hop is not None and cfg.eval.hop > t:
+        _fail('eval.hop', cfg.eval.hop, f'must be at most data.num_frames={t} (every frame in '
+              'a window)')
     p = _get(cfg, 'model.modality_dropout')
     if not _is_number(p) or not 0.0 <= p <= 1.0:
         _fail('model.modality_dropout', p, 'is a probability: use a value in [0, 1]')
     dpr = _get(cfg, 'model.drop_path_rate')
-    if not _is_number(dpr) or not (dpr == -1 or 0.0 <= dpr < 1.0):
-        _fail('model.drop_path_rate', dpr, 'use a rate in [0, 1), or -1 for the size default')
+    if dpr is not None and (not _is_number(dpr) or not 0.0 <= dpr < 1.0):
+        _fail('model.drop_path_rate', dpr, 'use a rate in [0, 1), or None for the size default')
     clip = _get(cfg, 'optim.clip_norm')
-    if not _is_number(clip):
-        _fail('optim.clip_norm', clip, 'must be a finite number (<= 0: no clipping)')
+    if clip is not None and (not _is_number(clip) or not clip > 0):
+        _fail('optim.clip_norm', clip, 'must be a finite number > 0, or None for no clipping')
+    _validate_evaluators(cfg)
     _validate_data(cfg)
     for axis in _MESH_AXES:
         v = _get(cfg, f'mesh.{axis}')
@@ -161,11 +162,6 @@ def validate(cfg, *, check_paths: bool = True) -> None:
     if cfg.model.arch == 'temporal_head' and cfg.model.mask not in ('frame', 'multimodal'):
         _fail('model.mask', cfg.model.mask, "temporal_head needs a within-frame mask: "
               "'frame' or 'multimodal' (frames meet only in the temporal module)")
-    if cfg.model.kind == 'mano' and cfg.eval.dataset == '3dpw':
-        _fail('eval.dataset', cfg.eval.dataset, "is a body dataset; model.kind='mano' needs "
-              "'freihand' or 'hint'")
-    if cfg.model.kind == 'smpl' and cfg.eval.dataset != '3dpw':
-        _fail('eval.dataset', cfg.eval.dataset, "model.kind='smpl' is evaluated on '3dpw'")
     try:
         config = model_config(cfg)
         optim_config(cfg)
@@ -176,6 +172,33 @@ def validate(cfg, *, check_paths: bool = True) -> None:
     _check_arch(cfg, config)
     if check_paths:
         check_paths_exist(cfg)
+
+
+def _validate_evaluators(cfg) -> None:
+    if 'evaluators' not in cfg:
+        raise ConfigError('config.evaluators: missing (configs/common.py defines every field)')
+    for name, e in cfg.evaluators.items():
+        field = f'evaluators.{name}'
+        if not _EVALUATOR_NAME.match(name):
+            _fail(field, name, 'an evaluator name uses letters, digits and _ only')
+        if not hasattr(e, 'keys') or sorted(e.keys()) != sorted(_EVALUATOR_FIELDS):
+            _fail(field, e, f'must have exactly the fields {_EVALUATOR_FIELDS} '
+                  '(configs/common.py: evaluator())')
+        protocol = eval_protocols.PROTOCOLS.get(e.dataset)
+        if protocol is None:
+            _fail(f'{field}.dataset', e.dataset, f'use one of {tuple(eval_protocols.PROTOCOLS)}')
+        if protocol.kind != cfg.model.kind:
+            _fail(f'{field}.dataset', e.dataset, f'scores {protocol.kind} models; '
+                  f'model.kind={cfg.model.kind!r} needs one of '
+                  f'{[n for n, p in eval_protocols.PROTOCOLS.items() if p.kind == cfg.model.kind]}')
+        if not isinstance(e.split, str) or not e.split:
+            _fail(f'{field}.split', e.split, 'must be a non-empty string')
+        if e.every is not None and (not _is_int(e.every) or e.every < 0):
+            _fail(f'{field}.every', e.every, 'must be an int >= 0 (0: never), or None for the '
+                  'start and the end of the run')
+        if e.max_frames is not None and (not _is_int(e.max_frames) or e.max_frames < 1):
+            _fail(f'{field}.max_frames', e.max_frames, 'must be an int >= 1, or None for the '
+                  'whole split')
 
 
 def _validate_data(cfg) -> None:
@@ -216,7 +239,7 @@ def _check_arch(cfg, config: extpose.ExtPoseConfig) -> None:
 
 
 def _shown(field: str, value):
-    return -1 if field == 'model.window' and value is None else repr(value)
+    return repr(value)
 
 
 def check_paths_exist(cfg) -> None:
@@ -260,13 +283,13 @@ def is_resolved(cfg) -> bool:
 
 def _mask_spec(cfg) -> masks.MaskSpec:
     m = cfg.model
-    return masks.MaskSpec(m.mask, window=None if m.window < 0 else int(m.window), causal=bool(m.causal))
+    return masks.MaskSpec(m.mask, window=m.window, causal=bool(m.causal))
 
 
 def model_config(cfg) -> extpose.ExtPoseConfig:
     m = cfg.model
     overrides = {'dtype': DTYPES[m.dtype], 'attention': m.attention, 'remat': bool(m.remat)}
-    if m.drop_path_rate >= 0:
+    if m.drop_path_rate is not None:
         overrides['drop_path_rate'] = float(m.drop_path_rate)
     return extpose.ExtPoseConfig(
         vit=vit.ViTConfig.of(m.size, **overrides), kind=m.kind, mask=_mask_spec(cfg),
@@ -284,7 +307,7 @@ def optim_config(cfg) -> optim.OptimConfig:
     return optim.OptimConfig(
         lr=float(o.lr), weight_decay=float(o.weight_decay), schedule=o.schedule,
         warmup_steps=int(o.warmup_steps), total_steps=int(cfg.train.steps),
-        clip_norm=float(o.clip_norm) if o.clip_norm > 0 else None, trainable=o.trainable,
+        clip_norm=None if o.clip_norm is None else float(o.clip_norm), trainable=o.trainable,
         extra_trainable=tuple(_new_param_patterns(cfg)))
 
 
@@ -312,14 +335,61 @@ def loss_weights(cfg) -> losses.LossWeights:
     return losses.LossWeights(**{n: float(cfg.loss[n]) for n in names})
 
 
-def eval_kwargs(cfg, *, max_frames: Optional[int] = None, pose_source: Optional[str] = None) -> dict:
-    """evaluate.evaluate's window and input settings from cfg.eval / cfg.data, for every entry
-    point alike (a command-line max_frames / pose_source overrides the config's)."""
-    e = cfg.eval
-    if max_frames is None and e.max_frames > 0:
-        max_frames = int(e.max_frames)
-    return dict(num_frames=cfg.data.num_frames, hop=None if e.hop < 0 else int(e.hop),
-                max_frames=max_frames, pose_source=pose_source or cfg.data.pose_source,
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """One entry of cfg.evaluators: a protocol's dataset / split scored at a cadence."""
+    name: str
+    dataset: str
+    split: str
+    every: Optional[int]         # None: the start and the end; n: also every n steps; 0: never
+    max_frames: Optional[int]
+
+    def due(self, step: int, total_steps: int) -> bool:
+        """Evaluate after `step` of `total_steps` training steps (0: before the first)?"""
+        if self.every == 0:
+            return False
+        return step in (0, total_steps) or bool(self.every) and step % self.every == 0
+
+    @property
+    def headline(self) -> str:
+        """The metrics key of the protocol's one summary number."""
+        return f'{self.dataset}/{eval_protocols.PROTOCOLS[self.dataset].headline}'
+
+    def tag(self, key: str) -> str:
+        """A metrics key as a TensorBoard tag: eval/<evaluator name>/<metric>."""
+        prefix = f'{self.dataset}/'
+        return f'eval/{self.name}/{key[len(prefix):] if key.startswith(prefix) else key}'
+
+
+def evaluators(cfg, *, active_only: bool = True) -> list[Evaluator]:
+    """cfg.evaluators in config order; active_only drops those with every == 0."""
+    out = [Evaluator(name, e.dataset, e.split, e.every, e.max_frames)
+           for name, e in cfg.evaluators.items()]
+    return [e for e in out if e.every != 0] if active_only else out
+
+
+def evaluator(cfg, name: Optional[str] = None) -> Evaluator:
+    """The named evaluator (any cadence), or the config's first one when name is None."""
+    every = evaluators(cfg, active_only=False)
+    if not every:
+        raise ConfigError('config.evaluators: empty; name a held-out evaluation '
+                          '(configs/common.py: evaluator())')
+    if name is None:
+        return every[0]
+    for e in every:
+        if e.name == name:
+            return e
+    raise ConfigError(f'config.evaluators.{name}: no such evaluator; the config has '
+                      f'{[e.name for e in every]}')
+
+
+def eval_kwargs(cfg, ev: Evaluator, *, max_frames: Optional[int] = None,
+                pose_source: Optional[str] = None) -> dict:
+    """evaluate.evaluate's window and input settings from cfg.eval / the evaluator / cfg.data,
+    for every entry point alike (a command-line max_frames / pose_source overrides the config's)."""
+    return dict(num_frames=cfg.data.num_frames, hop=cfg.eval.hop,
+                max_frames=max_frames or ev.max_frames,
+                pose_source=pose_source or cfg.data.pose_source,
                 skip_corrupt=bool(cfg.data.skip_corrupt))
 
 

@@ -110,6 +110,8 @@ class ThreeDPW:
     the neutral model, as HMR 2.0 evaluates. The acceleration error is averaged over every
     frame whose two neighbours are consecutive frames of the same track with GT joints."""
     name = '3dpw'
+    kind = 'smpl'              # the model kind it scores
+    headline = 'pa_mpjpe'      # the one number a run's summary line shows (<name>/<headline>)
     needs_gt_mesh = True
     record_fields = ('gender',)
     _ROWS = {'accel/track': ((2,), np.int64), 'accel/frame': ((), np.int64),
@@ -192,6 +194,8 @@ class FreiHAND:
     """FreiHAND. GT joints are the records' kp3d (21, OpenPose order); GT vertices come from the
     right MANO at the record's pose and betas (left hands arrive mirrored, as predicted)."""
     name = 'freihand'
+    kind = 'mano'
+    headline = 'pa_mpjpe'
     needs_gt_mesh = True
     record_fields = ()
 
@@ -240,6 +244,8 @@ class HInt:
     batch's affine) keep their ratio. VIS: keypoints with visible GT (kp2d conf > 0.5); OCC:
     annotated but occluded (kp2d_occluded > 0.5); ALL: either."""
     name = 'hint'
+    kind = 'mano'
+    headline = 'pck@0.1/all'
     needs_gt_mesh = False
     record_fields = ('box', 'kp2d_occluded', 'sequence')
     subsets = ('all', 'vis', 'occ')

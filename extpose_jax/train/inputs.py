@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 
-from data_pipelines import convert_common, pipeline, records
+from data_pipelines import pipeline, records
 from extpose_jax import body_models, errors
+from extpose_jax.train import config as config_lib
 
 
 class InputError(errors.UserError):
@@ -19,27 +20,24 @@ class InputError(errors.UserError):
 
 
 def _body_model_files(kind: str, evaluate: bool) -> list:
-    """(what, resolver) per file the run loads: the model predictions go through, HMR 2.0's
+    """The body_models.MODEL_FILES the run loads: the model predictions go through, HMR 2.0's
     extra joints, and 3DPW's gendered ground-truth bodies when evaluating."""
     if kind == 'mano':
-        return [('MANO_RIGHT', lambda d: body_models._resolve(d, ['MANO_RIGHT']))]
-    genders = ('neutral', 'male', 'female') if evaluate else ('neutral',)
-    files = [(f'SMPL_{g.upper()}', lambda d, g=g: body_models._resolve(d, [f'SMPL_{g.upper()}']))
-             for g in genders]
-    return files + [('SMPL_to_J19.pkl', lambda d: convert_common._find_file(d, ['SMPL_to_J19.pkl']))]
+        return ['MANO_RIGHT']
+    genders = ('NEUTRAL', 'MALE', 'FEMALE') if evaluate else ('NEUTRAL',)
+    return [f'SMPL_{g}' for g in genders] + ['SMPL_to_J19']
 
 
 def check_body_models(cfg, body_models_dir: str) -> None:
     field = 'body_models'
     if not os.path.isdir(body_models_dir):
         raise InputError(f'config.{field}={body_models_dir!r}: no such directory')
-    for what, find in _body_model_files(cfg.model.kind, cfg.train.eval_every != 0):
+    for name in _body_model_files(cfg.model.kind, bool(config_lib.evaluators(cfg))):
         try:
-            find(body_models_dir)
-        except FileNotFoundError:
-            raise InputError(f'config.{field}={body_models_dir!r}: no {what} model file in it '
-                             f'(nor in its smpl/ or mano/ folder); model.kind={cfg.model.kind!r} '
-                             'needs it') from None
+            body_models.find_model_file(body_models_dir, name)
+        except body_models.ModelFileNotFound as e:
+            raise InputError(f'config.{field}={body_models_dir!r}: {e}; '
+                             f'model.kind={cfg.model.kind!r} needs it') from None
 
 
 def check_split(records_root: str, name: str, split: str, field: str) -> int:
@@ -56,12 +54,12 @@ def check_split(records_root: str, name: str, split: str, field: str) -> int:
 
 
 def check(cfg, body_models_dir: str, records_root: str) -> None:
-    """Every training dataset has cfg.data.split with records (and the evaluation dataset its
-    cfg.eval.split, when the run evaluates); the body-model folder has what cfg needs."""
+    """Every training dataset has cfg.data.split with records (and every active evaluator's
+    dataset its split); the body-model folder has what cfg needs."""
     if not os.path.isdir(records_root):
         raise InputError(f'config.data.root={records_root!r}: no such directory')
     for name, _ in cfg.data.datasets:
         check_split(records_root, name, cfg.data.split, 'data.datasets')
-    if cfg.train.eval_every != 0:
-        check_split(records_root, cfg.eval.dataset, cfg.eval.split, 'eval.dataset')
+    for ev in config_lib.evaluators(cfg):
+        check_split(records_root, ev.dataset, ev.split, f'evaluators.{ev.name}')
     check_body_models(cfg, body_models_dir)

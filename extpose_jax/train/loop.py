@@ -18,7 +18,7 @@ import numpy as np
 
 from data_pipelines import pipeline
 from extpose_jax import errors
-from extpose_jax.convert.keymap import DISCRIMINATOR
+from extpose_jax.models.discriminator import DISCRIMINATOR
 from extpose_jax.train import checkpoint as ckpt_lib
 from extpose_jax.train import collectives
 from extpose_jax.train import config as config_lib
@@ -153,39 +153,40 @@ def init_from(state, shardings, path: str, new_param_prefixes=(), log: Callable 
     return state.replace(disc_params=disc_params)
 
 
-def run_eval(cfg, task, state, step: int, workdir: str, body_models_dir: str, records_root: str,
-             writer, log: Callable) -> dict:
-    """Evaluates on cfg.eval on every process, the model sharded as the state is (nothing is
+def run_eval(cfg, ev: config_lib.Evaluator, task, state, step: int, workdir: str,
+             body_models_dir: str, records_root: str, writer, log: Callable) -> dict:
+    """Evaluator `ev` on every process, the model sharded as the state is (nothing is
     gathered): each process scores its share of the windows and every process returns the same
-    metrics; process 0 writes eval/step_<n>/metrics.json and the overlays (from its share)."""
+    metrics; process 0 writes eval/<name>/step_<n>/metrics.json and the overlays (its share)."""
     from extpose_jax.train import evaluate
     variables = model_variables(state)
     shardings = jax.tree.map(lambda x: x.sharding, variables)
     mesh = jax.tree.leaves(shardings)[0].mesh
-    e = cfg.eval
-    out_dir = os.path.join(workdir, 'eval', f'step_{step}')
+    out_dir = os.path.join(workdir, 'eval', ev.name, f'step_{step}')
     metrics = evaluate.evaluate(
         task_lib.make_sharded_predict_fn(cfg, variables, shardings, mesh, task),
-        records_dir=os.path.join(records_root, e.dataset), split=e.split,
-        body_models_dir=body_models_dir, batch_size=task_lib.eval_batch_size(e.batch_size, mesh, log),
-        overlays=e.overlays, overlay_dir=os.path.join(out_dir, 'overlays'), log=log,
-        **config_lib.eval_kwargs(cfg))
+        records_dir=os.path.join(records_root, ev.dataset), split=ev.split,
+        body_models_dir=body_models_dir,
+        batch_size=task_lib.eval_batch_size(cfg.eval.batch_size, mesh, log),
+        overlays=cfg.eval.overlays, overlay_dir=os.path.join(out_dir, 'overlays'), log=log,
+        **config_lib.eval_kwargs(cfg, ev))
     if jax.process_index() != 0:
         return metrics
     evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
-    evaluate.write_metrics_json(os.path.join(workdir, 'eval', 'metrics.json'), {'step': step, **metrics})
-    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()
+    evaluate.write_metrics_json(os.path.join(workdir, 'eval', ev.name, 'metrics.json'),
+                                {'step': step, **metrics})
+    writer.write_scalars(step, {ev.tag(k): v for k, v in metrics.items()
                                 if isinstance(v, (int, float))})
     # The overall numbers only ('hint/pck@0.1/all', not per source); metrics.json has them all.
-    log(f'eval at step {step}: ' + ', '.join(f'{k} {v:.2f}' for k, v in metrics.items()
-                                             if isinstance(v, float) and k.count('/') <= 2))
+    log(f'eval {ev.name} at step {step}: ' + ', '.join(
+        f'{k} {v:.2f}' for k, v in metrics.items() if isinstance(v, float) and k.count('/') <= 2))
     return metrics
 
 
 def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
           log: Callable = print) -> dict:
-    """Runs (or resumes) the config's training in workdir. Returns {'step', 'eval': {step: ...},
-    'stopped_early'}; on SIGTERM / preemption it checkpoints the current step and returns."""
+    """Runs (or resumes) the config's training in workdir. Returns {'step', 'eval': {evaluator
+    name: {step: metrics}}, 'stopped_early'}; on SIGTERM / preemption it checkpoints the current step and returns."""
     config_lib.validate(cfg)
     inputs.check(cfg, body_models_dir, records_root)  # before any model or output exists
     cfg = config_lib.resolved(cfg)  # grad_accum / eval batch: run_train passes the preflight's
@@ -223,16 +224,17 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
             log(f'initialised from {cfg.init.checkpoint}')
 
     # Logs past the restored step came from the killed run's lost steps: writers drop them.
-    evaluate_at_ends = cfg.train.eval_every != 0
     writer = writers.MetricWriter(workdir, jax.process_index(), start_step=start if resumed else None)
-    result = {'step': start, 'eval': {}, 'stopped_early': False}
+    evals = config_lib.evaluators(cfg)
+    result = {'step': start, 'eval': {e.name: {} for e in evals}, 'stopped_early': False}
 
-    def evaluate_now(step):
-        result['eval'][step] = run_eval(cfg, task, state, step, workdir, body_models_dir,
-                                        records_root, writer, log)
+    def evaluate_due(step):
+        for ev in evals:
+            if ev.due(step, cfg.train.steps):
+                result['eval'][ev.name][step] = run_eval(
+                    cfg, ev, task, state, step, workdir, body_models_dir, records_root, writer, log)
     if not resumed:
-        if evaluate_at_ends:
-            evaluate_now(0)
+        evaluate_due(0)
         checkpoints.save(0, state, data_iter, cfg, force=True)
 
     stop = _Stop(enabled=jax.process_count() == 1)
@@ -271,13 +273,12 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
                 log(f'stop requested: checkpointed step {done} in {checkpoints.directory}')
                 result['stopped_early'] = True
                 return result
-            if cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0 and done < cfg.train.steps:
-                evaluate_now(done)
+            if done < cfg.train.steps:
+                evaluate_due(done)
         divergence.flush()
         if checkpoints.latest_step() != cfg.train.steps:
             checkpoints.save(cfg.train.steps, state, data_iter, cfg, force=True)
-        if evaluate_at_ends:
-            evaluate_now(cfg.train.steps)
+        evaluate_due(cfg.train.steps)
         if jax.process_index() == 0:
             writers.plot_curves(writer.jsonl_path, os.path.join(workdir, 'curves.png'))
         return result

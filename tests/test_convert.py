@@ -16,14 +16,15 @@ from extpose_jax.models import discriminator, extpose, vit
 
 torch = pytest.importorskip('torch')
 
-SPEC_DIR = os.environ.get('EXTPOSE_SPEC_DIR', '/work/shared/spec')
+# The upstream checkpoints' layouts (key -> shape), copied from the project's spec into the tests.
+UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 # Tiny ViT at the real 256 x 192 input (193 position slots): what a small real checkpoint holds.
 TINY = vit.ViTConfig.of('tiny')
 
 
 @pytest.fixture(scope='module')
 def reference():
-    with open(os.path.join(SPEC_DIR, 'reference_state_dicts.json')) as f:
+    with open(UPSTREAM_LAYOUT) as f:
         return json.load(f)
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from extpose_jax.models import extpose, masks, vit
 
-SPEC = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'spec', 'reference_state_dicts.json')
+# HMR 2.0's checkpoint layout (key -> shape), copied from the project's spec into the tests.
+UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 TINY = vit.ViTConfig.of('tiny', image_size=(64, 48))  # 4 x 3 patches: fast on CPU
 
 
@@ -37,7 +38,7 @@ def tiny_variables():
 
 
 def test_vit_h_parameter_count_equals_hmr2_and_needs_no_new_parameters():
-    with open(SPEC) as f:
+    with open(UPSTREAM_LAYOUT) as f:
         ref = json.load(f)['hmr2']
     want = sum(int(np.prod(s)) for k, s in ref.items() if not k.startswith('discriminator.'))
     frames = jax.ShapeDtypeStruct((1, 2, 1, 256, 192, 3), jnp.float32)

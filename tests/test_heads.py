@@ -19,7 +19,8 @@ from torch import nn as tnn
 
 from extpose_jax.models import heads
 
-SPEC_JSON = '/work/shared/spec/reference_state_dicts.json'
+# The upstream checkpoints' layouts (key -> shape), copied from the project's spec into the tests.
+UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 KINDS = {'smpl': ('hmr2', 'smpl_head.', 24, 'body_pose'), 'mano': ('hamer', 'mano_head.', 16,
                                                                     'hand_pose')}
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -160,7 +161,7 @@ def make_torch_head(kind, seed=0):
 
 @pytest.fixture(scope='module')
 def reference():
-    with open(SPEC_JSON) as f:
+    with open(UPSTREAM_LAYOUT) as f:
         return json.load(f)
 
 

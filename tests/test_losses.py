@@ -13,7 +13,8 @@ import torch
 from extpose_jax import body_models, geometry, losses
 from extpose_jax.models import discriminator as D
 
-SPEC = Path('/work/shared/spec/reference_state_dicts.json')
+# The upstream checkpoints' layouts (key -> shape), copied from the project's spec into the tests.
+UPSTREAM_LAYOUT = Path(__file__).parent / 'fixtures' / 'reference_state_dicts.json'
 REF = {'smpl': 'hmr2', 'mano': 'hamer'}
 
 
@@ -55,7 +56,8 @@ def _rand_rotmats(rng, *shape):
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_discriminator_shapes_match_reference(kind):
     j = D.num_joints(kind)
-    ref = {k[len('discriminator.'):]: tuple(v) for k, v in json.loads(SPEC.read_text())[REF[kind]].items()
+    layout = json.loads(UPSTREAM_LAYOUT.read_text())[REF[kind]]
+    ref = {k[len('discriminator.'):]: tuple(v) for k, v in layout.items()
            if k.startswith('discriminator.')}
     kmap = D.discriminator_key_map(kind)
     assert [m[0] for m in kmap] == list(ref)  # same keys, same registration order

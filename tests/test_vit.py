@@ -23,7 +23,8 @@ except ImportError:  # only the PyTorch cross-checks skip (tests/run.sh installs
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason='PyTorch is not installed')
 
-SPEC_DIR = os.environ.get('EXTPOSE_SPEC_DIR', '/work/shared/spec')
+# HMR 2.0's checkpoint layout (key -> shape), copied from the project's spec into the tests.
+UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 TWO = ('rgb', 'skeleton')
 TINY = vit.ViTConfig.of('tiny')
 # 64x48 images -> 4 x 3 = 12 tokens per stream: the backward tests stay fast on a CPU.
@@ -213,7 +214,7 @@ def test_vit_huge_parameters_match_the_reference_state_dict():
         jax.random.key(0), jnp.zeros((1, 1, 256, 192, 3)), layout, MaskSpec('frame')))
     flat = traverse_util.flatten_dict(nn.unbox(boxed)['params'])
     assert sum(int(np.prod(v.shape)) for v in flat.values()) == 630_912_000
-    with open(os.path.join(SPEC_DIR, 'reference_state_dicts.json')) as f:
+    with open(UPSTREAM_LAYOUT) as f:
         ref = {k: tuple(v) for k, v in json.load(f)['hmr2'].items() if k.startswith('backbone.')}
     assert len(ref) == 389
     ours = {k: v.shape for k, v in keymap.to_torch(nn.unbox(boxed), vit_rows(vit.ViTConfig.of('huge'), 'backbone.')).items()}

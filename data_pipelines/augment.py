@@ -231,7 +231,8 @@ def output_intrinsics(full_to_out: np.ndarray, K: np.ndarray, r3: np.ndarray) ->
 def mirror_pose(pose: np.ndarray, body_model: str) -> np.ndarray:
     """Axis-angle pose of the mirrored subject. SMPL: left/right joints swapped and y, z negated
     (SPIN, skeletons.flip_smpl_pose). MANO: y, z negated only (a left hand seen in a mirror is a
-    right hand with the conjugated rotations; data_pipelines/synthetic/raw_3dpw.py uses the same rule)."""
+    right hand with the conjugated rotations; data_pipelines/synthetic/hands.py uses the same
+    rule)."""
     if body_model == 'smpl':
         return skeletons.flip_smpl_pose(np.asarray(pose))
     p = np.asarray(pose).reshape(-1, 3) * np.array([1.0, -1.0, -1.0], np.float32)

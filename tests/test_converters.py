@@ -37,7 +37,7 @@ HINT_PER_FOLDER = 2
 
 @pytest.fixture(scope="session")
 def raw(tmp_path_factory, body_model_dir):
-    from data_pipelines.synthetic import raw_3dpw
+    from data_pipelines.synthetic import raw_3dpw, raw_freihand, raw_hint
 
     root = tmp_path_factory.mktemp("raw")
     bmd = str(body_model_dir)
@@ -48,8 +48,8 @@ def raw(tmp_path_factory, body_model_dir):
         "hint": str(root / "HInt"),
     }
     raw_3dpw.write_3dpw(info["3dpw"], bmd, seed=0, sequences=SEQS_3DPW, frames=FRAMES_3DPW)
-    raw_3dpw.write_freihand(info["freihand"], bmd, seed=0, train=N_FH_TRAIN, evaluation=N_FH_EVAL)
-    info["hint_manifest"] = raw_3dpw.write_hint(
+    raw_freihand.write_freihand(info["freihand"], bmd, seed=0, train=N_FH_TRAIN, evaluation=N_FH_EVAL)
+    info["hint_manifest"] = raw_hint.write_hint(
         info["hint"], bmd, seed=0, per_folder=HINT_PER_FOLDER
     )["hands"]
     return info

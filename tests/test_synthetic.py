@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from data_pipelines.synthetic import raw_3dpw, render
+from data_pipelines.synthetic import raw_3dpw, raw_freihand, raw_hint, render
 from extpose_jax import body_models as bm
 from extpose_jax import skeletons
 
@@ -30,9 +30,9 @@ def _write_small(root, body_model_dir, seed):
     out = {
         '3dpw': raw_3dpw.write_3dpw(os.path.join(root, '3DPW'), body_model_dir, seed=seed,
                                      sequences=SEQS, frames=FRAMES, image_size=(W3, H3)),
-        'freihand': raw_3dpw.write_freihand(os.path.join(root, 'FreiHAND'), body_model_dir,
+        'freihand': raw_freihand.write_freihand(os.path.join(root, 'FreiHAND'), body_model_dir,
                                              seed=seed, train=FH_TRAIN, evaluation=FH_EVAL),
-        'hint': raw_3dpw.write_hint(os.path.join(root, 'HInt'), body_model_dir, seed=seed,
+        'hint': raw_hint.write_hint(os.path.join(root, 'HInt'), body_model_dir, seed=seed,
                                      per_folder=HINT_PER_FOLDER),
     }
     return out
@@ -416,7 +416,7 @@ def test_hint_keypoints_and_side_match_the_rendered_hands(synth, body_model_dir)
 
 
 def test_hint_ego4d_json_only(body_model_dir, tmp_path):
-    out = raw_3dpw.write_hint(str(tmp_path), str(body_model_dir), seed=3, per_folder=1,
+    out = raw_hint.write_hint(str(tmp_path), str(body_model_dir), seed=3, per_folder=1,
                                ego4d_images=False)
     for folder in os.listdir(out['root']):
         files = os.listdir(os.path.join(out['root'], folder))

@@ -14,12 +14,17 @@ Body models (procedural, not derived from the licensed models):
     bodies.py         SMPL / MANO model dicts and their files in the official layout
     legacy_pickle.py  Python-2 pickles in the byte format of the official files
 
-Raw datasets (rendered from those models):
+Raw datasets in the real layouts (rendered from those models; one module per dataset):
     render.py         a small CPU mesh renderer plus backgrounds, occluders and blur
-    raw_3dpw.py       raw 3DPW / FreiHAND / HInt folders in the real layouts
+    raw_common.py     what the writers share: per-item random streams, sizes, file writes
+    hands.py          hand designs shared by FreiHAND and HInt: grasp, orientation, forearm
+    raw_3dpw.py       3DPW: people walking and gesturing under a moving camera
+    raw_freihand.py   FreiHAND v2: one right hand, four versions per training image
+    raw_hint.py       HInt: one or two hands, keypoint occlusion from the depth map
+    world.py          all of it in one call (body models + the three datasets); the CLI
 
 The cached default:
     default_data.py   the raw datasets converted to records by the real converters, cached
 
-    python -m data_pipelines.synthetic.raw_3dpw --out DIR   body models + the three raw datasets
+    python -m data_pipelines.synthetic.world --out DIR [--seed S] [--large]
 """

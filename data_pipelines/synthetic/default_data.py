@@ -3,7 +3,7 @@
 A fresh machine has no licensed body models and no downloaded data, so training falls back to
 this. It runs the same converters as real data would, and caches everything under one folder:
 
-  <data_dir>/raw/{body_models,3DPW,FreiHAND,HInt}   raw_3dpw.write_all
+  <data_dir>/raw/{body_models,3DPW,FreiHAND,HInt}   world.write_all
   <data_dir>/records/{3dpw,freihand,hint}           convert_3dpw / convert_freihand / convert_hint
 
 The raw folder is complete once its marker exists (written last); the converters always run but
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from data_pipelines import convert_3dpw, convert_freihand, convert_hint, records
-from data_pipelines.synthetic import raw_3dpw
+from data_pipelines.synthetic import world
 
 _RAW_DONE = 'COMPLETE'
 _CONVERTERS = {'3dpw': convert_3dpw, 'freihand': convert_freihand, 'hint': convert_hint}
@@ -30,7 +30,7 @@ def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
         log(f'synthetic default: raw datasets cached in {raw_dir}')
     else:
         log(f'no dataset configured: rendering the synthetic default into {raw_dir}')
-        raw = raw_3dpw.write_all(raw_dir, seed=seed)
+        raw = world.write_all(raw_dir, seed=seed)
         with open(marker, 'w') as f:
             f.write(f'seed={seed}\n')
     out = {'body_models': raw['body_models']}

@@ -1,8 +1,11 @@
-"""Tests of extpose_jax/train/writers.py. Event files are read back by tensorboard's own reader
-(an independent decoder of the hand-written protos) and by records.py's CRC-checking scanner."""
+"""Tests of extpose_jax/train/writers.py. Event files (written with tensorboardX) are read back by
+tensorboard's own reader and protos and by records.py's CRC-checking scanner; curve PNGs are
+checked by their pixels; the progress bar by its text."""
 import io
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import ml_dtypes
@@ -63,7 +66,8 @@ def test_scalars_and_image_round_trip_through_tensorboard(tmp_path):
     (grey,) = acc.Images('val/grey')
     decoded = cv2.imdecode(np.frombuffer(grey.encoded_image_string, np.uint8),
                            cv2.IMREAD_UNCHANGED)
-    np.testing.assert_array_equal(decoded, image[..., 0])
+    assert (grey.height, grey.width) == (13, 17)
+    np.testing.assert_array_equal(decoded, np.dstack([image[..., 0]] * 3))   # stored as RGB
     (rgba,) = acc.Images('val/rgba')
     decoded = cv2.imdecode(np.frombuffer(rgba.encoded_image_string, np.uint8),
                            cv2.IMREAD_UNCHANGED)
@@ -109,6 +113,10 @@ def test_resume_hides_stale_steps_in_tensorboard(tmp_path):
             tb.scalars(step, {'loss': 100.0 + step})
     files = _event_files(tmp_path)
     assert len(files) == 2 and files[0] < files[1]
+    first = [event_pb2.Event.FromString(p)
+             for _, p in records.iter_framed(os.path.join(tmp_path, files[1]))][:2]
+    assert first[0].file_version == 'brain.Event:2'
+    assert first[1].step == 6 and first[1].session_log.status == event_pb2.SessionLog.START
     expected = [(s, float(s)) for s in range(1, 6)] + [(6, 106.0), (7, 107.0)]
     assert _scalars(_accumulate(tmp_path), 'loss') == expected
 
@@ -139,7 +147,8 @@ def test_jsonl_round_trip_append_and_torn_line(tmp_path):
     w.close()
     rows = W.read_jsonl(path)
     assert [r['step'] for r in rows] == [1, 2, 3]
-    assert rows[0] == {'step': 1, 'loss': 0.5, 'lr': 1e-4} and rows[1]['loss'] is None  # strict JSON
+    assert rows[0] == {'step': 1, 'loss': 0.5, 'lr': 1e-4}
+    assert rows[1]['loss'] is None   # NaN as null: strict JSON
 
     with open(path, 'a') as f:   # SIGKILL mid-write
         f.write('{"step": 4, "lo')
@@ -208,30 +217,115 @@ def test_metric_writer_resume_drops_stale_steps_in_both_logs(tmp_path):
 
 # ---------------------------------------------------------------- plots
 
+def _curve_mask(img):
+    # The curve is matplotlib's tab:blue (BGR 180, 119, 31), antialiased into the white; ink,
+    # grid and background are grey, with blue and red equal.
+    return img[..., 0].astype(int) - img[..., 2] > 60
 
-def test_plot_curves(tmp_path):
-    path = tmp_path / 'metrics.jsonl'
+
+def _has_curve(cell):
+    return _curve_mask(cell).sum() > 20
+
+
+def _cells(img, h, w):
+    return [img[r:r + h, c:c + w] for r in range(0, img.shape[0], h)
+            for c in range(0, img.shape[1], w)]
+
+
+def _training_log(path):
     w = W.JsonlWriter(path)
     for step in range(0, 500, 10):
-        w.write(step, {'loss': 2.0 * np.exp(-step / 100) + 0.01, 'loss/kp2d': 0.1})
+        w.write(step, {'loss': 2.0 * np.exp(-step / 100) + 0.01, 'loss_adv': 0.0,
+                       'num_frames': 16, 'lr': 1e-4 * min(1.0, step / 100)})
         if step % 100 == 0:
-            w.write(step, {'eval/pa_mpjpe': 90.0 - step / 10})
-    w.write(500, {'loss': float('nan')})
+            w.write(step, {'eval/pa_mpjpe': 90.0 - step / 10, 'eval/num_windows': 12})
+    w.write(500, {'loss': float('nan'), 'loss_adv': float('inf')})
     w.close()
-    png = tmp_path / 'curves.png'
+
+
+def test_moving_metrics_drop_flat_series(tmp_path):
+    path = tmp_path / 'metrics.jsonl'
+    _training_log(path)
+    assert W.moving_metrics(W.read_jsonl(path, dedupe=True)) == ['loss', 'lr', 'eval/pa_mpjpe']
+    assert W.moving_metrics([{'step': 1, 'a': 1.0}, {'step': 2, 'a': None}]) == []
+
+
+def test_plot_curves_one_panel_per_moving_metric(tmp_path):
+    path, png = tmp_path / 'metrics.jsonl', tmp_path / 'curves.png'
+    _training_log(path)
     shape = W.plot_curves(path, png, panel_size=(300, 200), cols=2)
     img = cv2.imread(os.fspath(png))
-    assert img is not None and img.shape[:2] == shape == (400, 600)   # 3 panels in 2 columns
-    panels = [img[:200, :300], img[:200, 300:], img[200:, :300]]
-    for p in panels:   # every panel has ink and some of the curve colour
-        assert (p < 128).any() and ((p[..., 0].astype(int) - p[..., 2]) > 100).any()
-    assert (img[200:, 300:] == 255).all()   # the unused fourth cell stays blank
+    # 3 of the 6 series move (flat num_frames / num_windows and an all-zero loss_adv are left
+    # out): 3 panels in 2 columns, 2 rows; with all 6 it would be 3 rows.
+    assert img is not None and img.shape[:2] == shape == (400, 600)
+    cells = _cells(img, 200, 300)
+    assert [_has_curve(c) for c in cells] == [True, True, True, False]
+    for c in cells[:3]:   # each panel has dark ink (frame, ticks, title)
+        assert (c.max(-1) < 80).sum() > 200
+    assert (cells[3] == 255).all()   # the unused fourth cell stays blank
 
-    W.plot_curves(path, png, keys=['eval/pa_mpjpe'], log_y=False)
-    assert cv2.imread(os.fspath(png)).shape[:2] == (260, 420)
+    shape = W.plot_curves(path, png, keys=['num_frames'], log_y=False)   # asked for: drawn flat
+    img = cv2.imread(os.fspath(png))
+    assert shape == img.shape[:2] == (260, 420) and _has_curve(img)
     with pytest.raises(ValueError, match="no finite values of metric 'nope'"):
         W.plot_curves(path, png, keys=['nope'])
     assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
+
+
+def test_plot_curves_log_scale_spans_decades(tmp_path):
+    # A loss from 1e3 down to 1e-1: on a log axis the curve is a straight line, so its pixel
+    # rows at 0%, 50% and 100% of the steps are evenly spaced; on a linear axis they are not.
+    path = tmp_path / 'metrics.jsonl'
+    w = W.JsonlWriter(path)
+    for step in range(0, 401):
+        w.write(step, {'loss': 1e3 * 10 ** (-step / 100)})
+    w.close()
+
+    def rows_at_thirds(log_y):
+        png = tmp_path / f'{log_y}.png'
+        W.plot_curves(path, png, log_y=log_y, panel_size=(600, 400))
+        img = cv2.imread(os.fspath(png))
+        mask = _curve_mask(img)
+        cols = np.flatnonzero(mask.any(0))
+        at = [cols[0] + 2, (cols[0] + cols[-1]) // 2, cols[-1] - 2]
+        return [np.flatnonzero(mask[:, c]).mean() for c in at]
+
+    top, mid, bottom = rows_at_thirds('auto')
+    assert abs((mid - top) - (bottom - mid)) < 4
+    top, mid, bottom = rows_at_thirds(False)
+    assert (bottom - mid) < 0.1 * (mid - top)
+
+
+def test_plot_curves_when_nothing_moves(tmp_path):
+    path, png = tmp_path / 'metrics.jsonl', tmp_path / 'curves.png'
+    path.write_text('{"step": 1, "loss": 1.0, "lr": 0.1}\n')
+    assert W.plot_curves(path, png) == (260, 420)   # a note instead of a failed run's end
+    img = cv2.imread(os.fspath(png))
+    assert (img.max(-1) < 80).any() and not _has_curve(img)
+    path.write_text('')
+    with pytest.raises(ValueError, match='no metrics to plot'):
+        W.plot_curves(path, png)
+
+
+def test_headless_and_without_torch(tmp_path):
+    # A fresh interpreter: no pyplot (a display backend that cannot load must not matter) and no
+    # torch pulled in by tensorboardX.
+    code = f"""if True:
+        import sys
+        from extpose_jax.train import writers as W
+        with W.MetricWriter({os.fspath(tmp_path)!r}, 0) as mw:
+            for s in range(3):
+                mw.write_scalars(s, {{'loss': 1.0 / (s + 1)}})
+        print(W.plot_curves(mw.jsonl_path, {os.fspath(tmp_path / 'c.png')!r}))
+        print(sorted(m for m in ('torch', 'matplotlib.pyplot') if m in sys.modules))
+    """
+    env = {**os.environ, 'MPLBACKEND': 'module://no_such_backend', 'DISPLAY': ''}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, '-c', code], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split('\n')
+    assert out[:2] == ['(260, 420)', '[]']
+    assert _scalars(_accumulate(tmp_path / 'tensorboard'), 'loss') == [
+        (0, 1.0), (1, np.float32(0.5)), (2, np.float32(1 / 3))]
 
 
 # ---------------------------------------------------------------- progress
@@ -257,7 +351,7 @@ def test_format_duration():
     assert W.format_duration(float('inf')) == '?'
 
 
-def test_progress_lines_rate_and_eta():
+def test_progress_in_a_log_file_rate_and_eta():
     clock, out = _Clock(), io.StringIO()
     p = W.Progress(1001, start_step=100, every_s=5.0, stream=out, clock=clock)
     clock.t = 30.0   # the first (compiling) step took 30 s: excluded from the rate
@@ -265,10 +359,17 @@ def test_progress_lines_rate_and_eta():
     for step in range(102, 121):   # then 0.5 s per step
         clock.t += 0.5
         p.update(step, loss=None if step < 111 else 1.25)
-    lines = out.getvalue().splitlines()
-    assert lines == [   # at the first update, then every 5 s (step 111 at t = 35)
-        'step 101/1001 (10.1%) | ? steps/s | ETA ? | loss 1.5',
-        'step 111/1001 (11.1%) | 2 steps/s | ETA 0:07:25 | loss 1.25']
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert '\r' not in text and len(lines) == 2   # the first update, then step 111 at t = 35
+    assert '101/1001' in lines[0] and 'loss 1.5' in lines[0] and '?' in lines[0]
+    # 2 steps/s; 890 steps left -> 445 s = 07:25; 5 s since the first update.
+    assert '111/1001' in lines[1] and 'loss 1.25' in lines[1]
+    assert '2.00step/s' in lines[1] and '[00:05<07:25' in lines[1]
+    assert p.sec_per_step == pytest.approx(0.5)
+    p.close()
+    assert out.getvalue().splitlines()[-1].startswith('train:  12%') and '120/1001' in (
+        out.getvalue().splitlines()[-1])
 
 
 def test_progress_redraws_on_a_terminal():
@@ -277,7 +378,11 @@ def test_progress_redraws_on_a_terminal():
     for step in range(1, 11):
         clock.t += 1.0
         p.update(step, loss=10.0 / step)
-    p.close()
     text = out.getvalue()
-    assert text.count('\r') == 10 and text.count('\n') == 1 and text.endswith('\n')
-    assert 'step 10/10 (100.0%) | 1 steps/s | ETA 0:00:00 | loss 1' in text
+    assert text.endswith('\n') and text.count('\n') == 1   # reaching the end closed the bar
+    assert text.count('\r') >= 10   # redrawn in place at every report
+    last = text.rsplit('\r', 1)[1]
+    assert '10/10' in last and '100%' in last and 'loss 1' in last
+    p.update(10, loss=0.5)   # after the end: nothing more
+    p.close()
+    assert out.getvalue() == text

@@ -1,4 +1,4 @@
-"""Training logs: TensorBoard event files, a JSONL metrics file, a progress line, curve plots.
+"""Training logs: TensorBoard event files, a JSONL metrics file, a progress bar, curve plots.
 
     writer = MetricWriter(workdir, jax.process_index(), start_step=restored_step)
     writer.write_scalars(step, {'loss': loss, 'lr': lr})
@@ -6,79 +6,55 @@
     writer.close()
     plot_curves(f'{workdir}/metrics.jsonl', f'{workdir}/curves.png')
 
-Neither TensorFlow nor tensorboard is needed to write: Event protos are encoded here by hand (the
-few fields used) and framed as TFRecords by data_pipelines.records. Both files are flushed after
-every write, so a killed run leaves readable logs up to its last write.
+Event protos, their summaries and the TFRecord framing come from tensorboardX (no TensorFlow),
+the curves from matplotlib's Agg canvas, the progress bar from tqdm. Both log files are flushed
+after every write, so a killed run leaves readable logs up to its last write.
 
 Resuming: pass `start_step` (the step of the restored state). Steps after it were logged by a run
-that died before its next checkpoint; they are stale. TensorBoard drops them on its own when it
-reads a SessionLog START event (written here at start_step + 1), and JsonlWriter removes them from
-metrics.jsonl when it opens it.
+that died before its next checkpoint; they are stale. The event file starts with TensorBoard's
+purge marker (a SessionLog START at start_step + 1, what tensorboardX's `purge_step` writes), so
+TensorBoard drops them on its own, and JsonlWriter removes them from metrics.jsonl when it opens it.
 """
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
 import os
 import re
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from types import SimpleNamespace
 from typing import Self
 
-import cv2
 import numpy as np
+from tqdm import tqdm
 
 from data_pipelines import atomic_file
-from data_pipelines.records import frame_record
-
-# ---------------------------------------------------------------- protobuf wire format
-
-_VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1   # negative int64 values are sent as their 64-bit two's complement
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _key(field: int, wire: int) -> bytes:
-    return _varint(field << 3 | wire)
-
-
-def _pb_int(field: int, n: int) -> bytes:
-    return _key(field, _VARINT) + _varint(int(n))
-
-
-def _pb_double(field: int, x: float) -> bytes:
-    return _key(field, _FIXED64) + struct.pack('<d', x)
-
-
-def _pb_float(field: int, x: float) -> bytes:
-    return _key(field, _FIXED32) + struct.pack('<f', x)
-
-
-def _pb_bytes(field: int, data: bytes) -> bytes:
-    return _key(field, _BYTES) + _varint(len(data)) + data
-
-
-# Field numbers of tensorboard's event.proto / summary.proto (the messages TensorBoard reads).
-_EVENT_WALL_TIME, _EVENT_STEP, _EVENT_FILE_VERSION = 1, 2, 3
-_EVENT_SUMMARY, _EVENT_SESSION_LOG = 5, 7
-_SUMMARY_VALUE = 1
-_VALUE_TAG, _VALUE_SIMPLE, _VALUE_IMAGE = 1, 2, 4
-_IMAGE_HEIGHT, _IMAGE_WIDTH, _IMAGE_COLORSPACE, _IMAGE_ENCODED = 1, 2, 3, 4
-_SESSION_LOG_STATUS, _SESSION_START = 1, 1
-_COLORSPACES = {1: 1, 3: 3, 4: 4}   # channels -> Summary.Image colorspace (grey, RGB, RGBA)
 
 _EVENT_FILE = re.compile(r'^events\.out\.tfevents\.(\d+)\.')
+
+
+@functools.cache
+def _tbx() -> SimpleNamespace:
+    """tensorboardX's pieces, imported on first use: only process 0 writes events."""
+    # tensorboardX imports torch when it is installed, only for a type hint: seconds of import
+    # and a second framework runtime inside the JAX process. Hide it while tensorboardX loads.
+    hide_torch = 'torch' not in sys.modules
+    if hide_torch:
+        sys.modules['torch'] = None
+    try:
+        from tensorboardX import summary
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.record_writer import RecordWriter
+    finally:
+        if hide_torch:
+            del sys.modules['torch']
+    return SimpleNamespace(summary=summary, Event=Event, SessionLog=SessionLog,
+                           RecordWriter=RecordWriter)
 
 
 def _finite_or_none(value: float):
@@ -102,79 +78,85 @@ def _check_tag(tag) -> str:
     return tag
 
 
+# ---------------------------------------------------------------- TensorBoard
+
+
 class TensorBoardWriter:
-    """One TensorBoard event file in `logdir`: scalars and images, no TensorFlow needed."""
+    """One TensorBoard event file in `logdir`: scalars and images, written synchronously.
+
+    tensorboardX's SummaryWriter queues events for a background thread, and its flush() does not
+    wait for that queue, so a killed run could lose its last logs; this writes each event itself.
+    """
 
     def __init__(self, logdir, *, start_step: int | None = None):
+        tbx = _tbx()
         self.logdir = os.fspath(logdir)
         os.makedirs(self.logdir, exist_ok=True)
         # TensorBoard reads a directory's event files in name order and only purges events it has
-        # already read, so this file's name must sort after every earlier run's.
+        # already read, so this file's name must sort after every earlier run's (also one started
+        # in the same second, or on a host whose clock is behind).
         stamps = [int(m.group(1)) for m in map(_EVENT_FILE.match, os.listdir(self.logdir)) if m]
         stamp = max([int(time.time())] + [s + 1 for s in stamps])
         self.path = os.path.join(
             self.logdir, f'events.out.tfevents.{stamp:010d}.{socket.gethostname()}')
-        self._f = open(self.path, 'xb')  # noqa: SIM115 (open for the writer's life)
-        self._write_event(0, _pb_bytes(_EVENT_FILE_VERSION, b'brain.Event:2'))
+        # RecordWriter opens with 'wb': claim the name first so no earlier file is truncated.
+        with open(self.path, 'xb'):
+            pass
+        self._records = tbx.RecordWriter(self.path)
+        self._write(tbx.Event(step=0, file_version='brain.Event:2'))
         if start_step is not None:
-            log = _pb_int(_SESSION_LOG_STATUS, _SESSION_START)
-            self._write_event(int(start_step) + 1, _pb_bytes(_EVENT_SESSION_LOG, log))
+            start = tbx.SessionLog(status=tbx.SessionLog.START)
+            self._write(tbx.Event(step=int(start_step) + 1, session_log=start))
         self.flush()
 
-    def _write_event(self, step: int, what: bytes) -> None:
-        if self._f is None:
+    def _write(self, event) -> None:
+        if self._records is None:
             raise ValueError(f'TensorBoardWriter for {self.path} is closed')
-        event = _pb_double(_EVENT_WALL_TIME, time.time()) + _pb_int(_EVENT_STEP, step) + what
-        self._f.write(frame_record(event))
+        event.wall_time = time.time()
+        self._records.write(event.SerializeToString())
 
-    def _write_values(self, step: int, values: list[bytes]) -> None:
-        summary = b''.join(_pb_bytes(_SUMMARY_VALUE, v) for v in values)
-        self._write_event(int(step), _pb_bytes(_EVENT_SUMMARY, summary))
+    def _write_summary(self, step: int, summary) -> None:
+        self._write(_tbx().Event(step=int(step), summary=summary))
         self.flush()
 
     def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        values = [_pb_bytes(_VALUE_TAG, _check_tag(k).encode())
-                  + _pb_float(_VALUE_SIMPLE, _as_float(k, v))
+        if self._records is None:
+            raise ValueError(f'TensorBoardWriter for {self.path} is closed')
+        # One event for all of them, so a kill cannot leave half of one step's scalars.
+        values = [_tbx().summary.scalar(_check_tag(k), _as_float(k, v)).value[0]
                   for k, v in scalars.items()]
         if values:
-            self._write_values(step, values)
+            self._write_summary(step, _tbx().summary.Summary(value=values))
 
     def image(self, step: int, tag: str, image: np.ndarray) -> None:
-        """`image`: uint8 HxWx3 RGB (also HxW / HxWx1 grey, HxWx4 RGBA); stored as PNG."""
+        """`image`: uint8 HxWx3 RGB (also HxW / HxWx1 grey, HxWx4 RGBA); stored as PNG.
+
+        tensorboardX stores grey images as RGB (three equal channels).
+        """
         img = np.asarray(image)
         if img.ndim == 2:
             img = img[..., None]
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in _COLORSPACES:
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3, 4):
             raise ValueError(f'image {tag!r} must be uint8 HxWx3 RGB, HxW grey or HxWx4 RGBA, '
                              f'got {img.dtype} {np.shape(image)}')
-        h, w, c = img.shape
-        if c > 1:   # cv2 encodes BGR(A)
-            img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR if c == 3 else cv2.COLOR_RGBA2BGRA)
-        ok, png = cv2.imencode('.png', img)
-        if not ok:
-            raise ValueError(f'cv2.imencode could not encode image {tag!r} as PNG')
-        im = (_pb_int(_IMAGE_HEIGHT, h) + _pb_int(_IMAGE_WIDTH, w)
-              + _pb_int(_IMAGE_COLORSPACE, _COLORSPACES[c])
-              + _pb_bytes(_IMAGE_ENCODED, png.tobytes()))
-        self._write_values(step, [_pb_bytes(_VALUE_TAG, _check_tag(tag).encode())
-                                  + _pb_bytes(_VALUE_IMAGE, im)])
+        if self._records is None:
+            raise ValueError(f'TensorBoardWriter for {self.path} is closed')
+        self._write_summary(step, _tbx().summary.image(_check_tag(tag), img, dataformats='HWC'))
 
     def flush(self) -> None:
-        if self._f is not None:
-            self._f.flush()
+        if self._records is not None:
+            self._records.flush()
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        if self._records is not None:
+            self._records.close()
+            self._records = None
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
 # ---------------------------------------------------------------- JSONL
 
 
@@ -242,7 +224,8 @@ class JsonlWriter:
             raise ValueError(f"metric key 'step' is reserved (writing {self.path})")
         entry = {'step': int(step), **{_check_tag(k): _finite_or_none(_as_float(k, v))
                                        for k, v in scalars.items()}}
-        self._f.write(json.dumps(entry, allow_nan=False) + '\n')   # one write call: a kill tears at most this line
+        # One write call: a kill tears at most this line.
+        self._f.write(json.dumps(entry, allow_nan=False) + '\n')
         self._f.flush()
 
     def close(self) -> None:
@@ -291,7 +274,7 @@ class MetricWriter:
         self.close()
 
 
-# ---------------------------------------------------------------- progress line
+# ---------------------------------------------------------------- progress bar
 
 
 def format_duration(seconds: float) -> str:
@@ -302,77 +285,98 @@ def format_duration(seconds: float) -> str:
     return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
 
 
-class Progress:
-    """`step 1200/10000 (12.0%) | 3.41 steps/s | ETA 0:43:02 | loss 0.1234`, every `every_s`.
+class _LineStream:
+    """Turns tqdm's carriage-return redraws into one line per report, for log files."""
 
-    The first update() only starts the clock: it comes after the step that compiled. The rate is
-    an exponential moving average of seconds per step weighted by elapsed time (time constant
-    `smoothing_s`), so uneven update spacing (async dispatch) does not skew it. On a terminal the
-    line is redrawn with '\\r'; in a log file each report is its own line.
+    def __init__(self, stream):
+        self.stream = stream
+        self._last = None
+
+    def write(self, text: str) -> None:
+        text = text.replace('\r', '').rstrip()   # tqdm pads with spaces over a longer old line
+        # close() redraws the last report; on a terminal that overwrites it, here it would repeat.
+        if text and text != self._last:
+            self.stream.write(text + '\n')
+            self._last = text
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+class Progress:
+    """A tqdm bar over training steps with the last loss, redrawn at most every `every_s`.
+
+    The first update() only starts the bar: it comes after the step that compiled, which would
+    otherwise dominate the rate. tqdm smooths the rate per report; `smoothing_s` (a time
+    constant) becomes its factor for reports `every_s` apart. On a terminal the bar is redrawn in
+    place; in a log file each report is its own line.
     """
 
     def __init__(self, total_steps: int, start_step: int = 0, *, every_s: float = 10.0,
                  smoothing_s: float = 30.0, stream=None,
                  clock: Callable[[], float] = time.monotonic):
-        self.total, self.every_s, self.smoothing_s = int(total_steps), every_s, smoothing_s
+        self.total, self.every_s = int(total_steps), every_s
+        self.smoothing = 1.0 - math.exp(-every_s / smoothing_s) if smoothing_s > 0 else 1.0
         self.stream = sys.stderr if stream is None else stream
         self.clock = clock
         self.step = int(start_step)
-        self.sec_per_step: float | None = None
         self.loss = None
-        self._last_t = self._last_report = None
-        self._width = 0
+        self._bar: tqdm | None = None
+        self._started = False
         isatty = getattr(self.stream, 'isatty', None)
         self._tty = bool(isatty and isatty())
 
     def update(self, step: int, loss=None) -> None:
-        now = self.clock()
         if loss is not None:
-            self.loss = loss   # kept as given: float() on a device array waits for the step
-        if self._last_t is None:   # the first update comes after the compile step: no rate yet
-            self._last_t, self.step = now, int(step)
-        elif step > self.step:
-            dt = now - self._last_t
-            sample, w = dt / (step - self.step), 1.0 - math.exp(-dt / self.smoothing_s)
-            self.sec_per_step = (sample if self.sec_per_step is None
-                                 else self.sec_per_step + w * (sample - self.sec_per_step))
-            self._last_t, self.step = now, int(step)
-        if (self._last_report is None or now - self._last_report >= self.every_s
-                or self.step >= self.total):
-            self._last_report = now
-            self._emit(self.line())
+            self.loss = float(np.asarray(loss))
+        if self._bar is None:
+            if not self._started:
+                self._started, self.step = True, int(step)
+                self._bar = self._start_bar()
+                self._finish_if_done()
+            return
+        if self.loss is not None:
+            self._bar.set_postfix_str(f'loss {self.loss:.4g}', refresh=False)
+        if step > self.step:
+            self._bar.update(int(step) - self.step)
+            self.step = int(step)
+            self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        # Closing shows the last step at once, and its rate leaves out the final eval after it.
+        if self.step >= self.total:
+            self.close()
+
+    def _start_bar(self) -> tqdm:
+        bar = tqdm(total=self.total, initial=self.step, desc='train', unit='step',
+                   file=self.stream if self._tty else _LineStream(self.stream),
+                   mininterval=self.every_s, miniters=1, smoothing=self.smoothing,
+                   dynamic_ncols=self._tty, delay=0, leave=True,
+                   postfix=None if self.loss is None else f'loss {self.loss:.4g}')
+        # tqdm reads the time through `_time` (what tqdm's own tests replace); an injected clock
+        # makes rates reproducible. Its timer starts now, after the compiling step.
+        bar._time = self.clock
+        bar.start_t = bar.last_print_t = self.clock()
+        return bar
+
+    @property
+    def sec_per_step(self) -> float | None:
+        rate = self._bar.format_dict['rate'] if self._bar is not None else None
+        return 1.0 / rate if rate else None
 
     def line(self) -> str:
-        pct = 100.0 * self.step / self.total if self.total else 100.0
-        parts = [f'step {self.step}/{self.total} ({pct:.1f}%)']
-        if self.sec_per_step:
-            eta = (self.total - self.step) * self.sec_per_step
-            parts += [f'{1.0 / self.sec_per_step:.3g} steps/s', f'ETA {format_duration(eta)}']
-        else:
-            parts += ['? steps/s', 'ETA ?']
-        if self.loss is not None:
-            parts.append(f'loss {float(np.asarray(self.loss)):.4g}')
-        return ' | '.join(parts)
-
-    def _emit(self, text: str) -> None:
-        if self._tty:
-            self.stream.write('\r' + text.ljust(self._width))   # pad over a longer old line
-            self._width = len(text)
-        else:
-            self.stream.write(text + '\n')
-        self.stream.flush()
+        """The bar's current text (tqdm's own formatting)."""
+        if self._bar is None:
+            return f'train: {self.step}/{self.total} (starting)'
+        return str(self._bar)
 
     def close(self) -> None:
-        if self._tty and self._width:
-            self.stream.write('\n')
-            self.stream.flush()
-            self._width = 0
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 # ---------------------------------------------------------------- curve plots
-
-_INK, _GRID, _LINE = (40, 40, 40), (225, 225, 225), (180, 90, 20)   # BGR
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def _use_log(key: str, values: np.ndarray, log_y) -> bool:
@@ -387,68 +391,72 @@ def _use_log(key: str, values: np.ndarray, log_y) -> bool:
     return key in log_y
 
 
-def _draw_panel(img, x0, y0, w, h, title, xs, ys, log_y) -> None:
-    left, right, top, bottom = x0 + 62, x0 + w - 14, y0 + 26, y0 + h - 28
-    ty = np.log10(ys) if log_y else ys
-    xlo, xhi = float(xs.min()), float(xs.max())
-    ylo, yhi = float(ty.min()), float(ty.max())
-    if xhi == xlo:
-        xlo, xhi = xlo - 1, xhi + 1
-    pad = (yhi - ylo) * 0.05 or max(abs(yhi) * 0.05, 1e-3)   # flat series: centre it
-    ylo, yhi = ylo - pad, yhi + pad
-    px = lambda x: left + (x - xlo) / (xhi - xlo) * (right - left)
-    py = lambda y: bottom - (y - ylo) / (yhi - ylo) * (bottom - top)
-    cv2.putText(img, title, (x0 + 8, y0 + 17), _FONT, 0.45, _INK, 1, cv2.LINE_AA)
-    for t in np.linspace(ylo, yhi, 4):
-        y = round(py(t))
-        cv2.line(img, (left, y), (right, y), _GRID, 1)
-        label = f'{10 ** t if log_y else t:.3g}'
-        cv2.putText(img, label, (x0 + 4, y + 4), _FONT, 0.35, _INK, 1, cv2.LINE_AA)
-    for t in np.linspace(xlo, xhi, 4):
-        x = round(px(t))
-        cv2.line(img, (x, top), (x, bottom), _GRID, 1)
-        label = f'{t:.0f}'
-        cv2.putText(img, label, (x - 4 * len(label), bottom + 16), _FONT, 0.35, _INK, 1,
-                    cv2.LINE_AA)
-    cv2.rectangle(img, (left, top), (right, bottom), _INK, 1)
-    pts = np.stack([px(xs), py(ty)], -1).round().astype(np.int32)
-    cv2.polylines(img, [pts], False, _LINE, 1, cv2.LINE_AA)
-    if len(pts) <= 40:   # sparse series (eval metrics): mark each measurement
-        for p in pts:
-            cv2.circle(img, tuple(int(v) for v in p), 2, _LINE, -1, cv2.LINE_AA)
+def _series(entries: list[dict], key: str) -> np.ndarray:
+    """(n, 2) array of (step, value), non-finite values (logged as null) left out."""
+    pts = np.array([(e['step'], e[key]) for e in entries if e.get(key) is not None], np.float64)
+    pts = pts.reshape(-1, 2)
+    return pts[np.isfinite(pts[:, 1])]
+
+
+def moving_metrics(entries: list[dict]) -> list[str]:
+    """Keys whose finite values change, in order of first appearance: counters that never move
+    (num_frames) and a term that stays 0 throughout (an adversarial loss with weight 0) get no
+    panel."""
+    keys = dict.fromkeys(k for e in entries for k in e if k != 'step')
+    values = {k: _series(entries, k)[:, 1] for k in keys}
+    return [k for k, v in values.items() if len(v) and v.max() > v.min()]
 
 
 def plot_curves(jsonl_path, png_path, keys: Iterable[str] | None = None, *, log_y='auto',
                 cols: int = 3, panel_size: tuple[int, int] = (420, 260)) -> tuple[int, int]:
-    """Draws one panel per metric key (default: every key, in order of first appearance) of a
-    metrics.jsonl file into a PNG, written atomically; returns the image's (height, width).
+    """Plots metrics of a metrics.jsonl file against the step into a PNG, one panel per metric,
+    written atomically; returns the image's (height, width): panel_size times the grid.
 
-    log_y: 'auto' (log scale for keys containing 'loss' whose values are all > 0), True (every
-    all-positive key), False, or a collection of keys. Non-finite values are skipped.
+    keys: default every metric that changes (see moving_metrics); given keys are plotted even when
+    flat. log_y: 'auto' (log scale for keys containing 'loss' whose values are all > 0), True
+    (every all-positive key), False, or a collection of keys. Non-finite values are skipped.
     """
+    # Figure + the Agg canvas, not pyplot: no global backend switch, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     jsonl_path = os.fspath(jsonl_path)
     entries = read_jsonl(jsonl_path, dedupe=True)
-    if keys is None:
-        keys = list(dict.fromkeys(k for e in entries for k in e if k != 'step'))
-    keys = list(keys)
-    if not keys:
+    known = sorted({k for e in entries for k in e} - {'step'})
+    if not known:
         raise ValueError(f'{jsonl_path}: no metrics to plot')
-    w, h = panel_size
-    cols = min(cols, len(keys))
-    rows = -(-len(keys) // cols)
-    img = np.full((rows * h, cols * w, 3), 255, np.uint8)
-    for i, key in enumerate(keys):
-        pts = np.array([(e['step'], e[key]) for e in entries if key in e], np.float64)
-        pts = pts.reshape(-1, 2)
-        pts = pts[np.isfinite(pts[:, 1])]
-        if not len(pts):
-            known = sorted({k for e in entries for k in e} - {'step'})
+    keys = moving_metrics(entries) if keys is None else list(keys)
+    series = {}
+    for key in keys:
+        series[key] = _series(entries, key)
+        if not len(series[key]):
             raise ValueError(f'{jsonl_path}: no finite values of metric {key!r} (has {known})')
-        log = _use_log(key, pts[:, 1], log_y)
-        title = f'{key}{" (log)" if log else ""}  last {pts[-1, 1]:.4g}'
-        _draw_panel(img, (i % cols) * w, (i // cols) * h, w, h, title, pts[:, 0], pts[:, 1], log)
-    ok, png = cv2.imencode('.png', img)
-    if not ok:
-        raise ValueError(f'cv2.imencode could not encode the curves for {png_path}')
-    atomic_file.atomic_write(png_path, lambda f: f.write(png.tobytes()))
-    return img.shape[:2]
+    # One step axis for all panels, so sparse eval points line up with the training curves.
+    lo, hi = min(e['step'] for e in entries), max(e['step'] for e in entries)
+    pad = 0.03 * (hi - lo) or 1.0
+    w, h = panel_size
+    cols = max(1, min(cols, len(keys)))
+    rows = max(1, -(-len(keys) // cols))
+    dpi = 100
+    fig = Figure(figsize=(cols * w / dpi, rows * h / dpi), dpi=dpi, layout='constrained')
+    canvas = FigureCanvasAgg(fig)
+    for i, key in enumerate(keys):
+        steps, values = series[key].T
+        ax = fig.add_subplot(rows, cols, i + 1)
+        sparse = len(steps) <= 40   # eval metrics: mark each measurement
+        ax.plot(steps, values, color='tab:blue', lw=1.2, marker='o' if sparse else None, ms=3)
+        if _use_log(key, values, log_y):
+            ax.set_yscale('log')
+        ax.set_title(f'{key}   last {values[-1]:.4g}', fontsize=9, loc='left')
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_xlabel('step', fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if not keys:   # a run too short for any metric to change: say so instead of failing
+        note = f'no metric changed over {len(entries)} logged step(s)\n({", ".join(known)})'
+        fig.text(0.5, 0.5, note, ha='center', va='center', fontsize=9, wrap=True)
+    buf = io.BytesIO()
+    canvas.print_png(buf)
+    atomic_file.atomic_write(png_path, lambda f: f.write(buf.getvalue()))
+    width, height = canvas.get_width_height()
+    return height, width

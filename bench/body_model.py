@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data_pipelines.synthetic import bodies  # noqa: E402
+from data_pipelines.synthetic import body_files  # noqa: E402
 from extpose_jax import body_models  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main():
     from scipy.spatial.transform import Rotation
 
     with tempfile.TemporaryDirectory() as tmp:
-        bodies.write_body_models(tmp, seed=0)
+        body_files.write_body_models(tmp, seed=0)
         model = body_models.load_smpl(os.path.join(tmp, 'smpl', 'SMPL_NEUTRAL.pkl'))
         npz = os.path.join(tmp, 'smpl', 'SMPL_NEUTRAL.npz')
         with np.load(npz) as z:  # smplx reads only pickles from a path

@@ -4,10 +4,10 @@ import pytest
 
 @pytest.fixture(scope='session')
 def body_model_dir(tmp_path_factory):
-    """Procedural SMPL/MANO-format model files in the official layout (see synthetic/bodies.py)."""
-    from data_pipelines.synthetic import bodies
+    """Procedural SMPL/MANO-format model files in the official layout (synthetic/body_files.py)."""
+    from data_pipelines.synthetic import body_files
     out = tmp_path_factory.mktemp('body_models')
-    bodies.write_body_models(str(out), seed=0)
+    body_files.write_body_models(str(out), seed=0)
     return out
 
 

@@ -48,7 +48,9 @@ def raw(tmp_path_factory, body_model_dir):
         "hint": str(root / "HInt"),
     }
     raw_3dpw.write_3dpw(info["3dpw"], bmd, seed=0, sequences=SEQS_3DPW, frames=FRAMES_3DPW)
-    raw_freihand.write_freihand(info["freihand"], bmd, seed=0, train=N_FH_TRAIN, evaluation=N_FH_EVAL)
+    raw_freihand.write_freihand(
+        info["freihand"], bmd, seed=0, train=N_FH_TRAIN, evaluation=N_FH_EVAL
+    )
     info["hint_manifest"] = raw_hint.write_hint(
         info["hint"], bmd, seed=0, per_folder=HINT_PER_FOLDER
     )["hands"]

@@ -24,7 +24,7 @@ from test_records import make_record
 from test_safe_pickle import tiny_3dpw_sequence, tiny_model
 
 from data_pipelines import convert_3dpw, convert_freihand, convert_hint, records
-from data_pipelines.synthetic import bodies, legacy_pickle
+from data_pipelines.synthetic import body_files, legacy_pickle
 from extpose_jax import body_models, errors
 from extpose_jax.train import checkpoint
 
@@ -178,13 +178,13 @@ def test_body_model_pickles(tmp_path):
     model = tiny_model()
     want = {k: (v.toarray() if hasattr(v, 'toarray') else v) for k, v in model.items()}
     py2, py3 = str(tmp_path / 'SMPL_NEUTRAL.pkl'), str(tmp_path / 'MANO_RIGHT.pkl')
-    bodies.write_model_pkl(py2, model)
+    body_files.write_model_pkl(py2, model)
     with open(py3, 'wb') as f:
         f.write(pickle.dumps(model, protocol=2))
 
     def write_any(path, obj):  # the official writer, or plain pickle where it cannot take obj
         try:
-            bodies.write_model_pkl(path, obj)
+            body_files.write_model_pkl(path, obj)
         except (AttributeError, TypeError):
             _write_pickle(path, obj)
 
@@ -196,7 +196,7 @@ def test_body_model_pickles(tmp_path):
 def test_j19_regressor_pickle(tmp_path):
     want = np.random.default_rng(0).random((3, 5))
     path = str(tmp_path / 'SMPL_to_J19.pkl')
-    bodies.write_array_pkl(path, want)
+    body_files.write_array_pkl(path, want)
     fuzz('j19', [path], lambda: body_models.load_j19_regressor(path), want, 300, seed=2,
          structured={path: (want, _write_pickle)})
 

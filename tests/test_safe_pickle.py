@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse
 
 from data_pipelines import convert_3dpw, convert_common
-from data_pipelines.synthetic import bodies, legacy_pickle
+from data_pipelines.synthetic import body_files, legacy_pickle
 from extpose_jax import body_models, errors, safe_pickle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,8 +146,8 @@ print('RESULTS ' + json.dumps({'dropped': dropped, 'results': out}))
 def _good_files(tmp_path) -> dict:
     import torch
     model, j19, seq, ckpt = (tmp_path / n for n in ('good.pkl', 'good_j19.pkl', 'good_3dpw.pkl', 'good.ckpt'))
-    bodies.write_model_pkl(str(model), tiny_model())
-    bodies.write_array_pkl(str(j19), np.ones((2, 5)))
+    body_files.write_model_pkl(str(model), tiny_model())
+    body_files.write_array_pkl(str(j19), np.ones((2, 5)))
     seq.write_bytes(legacy_pickle.dumps(tiny_3dpw_sequence()))
     torch.save({'state_dict': {'w': torch.zeros(2)}}, ckpt)
     return {'model': str(model), 'j19': str(j19), '3dpw': str(seq), 'torch': str(ckpt)}

@@ -29,11 +29,11 @@ HINT_PER_FOLDER = 2
 def _write_small(root, body_model_dir, seed):
     out = {
         '3dpw': raw_3dpw.write_3dpw(os.path.join(root, '3DPW'), body_model_dir, seed=seed,
-                                     sequences=SEQS, frames=FRAMES, image_size=(W3, H3)),
+                                    sequences=SEQS, frames=FRAMES, image_size=(W3, H3)),
         'freihand': raw_freihand.write_freihand(os.path.join(root, 'FreiHAND'), body_model_dir,
-                                             seed=seed, train=FH_TRAIN, evaluation=FH_EVAL),
+                                                seed=seed, train=FH_TRAIN, evaluation=FH_EVAL),
         'hint': raw_hint.write_hint(os.path.join(root, 'HInt'), body_model_dir, seed=seed,
-                                     per_folder=HINT_PER_FOLDER),
+                                    per_folder=HINT_PER_FOLDER),
     }
     return out
 
@@ -84,7 +84,7 @@ def test_same_bytes_for_the_same_seed(synth, body_model_dir, tmp_path):
 
 def test_other_seed_other_data(synth, body_model_dir, tmp_path):
     out = raw_3dpw.write_3dpw(str(tmp_path / '3DPW'), str(body_model_dir), seed=1,
-                               sequences={'test': 1}, frames=2, image_size=(W3, H3))
+                              sequences={'test': 1}, frames=2, image_size=(W3, H3))
     (name,) = out['sequences']['test']
     with open(tmp_path / '3DPW' / 'sequenceFiles' / 'test' / f'{name}.pkl', 'rb') as f:
         other = pickle.load(f, encoding='latin1')
@@ -417,7 +417,7 @@ def test_hint_keypoints_and_side_match_the_rendered_hands(synth, body_model_dir)
 
 def test_hint_ego4d_json_only(body_model_dir, tmp_path):
     out = raw_hint.write_hint(str(tmp_path), str(body_model_dir), seed=3, per_folder=1,
-                               ego4d_images=False)
+                              ego4d_images=False)
     for folder in os.listdir(out['root']):
         files = os.listdir(os.path.join(out['root'], folder))
         has_jpg = any(f.endswith('.jpg') for f in files)
@@ -467,7 +467,7 @@ def test_render_lambert_shading_follows_the_light():
 
 def test_render_plane_horizon_and_occluders():
     K = _K(64, 48)
-    R, t = raw_3dpw.look_at([0, 1.5, 0], [0, 1.5, 10])      # level camera, 1.5 m above ground
+    R, t = raw_3dpw.look_at([0, 1.5, 0], [0, 1.5, 10])       # level camera, 1.5 m above ground
     img = np.zeros((48, 64, 3), np.uint8)
     tex = np.full((8, 8, 3), 200, np.uint8)
     depth = render.render_plane(img, K, R, t, [0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], tex, 1.0)

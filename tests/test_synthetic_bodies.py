@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.synthetic.bodies (CPU, a few seconds).
+"""Tests for data_pipelines.synthetic.bodies and body_files (CPU, a few seconds).
 
 The whole default set is generated once per module (write_body_models) and
 the tests read it back, in memory (npz) and through the legacy pickles.
@@ -15,6 +15,7 @@ import pytest
 import scipy.sparse
 
 from data_pipelines.synthetic import bodies as sb
+from data_pipelines.synthetic import body_files
 
 GENDERS = ('neutral', 'male', 'female')
 SMPL_KEYS = {'J_regressor_prior', 'f', 'J_regressor', 'kintree_table', 'J', 'weights_prior',
@@ -28,7 +29,7 @@ MANO_KEYS = {'hands_components', 'f', 'J_regressor', 'kintree_table', 'J', 'bs_s
 @pytest.fixture(scope='module')
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp('bodies')
-    return sb.write_body_models(out, seed=0)
+    return body_files.write_body_models(out, seed=0)
 
 
 @pytest.fixture(scope='module')
@@ -58,9 +59,9 @@ def mano():
 def test_written_files(written, tmp_path):
     expected = {f'smpl/SMPL_{g}.{e}' for g in ('NEUTRAL', 'MALE', 'FEMALE') for e in ('pkl', 'npz')}
     expected |= {'mano/MANO_RIGHT.pkl', 'mano/MANO_RIGHT.npz', 'SMPL_to_J19.pkl'}
-    assert set(written) == expected == set(sb.BODY_MODEL_FILES)
-    assert sb.body_models_complete(os.path.dirname(written['SMPL_to_J19.pkl']))
-    assert not sb.body_models_complete(tmp_path)
+    assert set(written) == expected == set(body_files.BODY_MODEL_FILES)
+    assert body_files.body_models_complete(os.path.dirname(written['SMPL_to_J19.pkl']))
+    assert not body_files.body_models_complete(tmp_path)
     for rel, path in written.items():
         assert os.path.isfile(path) and path.endswith(rel)
     leftovers = [n for r, _, fs in os.walk(os.path.dirname(written['SMPL_to_J19.pkl']))
@@ -401,7 +402,7 @@ def test_legacy_pickles_need_latin1_and_no_chumpy(written, npz, tmp_path):
         # ... and latin1 alone still wants chumpy
         assert r['plain_latin1'] in ('ImportError', 'ModuleNotFoundError')
         types = r['types']
-        for k in sb.CHUMPY_KEYS:
+        for k in body_files.CHUMPY_KEYS:
             assert types[k] == 'StubCh', k
         assert types['J_regressor'] == 'StubCSC'
         assert types['f'] == 'ndarray' and types['posedirs'] == 'ndarray'
@@ -496,7 +497,7 @@ def test_cli_arguments(monkeypatch, tmp_path, capsys):
     def fake(out_dir, seed=0):
         seen.update(out=out_dir, seed=seed)
         return {'x': os.path.join(out_dir, 'x')}
-    monkeypatch.setattr(sb, 'write_body_models', fake)
-    sb.main(['--out', str(tmp_path), '--seed', '3'])
+    monkeypatch.setattr(body_files, 'write_body_models', fake)
+    body_files.main(['--out', str(tmp_path), '--seed', '3'])
     assert seen == {'out': str(tmp_path), 'seed': 3}
     assert 'wrote 1 files' in capsys.readouterr().out

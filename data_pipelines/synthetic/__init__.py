@@ -11,7 +11,8 @@ Body models (procedural, not derived from the licensed models):
     mesh.py           cage modelling, Catmull-Clark, edge splits, fitting a mesh to an SDF
     anatomy.py        skeletons, cages and SDF shapes of the synthetic bodies and hands
     rigging.py        skinning weights, joint regressors, pose correctives
-    bodies.py         SMPL / MANO model dicts and their files in the official layout
+    bodies.py         SMPL / MANO model dicts with the official keys, shapes and vertex ids
+    body_files.py     those models as .pkl / .npz files in the official byte format; a CLI
     legacy_pickle.py  Python-2 pickles in the byte format of the official files
 
 Raw datasets in the real layouts (rendered from those models; one module per dataset):
@@ -27,4 +28,5 @@ The cached default:
     default_data.py   the raw datasets converted to records by the real converters, cached
 
     python -m data_pipelines.synthetic.world --out DIR [--seed S] [--large]
+    python -m data_pipelines.synthetic.body_files --out DIR [--seed S]
 """

@@ -2,16 +2,17 @@
 
 The project (JAX body models, dataset synthesis, tests against ``smplx``) needs
 ``SMPL_{NEUTRAL,MALE,FEMALE}.pkl``, ``MANO_RIGHT.pkl`` and ``SMPL_to_J19.pkl``.
-The real files cannot be redistributed, so this module *builds* files with the
-same keys, shapes, dtypes, vertex-id conventions and on-disk encodings (Python-2
-pickles holding chumpy and old-scipy objects) from simple anatomy, so that
-everything runs on a fresh machine with nothing downloaded.  Nothing here is
-derived from the licensed models; only their public file layout is mimicked.
+The real files cannot be redistributed, so this module (with body_files)
+*builds* files with the same keys, shapes, dtypes, vertex-id conventions and
+on-disk encodings (Python-2 pickles holding chumpy and old-scipy objects) from
+simple anatomy, so that everything runs on a fresh machine with nothing
+downloaded.  Nothing here is derived from the licensed models; only their
+public file layout is mimicked.
 
 How a mesh is made (the same recipe for the body and the hand; the generic
-steps are in mesh and sdf, the body's shapes in anatomy,
-skinning and regressors in rigging, the Python-2 pickle format in
-legacy_pickle; this module fixes topology and vertex ids and builds the files):
+steps are in mesh and sdf, the body's shapes in anatomy, skinning and
+regressors in rigging; this module fixes topology and vertex ids and builds
+the model dicts, body_files writes them):
 
 1. a coarse polygon *cage* is built by box modelling: a lattice box for the
    torso (or palm), then region extrusions for limbs, neck/head and palm;
@@ -45,34 +46,19 @@ The MANO right hand is the right hand of that T-pose: wrist at +x, fingers
 pointing along -x, palm facing -y (down), thumb towards +z, origin near the
 middle-finger knuckle.
 
-Files (write_body_models): the .pkl files are Python-2 pickles like the
-official ones (load with ``encoding='latin1'``; shapedirs, v_template, J and
-weights are ``chumpy.ch.Ch`` objects, J_regressor(_prior) are
-``scipy.sparse.csc.csc_matrix``), each with an .npz of plain dense arrays
-beside it.  smplx reads the npz files as follows: ``smplx.MANO(model_path=npz,
-ext='npz', ...)``; ``smplx.SMPL`` opens a model path with pickle only, so pass
-``data_struct=smplx.utils.Struct(**np.load(npz))``.  SMPL_to_J19.pkl is a plain
-(19, 6890) float64 array pickled the Python-3 way (loads with any encoding).
-
 Only numpy and scipy are used; the result is a deterministic function of the
-seed.  CLI: ``python -m data_pipelines.synthetic.bodies --out DIR [--seed S]``.
+seed.
 """
 from __future__ import annotations
 
 import functools
-import os
-import time
 
 import numpy as np
-import scipy.sparse
 import scipy.spatial
 
-from data_pipelines import atomic_file
 from data_pipelines.synthetic import anatomy
-from data_pipelines.synthetic import legacy_pickle
 from data_pipelines.synthetic import mesh as pm
 from data_pipelines.synthetic import rigging
-from extpose_jax import errors
 # The skeletons are part of this module's API (the real files' joint order).
 from data_pipelines.synthetic.anatomy import (  # noqa: F401
     FINGERS, MANO_JOINT_NAMES, MANO_PARENTS, SMPL_JOINT_NAMES, SMPL_PARENTS)
@@ -540,113 +526,3 @@ def make_mano(seed=0):
         'shapedirs': _mano_shapedirs(V, F, W, J, tips_world, 10, seed),
         'bs_type': 'lrotmin',
     }
-
-
-# --------------------------------------------------------------------------
-# Files: Python-2 era pickles (as the official ones) and npz
-# --------------------------------------------------------------------------
-
-# Arrays stored as chumpy objects in our .pkl files (the real SMPL files
-# have at least shapedirs as chumpy; v_template, J and weights are too here).
-CHUMPY_KEYS = ('shapedirs', 'v_template', 'J', 'weights')
-
-
-def _write_file(path, write_fn):
-    """Atomic write (a reader never sees a half-written model), making the
-    folder first."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_file.atomic_write(path, write_fn)
-
-
-def write_model_pkl(path, model):
-    """Write ``model`` as the official Python-2 pickle: keys and array
-    payloads as Python-2 str, CHUMPY_KEYS as chumpy.ch.Ch objects, sparse
-    regressors as scipy.sparse.csc.csc_matrix.  Needs encoding='latin1'."""
-    obj = {k: legacy_pickle.ChumpyArray(v)
-           if k in CHUMPY_KEYS and isinstance(v, np.ndarray) else v
-           for k, v in model.items()}
-    data = legacy_pickle.dumps(obj)
-    _write_file(path, lambda f: f.write(data))
-
-
-def write_array_pkl(path, array):
-    """Pickle a plain ndarray the way Python 3 / numpy 1.x did (bytes payload,
-    numpy.core path): loads with or without encoding='latin1'."""
-    data = legacy_pickle.dumps(np.asarray(array), py2_strings=False)
-    _write_file(path, lambda f: f.write(data))
-
-
-def _dense_model(model):
-    out = {}
-    for k, v in model.items():
-        if scipy.sparse.issparse(v):
-            out[k] = np.asarray(v.todense(), dtype=np.float64)
-        elif isinstance(v, np.ndarray):
-            out[k] = v
-        elif isinstance(v, str):
-            out[k] = np.array(v)
-        # dicts (pose_training_info) are not arrays: left out of the npz
-    return out
-
-
-def write_model_npz(path, model):
-    """Write ``model`` as an uncompressed npz of plain dense arrays (sparse
-    regressors densified, strings as 0-d unicode arrays), loadable without
-    pickle and by smplx."""
-    arrays = _dense_model(model)
-    _write_file(path, lambda f: np.savez(f, **arrays))
-
-
-BODY_MODEL_FILES = tuple(f'smpl/SMPL_{g}.{e}' for g in ('NEUTRAL', 'MALE', 'FEMALE')
-                         for e in ('pkl', 'npz')) + \
-    ('mano/MANO_RIGHT.pkl', 'mano/MANO_RIGHT.npz', 'SMPL_to_J19.pkl')
-
-
-def body_models_complete(out_dir):
-    """True if ``out_dir`` already holds every file write_body_models writes
-    (the writes are atomic, so a present file is a complete file)."""
-    return all(os.path.isfile(os.path.join(os.fspath(out_dir), rel)) for rel in BODY_MODEL_FILES)
-
-
-def write_body_models(out_dir, seed=0):
-    """Generate and write the whole set; returns {relative path: absolute path}:
-    smpl/SMPL_{NEUTRAL,MALE,FEMALE}.{pkl,npz}, mano/MANO_RIGHT.{pkl,npz},
-    SMPL_to_J19.pkl."""
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    paths = {}
-
-    def put(rel, writer, obj):
-        full = os.path.join(out_dir, rel)
-        writer(full, obj)
-        paths[rel] = full
-
-    neutral = None
-    for gender in ('neutral', 'male', 'female'):
-        model = make_smpl(gender, seed)
-        put(f'smpl/SMPL_{gender.upper()}.pkl', write_model_pkl, model)
-        put(f'smpl/SMPL_{gender.upper()}.npz', write_model_npz, model)
-        if gender == 'neutral':
-            neutral = model
-    hand = make_mano(seed)
-    put('mano/MANO_RIGHT.pkl', write_model_pkl, hand)
-    put('mano/MANO_RIGHT.npz', write_model_npz, hand)
-    put('SMPL_to_J19.pkl', write_array_pkl, make_j19_regressor(neutral))
-    return paths
-
-
-def main(argv=None):
-    ap = errors.ArgumentParser(
-        description='Write synthetic SMPL / MANO model files in the official layout.')
-    ap.add_argument('--out', required=True, help='output folder')
-    ap.add_argument('--seed', type=int, default=0)
-    args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)  # an unusable --out fails now, not after the models
-    t0 = time.time()
-    paths = write_body_models(args.out, seed=args.seed)
-    for rel in sorted(paths):
-        print(paths[rel])
-    print(f'wrote {len(paths)} files in {time.time() - t0:.1f} s')
-
-
-if __name__ == '__main__':
-    errors.guard(main)

@@ -4,7 +4,7 @@
 
 writes, under DIR,
 
-    body_models/   procedural SMPL / MANO model files (bodies.py)
+    body_models/   procedural SMPL / MANO model files (body_files.py)
     3DPW/          sequenceFiles/{train,validation,test}/<seq>.pkl + imageFiles/<seq>/image_%05d.jpg
     FreiHAND/      FreiHAND_pub_v2/{training,evaluation}/... + FreiHAND_pub_v2_eval/...
     HInt/          HInt_annotation_partial/{TRAIN,VAL,TEST}_{newdays,epick,ego4d}_img/
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 
-from data_pipelines.synthetic import bodies, raw_3dpw, raw_freihand, raw_hint
+from data_pipelines.synthetic import body_files, raw_3dpw, raw_freihand, raw_hint
 from data_pipelines.synthetic.raw_common import LARGE, SMALL
 from extpose_jax import errors
 
@@ -33,7 +33,7 @@ def write_all(root, seed: int = 0, small: bool = True) -> dict:
     sizes = SMALL if small else LARGE
     paths = {'body_models': os.path.join(root, 'body_models'), '3dpw': os.path.join(root, '3DPW'),
              'freihand': os.path.join(root, 'FreiHAND'), 'hint': os.path.join(root, 'HInt')}
-    bodies.write_body_models(paths['body_models'], seed=seed)
+    body_files.write_body_models(paths['body_models'], seed=seed)
     raw_3dpw.write_3dpw(paths['3dpw'], paths['body_models'], seed=seed, **sizes['3dpw'])
     raw_freihand.write_freihand(paths['freihand'], paths['body_models'], seed=seed,
                                 **sizes['freihand'])

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from data_pipelines import pipeline as pl  # noqa: E402
-from data_pipelines import records  # noqa: E402
+from data_pipelines import cropping, shards  # noqa: E402
 
 J = 44
 
@@ -42,10 +42,10 @@ def textured_crop(rng, size=384):
 def write_dataset(root, sequences, frames, distinct, seed=0):
     """`sequences` tracks of `frames` frames; a person 1.7 m tall walking in front of a camera."""
     rng = np.random.default_rng(seed)
-    crops = [records.encode_image(textured_crop(rng)) for _ in range(distinct)]
+    crops = [cropping.encode_image(textured_crop(rng)) for _ in range(distinct)]
     K = np.array([[1500.0, 0, 960], [0, 1500.0, 540], [0, 0, 1]], np.float32)
-    with records.RecordWriter(os.path.join(root, 'bench'), 'bench', 'train', num_shards=4,
-                              num_joints=J, body_model='smpl', fsync=False) as w:
+    with shards.RecordWriter(os.path.join(root, 'bench'), 'bench', 'train', num_shards=4,
+                             num_joints=J, body_model='smpl', fsync=False) as w:
         n = 0
         for s in range(sequences):
             offsets = rng.uniform(-1, 1, (J, 3)) * [0.3, 0.85, 0.15]
@@ -54,9 +54,9 @@ def write_dataset(root, sequences, frames, distinct, seed=0):
                 uv = kp3d @ K.T
                 full = uv[:, :2] / uv[:, 2:]
                 box = np.concatenate([full.min(0), full.max(0)]).astype(np.float32)
-                _, affine = records.crop_person(np.zeros((1, 1, 3), np.uint8), box, 384)
+                _, affine = cropping.crop_person(np.zeros((1, 1, 3), np.uint8), box, 384)
                 kp2d = np.ones((J, 3), np.float32)
-                kp2d[:, :2] = records.apply_affine(affine, full)
+                kp2d[:, :2] = cropping.apply_affine(affine, full)
                 w.write(dict(image=crops[n % distinct], crop_affine=affine,
                              image_size=np.array([1080, 1920]), K=K, box=box, kp2d=kp2d,
                              kp3d=kp3d, pose=rng.normal(0, 0.2, 72), betas=np.zeros(10),

@@ -1,4 +1,5 @@
-"""Throughput of data_pipelines/records.py: write, sequential read, random read.
+"""Throughput of the record files (data_pipelines/shards.py, record_reader.py): write,
+sequential read, random read.
 
 Prints one JSON line per measurement. Crops are realistic-size JPEGs (384x384, quality 95) cut
 from synthetic 1080p frames with texture at several scales, so JPEG sizes resemble real photos.
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from data_pipelines import records as R  # noqa: E402
+from data_pipelines import cropping, record_reader, shards  # noqa: E402
 
 J, BODY_MODEL = 44, "smpl"
 
@@ -70,7 +71,9 @@ def main():
         x0, y0 = rng.uniform(100, 1300), rng.uniform(50, 300)
         box = (x0, y0, x0 + rng.uniform(150, 500), y0 + rng.uniform(400, 750))
         crops.append(
-            R.crop_and_encode(frames[k % len(frames)], box, args.crop_size, quality=args.quality)
+            cropping.crop_and_encode(
+                frames[k % len(frames)], box, args.crop_size, quality=args.quality
+            )
         )
     dt = time.perf_counter() - t
     jpeg_kb = float(np.mean([len(c[0]) for c in crops]) / 1024)
@@ -108,7 +111,7 @@ def main():
     out = os.path.join(root, "ds")
     try:
         t = time.perf_counter()
-        with R.RecordWriter(
+        with shards.RecordWriter(
             out, "bench", "train", num_shards=args.shards, num_joints=J, body_model=BODY_MODEL
         ) as w:
             for rec in recs:
@@ -126,7 +129,7 @@ def main():
             bytes_per_record=size // args.records,
         )
 
-        reader = R.RecordReader(out, "train")
+        reader = record_reader.RecordReader(out, "train")
         for decode, fn in (("crc_only", reader.read_payload), ("example", reader.__getitem__)):
             t = time.perf_counter()
             for i in range(len(reader)):
@@ -140,7 +143,7 @@ def main():
                 decode=decode,
                 cache="warm",
             )
-        decoding = R.RecordReader(out, "train", decode_images=True)
+        decoding = record_reader.RecordReader(out, "train", decode_images=True)
         n = min(len(reader), 500)
         t = time.perf_counter()
         for i in range(n):

@@ -42,7 +42,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from data_pipelines import convert_common as cc
-from data_pipelines import records
+from data_pipelines import cropping
 from extpose_jax import errors
 from extpose_jax import safe_pickle
 
@@ -300,7 +300,7 @@ def process_sequence(job: cc.Job, opt, progress):
             if box is None or not cc.box_overlaps_image(box, hw):
                 stats["skipped_offscreen"] = stats.get("skipped_offscreen", 0) + 1
                 continue
-            jpeg, affine = records.crop_and_encode(
+            jpeg, affine = cropping.crop_and_encode(
                 image, box, opt["crop_size"], opt["margin"], opt["jpeg_quality"]
             )
             uv, z = cc.project(K, kp3d)

@@ -3,9 +3,9 @@
 A converter lists its work as `Job`s (one per sequence, keyed by the record `sequence` name) and
 hands them to `convert_split`, which
 
-- routes every job to shard `records.shard_for(job.sequence, num_shards)`, so a sequence lives in
+- routes every job to shard `shards.shard_for(job.sequence, num_shards)`, so a sequence lives in
   one shard and the assignment is the same on every run;
-- skips shards that an earlier run finished (`records.shard_complete`), unless `overwrite`;
+- skips shards that an earlier run finished (`shards.shard_complete`), unless `overwrite`;
 - writes each remaining shard in ONE process (a `ShardWriter` context: an exception inside it
   aborts the shard, so nothing half-written ever looks complete), with `workers` processes
   (spawned, not forked: JAX is not fork-safe; a `WorkerPool` shares them between splits) or
@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data_pipelines import records
+from data_pipelines import cropping, shards
 from extpose_jax import errors
 
 
@@ -151,7 +151,7 @@ def keypoints_to_crop(xy: np.ndarray, conf: np.ndarray, affine: np.ndarray) -> n
     """Full-image (J, 2) + conf (J,) -> (J, 3) float32 in crop pixels; rows with conf 0 keep
     their mapped position (they may be off-image or occluded); use zero_absent for absent ones."""
     out = np.zeros((len(xy), 3), np.float32)
-    out[:, :2] = records.apply_affine(affine, np.asarray(xy, np.float32))
+    out[:, :2] = cropping.apply_affine(affine, np.asarray(xy, np.float32))
     out[:, 2] = conf
     return out
 
@@ -275,7 +275,7 @@ def _write_shard(
     stats: dict[str, int] = {}
     options = dict(options, stats=stats)
     n = 0
-    with records.ShardWriter(path, **writer_kw) as shard:
+    with shards.ShardWriter(path, **writer_kw) as shard:
         if prepare is not None:  # inside the writer: a failure here aborts the shard too
             options["prepared"] = prepare(jobs, options)
         for job in jobs:
@@ -289,7 +289,7 @@ def _write_shard(
 
 def _remove_tmp(paths: Iterable[str]) -> None:
     for p in paths:
-        for tmp in (p + records.TMP_SUFFIX, records.index_path(p) + records.TMP_SUFFIX):
+        for tmp in (p + shards.TMP_SUFFIX, shards.index_path(p) + shards.TMP_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
 
@@ -358,7 +358,7 @@ def convert_split(
         if job.sequence in seen:
             raise ConversionError(f"two work items map to sequence {job.sequence!r}")
         seen[job.sequence] = i
-    writer = records.RecordWriter(
+    writer = shards.RecordWriter(
         out,
         name,
         split,
@@ -371,7 +371,7 @@ def convert_split(
     )
     by_shard: dict[int, list[Job]] = {}
     for job in jobs:
-        by_shard.setdefault(records.shard_for(job.sequence, num_shards), []).append(job)
+        by_shard.setdefault(shards.shard_for(job.sequence, num_shards), []).append(job)
     todo = {k: v for k, v in sorted(by_shard.items()) if not writer.shard_complete(k)}
     skipped = [k for k in by_shard if k not in todo]
     writer_kw = dict(

@@ -45,7 +45,7 @@ import sys
 import numpy as np
 
 from data_pipelines import convert_common as cc
-from data_pipelines import records
+from data_pipelines import cropping
 from extpose_jax import errors
 
 NAME = "freihand"
@@ -248,7 +248,7 @@ def process_sample(job: cc.Job, opt, progress):
             opt["stats"]["skipped_offscreen"] = opt["stats"].get("skipped_offscreen", 0) + 1
             progress(1)
             continue
-        jpeg, affine = records.crop_and_encode(
+        jpeg, affine = cropping.crop_and_encode(
             image, box, opt["crop_size"], opt["margin"], opt["jpeg_quality"]
         )
         uv, z = cc.project(K, kp3d)

@@ -46,7 +46,7 @@ import sys
 import numpy as np
 
 from data_pipelines import convert_common as cc
-from data_pipelines import records
+from data_pipelines import cropping
 from extpose_jax import errors
 
 NAME = "hint"
@@ -194,7 +194,7 @@ def process_image(job: cc.Job, opt, progress):
                     "keypoint extent to fall back on"
                 )
             opt["stats"]["bbox_from_keypoints"] = opt["stats"].get("bbox_from_keypoints", 0) + 1
-        jpeg, affine = records.crop_and_encode(
+        jpeg, affine = cropping.crop_and_encode(
             image, box, opt["crop_size"], opt["margin"], opt["jpeg_quality"]
         )
         kp2d = cc.keypoints_to_crop(ann["keypoints"], (1.0 - ann["occlusion"]) * exist, affine)

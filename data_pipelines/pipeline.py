@@ -28,7 +28,7 @@ import grain
 import numpy as np
 
 from data_pipelines import augment as aug
-from data_pipelines import records
+from data_pipelines import record_reader, records, shards
 
 POSE_SOURCES = ('gt', 'noisy_gt', 'detections')
 IMAGE_FILLS = ('pad', 'repeat')
@@ -140,7 +140,7 @@ class Source:
     """One dataset's reader and its units. Unit u reads records flat[offset[u] + k * step] for
     k < count[u] (count < T only for padded short runs and image units)."""
     spec: DatasetSpec
-    reader: records.RecordReader
+    reader: record_reader.RecordReader
     flat: np.ndarray       # int64 record indices, tracks' runs back to back
     offset: np.ndarray     # int64 [U]
     count: np.ndarray      # int32 [U]
@@ -154,17 +154,18 @@ class Source:
         return self.flat[self.offset[u] + self.step * np.arange(self.count[u])]
 
 
-def open_reader(root: str, spec: DatasetSpec, skip_corrupt: bool = False) -> records.RecordReader:
+def open_reader(root: str, spec: DatasetSpec,
+                skip_corrupt: bool = False) -> record_reader.RecordReader:
     """The records of one mixture entry; errors name the path and the datasets that do exist."""
     path = spec.path or os.path.join(root, spec.name)
-    if not os.path.isfile(os.path.join(path, records.DATASET_INFO)):
+    if not os.path.isfile(os.path.join(path, shards.DATASET_INFO)):
         known = []
         if os.path.isdir(root):
             known = sorted(d for d in os.listdir(root)
-                           if os.path.isfile(os.path.join(root, d, records.DATASET_INFO)))
+                           if os.path.isfile(os.path.join(root, d, shards.DATASET_INFO)))
         raise ValueError(f'unknown dataset {spec.name!r}: no records at {path} (no '
-                         f'{records.DATASET_INFO}); datasets under {root!r}: {known}')
-    reader = records.RecordReader(path, spec.split, skip_corrupt=skip_corrupt)
+                         f'{shards.DATASET_INFO}); datasets under {root!r}: {known}')
+    reader = record_reader.RecordReader(path, spec.split, skip_corrupt=skip_corrupt)
     if reader.name != spec.name:
         raise ValueError(f'dataset {spec.name!r}: the records at {path} are named {reader.name!r}')
     return reader

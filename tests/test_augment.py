@@ -1,7 +1,7 @@
 """Clip augmentation (data_pipelines/augment.py): geometry through keypoints, pixels and 3D.
 
 Records are made in memory: 3D joints in front of a camera, their exact projections cropped with
-records.crop_person's affine, and crops with bright dots at the 2D joints, so every check can go
+cropping.crop_person's affine, and crops with bright dots at the 2D joints, so every check can go
 through the keypoints, the 3D projection and the pixels alike.
 """
 import dataclasses
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import augment as aug
-from data_pipelines import records
+from data_pipelines import cropping, records
 from extpose_jax import skeletons
 
 K_FULL = np.array([[1100.0, 0, 960], [0, 1120.0, 540], [0, 0, 1]], np.float32)  # fx != fy
@@ -40,9 +40,9 @@ def synthetic_track(rng, num_frames, *, body_model='smpl', hand_side='right', se
         lo, hi = full.min(0), full.max(0)
         pad = 0.1 * (hi - lo)
         box = np.concatenate([lo - pad, hi + pad]).astype(np.float32)
-        _, affine = records.crop_person(np.zeros((1, 1, 3), np.uint8), box, CROP)
+        _, affine = cropping.crop_person(np.zeros((1, 1, 3), np.uint8), box, CROP)
         kp2d = np.ones((j, 3), np.float32)
-        kp2d[:, :2] = records.apply_affine(affine, full)
+        kp2d[:, :2] = cropping.apply_affine(affine, full)
         kp2d[1, :] = 0.0  # one absent joint
         crop = np.full((CROP, CROP, 3), 40, np.uint8)
         if dots:

@@ -20,7 +20,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from data_pipelines import convert_3dpw, convert_common, convert_freihand, convert_hint
-from data_pipelines import records as R
+from data_pipelines import cropping, record_reader, shards
 from extpose_jax import body_models as bm
 from extpose_jax import skeletons
 
@@ -83,7 +83,7 @@ def converted(raw, tmp_path_factory):
 
 def _readers(converted, name):
     out, summary = converted[name]
-    return {split: R.RecordReader(out, split) for split in summary["splits"]}
+    return {split: record_reader.RecordReader(out, split) for split in summary["splits"]}
 
 
 def _load_pkl(path):
@@ -100,7 +100,7 @@ def _pkls(root):
 
 def _project_to_crop(rec):
     uv, _ = convert_common.project(rec["K"], rec["kp3d"])
-    return R.apply_affine(rec["crop_affine"], uv)
+    return cropping.apply_affine(rec["crop_affine"], uv)
 
 
 def _to_full(rec, xy):
@@ -111,11 +111,13 @@ def _to_full(rec, xy):
 def _assert_not_written(out, name, split, sequence, num_shards=NUM_SHARDS):
     """The failed split is not finalized, the bad sequence's shard is not complete (other shards,
     finished before the error, may be: a rerun keeps them), and no temporary file is left."""
-    assert not os.path.exists(os.path.join(out, R.DATASET_INFO))
-    shard = R.shard_for(sequence, num_shards)
-    assert not R.shard_complete(os.path.join(out, R.shard_name(name, split, shard, num_shards)))
+    assert not os.path.exists(os.path.join(out, shards.DATASET_INFO))
+    shard = shards.shard_for(sequence, num_shards)
+    assert not shards.shard_complete(
+        os.path.join(out, shards.shard_name(name, split, shard, num_shards))
+    )
     for path in glob.glob(os.path.join(out, "*")):
-        assert not path.endswith(R.TMP_SUFFIX), f"temporary file left behind: {path}"
+        assert not path.endswith(shards.TMP_SUFFIX), f"temporary file left behind: {path}"
 
 
 def _shard_files(out):
@@ -207,12 +209,12 @@ def test_3dpw_records_match_raw(raw, converted):
                 assert rec["has_kp2d_det"] == bool(det[:, 2].any())
                 for j44, j18 in enumerate(op18_to_44):
                     if j18 >= 0 and det[j18, 2] > 0:
-                        xy = R.apply_affine(rec["crop_affine"], det[j18, :2])
+                        xy = cropping.apply_affine(rec["crop_affine"], det[j18, :2])
                         np.testing.assert_allclose(rec["kp2d_det"][j44, :2], xy, atol=1e-3)
                         assert rec["kp2d_det"][j44, 2] == pytest.approx(det[j18, 2])
                     else:
                         assert not rec["kp2d_det"][j44].any()
-                crop = R.decode_image(rec["image"])
+                crop = cropping.decode_image(rec["image"])
                 assert crop.shape == (384, 384, 3)
 
 
@@ -319,7 +321,8 @@ def test_hint_records_match_raw(raw, converted):
             hand = raw["hint_manifest"][path[:-5]]
             uv = convert_common.project(hand["K"], hand["kp3d"])[0]
             assert (
-                np.abs(R.apply_affine(rec["crop_affine"], uv) - rec["kp2d"][:, :2]).max() < SUBPIXEL
+                np.abs(cropping.apply_affine(rec["crop_affine"], uv) - rec["kp2d"][:, :2]).max()
+                < SUBPIXEL
             )
 
 
@@ -338,7 +341,7 @@ def test_random_access_matches_sequential(converted, name):
                 == rec["kp2d"].tobytes()
             )
         for path in r.paths:
-            R.verify_shard(path)
+            shards.verify_shard(path)
 
 
 def test_rerun_skips_finished_shards(raw, converted, tmp_path):
@@ -370,7 +373,7 @@ def test_rerun_skips_finished_shards(raw, converted, tmp_path):
     assert s2["num_records"] == s1["num_records"]
     assert {p: os.stat(p).st_mtime_ns for p in _shard_files(out)} == mtimes
     # an unfinished shard (index gone) is the only one rewritten
-    victim = next(p for p in files if p.endswith(R.INDEX_SUFFIX) and len(np.load(p)["frame"]))
+    victim = next(p for p in files if p.endswith(shards.INDEX_SUFFIX) and len(np.load(p)["frame"]))
     os.remove(victim)
     third = convert_hint.convert(
         raw["hint"],
@@ -385,7 +388,7 @@ def test_rerun_skips_finished_shards(raw, converted, tmp_path):
     assert third["splits"]["train"]["shards_written"] == 1
     assert third["splits"]["train"]["num_records"] == s1["num_records"]
     changed = {p for p in _shard_files(out) if os.stat(p).st_mtime_ns != mtimes.get(p)}
-    assert changed == {victim, victim.removesuffix(R.INDEX_SUFFIX)}
+    assert changed == {victim, victim.removesuffix(shards.INDEX_SUFFIX)}
 
 
 def test_worker_processes_match_inline(raw, converted, tmp_path):
@@ -400,8 +403,8 @@ def test_worker_processes_match_inline(raw, converted, tmp_path):
         fsync=False,
         quiet=True,
     )
-    inline = R.RecordReader(converted["freihand"][0], "train")
-    multi = R.RecordReader(out, "train")
+    inline = record_reader.RecordReader(converted["freihand"][0], "train")
+    multi = record_reader.RecordReader(out, "train")
     assert len(multi) == len(inline)
     for rec in inline:
         other = multi.lookup(rec["sequence"], rec["track"], rec["frame"])
@@ -437,7 +440,8 @@ def test_cli(raw, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
-    assert summary["splits"]["test"]["num_records"] == len(R.RecordReader(out, "test")) > 0
+    num_records = len(record_reader.RecordReader(out, "test"))
+    assert summary["splits"]["test"]["num_records"] == num_records > 0
     bad = str(tmp_path / "nowhere")
     res = subprocess.run(
         [
@@ -493,7 +497,7 @@ def test_missing_folders(raw, tmp_path):
     with pytest.raises(FileNotFoundError, match="validation"):
         convert_3dpw.convert(str(root), bmd, str(tmp_path / "o4"), splits=["validation"])
     for out in ("o1", "o2", "o3", "o4"):
-        assert not os.path.exists(tmp_path / out / R.DATASET_INFO)
+        assert not os.path.exists(tmp_path / out / shards.DATASET_INFO)
 
 
 def _broken_3dpw(raw, tmp_path, edit):
@@ -627,7 +631,8 @@ def test_hint_folder_without_images_is_skipped(raw, tmp_path):
     )["splits"]["train"]
     assert s["skipped_folders"] == {"TRAIN_ego4d_img": len(jsons)}
     assert "TRAIN_ego4d_img" not in s["folders"]
-    assert s["num_records"] == sum(s["folders"].values()) == len(R.RecordReader(out, "train"))
+    num_records = len(record_reader.RecordReader(out, "train"))
+    assert s["num_records"] == sum(s["folders"].values()) == num_records
 
 
 def test_hint_bad_input(raw, tmp_path):
@@ -694,5 +699,5 @@ def test_3dpw_frame_without_detection(raw, tmp_path):
         root, raw["body_models"], out, splits=["test"], num_shards=1, fsync=False, quiet=True
     )["splits"]["test"]
     assert s["frames_without_detection"] == 1
-    rec = R.RecordReader(out, "test").lookup(seq, 0, state["frame"])
+    rec = record_reader.RecordReader(out, "test").lookup(seq, 0, state["frame"])
     assert not rec["has_kp2d_det"] and not rec["kp2d_det"].any() and rec["has_kp2d"]

@@ -22,7 +22,7 @@ from scipy.spatial.transform import Rotation
 from test_body_models import _smplx_smpl, _torch_mano, _torch_smpl_keypoints
 
 from data_pipelines import augment as aug
-from data_pipelines import convert_common, records
+from data_pipelines import convert_common, cropping, record_reader, records, shards
 from data_pipelines import pipeline as pl
 from extpose_jax import body_models, geometry, skeletons
 from extpose_jax.train import collectives
@@ -42,7 +42,7 @@ BODY_TRACKS = {'seq_a': [(0, range(10)), (1, range(3))],
 def _camera(box, mirror=False):
     """(crop_affine, K, full-image -> window affine) of a record whose deterministic window
     camera is K_CROP (see the module docstring): the pipeline's window K is A K R3^T."""
-    _, crop_affine = records.crop_person(np.zeros((1, 1, 3), np.uint8), box, CROP)
+    _, crop_affine = cropping.crop_person(np.zeros((1, 1, 3), np.uint8), box, CROP)
     center, w, h, side = aug.hmr_box(aug.box_in_crop(box, crop_affine))
     m = aug.crop_to_output(center, w, h, side, aug.IDENTITY, mirror)
     full_to_out = m @ aug.as3x3(crop_affine)
@@ -63,7 +63,7 @@ def _record(kp_model, pose, betas, transl, box, kind_field, key, mirror=False, o
     crop_affine, K, _ = _camera(box, mirror)
     uvw = kp3d @ K.T
     kp2d = np.ones((len(kp3d), 3), np.float32)
-    kp2d[:, :2] = records.apply_affine(crop_affine, uvw[:, :2] / uvw[:, 2:])
+    kp2d[:, :2] = cropping.apply_affine(crop_affine, uvw[:, :2] / uvw[:, 2:])
     rec = dict(image=np.full((CROP, CROP, 3), 90, np.uint8), crop_affine=crop_affine,
                image_size=np.array(IMAGE_HW), K=K.astype(np.float32), box=np.float32(box),
                kp2d=kp2d, kp3d=kp3d.astype(np.float32), pose=pose, betas=betas,
@@ -76,8 +76,9 @@ def _record(kp_model, pose, betas, transl, box, kind_field, key, mirror=False, o
 
 
 def _write(out, name, split, kind, recs):
-    with records.RecordWriter(out, name, split, num_shards=2, num_joints=44 if kind == 'smpl' else 21,
-                              body_model=kind, fsync=False) as w:
+    with shards.RecordWriter(out, name, split, num_shards=2,
+                             num_joints=44 if kind == 'smpl' else 21,
+                             body_model=kind, fsync=False) as w:
         for r in recs:
             w.write(r)
 
@@ -210,7 +211,7 @@ def test_window_starts_cover_every_frame_from_its_most_central_window():
 
 
 def test_plan_scores_every_record_once(data):
-    reader = records.RecordReader(data['dirs']['3dpw/test'], 'test')
+    reader = record_reader.RecordReader(data['dirs']['3dpw/test'], 'test')
     plan = ev.plan_windows(reader, pl.DatasetSpec('3dpw', split='test'), T, 2)
     scored = np.concatenate([plan.source.unit_records(u)[plan.owned[u, :plan.source.count[u]]]
                              for u in range(len(plan))])
@@ -350,7 +351,7 @@ def test_freihand_ground_truth_and_an_independent_computation(data):
 
 
 def _hint_counts(data):
-    reader = records.RecordReader(data['dirs']['hint'], 'test')
+    reader = record_reader.RecordReader(data['dirs']['hint'], 'test')
     vis = sum(int((r['kp2d'][:, 2] > 0.5).sum()) for r in reader)
     occ = sum(int((r['kp2d_occluded'] > 0.5).sum()) for r in reader)
     return vis, occ
@@ -545,7 +546,7 @@ def test_corrupt_record_is_named_or_skipped_and_counted(data, tmp_path):
     skip_corrupt scores every other frame (still exactly) and counts the skipped one once."""
     records_dir = tmp_path / '3dpw'
     shutil.copytree(data['dirs']['3dpw/test'], records_dir)
-    reader = records.RecordReader(records_dir, 'test')
+    reader = record_reader.RecordReader(records_dir, 'test')
     shard = next(k for k, o in enumerate(reader._offsets) if len(o) > 3)
     with open(reader.paths[shard], 'r+b') as f:
         f.seek(int(reader._offsets[shard][2]) + 20)   # inside record 2's payload

@@ -7,7 +7,7 @@ import pytest
 
 from data_pipelines import augment as aug
 from data_pipelines import pipeline as pl
-from data_pipelines import records
+from data_pipelines import record_reader, records, shards
 from test_augment import synthetic_track  # tests/ is on sys.path (pytest's rootdir-less import)
 
 # sequence -> [(track, first frame, number of frames)]; s1's track 0 has a gap at frames 6-7.
@@ -21,8 +21,8 @@ BODY_TRACKS = {
 def _write(root, name, body_model, tracks, seed):
     rng = np.random.default_rng(seed)
     j = 44 if body_model == 'smpl' else 21
-    with records.RecordWriter(os.path.join(root, name), name, 'train', num_shards=2, num_joints=j,
-                              body_model=body_model, fsync=False) as w:
+    with shards.RecordWriter(os.path.join(root, name), name, 'train', num_shards=2, num_joints=j,
+                             body_model=body_model, fsync=False) as w:
         for seq, parts in tracks.items():
             for track, first, n in parts:
                 side = 'left' if seq.endswith('l') else 'right'
@@ -63,7 +63,7 @@ def _runs(frames, gap=1):
 def test_clips_are_consecutive_frames_of_one_track(root):
     t, s = 4, 2
     cfg = _cfg(root, num_frames=t, stride=s, batch_size=5, num_epochs=1)
-    reader = records.RecordReader(os.path.join(root, 'body'), 'train')
+    reader = record_reader.RecordReader(os.path.join(root, 'body'), 'train')
     seqs = reader.sequences()
     got = set()
     for batch in _batches(cfg, 2):  # one epoch: 10 clips
@@ -191,7 +191,7 @@ def test_batch_matches_spec(root, dataset, body_model, j, source):
     if source == 'gt':
         np.testing.assert_array_equal(inp, gt)
     elif source == 'detections':  # kp2d_det = kp2d + 0.5 px in the crop, moved by the affine
-        reader = records.RecordReader(os.path.join(root, dataset), 'train')
+        reader = record_reader.RecordReader(os.path.join(root, dataset), 'train')
         for b, t in np.ndindex(3, 2):
             crop = reader[int(batch['record_index'][b, t])]['crop_affine']
             crop_to_out = aug.as3x3(batch['affine'][b, t]) @ np.linalg.inv(aug.as3x3(crop))
@@ -207,7 +207,7 @@ def test_batch_matches_spec(root, dataset, body_model, j, source):
 def test_left_hands_are_mirrored(root):
     cfg = _cfg(root, (pl.DatasetSpec('hands'),), num_frames=4, batch_size=2, num_epochs=1)
     (batch,) = _batches(cfg, 1)
-    reader = records.RecordReader(os.path.join(root, 'hands'), 'train')
+    reader = record_reader.RecordReader(os.path.join(root, 'hands'), 'train')
     for b in range(2):
         rec = reader[int(batch['record_index'][b, 0])]
         right = rec['hand_side'] == 'right'
@@ -277,8 +277,8 @@ def test_undecodable_jpeg_is_a_corrupt_record(tmp_path):
     rng = np.random.default_rng(5)
     recs, _ = synthetic_track(rng, 3, body_model='smpl', sequence='s', track=0, first_frame=0)
     recs[1] = {**recs[1], 'image': b'\xff\xd8' + bytes(64)}   # JPEG magic, then nothing valid
-    with records.RecordWriter(str(tmp_path / 'body'), 'body', 'train', num_shards=1,
-                              num_joints=44, body_model='smpl', fsync=False) as w:
+    with shards.RecordWriter(str(tmp_path / 'body'), 'body', 'train', num_shards=1,
+                             num_joints=44, body_model='smpl', fsync=False) as w:
         for r in recs:
             w.write(r)
     kw = dict(num_frames=3, batch_size=1, shuffle=False, augment=aug.AugmentConfig(enabled=False))

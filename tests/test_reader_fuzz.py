@@ -23,7 +23,7 @@ import pytest
 from test_records import make_record
 from test_safe_pickle import tiny_3dpw_sequence, tiny_model
 
-from data_pipelines import convert_3dpw, convert_freihand, convert_hint, records
+from data_pipelines import convert_3dpw, convert_freihand, convert_hint, record_reader, shards
 from data_pipelines.synthetic import body_files, legacy_pickle
 from extpose_jax import body_models, errors
 from extpose_jax.train import checkpoint
@@ -260,18 +260,18 @@ def test_hint_annotation(tmp_path):
 def test_record_shard_index_and_dataset_info(tmp_path):
     out = str(tmp_path / 'toy')
     rng = np.random.default_rng(8)
-    with records.RecordWriter(out, 'toy', 'train', num_shards=1, num_joints=44, body_model='smpl',
-                              fsync=False) as writer:
+    with shards.RecordWriter(out, 'toy', 'train', num_shards=1, num_joints=44, body_model='smpl',
+                             fsync=False) as writer:
         for frame in range(3):
             writer.write(make_record(rng, 'seq_0', 0, frame, partial=frame == 2))
 
     def load():  # the name is a free label: a flipped letter there loads
-        with records.RecordReader(out, 'train') as reader:
+        with record_reader.RecordReader(out, 'train') as reader:
             return reader.num_joints, reader.body_model, [reader[i] for i in range(len(reader))]
 
-    info = os.path.join(out, records.DATASET_INFO)
+    info = os.path.join(out, shards.DATASET_INFO)
     shard = glob.glob(os.path.join(out, '*.tfrecord-*-of-*[0-9]'))[0]
-    files = [info, shard, records.index_path(shard)]
+    files = [info, shard, shards.index_path(shard)]
     with open(info) as f:
         info_obj = json.load(f)
     # What the reader returns comes from the CRC-checked shard and the zip-checked index, which

@@ -1,4 +1,5 @@
-"""Tests of data_pipelines/records.py: schema round trip, sharding, index, CRCs, atomicity."""
+"""The record format (records, cropping, tfrecord, shards, record_reader in data_pipelines/):
+schema round trip, sharding, index, CRCs, atomicity."""
 
 import json
 import multiprocessing
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from data_pipelines import cropping, record_reader, shards, tfrecord
 from data_pipelines import records as R
 
 J_BODY, J_HAND = 44, 21
@@ -20,7 +22,7 @@ J_BODY, J_HAND = 44, 21
 
 def _jpeg(rng, size=48):
     img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return R.encode_image(cv2.GaussianBlur(img, (5, 5), 0), quality=90)
+    return cropping.encode_image(cv2.GaussianBlur(img, (5, 5), 0), quality=90)
 
 
 def make_record(rng, sequence, track, frame, *, hand=False, partial=False):
@@ -58,7 +60,7 @@ def keys_of(n_seq=3, n_track=2, n_frame=5):
 def write_dataset(out, keys, *, num_shards=3, split="train", name="toy", seed=0):
     rng = np.random.default_rng(seed)
     recs = {}
-    with R.RecordWriter(
+    with shards.RecordWriter(
         out, name, split, num_shards=num_shards, num_joints=J_BODY, body_model="smpl", fsync=False
     ) as w:
         for n, key in enumerate(keys):
@@ -149,23 +151,23 @@ def _minimal_reader(path):
 
 
 def test_crc32c_known_vectors():
-    assert R.crc32c(b"123456789") == 0xE3069283
+    assert tfrecord.crc32c(b"123456789") == 0xE3069283
     assert _crc32c_reference(b"123456789") == 0xE3069283
-    assert R.crc32c(b"") == 0
+    assert tfrecord.crc32c(b"") == 0
     rng = np.random.default_rng(0)
     for n in (1, 7, 64, 1000):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-        assert R.crc32c(data) == _crc32c_reference(data)
-        assert R.masked_crc32c(data) == _masked_reference(data)
+        assert tfrecord.crc32c(data) == _crc32c_reference(data)
+        assert tfrecord.masked_crc32c(data) == _masked_reference(data)
 
 
 def test_framing_readable_by_independent_reader(dataset):
     out, recs = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     seen = 0
     for k, path in enumerate(reader.paths):
         found = list(_minimal_reader(path))
-        index = np.load(R.index_path(path))
+        index = np.load(shards.index_path(path))
         np.testing.assert_array_equal(
             [o for o, _ in found] + [os.path.getsize(path)], index["offsets"]
         )
@@ -189,7 +191,7 @@ def test_reads_tensorflow_written_tfrecord():
     )
     if not os.path.exists(path):
         pytest.skip("grain test file not installed")
-    payloads = [p for _, p in R.iter_framed(path)]
+    payloads = [p for _, p in tfrecord.iter_framed(path)]
     assert payloads == [b"1", b"1 1", b"2 1", b"1 2 1 1", b"1 1 1 2 2 1"]
 
 
@@ -198,9 +200,9 @@ def test_grain_tfrecord_reader_reads_our_shards(dataset):
     from grain._src.python.dataset.sources.tfrecord_dataset import TFRecordIterDataset
 
     out, recs = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     path = reader.paths[nonempty_shard(reader)]
-    ours = [p for _, p in R.iter_framed(path)]
+    ours = [p for _, p in tfrecord.iter_framed(path)]
     assert list(TFRecordIterDataset(path)) == ours
 
 
@@ -209,7 +211,7 @@ def test_grain_tfrecord_reader_reads_our_shards(dataset):
 
 def test_every_field_round_trips(dataset):
     out, recs = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     assert len(reader) == len(recs)
     got = list(reader)
     assert len(got) == len(recs)
@@ -224,21 +226,23 @@ def test_hand_records_and_decoded_images(tmp_path):
     rec = make_record(rng, "hands", 0, 3, hand=True)
     rec["image"] = crop  # the writer encodes an array crop itself
     path = str(tmp_path / "h" / "x.tfrecord-00000-of-00001")
-    with R.ShardWriter(path, num_joints=J_HAND, body_model="mano", dataset="fh", split="val") as w:
+    with shards.ShardWriter(
+        path, num_joints=J_HAND, body_model="mano", dataset="fh", split="val"
+    ) as w:
         w.write(rec)
-    payload = next(R.iter_framed(path))[1]
+    payload = next(tfrecord.iter_framed(path))[1]
     back = R.decode_record(payload)
     assert back["kp3d"].shape == (J_HAND, 3) and back["pose"].shape == (48,)
     assert back["hand_side"] == "left" and back["gender"] == ""
     img = R.decode_record(payload, decode_image=True)["image"]
     assert img.dtype == np.uint8 and img.shape == (40, 40, 3)
     assert np.abs(img.astype(int) - crop).mean() < 2  # JPEG of a smooth image, RGB order kept
-    np.testing.assert_array_equal(img, R.decode_image(back["image"]))
+    np.testing.assert_array_equal(img, cropping.decode_image(back["image"]))
 
 
 def test_counts_match_dataset_info(dataset):
     out, recs = dataset
-    with open(os.path.join(out, R.DATASET_INFO)) as f:
+    with open(os.path.join(out, shards.DATASET_INFO)) as f:
         info = json.load(f)
     assert info["schema_version"] == R.SCHEMA_VERSION and info["name"] == "toy"
     split = info["splits"]["train"]
@@ -247,7 +251,7 @@ def test_counts_match_dataset_info(dataset):
     for shard in split["shards"]:
         path = os.path.join(out, shard["file"])
         assert shard["num_bytes"] == os.path.getsize(path)
-        assert shard["num_records"] == len(list(R.iter_framed(path)))
+        assert shard["num_records"] == len(list(tfrecord.iter_framed(path)))
     expected = {}
     for s, t, f in recs:
         expected.setdefault(s, {}).setdefault(str(t), []).append(f)
@@ -259,18 +263,18 @@ def test_counts_match_dataset_info(dataset):
 def test_multiple_shards_and_naming(dataset):
     out, recs = dataset
     files = sorted(f for f in os.listdir(out) if not f.startswith("."))
-    shards = [f"toy-train.tfrecord-{k:05d}-of-00003" for k in range(3)]
-    assert files == sorted(shards + [s + ".index" for s in shards] + ["dataset_info.json"])
-    reader = R.RecordReader(out, "train")
+    names = [f"toy-train.tfrecord-{k:05d}-of-00003" for k in range(3)]
+    assert files == sorted(names + [s + ".index" for s in names] + ["dataset_info.json"])
+    reader = record_reader.RecordReader(out, "train")
     assert sum(np.diff(reader._starts) > 0) >= 2  # records really are spread over shards
     for path in reader.paths:  # every sequence lives in exactly one shard
-        seqs = {R.decode_record(p)["sequence"] for _, p in R.iter_framed(path)}
-        assert all(R.shard_for(s, 3) == reader.paths.index(path) for s in seqs)
+        seqs = {R.decode_record(p)["sequence"] for _, p in tfrecord.iter_framed(path)}
+        assert all(shards.shard_for(s, 3) == reader.paths.index(path) for s in seqs)
 
 
 def test_random_access_agrees_with_sequential(dataset):
     out, recs = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     sequential = list(reader)
     for i, rec in enumerate(sequential):
         key = (rec["sequence"], int(rec["track"]), int(rec["frame"]))
@@ -292,7 +296,7 @@ def test_random_access_agrees_with_sequential(dataset):
 
 def test_lookup_missing_key_names_it(dataset):
     out, _ = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     with pytest.raises(KeyError, match=r"sequence='seq_1', track=1, frame=2\b"):
         reader.lookup("seq_1", 1, 2)
     with pytest.raises(KeyError, match="nope"):
@@ -303,7 +307,7 @@ def test_lookup_missing_key_names_it(dataset):
 
 def test_reader_pickles_and_reopens(dataset):
     out, recs = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     first = reader[5]
     assert reader._fds  # a descriptor is open now
     clone = pickle.loads(pickle.dumps(reader))
@@ -326,12 +330,12 @@ def _frame_of(args):
 
 def test_flipped_payload_byte_names_shard_and_record(dataset):
     out, _ = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     shard = nonempty_shard(reader)
     path = reader.paths[shard]
-    offsets = np.load(R.index_path(path))["offsets"]
+    offsets = np.load(shards.index_path(path))["offsets"]
     flip_byte(path, int(offsets[1]) + 12 + 100)  # inside record 1's payload
-    fresh = R.RecordReader(out, "train")
+    fresh = record_reader.RecordReader(out, "train")
     g = int(fresh._starts[shard]) + 1
     with pytest.raises(R.CorruptRecordError) as err:
         fresh[g]
@@ -343,30 +347,30 @@ def test_flipped_payload_byte_names_shard_and_record(dataset):
         list(fresh)
     assert fresh[g - 1] is not None  # its neighbour in the shard still reads
     with pytest.raises(R.CorruptRecordError, match=os.path.basename(path)):
-        R.verify_shard(path)
+        shards.verify_shard(path)
 
 
 def test_flipped_length_byte_is_caught(dataset):
     out, _ = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     shard = nonempty_shard(reader)
     path = reader.paths[shard]
     flip_byte(path, 2)  # record 0's length field
     with pytest.raises(R.CorruptRecordError, match=r"record 0 of shard .*length CRC"):
-        R.RecordReader(out, "train")[int(reader._starts[shard])]
+        record_reader.RecordReader(out, "train")[int(reader._starts[shard])]
 
 
 def test_truncated_shard_names_shard_and_record(dataset):
     out, _ = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     shard = nonempty_shard(reader)
     path = reader.paths[shard]
     n = int(np.diff(reader._starts)[shard])
-    offsets = np.load(R.index_path(path))["offsets"]
+    offsets = np.load(shards.index_path(path))["offsets"]
     with open(path, "r+b") as f:
         f.truncate(int(offsets[n - 1]) + 30)  # cut the last record short
-    assert not R.shard_complete(path)
-    fresh = R.RecordReader(out, "train")
+    assert not shards.shard_complete(path)
+    fresh = record_reader.RecordReader(out, "train")
     g = int(fresh._starts[shard]) + n - 1
     with pytest.raises(
         R.CorruptRecordError,
@@ -379,13 +383,13 @@ def test_truncated_shard_names_shard_and_record(dataset):
 
 def test_skip_corrupt_counts_and_skips(dataset):
     out, recs = dataset
-    reader = R.RecordReader(out, "train")
+    reader = record_reader.RecordReader(out, "train")
     shard = nonempty_shard(reader)
     path = reader.paths[shard]
-    offsets = np.load(R.index_path(path))["offsets"]
+    offsets = np.load(shards.index_path(path))["offsets"]
     flip_byte(path, int(offsets[0]) + 40)
     flip_byte(path, int(offsets[1]) + 40)
-    lenient = R.RecordReader(out, "train", skip_corrupt=True)
+    lenient = record_reader.RecordReader(out, "train", skip_corrupt=True)
     got = list(lenient)
     assert len(got) == len(recs) - 2 and lenient.num_corrupt == 2
     assert lenient[int(lenient._starts[shard])] is None
@@ -402,33 +406,33 @@ def test_shard_writer_exception_leaves_nothing(tmp_path):
     rng = np.random.default_rng(0)
     path = str(tmp_path / "x-train.tfrecord-00000-of-00001")
     with pytest.raises(RuntimeError):
-        with R.ShardWriter(path, num_joints=J_BODY, body_model="smpl") as w:
+        with shards.ShardWriter(path, num_joints=J_BODY, body_model="smpl") as w:
             w.write(make_record(rng, "s", 0, 0))
             raise RuntimeError("killed")
     assert os.listdir(tmp_path) == []
-    assert not R.shard_complete(path)
+    assert not shards.shard_complete(path)
 
 
 def test_writer_never_closed_leaves_no_complete_shard(tmp_path):
     rng = np.random.default_rng(0)
     out = str(tmp_path)
-    w = R.RecordWriter(out, "toy", "train", num_shards=2, num_joints=J_BODY, body_model="smpl")
+    w = shards.RecordWriter(out, "toy", "train", num_shards=2, num_joints=J_BODY, body_model="smpl")
     for key in keys_of(2, 1, 3):
         w.write(make_record(rng, *key))
     # "killed": close() never runs. Data sits in .tmp files only, and nothing looks finished.
     for k in range(2):
         assert not w.shard_complete(k)
         assert not os.path.exists(w.shard_path(k))
-    assert not os.path.exists(os.path.join(out, R.DATASET_INFO))
-    with pytest.raises(FileNotFoundError, match=R.DATASET_INFO):
-        R.RecordReader(out, "train")
+    assert not os.path.exists(os.path.join(out, shards.DATASET_INFO))
+    with pytest.raises(FileNotFoundError, match=shards.DATASET_INFO):
+        record_reader.RecordReader(out, "train")
 
 
 def test_record_writer_exception_aborts(tmp_path):
     rng = np.random.default_rng(0)
     out = str(tmp_path)
     with pytest.raises(ValueError, match="'kp3d'"):
-        with R.RecordWriter(
+        with shards.RecordWriter(
             out, "toy", "train", num_shards=2, num_joints=J_BODY, body_model="smpl"
         ) as w:
             w.write(make_record(rng, "a", 0, 0))
@@ -441,20 +445,20 @@ def test_record_writer_exception_aborts(tmp_path):
 def test_crash_between_index_and_rename(dataset):
     # Index written but shard never renamed (killed in between): not complete.
     out, _ = dataset
-    path = R.RecordReader(out, "train").paths[0]
-    os.rename(path, path + R.TMP_SUFFIX)
-    assert not R.shard_complete(path)
+    path = record_reader.RecordReader(out, "train").paths[0]
+    os.rename(path, path + shards.TMP_SUFFIX)
+    assert not shards.shard_complete(path)
     with pytest.raises(R.IncompleteShardError, match=path):
-        R.RecordReader(out, "train")
+        record_reader.RecordReader(out, "train")
 
 
 def test_reader_refuses_shard_without_index(dataset):
     out, _ = dataset
-    path = R.RecordReader(out, "train").paths[1]
-    os.remove(R.index_path(path))
-    assert not R.shard_complete(path)
-    with pytest.raises(R.IncompleteShardError, match=R.index_path(path)):
-        R.RecordReader(out, "train")
+    path = record_reader.RecordReader(out, "train").paths[1]
+    os.remove(shards.index_path(path))
+    assert not shards.shard_complete(path)
+    with pytest.raises(R.IncompleteShardError, match=shards.index_path(path)):
+        record_reader.RecordReader(out, "train")
 
 
 def test_rerun_skips_finished_shards(tmp_path):
@@ -463,10 +467,12 @@ def test_rerun_skips_finished_shards(tmp_path):
     keys = keys_of(6, 1, 3)
     by_shard = {}
     for key in keys:
-        by_shard.setdefault(R.shard_for(key[0], 3), []).append(key)
+        by_shard.setdefault(shards.shard_for(key[0], 3), []).append(key)
 
     def run(crash_at):
-        w = R.RecordWriter(out, "toy", "train", num_shards=3, num_joints=J_BODY, body_model="smpl")
+        w = shards.RecordWriter(
+            out, "toy", "train", num_shards=3, num_joints=J_BODY, body_model="smpl"
+        )
         done = []
         for k in range(3):
             if w.shard_complete(k):
@@ -483,46 +489,46 @@ def test_rerun_skips_finished_shards(tmp_path):
         return done
 
     assert run(crash_at=2) == [0, 1]
-    mtime = os.path.getmtime(os.path.join(out, R.shard_name("toy", "train", 0, 3)))
+    mtime = os.path.getmtime(os.path.join(out, shards.shard_name("toy", "train", 0, 3)))
     assert run(crash_at=None) == [2]  # shards 0 and 1 are recognised as finished
-    assert os.path.getmtime(os.path.join(out, R.shard_name("toy", "train", 0, 3))) == mtime
-    reader = R.RecordReader(out, "train")
+    assert os.path.getmtime(os.path.join(out, shards.shard_name("toy", "train", 0, 3))) == mtime
+    reader = record_reader.RecordReader(out, "train")
     assert len(reader) == len(keys)
     assert sorted((r["sequence"], int(r["track"]), int(r["frame"])) for r in reader) == sorted(keys)
 
 
 def test_write_after_open_shard_and_failed_first_write(tmp_path):
     rng = np.random.default_rng(0)
-    with R.RecordWriter(
+    with shards.RecordWriter(
         str(tmp_path), "toy", "train", num_shards=1, num_joints=J_BODY, body_model="smpl"
     ) as w:
         w.open_shard(0)  # still empty when write() routes to it
         with pytest.raises(ValueError, match="gender"):
             w.write(dict(make_record(rng, "s", 0, 0), gender="x"))
         w.write(make_record(rng, "s", 0, 0))
-    assert len(R.RecordReader(str(tmp_path), "train")) == 1
+    assert len(record_reader.RecordReader(str(tmp_path), "train")) == 1
 
 
 def test_empty_split(tmp_path):
-    with R.RecordWriter(
+    with shards.RecordWriter(
         str(tmp_path), "toy", "val", num_shards=2, num_joints=J_HAND, body_model="mano"
     ):
         pass
-    reader = R.RecordReader(str(tmp_path), "val")
+    reader = record_reader.RecordReader(str(tmp_path), "val")
     assert len(reader) == 0 and list(reader) == [] and reader.sequences() == []
-    assert all(R.shard_complete(p) for p in reader.paths) and len(reader.paths) == 2
+    assert all(shards.shard_complete(p) for p in reader.paths) and len(reader.paths) == 2
 
 
 def test_two_splits_share_dataset_info(tmp_path):
     out = str(tmp_path)
     train = write_dataset(out, keys_of(2, 1, 2), split="train", num_shards=2)
     test = write_dataset(out, keys_of(1, 1, 3), split="test", num_shards=1)
-    info = R.load_dataset_info(out)
+    info = shards.load_dataset_info(out)
     assert sorted(info["splits"]) == ["test", "train"]
-    assert len(R.RecordReader(out, "train")) == len(train)
-    assert len(R.RecordReader(out, "test")) == len(test)
+    assert len(record_reader.RecordReader(out, "train")) == len(train)
+    assert len(record_reader.RecordReader(out, "test")) == len(test)
     with pytest.raises(KeyError, match="'val'.*test.*train"):
-        R.RecordReader(out, "val")
+        record_reader.RecordReader(out, "val")
 
 
 # ---------------------------------------------------------------- bad input
@@ -531,14 +537,14 @@ def test_two_splits_share_dataset_info(tmp_path):
 def test_missing_directory_and_info_name_the_path(tmp_path):
     missing = str(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match=missing):
-        R.RecordReader(missing, "train")
-    with pytest.raises(FileNotFoundError, match=os.path.join(str(tmp_path), R.DATASET_INFO)):
-        R.RecordReader(str(tmp_path), "train")
+        record_reader.RecordReader(missing, "train")
+    with pytest.raises(FileNotFoundError, match=os.path.join(str(tmp_path), shards.DATASET_INFO)):
+        record_reader.RecordReader(str(tmp_path), "train")
 
 
 def test_wrong_schema_version(dataset):
     out, _ = dataset
-    path = os.path.join(out, R.DATASET_INFO)
+    path = os.path.join(out, shards.DATASET_INFO)
     with open(path) as f:
         info = json.load(f)
     info["schema_version"] = R.SCHEMA_VERSION + 1
@@ -547,7 +553,7 @@ def test_wrong_schema_version(dataset):
     with pytest.raises(
         R.SchemaVersionError, match=rf"{path}.*schema_version {R.SCHEMA_VERSION + 1}"
     ):
-        R.RecordReader(out, "train")
+        record_reader.RecordReader(out, "train")
 
 
 def test_record_with_other_schema_version_is_refused():
@@ -585,11 +591,11 @@ def test_invalid_records_name_the_field(change, match):
 def test_duplicate_key_and_split_mismatch_rejected(tmp_path):
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"duplicate record \('s', 0, 0\)"):
-        with R.ShardWriter(str(tmp_path / "a"), num_joints=J_BODY, body_model="smpl") as w:
+        with shards.ShardWriter(str(tmp_path / "a"), num_joints=J_BODY, body_model="smpl") as w:
             w.write(make_record(rng, "s", 0, 0))
             w.write(make_record(rng, "s", 0, 0))
     with pytest.raises(ValueError, match="'split' is 'test', writer is for 'train'"):
-        with R.ShardWriter(
+        with shards.ShardWriter(
             str(tmp_path / "b"), num_joints=J_BODY, body_model="smpl", split="train"
         ) as w:
             w.write(dict(make_record(rng, "s", 0, 0), split="test"))
@@ -612,14 +618,16 @@ def test_crop_affine_maps_image_points_to_crop(box):
     dot = np.array([(box[0] + box[2]) / 2 + 7, (box[1] + box[3]) / 2 - 5])
     dot = np.clip(dot, 3, [w - 4, h - 4]).round()
     cv2.circle(image, (int(dot[0]), int(dot[1])), 3, (255, 255, 255), -1)
-    crop, affine = R.crop_person(image, box, crop_size=128, margin=0.25)
+    crop, affine = cropping.crop_person(image, box, crop_size=128, margin=0.25)
     assert crop.shape == (128, 128, 3) and affine.dtype == np.float32
     gray = crop[..., 0].astype(np.float64)
     ys, xs = np.mgrid[:128, :128]
     centroid = np.array([(gray * xs).sum(), (gray * ys).sum()]) / gray.sum()
-    np.testing.assert_allclose(centroid, R.apply_affine(affine, dot), atol=0.35)
+    np.testing.assert_allclose(centroid, cropping.apply_affine(affine, dot), atol=0.35)
     # the whole box (with its margin) is inside the crop
-    corners = R.apply_affine(affine, np.array([[box[0], box[1]], [box[2], box[3]]], np.float32))
+    corners = cropping.apply_affine(
+        affine, np.array([[box[0], box[1]], [box[2], box[3]]], np.float32)
+    )
     assert (corners >= -0.5).all() and (corners <= 127.5).all()
-    jpeg, affine2 = R.crop_and_encode(image, box, crop_size=128)
+    jpeg, affine2 = cropping.crop_and_encode(image, box, crop_size=128)
     assert jpeg[:2] == b"\xff\xd8" and np.array_equal(affine, affine2)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_train_loop import REPO, job_env
 
-from data_pipelines import records
+from data_pipelines import record_reader, shards
 from extpose_jax.train import checkpoint, inputs, writers
 
 
@@ -67,7 +67,7 @@ def corrupt_root(synthetic_default, tmp_path):
     payload byte: the CRC check catches it); -> (root, the first corrupt shard and index)."""
     root = tmp_path / 'records'
     shutil.copytree(synthetic_default['root'], root)
-    reader = records.RecordReader(root / '3dpw', 'train')
+    reader = record_reader.RecordReader(root / '3dpw', 'train')
     first = None
     for i in range(0, len(reader), 3):
         shard = int(np.searchsorted(reader._starts, i, side='right')) - 1
@@ -225,7 +225,7 @@ def test_missing_eval_split_fails_before_the_model(synthetic_default, no_model, 
 def test_split_without_records_fails_before_the_model(synthetic_default, no_model, tmp_path):
     root = tmp_path / 'records'
     shutil.copytree(synthetic_default['root'], root)
-    info_path = root / '3dpw' / records.DATASET_INFO
+    info_path = root / '3dpw' / shards.DATASET_INFO
     info = json.loads(info_path.read_text())
     info['splits']['train'].update(shards=[], num_records=0)   # a consistent, empty split
     info_path.write_text(json.dumps(info))

@@ -1,5 +1,5 @@
 """Tests of extpose_jax/train/writers.py. Event files (written with tensorboardX) are read back by
-tensorboard's own reader and protos and by records.py's CRC-checking scanner; curve PNGs are
+tensorboard's own reader and protos and by tfrecord.py's CRC-checking scanner; curve PNGs are
 checked by their pixels; the progress bar by its text."""
 import io
 import json
@@ -14,7 +14,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.compat.proto import event_pb2
 
-from data_pipelines import records
+from data_pipelines import records, tfrecord
 from extpose_jax.train import writers as W
 
 
@@ -79,7 +79,7 @@ def test_event_framing_crcs_and_file_version(tmp_path):
     with W.TensorBoardWriter(tmp_path) as tb:
         tb.scalars(7, {'loss': 0.5})
     path = os.path.join(tmp_path, _event_files(tmp_path)[0])
-    events = [event_pb2.Event.FromString(p) for _, p in records.iter_framed(path)]  # checks CRCs
+    events = [event_pb2.Event.FromString(p) for _, p in tfrecord.iter_framed(path)]  # checks CRCs
     assert events[0].file_version == 'brain.Event:2'
     assert events[1].step == 7 and events[1].summary.value[0].tag == 'loss'
     assert abs(events[1].wall_time - events[0].wall_time) < 60
@@ -90,7 +90,7 @@ def test_event_framing_crcs_and_file_version(tmp_path):
         f.seek(-6, os.SEEK_END)
         f.write(bytes([byte ^ 0xFF]))
     with pytest.raises(records.CorruptRecordError, match='data CRC mismatch'):
-        list(records.iter_framed(path))
+        list(tfrecord.iter_framed(path))
 
 
 def test_killed_writer_leaves_readable_events(tmp_path):
@@ -99,7 +99,7 @@ def test_killed_writer_leaves_readable_events(tmp_path):
     tb.scalars(2, {'loss': 1.0})
     path = os.path.join(tmp_path, _event_files(tmp_path)[0])
     with open(path, 'ab') as f:   # and a record torn mid-write
-        f.write(records.frame_record(b'\x08' * 40)[:20])
+        f.write(tfrecord.frame_record(b'\x08' * 40)[:20])
     assert _scalars(_accumulate(tmp_path), 'loss') == [(1, 2.0), (2, 1.0)]
     tb.close()
 
@@ -114,7 +114,7 @@ def test_resume_hides_stale_steps_in_tensorboard(tmp_path):
     files = _event_files(tmp_path)
     assert len(files) == 2 and files[0] < files[1]
     first = [event_pb2.Event.FromString(p)
-             for _, p in records.iter_framed(os.path.join(tmp_path, files[1]))][:2]
+             for _, p in tfrecord.iter_framed(os.path.join(tmp_path, files[1]))][:2]
     assert first[0].file_version == 'brain.Event:2'
     assert first[1].step == 6 and first[1].session_log.status == event_pb2.SessionLog.START
     expected = [(s, float(s)) for s in range(1, 6)] + [(6, 106.0), (7, 107.0)]

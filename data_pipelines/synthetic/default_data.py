@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from data_pipelines import convert_3dpw, convert_freihand, convert_hint, records
+from data_pipelines import convert_3dpw, convert_freihand, convert_hint, shards
 from data_pipelines.synthetic import world
 
 _RAW_DONE = 'COMPLETE'
@@ -39,6 +39,6 @@ def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
         summary = module.convert(raw[name], raw['body_models'], dest, quiet=True)
         written = sum(s.get('shards_written', 0) for s in summary['splits'].values())
         log(f'synthetic default: {name} records in {dest} ({written} shards written now)')
-        records.load_dataset_info(dest)  # fails loudly if the conversion left it unreadable
+        shards.load_dataset_info(dest)  # fails loudly if the conversion left it unreadable
         out[name] = dest
     return out

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import augment, convert_common, pipeline, records
+from data_pipelines import augment, convert_common, pipeline, record_reader
 from data_pipelines.atomic_file import atomic_write
 from extpose_jax import body_models
 from extpose_jax.models import extpose
@@ -80,7 +80,7 @@ class WindowPlan:
         return len(self.owned)
 
 
-def plan_windows(reader: records.RecordReader, spec: pipeline.DatasetSpec, num_frames: int,
+def plan_windows(reader: record_reader.RecordReader, spec: pipeline.DatasetSpec, num_frames: int,
                  hop: int, max_frames: int | None = None) -> WindowPlan:
     """Every frame of `reader` once, in (sequence, track, frame) order; with max_frames, only
     the first max_frames of that order (a quick evaluation during training)."""
@@ -300,7 +300,7 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
                          'processes; simulating processes needs your own allgather')
     if not 0 <= index < count:
         raise ValueError(f'evaluate: process_index={index} is not in [0, {count})')
-    reader = records.RecordReader(records_dir, split, skip_corrupt=skip_corrupt)
+    reader = record_reader.RecordReader(records_dir, split, skip_corrupt=skip_corrupt)
     protocol = eval_protocols.make(reader.name)
     if bodies is None:
         if body_models_dir is None:

@@ -1,13 +1,13 @@
 """HMR 2.0 / HaMeR augmentation for one clip: one random draw, one affine, every frame alike.
 
 A clip is T records of one person track (T = 1 for images). Each record holds a crop around the
-person (`crop_affine`: full image -> crop pixels). One augmentation draw per clip (ExtPose trains
-on clips; paper.md §9 #2) gives ONE 2x3 affine from record-crop pixels to the 256x192 output
+person (`crop_affine`: full image -> crop pixels). One augmentation draw per clip (our choice:
+ExtPose trains on clips) gives ONE 2x3 affine from record-crop pixels to the 256x192 output
 window, applied to every frame with one cv2.warpAffine. Because each record crop already follows
 the person, the output window tracks the person while scale, rotation, flip and colour stay fixed
 over the clip.
 
-Geometry (reference_models.md §5.5, §5.6), with `c` the box centre and `S` HMR's square box side
+Geometry (HMR 2.0's hmr2/datasets/utils.py), with `c` the box centre and `S` HMR's square box side
 (the box expanded to 3:4 w:h, then its long side):
 
     out = sigma * R(-rot) * M * (p - c') + o,   sigma = 256 / (S * scale),  o = (96, 128)
@@ -33,7 +33,7 @@ import numpy as np
 
 from extpose_jax import skeletons
 
-OUT_H, OUT_W = 256, 192  # the ViT input window (reference_models.md §5.6)
+OUT_H, OUT_W = 256, 192  # the ViT input window of HMR 2.0 / HaMeR
 UPSTREAM_CROP = 256      # upstream's square crop; the window is its central 192 columns
 BOX_ASPECT = OUT_W / OUT_H  # HMR 2.0 / HaMeR expand the box to 3:4 (w:h) before squaring it
 
@@ -64,7 +64,7 @@ _PART_MIN_SIDE = 0.2    # ... but at least this fraction of the person's box sid
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Strengths; defaults are HMR 2.0's (reference_models.md §5.5).
+    """Strengths; defaults are HMR 2.0's training augmentation.
 
     flip_prob / extreme_crop_prob = None pick the upstream value for the body model:
     SMPL 0.5 / 0.1 (HMR 2.0), MANO 0 / 0 (HaMeR). Left hands are always mirrored
@@ -105,7 +105,7 @@ class AugmentConfig:
 @dataclasses.dataclass(frozen=True)
 class NoiseConfig:
     """Detector-like corruption of ground-truth 2D (pose_source='noisy_gt'). Our choice of model
-    (paper.md §3 leaves it open): per frame and joint, independently."""
+    (the ExtPose paper leaves it open): per frame and joint, independently."""
     jitter: float = 0.02        # Gaussian std of x, y as a fraction of the person's box side
     drop_prob: float = 0.05     # joint missing (conf 0, x = y = 0)
     swap_prob: float = 0.02     # per frame: one left/right joint pair exchanged

@@ -1,4 +1,4 @@
-"""3DPW raw download -> records (spec datasets.md §1, §6).
+"""3DPW raw download -> records (the released sequenceFiles / imageFiles layout).
 
     python -m data_pipelines.convert_3dpw --root RAW --body_models DIR --out DIR \
         [--splits train validation test] [--workers N] [--num_shards K] [--crop_size 384]
@@ -205,7 +205,10 @@ def rest_root_joint(model, betas: np.ndarray) -> np.ndarray:
 
 
 def camera_frame_params(model, seq: dict, k: int, frames: np.ndarray, j0: np.ndarray):
-    """Camera-frame pose and translation of actor k at `frames` (spec §1.6).
+    """Camera-frame pose and translation of actor k at `frames` (3DPW stores world-frame SMPL).
+
+    SMPL rotates about its rest root joint J0 (`j0`), so the world -> camera (R, t) of
+    `cam_poses` gives transl_cam = R (trans + J0) + t - J0; the body pose is unchanged.
 
     Returns (pose_cam (F, 72), transl_cam (F, 3), out) with `out` the body model outputs at
     pose_cam (keypoints/vertices/joints without translation): the camera-frame body is

@@ -1,4 +1,4 @@
-"""FreiHAND v2 raw download -> records (spec datasets.md §2, §6 pitfalls 10 and 13).
+"""FreiHAND v2 raw download -> records (MANO-vector and fingertip pitfalls: see below).
 
     python -m data_pipelines.convert_freihand --root RAW --body_models DIR --out DIR \
         [--splits train test] [--workers N] [--num_shards K] [--crop_size 384]

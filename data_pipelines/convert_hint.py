@@ -1,4 +1,4 @@
-"""HInt (HaMeR's Hand Interactions in the wild) annotations -> records (spec datasets.md §3, §6).
+"""HInt (HaMeR's Hand Interactions in the wild) annotations -> records.
 
     python -m data_pipelines.convert_hint --root RAW --out DIR \
         [--splits train val test] [--workers N] [--num_shards K] [--crop_size 384]

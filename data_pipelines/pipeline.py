@@ -8,13 +8,13 @@
     state = it.get_state(); ...; it.set_state(state)   # exact resume (store num_workers too)
 
 A unit is a clip: T records of one track at frame stride s (T = 1: single frames). The grain
-graph follows jax_stack.md §7.2: per dataset shuffle -> repeat; weighted mix; tag each element
+graph follows MaxText's grain order: per dataset shuffle -> repeat; weighted mix; tag each element
 with its position in the global stream; per-process slice; load + augment (map); to_iter_dataset;
 batch; mp_prefetch. The augmentation draw is seeded by (seed, global position), so it does not
 depend on the process count, the worker count or on which process reads the element.
 
 Worker count is part of the reproducibility contract: grain's workers each batch their own slice,
-so changing num_workers changes batch composition and the state format (jax_stack.md §9 #12).
+so changing num_workers changes batch composition and the state format.
 """
 from __future__ import annotations
 
@@ -384,7 +384,7 @@ def make_iterator(cfg: PipelineConfig, process_index: Optional[int] = None,
 
 def _absl_flags_parsed() -> None:
     # grain's mp_prefetch reads absl flags; outside absl.app.run they are unparsed and it raises
-    # UnparsedFlagAccessError (jax_stack.md §9 #11). Marking them parsed keeps the defaults.
+    # UnparsedFlagAccessError. Marking them parsed keeps the defaults.
     from absl import flags
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()

@@ -12,10 +12,10 @@ Conventions
 * Quaternions are ``(w, x, y, z)``, scalar first.  Outputs are unit quaternions
   in the ``w >= 0`` hemisphere; note that SciPy uses ``(x, y, z, w)``.
 * Rotation matrices act on column vectors: ``x' = R @ x``.
-* 6D rotations follow HMR 2.0 / HaMeR (spec §2.5): the two 3-vectors are the
+* 6D rotations follow HMR 2.0 / HaMeR (``rot6d_to_rotmat``): the two 3-vectors are the
   *contiguous* halves ``x[..., 0:3]`` and ``x[..., 3:6]`` and become the first
   two *columns* of ``R``.  SPIN's interleaved split is NOT used.
-* Cameras follow HMR 2.0 (spec §3): a crop camera ``(s, tx, ty)`` predicted for
+* Cameras follow HMR 2.0 (``forward_step``): a crop camera ``(s, tx, ty)`` predicted for
   a square crop of ``crop_size`` pixels with focal length ``focal_length``.
 """
 

@@ -1,4 +1,4 @@
-"""HMR 2.0 / HaMeR training losses (spec reference_models.md §5.1), per frame over [B, T].
+"""HMR 2.0 / HaMeR training losses (4D-Humans hmr2.py / losses.py), per frame over [B, T].
 
 Upstream sums every term over joints, parameters AND the batch (no averaging); only the
 adversarial terms divide by the batch size. Here each image of upstream's batch is one valid

@@ -11,7 +11,7 @@ Conventions, for every function here:
   with no valid joint gives NaN.
 - Everything is jit-able; Python-valued options (thresholds tuples, flags) must be static.
 
-Spec: reference_models.md §6 (HMR 2.0 3DPW protocol, HaMeR FreiHAND and HInt protocols).
+Protocols: HMR 2.0's 3DPW evaluation (4D-Humans eval.py), HaMeR's FreiHAND and HInt ones.
 """
 from __future__ import annotations
 
@@ -261,7 +261,7 @@ def accel_error(pred, gt, valid=None):
 
 
 def hmr2_3dpw_eval(pred44, gt44) -> dict:
-    """HMR 2.0's 3DPW / H36M evaluation (spec reference_models.md §6.1).
+    """HMR 2.0's 3DPW / H36M evaluation (4D-Humans eval.py, pose_utils.Evaluator).
 
     pred44, gt44: (..., 44, C >= 3) HMR 2.0 keypoints in metres (a 4th confidence channel is
     ignored). Both sets are centred on the pelvis (joint 39), the 14 HMR44_EVAL14 joints are

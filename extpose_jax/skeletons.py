@@ -5,7 +5,7 @@ permutation). Joint names share one vocabulary across layouts (lower-case, `left
 so the same anatomical point has the same name wherever it appears; the hard-coded maps below
 are checked against those names by the tests.
 
-Layouts (facts from spec datasets.md §4.5 and §5, reference_models.md §4.2, §4.5, §4.7):
+Layouts (facts from COCO, OpenPose, ControlNet, SPIN / HMR 2.0, smplx and HaMeR):
 
 | name        | joints | what                                                              |
 |-------------|--------|-------------------------------------------------------------------|
@@ -20,7 +20,7 @@ Layouts (facts from spec datasets.md §4.5 and §5, reference_models.md §4.2, �
 
 Colours (RGB uint8 tuples). A "limb colour" is the colour of the bone between `limbs[i]`.
 - `openpose18`: the ControlNet palette (limb i and joint i share colour i), because ExtPose's
-  skeleton images are ControlNet-style (spec datasets.md §5.4). The renderer applies ControlNet's
+  skeleton images are drawn ControlNet-style (our pick). The renderer applies ControlNet's
   0.6 factor to limb colours itself; the stored values are the undimmed ones. OpenPose's own
   COCO-18 joint colours are kept in `OPENPOSE18_NATIVE_JOINT_COLORS`.
 - `body25`, `hand21`: OpenPose's palettes; a limb takes the colour of its second keypoint.
@@ -127,7 +127,7 @@ COCO17_JOINTS = (
     'nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear',
     'left_shoulder', 'right_shoulder', 'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist',
     'left_hip', 'right_hip', 'left_knee', 'right_knee', 'left_ankle', 'right_ankle')
-# COCO's `skeleton`, 1-based as published (spec §5.1).
+# COCO's `skeleton`, 1-based as published in the annotations.
 _COCO17_SKELETON_1BASED = (
     (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
     (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7))
@@ -139,16 +139,16 @@ OPENPOSE18_JOINTS = (
     'nose', 'neck', 'right_shoulder', 'right_elbow', 'right_wrist',
     'left_shoulder', 'left_elbow', 'left_wrist', 'right_hip', 'right_knee', 'right_ankle',
     'left_hip', 'left_knee', 'left_ankle', 'right_eye', 'left_eye', 'right_ear', 'left_ear')
-# OpenPose COCO-18 render pairs = ControlNet's 17 drawn limbs, same order (spec §5.2, §5.4).
+# OpenPose COCO-18 render pairs = the 17 limbs ControlNet draws (its list has 19), same order.
 _OPENPOSE18_LIMBS = _pairs((1, 2, 1, 5, 2, 3, 3, 4, 5, 6, 6, 7, 1, 8, 8, 9, 9, 10, 1, 11, 11, 12,
                             12, 13, 1, 0, 0, 14, 14, 16, 0, 15, 15, 17))
 _OPENPOSE18_FLIP = (0, 1, 5, 6, 7, 2, 3, 4, 11, 12, 13, 8, 9, 10, 15, 14, 17, 16)
-# ControlNet (controlnet_aux) palette: limb i and joint i both use colour i (spec §5.4).
+# ControlNet (controlnet_aux) palette: limb i and joint i both use colour i.
 CONTROLNET_COLORS = _colors((
     (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
     (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
     (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85)))
-# OpenPose's own COCO-18 keypoint colours (poseParametersRender.hpp; spec §5.2), not used by
+# OpenPose's own COCO-18 keypoint colours (poseParametersRender.hpp), not used by
 # the `openpose18` layout; limbs would take the colour of their second keypoint.
 OPENPOSE18_NATIVE_JOINT_COLORS = _colors((
     (255, 0, 85), (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0),
@@ -167,7 +167,7 @@ BODY25_JOINTS = (
 _BODY25_LIMBS = _pairs((1, 8, 1, 2, 1, 5, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 10, 11, 8, 12,
                         12, 13, 13, 14, 1, 0, 0, 15, 15, 17, 0, 16, 16, 18, 14, 19, 19, 20,
                         14, 21, 11, 22, 22, 23, 11, 24))
-# HMR 2.0's flip permutation for the first 25 keypoints (spec datasets.md §4.5).
+# HMR 2.0's flip permutation for the first 25 keypoints (FLIP_KEYPOINT_PERMUTATION).
 _BODY25_FLIP = (0, 1, 5, 6, 7, 2, 3, 4, 8, 12, 13, 14, 9, 10, 11, 16, 15, 18, 17, 22, 23, 24, 19,
                 20, 21)
 _BODY25_COLORS = _colors((
@@ -179,7 +179,7 @@ _BODY25_COLORS = _colors((
 
 # ============================================================================ HMR 2.0's 44
 
-# The 19 joints of SPIN's J19 regressor, in HMR 2.0's order (spec datasets.md §4.5). They are
+# The 19 joints of SPIN's J19 regressor, in HMR 2.0's order (SPIN's JOINT_NAMES). They are
 # different points from the same-named OpenPose ones, hence the dataset suffix.
 HMR44_EXTRA_JOINTS = (
     'right_ankle_lsp', 'right_knee_lsp', 'right_hip_lsp', 'left_hip_lsp', 'left_knee_lsp',
@@ -214,7 +214,7 @@ _HAND21_COLORS = _colors((
     (0, 255, 125), (0, 50, 100), (0, 75, 150), (0, 100, 200), (0, 125, 255), (100, 0, 100),
     (150, 0, 150), (200, 0, 200), (255, 0, 255)))
 
-# MANO's own joint order (spec reference_models.md §4.5).
+# MANO's own joint order, as smplx's MANO layer returns it.
 MANO16_JOINTS = ('wrist',) + tuple(
     f'{finger}{k}' for finger in ('index', 'middle', 'pinky', 'ring', 'thumb') for k in (1, 2, 3))
 MANO16_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
@@ -289,7 +289,7 @@ HMR44_PELVIS = 39
 
 # ============================================================================ mappings
 
-# dst joint -> src joint (-1: missing). Hard-coded from the spec; the tests re-derive each one
+# dst joint -> src joint (-1: missing). Copied from upstream; the tests re-derive each one
 # from the joint names. Pairs not listed here fall back to matching joint names.
 _OP18_TO_COCO17 = (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
 _BODY25_TO_COCO17 = (0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11)
@@ -321,7 +321,7 @@ def get_layout(layout: LayoutLike) -> Layout:
 def mapping(src: LayoutLike, dst: LayoutLike) -> np.ndarray:
     """(dst.num_joints,) int64, read-only: the src joint for each dst joint, -1 where missing.
 
-    Uses the spec's tables where there is one, else the shared joint names. Raises if the two
+    Uses the hard-coded tables where there is one, else the shared joint names. Raises if the two
     layouts have no joint in common.
     """
     src, dst = get_layout(src), get_layout(dst)
@@ -369,7 +369,7 @@ _AXIS_ANGLE_FLIP_SIGN = np.array([1.0, -1.0, -1.0])
 
 
 def flip_smpl_pose(pose):
-    """Mirror an SMPL axis-angle pose left <-> right (SPIN convention, spec §5.5).
+    """Mirror an SMPL axis-angle pose left <-> right (SPIN convention, as HMR 2.0's flip).
 
     pose: (..., 72) or (..., 24, 3), global orientation first. Joints are swapped with
     SMPL_FLIP_PERMUTATION and the y and z components of every axis-angle (global orientation

@@ -214,7 +214,7 @@ def test_save_and_restore_variables_keep_the_discriminator(adv, tmp_path):
     assert step == 1 and cfg.loss.use_adversarial
     _assert_close(got['discriminator'], s1.disc_params, 0)
     exported = to_torch.export_state_dict(got)
-    assert sum(k.startswith('discriminator.') for k in exported) == 62  # spec §2.8, HMR 2.0
+    assert sum(k.startswith('discriminator.') for k in exported) == 62  # as HMR 2.0's checkpoint
     np.testing.assert_array_equal(exported['discriminator.D_conv1.weight'][:, :, 0, 0],
                                   s1.disc_params['D_conv1']['kernel'].T)
 

@@ -16,7 +16,7 @@ from extpose_jax.models import discriminator, extpose, vit
 
 torch = pytest.importorskip('torch')
 
-# The upstream checkpoints' layouts (key -> shape), copied from the project's spec into the tests.
+# The upstream checkpoints' layouts (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 # Tiny ViT at the real 256 x 192 input (193 position slots): what a small real checkpoint holds.
 TINY = vit.ViTConfig.of('tiny')
@@ -49,7 +49,7 @@ def _state_dict(kind, config=TINY, discriminator=True, seed=0):
 
 
 def _lightning(state_dict, extra=None):
-    """What a Lightning .ckpt holds around the weights (reference_models.md §8)."""
+    """What a Lightning .ckpt holds around the weights (plus optimiser states, not needed here)."""
     sd = collections.OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in state_dict.items())
     sd.update(extra or {})
     return {'state_dict': sd, 'epoch': 35, 'global_step': 1_000_000, 'pytorch-lightning_version': '2.0.0'}

@@ -9,7 +9,7 @@ import pytest
 
 from extpose_jax.models import extpose, masks, vit
 
-# HMR 2.0's checkpoint layout (key -> shape), copied from the project's spec into the tests.
+# HMR 2.0's checkpoint layout (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 TINY = vit.ViTConfig.of('tiny', image_size=(64, 48))  # 4 x 3 patches: fast on CPU
 

@@ -1,10 +1,10 @@
 """Tests for extpose_jax.models.heads.
 
 The numerical reference is an independent PyTorch re-implementation of the upstream decoder head,
-written below from the spec's description (reference_models.md §2: PreNorm, Attention,
+written below from upstream's design (4D-Humans pose_transformer.py: PreNorm, Attention,
 CrossAttention, FeedForward, one query token, one IEF step, HMR 2.0 6D). Its modules carry the
 upstream key names, so its state_dict must equal reference_state_dicts.json key for key, and the
-weights reach JAX only through `from_torch_state_dict` (the §9 rules), which is tested with it.
+weights reach JAX only through `from_torch_state_dict` (transpose / copy), which is tested with it.
 """
 import json
 import os
@@ -19,7 +19,7 @@ from torch import nn as tnn
 
 from extpose_jax.models import heads
 
-# The upstream checkpoints' layouts (key -> shape), copied from the project's spec into the tests.
+# The upstream checkpoints' layouts (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 KINDS = {'smpl': ('hmr2', 'smpl_head.', 24, 'body_pose'), 'mano': ('hamer', 'mano_head.', 16,
                                                                     'hand_pose')}
@@ -198,7 +198,7 @@ def test_keys_and_shapes_match_reference(kind, reference):
     assert [r[0] for r in rows] == list(ref)  # same keys, same (registration) order
     assert {r[0]: r[2] for r in rows} == ref
 
-    # The Flax tree, built abstractly, has exactly the mapped leaves and shapes (§9 rules).
+    # The Flax tree, built abstractly, has exactly the mapped leaves and shapes (conversion rules).
     boxed = jax.eval_shape(heads.PoseHead(kind=kind).init, jax.random.key(0),
                            jnp.zeros((1, 192, 1280)))
     flat = {tuple(k.key for k in p): leaf.shape

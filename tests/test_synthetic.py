@@ -1,6 +1,6 @@
 """The synthetic raw datasets (data_pipelines/synthetic/raw_*.py) and the CPU renderer (render.py).
 
-Small sizes, temporary folders. The checks recompute what the spec says a reader computes, with
+Small sizes, temporary folders. The checks recompute what a dataset reader computes, with
 extpose_jax.body_models (not with the generator's own helpers), so a convention slip in the
 generator shows up as a mismatch here.
 """

@@ -23,7 +23,7 @@ except ImportError:  # only the PyTorch cross-checks skip (tests/run.sh installs
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason='PyTorch is not installed')
 
-# HMR 2.0's checkpoint layout (key -> shape), copied from the project's spec into the tests.
+# HMR 2.0's checkpoint layout (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 TWO = ('rgb', 'skeleton')
 TINY = vit.ViTConfig.of('tiny')
@@ -64,7 +64,7 @@ def vit_rows(config, torch_prefix=''):
 
 
 class TorchViT(torch.nn.Module if torch else object):
-    """The upstream ViT forward (4D-Humans hmr2/models/backbones/vit.py), written from the spec."""
+    """The upstream ViT forward (4D-Humans hmr2/models/backbones/vit.py), written anew."""
 
     def __init__(self, c):
         super().__init__()

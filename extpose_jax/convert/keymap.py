@@ -1,6 +1,6 @@
 """One table per model part: PyTorch key <-> Flax path, both shapes and the rule between them.
 
-A row says everything about one tensor (reference_models.md §9):
+A row says everything about one tensor (the PyTorch <-> Flax conversion rules):
 
   'copy'     same values, same shape (biases, LayerNorm weight -> scale, pos_embed, buffers)
   'linear'   flax = W.T.reshape(flax_shape); W = flax.reshape(torch_shape[::-1]).T -- nn.Linear,
@@ -74,7 +74,7 @@ def vit_dims(config) -> dict:
 
 def vit_rows(width, depth, mlp_dim, num_patches, patch=16, channels=3, *,
              torch_prefix='backbone.', root=('params', 'backbone')) -> tuple[Row, ...]:
-    """The backbone (reference_models.md §1.6), in the upstream state_dict order."""
+    """The backbone (`backbone.*`: 389 tensors for ViT-H), in the upstream state_dict order."""
     rows = [Row(torch_prefix + 'pos_embed', root + ('pos_embed',), (1, 1 + num_patches, width),
                 (1, 1 + num_patches, width), 'copy'),
             Row(torch_prefix + 'patch_embed.proj.weight', root + ('patch_embed', 'proj', 'kernel'),

@@ -27,7 +27,7 @@ from extpose_jax.convert import keymap
 
 # Lightning's load_from_checkpoint wants this entry and migrates files older than its targets;
 # the pre-2.0 migrations read training-loop entries we do not write, and 2.0.0 skips them.
-# (Which entries upstream's loaders need is UNVERIFIED in spec §8.)
+# (Which entries upstream's loaders need was not verified by running them.)
 LIGHTNING_VERSION = '2.0.0'
 
 

@@ -8,7 +8,7 @@
 Module and parameter names are upstream's (backbone.blocks.3.attn.qkv.weight, smpl_head.
 transformer.transformer.layers.0.1.fn.to_kv.weight, ...), so an exported checkpoint loads with
 load_state_dict as HMR 2.0 / HaMeR load it. Everything that computes is written here again in
-torch from the spec, not translated from the Flax code: patch embedding, blocks, masked
+torch from upstream's design, not translated from the Flax code: patch embedding, blocks, masked
 attention, the decoder head, 6D rotations and the skeleton image. That makes it a check on the
 JAX model and on the converter. Only the attention mask itself -- which token sees which, a
 property of the token layout, not of either framework -- comes from masks.py, so both sides

@@ -6,7 +6,7 @@
 q, k, v are (B, N, H, D) (BTNH, as jax.nn.dot_product_attention). The mask is the static
 `structure` (numpy bool (Nq, Nk), known while tracing) AND the dynamic `key_valid`
 (bool (B, Nk) or None). A query row with no allowed key outputs exactly 0 and passes no
-gradient (XLA would otherwise return the mean of V; jax_stack.md pitfall 7).
+gradient (XLA would otherwise return the mean of V).
 
 'dense'      jax.nn.dot_product_attention with the boolean mask: the reference. Memory
              O(B H Nq Nk): fine for one frame (384 tokens), 2.25 GiB per block at 6144.
@@ -22,7 +22,7 @@ gradient (XLA would otherwise return the mean of V; jax_stack.md pitfall 7).
              streams (64 or 192 for 192-token streams): a 128 block straddles two streams and
              inherits the union of their key blocks.
 'cudnn'      jax.nn.dot_product_attention(implementation='cudnn') with the mask (turned into
-             a dense bias by JAX: flash-style, but no block skipping; jax_stack.md §5.1).
+             a dense bias by JAX: flash-style, but no block skipping in JAX 0.10).
              GPU only and bf16/fp16 only: asked for elsewhere it RAISES (a silent fallback
              would hide that a run is not using the kernel it was configured for).
 """

@@ -1,4 +1,4 @@
-"""Ablation baselines that need parameters ExtPose does not have (DESIGN.md §5, paper.md §6).
+"""Ablation baselines that need parameters ExtPose does not have (the ExtPose paper's ablations).
 
 Every model here subclasses `ExtPose`: same `ExtPoseConfig`, same call signature
 

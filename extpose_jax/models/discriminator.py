@@ -1,4 +1,4 @@
-"""HMR 2.0 / HaMeR pose-and-shape discriminator (spec reference_models.md §2.8) in Flax linen.
+"""HMR 2.0 / HaMeR pose-and-shape discriminator (upstream discriminator.py) in Flax linen.
 
 Input: rotation matrices (B, J, 3, 3) of the body pose (SMPL, J = 23, no global orient) or hand
 pose (MANO, J = 15), and betas (B, 10). Output (B, J + 2) = [J per-joint scores | 1 betas score |
@@ -14,7 +14,7 @@ Computation (PyTorch layout in brackets):
 flat(x) flattens the PyTorch (B, 32, J, 1) tensor, i.e. CHANNEL-major: feature index c * J + j.
 This fixes D_alljoints_fc1's input ordering and therefore the weight conversion.
 
-UNVERIFIED (spec §2.8 does not record them): the activations. We use ReLU after each 1x1 conv
+UNVERIFIED (not checked against upstream's file): the activations. We use ReLU after each 1x1 conv
 and after every hidden fc layer (none after the score outputs), as in the HMR-family
 discriminators; the channel-major flatten above is the natural PyTorch `reshape(B, -1)` of the
 conv output and is likewise unverified against the upstream file.
@@ -30,8 +30,8 @@ the 'discriminator.' prefix):
   params/D_alljoints_fc1/{kernel (32 J, 1024), bias}   D_alljoints_fc1.*
   params/D_alljoints_fc2/{kernel (1024, 1024), bias}   D_alljoints_fc2.*
   params/D_alljoints_out/{kernel (1024, 1), bias}      D_alljoints_out.*
-Conversion choice for the 1x1 convs: a Dense kernel (I, O) = weight[:, :, 0, 0].T (spec §9
-"squeeze + transpose"); every Linear is the usual kernel = weight.T. Biases are copied.
+Conversion choice for the 1x1 convs: a Dense kernel (I, O) = weight[:, :, 0, 0].T
+(squeeze + transpose); every Linear is the usual kernel = weight.T. Biases are copied.
 
 Logical axis names (all tiny: map them to None, i.e. replicate, in the rules table):
   'disc_rot' 9 (rotation entries), 'disc_conv_in' / 'disc_conv' 32 (conv channels in / out),

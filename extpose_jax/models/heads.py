@@ -1,12 +1,12 @@
 """HMR 2.0 / HaMeR transformer-decoder heads (SMPL and MANO) in Flax linen.
 
-Architecture (spec reference_models.md §2): one learned query token (to_token_embedding(0) +
+Architecture (upstream's heads): one learned query token (to_token_embedding(0) +
 pos_embedding, i.e. that Linear's bias plus the embedding) runs through 6 pre-norm decoder
 layers [self-attention, cross-attention to the backbone tokens, feed-forward], each with a
 residual and no final norm. Linear readouts add a residual to the mean parameters (one IEF
 step); the 6D pose becomes rotation matrices with `geometry.rot6d_to_matrix` (HMR 2.0 halves).
 
-ExtPose adds no parameters (paper.md §2.5): the same head runs per frame and its context may
+ExtPose adds no parameters, so (our reading) the same head runs per frame and its context may
 be the frame's RGB tokens, skeleton tokens or both (192 or 384 tokens); cross-attention takes
 any context length. `__call__` accepts any leading dims, so (B, T, N, C) context gives (B, T, ...)
 outputs, frame by frame. `select_context` builds rgb / skeleton / both contexts with masks.
@@ -31,7 +31,7 @@ below drop the 'smpl_head.' / 'mano_head.' prefix, and T = 'transformer.transfor
   constants/{init_body_pose | init_hand_pose, init_betas, init_cam} (1, n)   the buffers
 
 Kernels are split per head so the 'heads' axis can be sharded without resharding in the forward
-pass. Every Linear converts with ONE rule (spec §9 plus a row-major reshape):
+pass. Every Linear converts with ONE rule (transpose plus a row-major reshape):
   flax kernel = W.T.reshape(flax_shape);  W = kernel.reshape(W.shape[::-1]).T
 which is exact because PyTorch lays the fused outputs out as [q | k | v] and, inside each,
 head-major (rearrange 'b n (h d) -> b h n d'). Everything else is copied (LayerNorm weight ->
@@ -61,12 +61,12 @@ import numpy as np
 
 from extpose_jax import geometry
 
-# Per-kind constants (spec §2.4, §2.6): joints incl. the global orientation, output key, buffer.
+# Per-kind constants (as upstream): joints incl. the global orientation, output key, buffer.
 _KINDS = {
     'smpl': dict(num_joints=24, pose_key='body_pose', init_pose='init_body_pose'),
     'mano': dict(num_joints=16, pose_key='hand_pose', init_pose='init_hand_pose'),
 }
-# Spec §2.1 / §2.3; fixed by the checkpoints, so not configurable.
+# HMR 2.0 / HaMeR head sizes; fixed by the checkpoints, so not configurable.
 DEPTH = 6
 DIM = 1024
 HEADS = 8
@@ -75,7 +75,7 @@ MLP_DIM = 1024
 CONTEXT_DIM = 1280
 NUM_BETAS = 10
 LN_EPS = 1e-5  # PyTorch default; NOT flax's 1e-6 and NOT the ViT's 1e-6.
-# SPIN's mean camera (UNVERIFIED in the spec); only the fallback when no mean file is given.
+# SPIN's mean camera (not checked against its npz); only the fallback when no mean file is given.
 DEFAULT_CAM = (0.9, 0.0, 0.0)
 
 
@@ -239,7 +239,7 @@ def mean_constants(kind: str, mean_params=None) -> dict:
     mean_params: None -> identity 6D rotation for every joint, zero betas, cam (0.9, 0, 0);
     a path to smpl_mean_params.npz / mano_mean_params.npz; or a mapping with the npz's keys
     'pose' (npose,), 'shape' (10,), 'cam' (3,). A released checkpoint carries its own buffers
-    (spec §2.4); `from_torch_state_dict` takes those instead.
+    (the init_* buffers); `from_torch_state_dict` takes those instead.
     """
     cfg = _kind(kind)
     n = 6 * cfg['num_joints']

@@ -15,7 +15,7 @@ row-major, so the S = T*V*M streams come in (t, v, m) order and token = stream*N
 A "view" is any separately cropped stream of the same frame: a camera view, or a body part
 crop (body + hand crops) labelled by an optional part index per view.
 
-Mask semantics (paper.md §2.3, §2.4; INFERRED there, fixed here)
+Mask semantics (our concrete reading of the paper)
 ------------------------------------------------------------------
 Within one view (same view index), by `strategy`:
   'frame'       same frame and same modality (each stream alone: the original image ViT)
@@ -25,10 +25,9 @@ Within one view (same view index), by `strategy`:
   'full'        every pair
 Across views (different view index), only when switched on:
   `cross_view`  pairs of views with the SAME part (camera views of one crop): allowed when
-                same frame and same modality (paper.md §2.4: "same (t, m) across views")
+                same frame and same modality (our rule: the paper gives no mechanism)
   `cross_part`  pairs of views with DIFFERENT parts (body crop <-> hand crop): allowed when
-                same frame and same modality (paper.md §2.4: "across parts within the same
-                frame and modality")
+                same frame and same modality (likewise our rule)
   Under 'full' a switched-on cross-view/part pair allows every frame and modality.
   Without part labels every view has part 0, so only `cross_view` applies. A layout with
   both several cameras and several parts needs the view index to enumerate (camera, part);

@@ -1,17 +1,17 @@
 """2D-pose input forms, made on device: skeleton images, heatmaps, keypoint arrays; pixel norm.
 
-ExtPose feeds 2D poses as skeleton images through the ViT's own patch embedding (paper.md §2.2,
-§3); the heatmap and 1D-array forms exist for the input-form ablation. Everything here is pure
+ExtPose feeds 2D poses as skeleton images through the ViT's own patch embedding; the heatmap
+and 1D-array forms exist for the input-form ablation. Everything here is pure
 jax.numpy, jit-able, differentiable in the keypoint coordinates, and batched over any leading
 dims of `keypoints (..., J, 3)` = (x, y, conf).
 
 Pixel convention: pixel (row i, column j) has its centre at (x, y) = (j, i), as OpenCV's integer
 drawing coordinates, so a keypoint at (j, i) lands on that pixel's centre. Keypoints are in the
 pixels of the image being made. HMR 2.0 / HaMeR crops are 256 x 256 and the ViT sees the central
-192 columns (spec reference_models.md §1.5): either render at 256 x 256 and slice [:, 32:-32]
+192 columns (upstream's forward_step): either render at 256 x 256 and slice [:, 32:-32]
 like the RGB crop, or render at 256 x 192 with x shifted by -32 (the same pixels).
 
-Skeleton images (`render_skeleton`) follow the ControlNet OpenPose look (spec datasets.md §5.4):
+Skeleton images (`render_skeleton`) follow the ControlNet OpenPose look (our choice):
 black canvas, limbs in the layout's limb palette dimmed by 0.6, joints as discs of the joint
 colour, limbs first in layout order then joints, each composited 'over' what is already drawn.
 Deviations, on purpose: limbs are round-capped strokes (OpenCV's thick line) instead of
@@ -29,7 +29,7 @@ import numpy as np
 from extpose_jax import skeletons
 
 # ImageNet statistics on the [0, 1] scale; HMR 2.0 / HaMeR apply them on [0, 255] as
-# (p - 255 mean) / (255 std) (spec reference_models.md §5.6).
+# (p - 255 mean) / (255 std).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CONTROLNET_LIMB_BRIGHTNESS = 0.6
@@ -44,7 +44,7 @@ def normalize_image(image, scale=255.0):
     """(..., H, W, 3) RGB on [0, scale] -> ImageNet-normalised float32, as HMR 2.0 / HaMeR.
 
     scale=255 gives (p - 255 mean) / (255 std) exactly as upstream; rendered skeleton images are
-    on [0, 1], so pass scale=1.0 (the spec normalises them like RGB, paper.md §3).
+    on [0, 1], so pass scale=1.0 (they are normalised like RGB; the paper does not say).
     """
     image = jnp.asarray(image, jnp.float32)
     mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * scale

@@ -1,4 +1,4 @@
-"""ViTPose / HMR 2.0 / HaMeR backbone over any token layout (reference_models.md §1).
+"""ViTPose / HMR 2.0 / HaMeR backbone over any token layout (upstream backbones/vit.py).
 
 One ViT for every stream: RGB and skeleton images, all frames and views, go through the same
 patch embedding, position embedding and blocks; only the attention mask (masks.py) differs.
@@ -14,7 +14,7 @@ no cls token, but pos_embed is (1, 1 + 192, C) and its slot 0 is added to every 
 pre-norm blocks, LayerNorm eps 1e-6, fused qkv Dense(3C) with [q | k | v] output columns
 head-major, proj, MLP fc1 -> exact (erf) GELU -> fc2, stochastic depth linspace(0, rate, depth),
 final `last_norm`. Parameter names mirror the PyTorch keys (blocks.3.attn.qkv.weight <->
-blocks_3/attn/qkv/kernel), so a converter maps them 1:1 with the §9 transposes.
+blocks_3/attn/qkv/kernel), so a converter maps them 1:1 with the usual Linear / Conv transposes.
 
 Logical axis names (every parameter; the rules table in train/ maps them to mesh axes):
   'embed'  model width C: residual stream, LayerNorm scale/bias, patch conv output, pos_embed

@@ -312,7 +312,7 @@ def optim_config(cfg) -> optim.OptimConfig:
 
 
 def disc_optim_config(cfg) -> optim.OptimConfig:
-    """The discriminator's own AdamW (spec §5.2: same lr and weight decay as the generator's).
+    """The discriminator's own AdamW (as HMR 2.0's: same lr and weight decay as the generator's).
 
     It always trains fully and is never clipped: the trainable strategy and clip_norm describe
     the pose model. The schedule is shared, so both learning rates move together.

@@ -7,11 +7,11 @@ protocol needs one, a `count` mask (frames owned by this window, see evaluate.py
 record fields the batch does not carry. Nothing here knows about models or windows, so two
 implementations that feed the same geometry print the same numbers.
 
-| dataset  | metrics (mm unless said)                                         | spec                    |
+| dataset  | metrics (mm unless said)                                         | origin                  |
 |----------|------------------------------------------------------------------|-------------------------|
-| 3dpw     | MPJPE, PA-MPJPE (HMR 2.0: 14 joints of the 44, pelvis 39 centred); PVE (pelvis-centred, GT mesh of the GENDERED model); accel (mm/frame^2, the same 14 joints, per track over consecutive frames) | reference_models.md §6.1 |
-| freihand | PA-MPJPE (21 joints), PA-MPVPE (778 vertices; each aligned on its own), F@5mm / F@15mm (fractions, aligned mesh) | §6.2 |
-| hint     | PCK @ 0.05 / 0.1 / 0.15 x the annotated box's longer side (fractions), ALL / VIS / OCC, overall and per source | §6.3 |
+| 3dpw     | MPJPE, PA-MPJPE (HMR 2.0: 14 joints of the 44, pelvis 39 centred); PVE (pelvis-centred, GT mesh of the GENDERED model); accel (mm/frame^2, the same 14 joints, per track over consecutive frames) | 4D-Humans eval.py; PVE, accel: VIBE-style |
+| freihand | PA-MPJPE (21 joints), PA-MPVPE (778 vertices; each aligned on its own), F@5mm / F@15mm (fractions, aligned mesh) | HaMeR eval.py, FreiHAND's scoring |
+| hint     | PCK @ 0.05 / 0.1 / 0.15 x the annotated box's longer side (fractions), ALL / VIS / OCC, overall and per source | HaMeR's HInt evaluation |
 
 Means are over counted frames (PCK: per joint over counted keypoints, then over joints, as
 HaMeR's kpAvg). `num_frames_*` entries say how many frames each mean is over.

@@ -8,7 +8,7 @@
 
 Meshes always have the three axes ('data', 'fsdp', 'tensor') (size 1 where not asked for) so
 that RULES never names a missing axis, and are built with AxisType.Auto because linen's
-logical constraints assert under Explicit axes (spec/jax_stack.md §2).
+logical constraints assert under Explicit axes (init then fails with an AssertionError).
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def replicated(mesh) -> NamedSharding:
 def global_batch(local_batch: Mapping[str, Any], mesh):
     """This process's rows (a dict of numpy arrays) -> global jax.Arrays sharded over the batch.
 
-    With N processes the global batch is N x the local one (spec/jax_stack.md §4); the local
+    With N processes the global batch is N x the local one; the local
     batch must split evenly over this process's share of the data x fsdp devices.
     """
     sharding = batch_sharding(mesh)

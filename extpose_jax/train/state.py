@@ -13,7 +13,7 @@ loss_fn(variables, batch, rng) -> (scalar loss, dict of scalar aux). `variables`
 variables['params'] only. The loss must be a mean over the batch's examples, so that the mean
 over equal micro-batches equals the full-batch loss (what makes grad_accum exact).
 
-Adversarial prior (HMR 2.0 / HaMeR, spec reference_models.md §5): a second network, the
+Adversarial prior (HMR 2.0 / HaMeR training): a second network, the
 discriminator, trained by its own optimizer in the same step.
 
     state, shardings = add_discriminator(state, shardings, Discriminator('smpl'), disc_tx, rng,

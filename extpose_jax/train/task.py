@@ -13,7 +13,7 @@ The pipeline's batch holds the records' keypoint layout (HMR 2.0's 44 for bodies
 the skeleton image is drawn in the model's layout (OpenPose-18, ControlNet's look, for bodies),
 so keypoints are converted here, on device, inside the jitted step.
 
-Adversarial prior (config loss.use_adversarial; spec reference_models.md §5.1): when variables
+Adversarial prior (config loss.use_adversarial; HMR 2.0 / HaMeR's losses): when variables
 hold 'discriminator' (its params, put there by the train step), loss_fn adds the generator term
 w_adv * sum (D(fake) - 1)^2 / N and returns aux['disc_inputs'] for `disc_loss_fn`, the LSGAN
 discriminator loss. Upstream's "real" samples are MoCap SMPL / MANO parameters (CMU for HMR 2.0,

@@ -43,8 +43,8 @@ from scipy.spatial.transform import Rotation
 
 from data_pipelines import convert_common as cc
 from data_pipelines import cropping
-from extpose_jax import errors
-from extpose_jax import safe_pickle
+from extpose_jax import body_models as bm
+from extpose_jax import errors, safe_pickle, skeletons
 
 NAME = "3dpw"
 SPLITS = ("train", "validation", "test")
@@ -267,8 +267,6 @@ def _check_joints(seq: dict, k: int, frames: np.ndarray, joints_cam: np.ndarray,
 
 def process_sequence(job: cc.Job, opt, progress):
     """Yields the records of one sequence (see the module docstring)."""
-    from extpose_jax import skeletons
-
     stats = opt["stats"]
     seq = load_sequence(job.payload["pkl"])
     K = seq["K"]
@@ -278,7 +276,7 @@ def process_sequence(job: cc.Job, opt, progress):
         stats["valid_frames"] = stats.get("valid_frames", 0) + len(valid)
         if not len(valid):
             continue
-        model = cc.smpl_model(opt["body_models"], seq["genders"][k])
+        model = bm.load_from_dir(opt["body_models"], "smpl", seq["genders"][k])
         j0 = rest_root_joint(model, seq["betas"][k])
         for lo in range(0, len(valid), FRAME_BLOCK):  # blocks: meshes of long sequences are big
             frames = valid[lo : lo + FRAME_BLOCK]
@@ -366,7 +364,7 @@ def convert(
         raise ValueError(f"size_mismatch must be 'error' or 'warn', got {size_mismatch!r}")
     root, body_models = os.fspath(root), os.fspath(body_models)
     for gender in ("male", "female"):  # every file checked before anything is written
-        cc.smpl_model(body_models, gender)
+        bm.load_from_dir(body_models, "smpl", gender)
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"unknown 3DPW split {split!r}; expected one of {SPLITS}")

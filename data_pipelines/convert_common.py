@@ -21,8 +21,9 @@ always naming the offending path (and the key / sample where there is one).
 
 Common record helpers: reading an image (`read_image`), projecting camera-frame points
 (`project`), in-image confidences (`inside_image`), boxes from points (`points_box`), mapping
-full-image keypoints into the crop (`keypoints_to_crop`), and the lazily loaded, cached body
-models of a worker process (`smpl_model`, `mano_model`, `model_forward`).
+full-image keypoints into the crop (`keypoints_to_crop`), FreiHAND's MANO with its hands_mean
+(`mano_model`) and the body-model forward on numpy batches (`model_forward`); SMPL comes
+straight from body_models.load_from_dir.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import cv2
+import jax
 import numpy as np
 from tqdm import tqdm
 
 from data_pipelines import cropping, shards
+from extpose_jax import body_models as bm
 from extpose_jax import errors
 
 
@@ -167,40 +170,14 @@ def nominal_K(image_size) -> np.ndarray:
 # ---------------------------------------------------------------------------- body models
 
 _MODELS: dict = {}
-_FORWARD = None
-
-
-def _find_file(body_models: str, names: Iterable[str]) -> str:
-    tried = []
-    for sub in ("", "smpl", "mano"):
-        for name in names:
-            p = os.path.join(body_models, sub, name)
-            tried.append(p)
-            if os.path.isfile(p):
-                return p
-    raise FileNotFoundError(f"body model file not found; looked for {', '.join(tried)}")
-
-
-def smpl_model(body_models: str, gender: str):
-    """Gendered SMPL with HMR 2.0's 44 keypoints (J19 from SMPL_to_J19.pkl), cached per process."""
-    from extpose_jax import body_models as bm
-
-    key = ("smpl", os.path.abspath(body_models), gender)
-    if key not in _MODELS:
-        require_dir(body_models, "body model directory")
-        j19 = _find_file(body_models, ["SMPL_to_J19.pkl"])
-        _MODELS[key] = bm.load_smpl(body_models, gender, j19)
-    return _MODELS[key]
+_FORWARD = jax.jit(bm.forward)
 
 
 def mano_model(body_models: str):
     """(right-hand MANO with HaMeR's 21 keypoints, hands_mean (45,) float64), cached per process."""
-    from extpose_jax import body_models as bm
-
     key = ("mano", os.path.abspath(body_models))
     if key not in _MODELS:
-        require_dir(body_models, "body model directory")
-        path = _find_file(body_models, ["MANO_RIGHT.pkl", "MANO_RIGHT.npz"])
+        path = bm.find_model_file(body_models, "MANO_RIGHT")
         raw = bm.load_model_file(path)
         if "hands_mean" not in raw:
             raise ConversionError(
@@ -219,12 +196,6 @@ def mano_model(body_models: str):
 def model_forward(model, pose: np.ndarray, betas: np.ndarray, chunk: int = 64) -> dict:
     """body_models.forward on numpy (N, P) axis-angle poses and (N, B) betas, in fixed-size
     chunks (one jit compilation per model); returns numpy float64 vertices/joints/keypoints."""
-    global _FORWARD
-    import jax
-    from extpose_jax import body_models as bm
-
-    if _FORWARD is None:
-        _FORWARD = jax.jit(bm.forward)
     pose = np.asarray(pose, np.float32)
     betas = np.asarray(betas, np.float32)
     n = len(pose)

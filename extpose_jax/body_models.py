@@ -12,6 +12,7 @@ file has no business holding, so a foreign pickle is an error, not code executio
 """
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from typing import Optional
@@ -33,6 +34,52 @@ _REQUIRED = ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights', 'k
 
 class BodyModelFileError(errors.DataFileError):
     """A body-model file that is missing, truncated, foreign or inconsistent."""
+
+
+class ModelFileNotFound(BodyModelFileError, FileNotFoundError):
+    """No file of a body model in the folder the user gave; names the folder and the names tried."""
+    exit_code = 2  # a path the user got wrong, as for every missing path
+
+
+# The names each file goes by, preferred first: smplx's (HMR 2.0's, HaMeR's), then the official
+# downloads' (SMPL 1.1.0 and 1.0.0, SMPLify's neutral model), which people often keep unrenamed.
+# Compared ignoring case: the downloads themselves mix basicModel_ and basicmodel_.
+MODEL_FILES = {
+    'SMPL_NEUTRAL': ('SMPL_NEUTRAL.pkl', 'SMPL_NEUTRAL.npz',
+                     'basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl',
+                     'basicModel_neutral_lbs_10_207_0_v1.0.0.pkl'),
+    'SMPL_MALE': ('SMPL_MALE.pkl', 'SMPL_MALE.npz', 'basicmodel_m_lbs_10_207_0_v1.1.0.pkl',
+                  'basicmodel_m_lbs_10_207_0_v1.0.0.pkl'),
+    'SMPL_FEMALE': ('SMPL_FEMALE.pkl', 'SMPL_FEMALE.npz', 'basicmodel_f_lbs_10_207_0_v1.1.0.pkl',
+                    'basicModel_f_lbs_10_207_0_v1.0.0.pkl'),
+    'MANO_RIGHT': ('MANO_RIGHT.pkl', 'MANO_RIGHT.npz'),
+    'SMPL_to_J19': ('SMPL_to_J19.pkl',),
+}
+# Where a body-model folder may keep them: flat, or as the smplx and HMR 2.0 layouts do.
+_SUBFOLDERS = ('', 'smpl', 'mano')
+
+
+def find_model_file(models_dir: str, name: str) -> str:
+    """The path of body-model file `name` (a MODEL_FILES key) in `models_dir` or its smpl/ or
+    mano/ folder; ModelFileNotFound names the folder and every file name tried."""
+    if name not in MODEL_FILES:
+        raise ValueError(f'unknown body-model file {name!r}; expected one of {sorted(MODEL_FILES)}')
+    models_dir, names = os.fspath(models_dir), MODEL_FILES[name]
+    if not os.path.isdir(models_dir):
+        raise ModelFileNotFound(f'body-model folder {models_dir} does not exist '
+                                f'(it should hold {names[0]})')
+    for sub in _SUBFOLDERS:
+        folder = os.path.join(models_dir, sub)
+        try:
+            present = {entry.lower(): entry for entry in os.listdir(folder)}
+        except OSError:  # no such subfolder (or not one): the others may still hold it
+            continue
+        for wanted in names:
+            path = os.path.join(folder, present.get(wanted.lower(), wanted))
+            if os.path.isfile(path):
+                return path
+    raise ModelFileNotFound(f'no {" / ".join(names)} in {models_dir} '
+                            'nor in its smpl/ or mano/ folder')
 
 
 # ----------------------------------------------------------------------------- loading
@@ -210,18 +257,9 @@ def _build(arrays: dict, path: str, *, kind: str, vertex_joints, joint_map,
         parents=parents, kind=kind, mirrored=mirrored)
 
 
-def _resolve(path_or_dir: str, names) -> str:
-    if os.path.isfile(path_or_dir):
-        return path_or_dir
-    tried = []
-    for sub in ('', 'smpl', 'mano'):
-        for name in names:
-            for ext in ('.pkl', '.npz'):
-                candidate = os.path.join(path_or_dir, sub, name + ext)
-                tried.append(candidate)
-                if os.path.isfile(candidate):
-                    return candidate
-    raise FileNotFoundError(f'no body model file at {path_or_dir} (looked for {", ".join(tried[:4])}, ...)')
+def _model_path(path_or_dir: str, name: str) -> str:
+    path_or_dir = os.fspath(path_or_dir)
+    return path_or_dir if os.path.isfile(path_or_dir) else find_model_file(path_or_dir, name)
 
 
 def load_j19_regressor(path: str) -> np.ndarray:
@@ -246,7 +284,7 @@ def load_smpl(path_or_dir: str, gender: str = 'neutral', j19_path: Optional[str]
     """SMPL as HMR 2.0 uses it: 24 joints, OpenPose-25 keypoints, + 19 extra with `j19_path`."""
     if gender not in ('neutral', 'male', 'female'):
         raise ValueError(f"gender must be 'neutral', 'male' or 'female', got {gender!r}")
-    path = _resolve(path_or_dir, [f'SMPL_{gender.upper()}'])
+    path = _model_path(path_or_dir, f'SMPL_{gender.upper()}')
     arrays = load_model_file(path)
     extra = None
     if j19_path is not None:
@@ -262,10 +300,30 @@ def load_smpl(path_or_dir: str, gender: str = 'neutral', j19_path: Optional[str]
 
 def load_mano(path_or_dir: str, is_right: bool = True, num_betas: Optional[int] = None) -> BodyModel:
     """MANO as HaMeR uses it, from the right-hand file; a left hand is its mirror image."""
-    path = _resolve(path_or_dir, ['MANO_RIGHT'])
+    path = _model_path(path_or_dir, 'MANO_RIGHT')
     return _build(load_model_file(path), path, kind='mano', vertex_joints=MANO_TIP_VERTICES,
                   joint_map=skeletons.MANO_TO_OPENPOSE21, mirrored=not is_right,
                   num_betas=num_betas)
+
+
+def load_from_dir(models_dir: str, kind: str, gender: str = 'neutral') -> BodyModel:
+    """The model that runs and converters pose, from a body-model folder: SMPL of `gender` with
+    HMR 2.0's 44 keypoints (its J19 regressor from the same folder), or the right MANO with
+    HaMeR's 21 (`gender` unused). Loaded once per process and folder: converters ask for it per
+    sequence, evaluation per batch."""
+    if kind not in ('smpl', 'mano'):
+        raise ValueError(f"kind must be 'smpl' or 'mano', got {kind!r}")
+    return _load_cached(os.path.abspath(models_dir), kind, gender if kind == 'smpl' else 'right')
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cached(models_dir: str, kind: str, gender: str) -> BodyModel:
+    # Often first called while a step is traced: without this the cached arrays would be that
+    # trace's tracers, and leak into the next one.
+    with jax.ensure_compile_time_eval():
+        if kind == 'mano':
+            return load_mano(models_dir)
+        return load_smpl(models_dir, gender, find_model_file(models_dir, 'SMPL_to_J19'))
 
 
 def stand_in(kind: str, seed: int = 0) -> BodyModel:

@@ -1,6 +1,7 @@
 """The JAX body models against smplx's PyTorch layers (the independent reference)."""
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from extpose_jax import body_models, skeletons
+from extpose_jax import body_models, errors, skeletons
 
 torch = pytest.importorskip('torch')
 smplx = pytest.importorskip('smplx')
@@ -225,3 +226,77 @@ def test_misshaped_key_is_named(body_model_dir, tmp_path):
 def test_missing_model_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         body_models.load_smpl(str(tmp_path), gender='female')
+
+
+# ----------------------------------------------------------------------------- finding files
+
+
+@pytest.mark.parametrize('name, stored', [
+    ('SMPL_NEUTRAL', 'SMPL_NEUTRAL.pkl'),
+    ('SMPL_NEUTRAL', 'smpl/basicModel_neutral_lbs_10_207_0_v1.0.0.pkl'),
+    ('SMPL_NEUTRAL', 'smpl/basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl'),
+    ('SMPL_MALE', 'smpl/basicmodel_m_lbs_10_207_0_v1.0.0.pkl'),
+    ('SMPL_FEMALE', 'basicModel_f_lbs_10_207_0_v1.0.0.pkl'),
+    ('SMPL_FEMALE', 'smpl/BASICMODEL_F_LBS_10_207_0_V1.1.0.PKL'),
+    ('SMPL_FEMALE', 'smpl/SMPL_FEMALE.npz'),
+    ('MANO_RIGHT', 'mano/MANO_RIGHT.pkl'),
+    ('MANO_RIGHT', 'MANO_RIGHT.npz'),
+    ('SMPL_to_J19', 'SMPL_to_J19.pkl'),
+    ('SMPL_to_J19', 'smpl/SMPL_to_J19.pkl'),
+])
+def test_finder_takes_the_names_people_have(tmp_path, name, stored):
+    path = tmp_path / stored
+    path.parent.mkdir(exist_ok=True)
+    path.touch()
+    assert body_models.find_model_file(str(tmp_path), name) == str(path)
+
+
+def test_finder_prefers_smplx_names_then_the_top_folder(tmp_path):
+    (tmp_path / 'smpl').mkdir()
+    for stored in ('smpl/basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl', 'smpl/SMPL_NEUTRAL.pkl',
+                   'SMPL_NEUTRAL.npz'):
+        (tmp_path / stored).touch()
+    find = lambda: body_models.find_model_file(tmp_path, 'SMPL_NEUTRAL')
+    assert find() == str(tmp_path / 'SMPL_NEUTRAL.npz')
+    os.remove(tmp_path / 'SMPL_NEUTRAL.npz')
+    assert find() == str(tmp_path / 'smpl' / 'SMPL_NEUTRAL.pkl')
+
+
+def test_finder_error_names_the_folder_and_every_name(tmp_path):
+    (tmp_path / 'mano').mkdir()
+    (tmp_path / 'MANO_LEFT.pkl').touch()
+    (tmp_path / 'MANO_RIGHT.pkl').mkdir()  # a folder of that name is no model file
+    with pytest.raises(body_models.ModelFileNotFound) as err:
+        body_models.find_model_file(str(tmp_path), 'MANO_RIGHT')
+    message = str(err.value)
+    assert message == (f'no MANO_RIGHT.pkl / MANO_RIGHT.npz in {tmp_path} '
+                       'nor in its smpl/ or mano/ folder')
+    # Callers that catch a missing file, and the command lines' exit codes, see what they did.
+    assert isinstance(err.value, FileNotFoundError)
+    assert isinstance(err.value, body_models.BodyModelFileError)
+    assert errors.exit_code(err.value) == 2
+    with pytest.raises(body_models.ModelFileNotFound, match=r'SMPL_FEMALE\.pkl / .*'
+                       r'basicModel_f_lbs_10_207_0_v1\.0\.0\.pkl in .* nor in its smpl/'):
+        body_models.load_smpl(str(tmp_path), gender='female')
+    with pytest.raises(body_models.ModelFileNotFound, match=f'folder {tmp_path / "nope"} does not'):
+        body_models.find_model_file(str(tmp_path / 'nope'), 'SMPL_to_J19')
+    with pytest.raises(ValueError, match="unknown body-model file 'SMPL_KID'"):
+        body_models.find_model_file(str(tmp_path), 'SMPL_KID')
+
+
+def test_load_from_dir_finds_official_names_and_loads_once(body_model_dir, tmp_path):
+    smpl = tmp_path / 'smpl'
+    smpl.mkdir()
+    shutil.copy(body_model_dir / 'smpl' / 'SMPL_MALE.pkl',
+                smpl / 'basicmodel_m_lbs_10_207_0_v1.0.0.pkl')
+    shutil.copy(body_model_dir / 'SMPL_to_J19.pkl', tmp_path / 'SMPL_to_J19.pkl')
+    male = body_models.load_from_dir(str(tmp_path), 'smpl', 'male')
+    assert male.extra_regressor.shape[0] == 19  # HMR 2.0's 44 keypoints, the J19 found beside it
+    assert body_models.load_from_dir(str(tmp_path) + os.sep, 'smpl', 'male') is male
+    want = body_models.load_smpl(str(body_model_dir), 'male')
+    np.testing.assert_array_equal(male.v_template, want.v_template)
+    mano = body_models.load_from_dir(str(body_model_dir), 'mano', 'female')  # gender unused
+    assert mano.kind == 'mano' and not mano.mirrored
+    assert body_models.load_from_dir(str(body_model_dir), 'mano') is mano
+    with pytest.raises(body_models.ModelFileNotFound, match='SMPL_FEMALE'):
+        body_models.load_from_dir(str(tmp_path), 'smpl', 'female')

@@ -40,7 +40,7 @@ def _abstract_variables(kind, config, with_discriminator=True):
         n = discriminator.num_joints(kind)
         disc = jax.eval_shape(discriminator.Discriminator(kind).init, jax.random.PRNGKey(0),
                               jnp.zeros((1, n, 3, 3)), jnp.zeros((1, 10)))
-        variables[keymap.DISCRIMINATOR] = nn.unbox(disc)['params']
+        variables[discriminator.DISCRIMINATOR] = nn.unbox(disc)['params']
     return variables
 
 

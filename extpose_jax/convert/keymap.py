@@ -31,8 +31,6 @@ from extpose_jax.models import discriminator as disc_lib
 from extpose_jax.models import heads
 
 RULES = ('copy', 'linear', 'conv', 'conv1x1')
-# Where the discriminator's params live beside an ExtPose model's {'params', 'constants'}.
-DISCRIMINATOR = 'discriminator'
 HEAD_PREFIX = {'smpl': 'smpl_head.', 'mano': 'mano_head.'}
 _LISTED = 20  # keys named per category in an error message; the exception keeps them all
 
@@ -120,7 +118,8 @@ def head_rows(kind: str, context_dim: int = heads.CONTEXT_DIM) -> tuple[Row, ...
 
 
 def discriminator_rows(kind: str) -> tuple[Row, ...]:
-    return tuple(Row('discriminator.' + tkey, (DISCRIMINATOR,) + path, tshape, fshape, rule)
+    root = (disc_lib.DISCRIMINATOR,)
+    return tuple(Row('discriminator.' + tkey, root + path, tshape, fshape, rule)
                  for tkey, path, tshape, fshape, rule in disc_lib.discriminator_key_map(kind))
 
 
@@ -254,6 +253,6 @@ def to_torch(variables: Mapping[str, Any], rows: Iterable[Row], *,
     return out
 
 
-__all__ = ['Row', 'ConversionError', 'as_numpy', 'DISCRIMINATOR', 'HEAD_PREFIX', 'vit_dims',
+__all__ = ['Row', 'ConversionError', 'as_numpy', 'HEAD_PREFIX', 'vit_dims',
            'vit_rows', 'head_rows', 'discriminator_rows', 'model_rows', 'dims_from_variables',
            'kind_from_variables', 'random_state_dict', 'from_torch', 'to_torch']

@@ -24,6 +24,7 @@ import os
 from data_pipelines.atomic_file import atomic_write
 from extpose_jax import errors
 from extpose_jax.convert import keymap
+from extpose_jax.models.discriminator import DISCRIMINATOR
 
 # Lightning's load_from_checkpoint wants this entry and migrates files older than its targets;
 # the pre-2.0 migrations read training-loop entries we do not write, and 2.0.0 skips them.
@@ -38,7 +39,7 @@ def export_state_dict(variables) -> collections.OrderedDict:
     """
     kind = keymap.kind_from_variables(variables)
     rows = keymap.model_rows(kind, keymap.dims_from_variables(variables),
-                             discriminator=keymap.DISCRIMINATOR in variables)
+                             discriminator=DISCRIMINATOR in variables)
     return keymap.to_torch(variables, rows, what=f'export ({kind})')
 
 

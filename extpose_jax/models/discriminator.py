@@ -53,6 +53,9 @@ NUM_JOINTS = {'smpl': 23, 'mano': 15}
 NUM_BETAS = 10
 CONV_CH = 32
 MLP = 1024
+# Where its params live beside an ExtPose model's {'params', 'constants'}: in a checkpoint's
+# variables, and in the variables the loss sees.
+DISCRIMINATOR = 'discriminator'
 
 
 def num_joints(kind: str) -> int:

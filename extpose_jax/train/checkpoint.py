@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 
 from data_pipelines.atomic_file import atomic_write
 from extpose_jax import errors
-from extpose_jax.convert.keymap import DISCRIMINATOR
+from extpose_jax.models.discriminator import DISCRIMINATOR
 
 _VARIABLES, _META = 'variables', 'meta.json'
 ITEMS = ('state', 'data', 'config')

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import augment, convert_common, pipeline, record_reader
+from data_pipelines import augment, pipeline, record_reader
 from data_pipelines.atomic_file import atomic_write
 from extpose_jax import body_models
 from extpose_jax.models import extpose
@@ -183,9 +183,7 @@ class JaxBodies:
         self.faces = body_models.faces(self.model)
 
     def _model(self, gender: str):
-        if self.kind == 'smpl':
-            return convert_common.smpl_model(self.body_models_dir, gender)
-        return convert_common.mano_model(self.body_models_dir)[0]
+        return body_models.load_from_dir(self.body_models_dir, self.kind, gender)
 
     def predicted(self, outputs: dict) -> dict:
         out = _posed({k: jnp.asarray(v, jnp.float32) for k, v in outputs.items()}, self.model)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from extpose_jax.convert.keymap import DISCRIMINATOR
+from extpose_jax.models.discriminator import DISCRIMINATOR
 from extpose_jax.train import sharding as shd
 
 

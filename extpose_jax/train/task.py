@@ -30,10 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import convert_common
-from extpose_jax import geometry, losses, skeletons
-from extpose_jax.convert.keymap import DISCRIMINATOR
+from extpose_jax import body_models, geometry, losses, skeletons
 from extpose_jax.models import discriminator as disc_lib
+from extpose_jax.models.discriminator import DISCRIMINATOR
 from extpose_jax.train import config as config_lib
 from extpose_jax.train import optim
 from extpose_jax.train import sharding as shd
@@ -42,13 +41,6 @@ from extpose_jax.train import sharding as shd
 TRAIN_KEYS = ('image', 'kp2d_input', 'kp2d', 'kp3d', 'pose', 'betas', 'has_kp2d', 'has_kp3d',
               'has_pose', 'has_betas', 'frame_valid')
 PREDICT_KEYS = ('image', 'kp2d_input', 'frame_valid')
-
-
-def load_body_model(kind: str, body_models_dir: str):
-    """The model predictions go through: neutral SMPL with the 44 keypoints, or right MANO."""
-    if kind == 'smpl':
-        return convert_common.smpl_model(body_models_dir, 'neutral')
-    return convert_common.mano_model(body_models_dir)[0]
 
 
 def device_batch(batch: dict, keys=TRAIN_KEYS) -> dict:
@@ -105,10 +97,8 @@ class Task:
     def body_model(self):
         if self.body_models_dir is None:
             raise ValueError('Task: the loss needs a body model; pass body_models_dir')
-        # Often first touched while a step is being traced: load eagerly, or the cached arrays
-        # would be that trace's tracers and leak into the next one (another jit, a scan body).
-        with jax.ensure_compile_time_eval():
-            return load_body_model(self.kind, self.body_models_dir)
+        # The neutral SMPL (or the right MANO): a prediction has no gender.
+        return body_models.load_from_dir(self.body_models_dir, self.kind)
 
     def inputs(self, batch):
         """(frames (B, T, 1, H, W, 3), keypoints (B, T, 1, J, 3) in the model's layout)."""

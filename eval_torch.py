@@ -12,6 +12,7 @@ weights, and any difference is the frameworks'. The other flags are run_eval.py'
 metrics are printed and written to DIR/eval_torch/<evaluator>/<split>/metrics.json (run_eval.py
 writes DIR/eval/...), so --workdir is the run the weights were exported from, or any directory.
 """
+
 import os
 
 import numpy as np
@@ -58,20 +59,29 @@ class SmplxBodies:
             if self.kind == 'smpl':
                 layer = smplx.SMPLLayer(model_path=path, data_struct=struct, num_betas=10)
             else:
-                layer = smplx.MANOLayer(model_path=path, data_struct=struct, is_rhand=True,
-                                        use_pca=False, num_betas=10)
+                layer = smplx.MANOLayer(
+                    model_path=path, data_struct=struct, is_rhand=True, use_pca=False, num_betas=10
+                )
             self._layers[gender] = layer.eval()
         return self._layers[gender]
 
     def _forward(self, layer, rotmats, betas):
         """rotmats (N, J, 3, 3), betas (N, 10) numpy -> (vertices, keypoints) numpy."""
-        rotmats, betas = torch.from_numpy(np.asarray(rotmats, np.float32)), torch.from_numpy(np.asarray(betas, np.float32))
+        rotmats, betas = (
+            torch.from_numpy(np.asarray(rotmats, np.float32)),
+            torch.from_numpy(np.asarray(betas, np.float32)),
+        )
         rest = {'body_pose' if self.kind == 'smpl' else 'hand_pose': rotmats[:, 1:]}
         with torch.no_grad():
             out = layer(global_orient=rotmats[:, :1], betas=betas, **rest)
             if self.kind == 'smpl':
-                kp = torch.cat([out.joints[:, list(skeletons.SMPL_TO_OPENPOSE25)],
-                                torch.einsum('ev,nvk->nek', self.j19, out.vertices)], dim=1)
+                kp = torch.cat(
+                    [
+                        out.joints[:, list(skeletons.SMPL_TO_OPENPOSE25)],
+                        torch.einsum('ev,nvk->nek', self.j19, out.vertices),
+                    ],
+                    dim=1,
+                )
             else:
                 tips = out.vertices[:, list(body_models.MANO_TIP_VERTICES)]
                 kp = torch.cat([out.joints, tips], dim=1)[:, list(skeletons.MANO_TO_OPENPOSE21)]
@@ -81,12 +91,18 @@ class SmplxBodies:
         rest = outputs['body_pose'] if self.kind == 'smpl' else outputs['hand_pose']
         rotmats = np.concatenate([outputs['global_orient'], rest], axis=-3)
         lead = rotmats.shape[:-3]
-        verts, kp = self._forward(self.neutral, rotmats.reshape(-1, *rotmats.shape[-3:]),
-                                  outputs['betas'].reshape(-1, outputs['betas'].shape[-1]))
+        verts, kp = self._forward(
+            self.neutral,
+            rotmats.reshape(-1, *rotmats.shape[-3:]),
+            outputs['betas'].reshape(-1, outputs['betas'].shape[-1]),
+        )
         s, tx, ty = np.moveaxis(np.asarray(outputs['pred_cam'], np.float32), -1, 0)
         cam_t = np.stack([tx, ty, 2 * FOCAL_LENGTH / (CROP_SIZE * s + 1e-9)], axis=-1)
-        return {'keypoints_3d': kp.reshape(lead + kp.shape[1:]),
-                'vertices': verts.reshape(lead + verts.shape[1:]), 'cam_t': cam_t}
+        return {
+            'keypoints_3d': kp.reshape(lead + kp.shape[1:]),
+            'vertices': verts.reshape(lead + verts.shape[1:]),
+            'cam_t': cam_t,
+        }
 
     def ground_truth(self, pose, betas, genders=None) -> dict:
         lead = pose.shape[:-1]
@@ -95,7 +111,10 @@ class SmplxBodies:
         rotmats = rotmats.reshape(len(pose), -1, 3, 3).numpy()
         if self.kind == 'mano':
             verts, kp = self._forward(self._layer('neutral'), rotmats, betas)
-            return {'vertices': verts.reshape(lead + verts.shape[1:]), 'keypoints': kp.reshape(lead + kp.shape[1:])}
+            return {
+                'vertices': verts.reshape(lead + verts.shape[1:]),
+                'keypoints': kp.reshape(lead + kp.shape[1:]),
+            }
         genders = np.asarray(genders if genders is not None else [], object).reshape(-1)
         if not (genders != '').any():
             raise ValueError("ground_truth: SMPL needs each frame's gender, none given")
@@ -104,7 +123,9 @@ class SmplxBodies:
             pick = genders == gender
             verts, kp = self._forward(self._layer(gender), rotmats[pick], betas[pick])
             for key, value in (('vertices', verts), ('keypoints', kp)):
-                result.setdefault(key, np.zeros((len(pose),) + value.shape[1:], np.float32))[pick] = value
+                result.setdefault(key, np.zeros((len(pose),) + value.shape[1:], np.float32))[
+                    pick
+                ] = value
         return {k: v.reshape(lead + v.shape[1:]) for k, v in result.items()}
 
 
@@ -112,8 +133,10 @@ def make_predict_fn(cfg, state_dict):
     """The mirror of config.model with `state_dict` loaded -> predict_fn(batch) for evaluate()."""
     task = task_lib.Task(cfg)
     if not isinstance(task.model, extpose.ExtPose):
-        raise ValueError(f'config.model.arch={cfg.model.arch!r} adds parameters HMR 2.0 / HaMeR do not '
-                         'have; the PyTorch mirror runs ExtPose and its config variants only')
+        raise ValueError(
+            f'config.model.arch={cfg.model.arch!r} adds parameters HMR 2.0 / HaMeR do not '
+            'have; the PyTorch mirror runs ExtPose and its config variants only'
+        )
     mirror = torch_model.TorchExtPose(task.model.config).load(state_dict).eval()
 
     def predict_fn(batch):
@@ -121,11 +144,13 @@ def make_predict_fn(cfg, state_dict):
         with torch.no_grad():
             out = mirror(frames, kp, frame_valid=np.asarray(batch['frame_valid']))
         return {k: v[:, :, 0].numpy() for k, v in out.items()}  # one view
+
     return predict_fn
 
 
-def run(cfg, ckpt: str, *, evaluator=None, split=None, max_frames=None, pose_source=None,
-        log=print) -> dict:
+def run(
+    cfg, ckpt: str, *, evaluator=None, split=None, max_frames=None, pose_source=None, log=print
+) -> dict:
     """Evaluates the checkpoint on one of cfg.evaluators (default: the first) with PyTorch;
     returns the metrics."""
     state_dict = from_torch.state_dict_of(from_torch.read_torch_file(ckpt), ckpt)
@@ -134,9 +159,13 @@ def run(cfg, ckpt: str, *, evaluator=None, split=None, max_frames=None, pose_sou
     body_models_dir, records_root = run_eval.run_train.prepare_data(cfg)
     split = split or ev.split
     metrics = evaluate.evaluate(
-        make_predict_fn(cfg, state_dict), records_dir=os.path.join(records_root, ev.dataset),
-        split=split, batch_size=cfg.eval.batch_size, bodies=SmplxBodies(cfg.model.kind, body_models_dir),
-        **config_lib.eval_kwargs(cfg, ev, max_frames=max_frames, pose_source=pose_source))
+        make_predict_fn(cfg, state_dict),
+        records_dir=os.path.join(records_root, ev.dataset),
+        split=split,
+        batch_size=cfg.eval.batch_size,
+        bodies=SmplxBodies(cfg.model.kind, body_models_dir),
+        **config_lib.eval_kwargs(cfg, ev, max_frames=max_frames, pose_source=pose_source),
+    )
     log(f'{ev.name}: {ev.dataset}/{split}, PyTorch + smplx ({ckpt}):')
     for key, value in metrics.items():
         log(f'  {key}: {value:.3f}' if isinstance(value, float) else f'  {key}: {value}')
@@ -150,13 +179,21 @@ def main(argv):
     if not FLAGS.ckpt or not FLAGS.workdir:
         raise app.UsageError('--ckpt and --workdir are required')
     ev = config_lib.evaluator(cfg, FLAGS.evaluator)
-    metrics = run(cfg, FLAGS.ckpt, evaluator=ev.name, split=FLAGS.split,
-                  max_frames=FLAGS.max_frames, pose_source=FLAGS.pose_source)
+    metrics = run(
+        cfg,
+        FLAGS.ckpt,
+        evaluator=ev.name,
+        split=FLAGS.split,
+        max_frames=FLAGS.max_frames,
+        pose_source=FLAGS.pose_source,
+    )
     split = FLAGS.split or ev.split
     evaluate.write_metrics_json(
-        os.path.join(FLAGS.workdir, 'eval_torch', ev.name, split, 'metrics.json'), metrics)
+        os.path.join(FLAGS.workdir, 'eval_torch', ev.name, split, 'metrics.json'), metrics
+    )
 
 
 if __name__ == '__main__':
     from extpose_jax import errors
+
     errors.run(main)

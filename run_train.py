@@ -16,21 +16,31 @@ With no body models / records configured it builds the built-in synthetic defaul
 body models, rendered raw datasets, converted records) under config.data_dir and says so.
 Rerunning with the same workdir resumes from its latest checkpoint.
 """
+
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
-                                         lock_config=True)
+CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration file.', lock_config=True
+)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and evaluation results go.')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() with auto-detection.')
-flags.DEFINE_string('coordinator', os.environ.get('JAX_COORDINATOR_ADDRESS'),
-                    'host:port of process 0, for jax.distributed.initialize.')
-flags.DEFINE_integer('num_processes', int(os.environ.get('JAX_NUM_PROCESSES', '0')) or None,
-                     'Number of processes (with --coordinator).')
-flags.DEFINE_integer('process_id', int(os.environ.get('JAX_PROCESS_ID', '-1')), 'This process (with --coordinator).')
+flags.DEFINE_string(
+    'coordinator',
+    os.environ.get('JAX_COORDINATOR_ADDRESS'),
+    'host:port of process 0, for jax.distributed.initialize.',
+)
+flags.DEFINE_integer(
+    'num_processes',
+    int(os.environ.get('JAX_NUM_PROCESSES', '0')) or None,
+    'Number of processes (with --coordinator).',
+)
+flags.DEFINE_integer(
+    'process_id', int(os.environ.get('JAX_PROCESS_ID', '-1')), 'This process (with --coordinator).'
+)
 flags.DEFINE_bool('force', False, 'Run even when the preflight estimates an absurd run time.')
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
@@ -39,11 +49,13 @@ FLAGS = flags.FLAGS
 def init_distributed():
     """Before any other JAX call: preemption notices and per-host data depend on it."""
     import jax
+
     if FLAGS.coordinator:
         if not FLAGS.num_processes or FLAGS.process_id < 0:
             raise app.UsageError('--coordinator needs --num_processes and --process_id')
-        jax.distributed.initialize(FLAGS.coordinator, num_processes=FLAGS.num_processes,
-                                   process_id=FLAGS.process_id)
+        jax.distributed.initialize(
+            FLAGS.coordinator, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+        )
     elif FLAGS.distributed:
         jax.distributed.initialize()
 
@@ -74,6 +86,7 @@ def preflight(cfg):
     from extpose_jax import errors
     from extpose_jax.train import config as config_lib
     from extpose_jax.train import preflight as preflight_lib
+
     if not cfg.preflight.enabled:
         return config_lib.resolved(cfg)
     refusal, report = None, None
@@ -81,8 +94,14 @@ def preflight(cfg):
         report = preflight_lib.check(cfg, label=config_label(), force=FLAGS.force, log=logging.info)
     except preflight_lib.Refusal as e:
         refusal = str(e)
-    decision = np.array([refusal is None, report.grad_accum if report else 0,
-                         report.config.eval.batch_size if report else 0], np.int64)
+    decision = np.array(
+        [
+            refusal is None,
+            report.grad_accum if report else 0,
+            report.config.eval.batch_size if report else 0,
+        ],
+        np.int64,
+    )
     if jax.process_count() > 1:
         decision = multihost_utils.broadcast_one_to_all(decision)
     if not decision[0]:
@@ -101,11 +120,13 @@ def prepare_data(cfg) -> tuple:
     import jax
 
     from data_pipelines.synthetic import default_data
+
     root = os.path.join(cfg.data_dir, 'synthetic')
     if jax.process_index() == 0:
         print(f'no dataset configured: using the built-in synthetic default in {root}')
         paths = default_data.ensure(root, seed=0, log=print)
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices('synthetic default ready')
     if jax.process_index() != 0:
         paths = default_data.ensure(root, seed=0, log=logging.info)  # cached: only checks
@@ -115,6 +136,7 @@ def prepare_data(cfg) -> tuple:
 def main(argv):
     del argv
     from extpose_jax.train import config as config_lib
+
     cfg = CONFIG.value
     config_lib.validate(cfg)  # before any data or device work
     if not FLAGS['verbosity'].present:
@@ -122,22 +144,27 @@ def main(argv):
     init_distributed()
     cfg = preflight(cfg)  # before any data or parameters exist
     import jax
+
     log = print if jax.process_index() == 0 else logging.info  # one voice for the whole job
     workdir = FLAGS.workdir or default_workdir(config_label())
     log(f'workdir: {workdir}')
     from extpose_jax.train import loop
+
     body_models, records = prepare_data(cfg)
     result = loop.train(cfg, workdir, body_models, records, log=log)
     for evaluator in config_lib.evaluators(cfg):
         ev = {s: m for s, m in result['eval'][evaluator.name].items() if m}
         if ev:
             key, first, last = evaluator.headline, min(ev), max(ev)
-            log(f'held-out {evaluator.name} ({evaluator.dataset} {evaluator.split}) {key}: '
-                f'step {first}: {ev[first][key]:.2f} -> step {last}: {ev[last][key]:.2f}')
+            log(
+                f'held-out {evaluator.name} ({evaluator.dataset} {evaluator.split}) {key}: '
+                f'step {first}: {ev[first][key]:.2f} -> step {last}: {ev[last][key]:.2f}'
+            )
     if result['stopped_early']:
         log(f'stopped at step {result["step"]}; rerun the same command to resume')
 
 
 if __name__ == '__main__':
     from extpose_jax import errors
+
     errors.run(main)

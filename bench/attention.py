@@ -13,6 +13,7 @@ allocates beyond its inputs and outputs) and the peak RSS of a fresh subprocess 
 configuration (which includes the ~0.3 GB of the JAX runtime). Time is the best of a few runs
 after compilation; the slow configurations run once (dense at 6144 tokens takes ~20 s).
 """
+
 import argparse
 import json
 import os
@@ -38,7 +39,9 @@ def _measure(fn, args, runs):
     """(temp bytes, best seconds); seconds is None when running would not fit in free memory."""
     compiled = jax.jit(fn).lower(*args).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
-    if temp + 2 * 2**30 > _available_bytes():  # a shared 2-core box: never push it into the OOM killer
+    if (
+        temp + 2 * 2**30 > _available_bytes()
+    ):  # a shared 2-core box: never push it into the OOM killer
         return temp, None
     times = []
     for _ in range(runs):
@@ -52,25 +55,45 @@ def attention_case(impl, frames, block_size, causal=False, heads=16, head_dim=80
     layout = masks.TokenLayout(frames=frames, modalities=MODALITIES)
     structure = masks.structure(layout, masks.MaskSpec('extpose', causal=causal))
     rng = np.random.default_rng(0)
-    q, k, v, g = (jnp.asarray(rng.normal(size=(1, layout.n_tokens, heads, head_dim)), jnp.float32)
-                  for _ in range(4))
+    q, k, v, g = (
+        jnp.asarray(rng.normal(size=(1, layout.n_tokens, heads, head_dim)), jnp.float32)
+        for _ in range(4)
+    )
 
     def fwd_bwd(q, k, v, g):
-        out, vjp = jax.vjp(lambda q, k, v: attention.attend(q, k, v, structure=structure, impl=impl,
-                                                            block_size=block_size), q, k, v)
+        out, vjp = jax.vjp(
+            lambda q, k, v: attention.attend(
+                q, k, v, structure=structure, impl=impl, block_size=block_size
+            ),
+            q,
+            k,
+            v,
+        )
         return out, vjp(g)
 
     runs = 1 if (impl == 'dense' and layout.n_tokens > 4000) else 3
     temp, seconds = _measure(fwd_bwd, (q, k, v, g), runs)
-    line = {'bench': 'attention', 'impl': impl, 'tokens': layout.n_tokens, 'frames': frames,
-            'heads': heads, 'head_dim': head_dim, 'mask': 'extpose+causal' if causal else 'extpose',
-            'pass': 'fwd+bwd',
-            'allowed_fraction': round(float(structure.mean()), 4), 'seconds': seconds and round(seconds, 4),
-            'xla_temp_mib': round(temp / 2**20, 1)}
+    line = {
+        'bench': 'attention',
+        'impl': impl,
+        'tokens': layout.n_tokens,
+        'frames': frames,
+        'heads': heads,
+        'head_dim': head_dim,
+        'mask': 'extpose+causal' if causal else 'extpose',
+        'pass': 'fwd+bwd',
+        'allowed_fraction': round(float(structure.mean()), 4),
+        'seconds': seconds and round(seconds, 4),
+        'xla_temp_mib': round(temp / 2**20, 1),
+    }
     if impl == 'blockwise':
         sched = attention.schedule(structure, block_size, block_size)
-        line.update(block_size=block_size, blocks_allowed=sched.visited, blocks_computed=sched.computed,
-                    blocks_total=(layout.n_tokens // block_size) ** 2)
+        line.update(
+            block_size=block_size,
+            blocks_allowed=sched.visited,
+            blocks_computed=sched.computed,
+            blocks_total=(layout.n_tokens // block_size) ** 2,
+        )
     return line
 
 
@@ -78,56 +101,100 @@ def vit_case(impl, frames=8):
     cfg = vit.ViTConfig.of('base', attention=impl)
     layout = masks.TokenLayout(frames=frames, modalities=MODALITIES)
     model = vit.ViT(cfg)
-    images = jnp.asarray(np.random.default_rng(0).normal(size=(1, layout.streams, 256, 192, 3)), jnp.float32)
-    params = nn.unbox(jax.jit(model.init, static_argnums=(2, 3))(
-        jax.random.key(0), images[:, :1], masks.TokenLayout(), masks.MaskSpec('frame')))
+    images = jnp.asarray(
+        np.random.default_rng(0).normal(size=(1, layout.streams, 256, 192, 3)), jnp.float32
+    )
+    params = nn.unbox(
+        jax.jit(model.init, static_argnums=(2, 3))(
+            jax.random.key(0), images[:, :1], masks.TokenLayout(), masks.MaskSpec('frame')
+        )
+    )
 
     def loss_and_grads(params, images):
-        return jax.value_and_grad(lambda p: model.apply(p, images, layout, masks.MaskSpec('extpose')).mean())(params)
+        return jax.value_and_grad(
+            lambda p: model.apply(p, images, layout, masks.MaskSpec('extpose')).mean()
+        )(params)
 
     temp, seconds = _measure(loss_and_grads, (params, images), runs=1)
-    return {'bench': 'vit_step', 'model': 'vit-base', 'impl': impl, 'frames': frames, 'modalities': 2,
-            'tokens': layout.n_tokens, 'mask': 'extpose', 'pass': 'fwd+bwd (all params)', 'batch': 1,
-            'remat': cfg.remat, 'block_size': layout.patches if impl == 'blockwise' else None,
-            'seconds': seconds and round(seconds, 2), 'xla_temp_mib': round(temp / 2**20, 1),
-            **({} if seconds else {'skipped_run': 'compiled temp exceeds available memory'})}
+    return {
+        'bench': 'vit_step',
+        'model': 'vit-base',
+        'impl': impl,
+        'frames': frames,
+        'modalities': 2,
+        'tokens': layout.n_tokens,
+        'mask': 'extpose',
+        'pass': 'fwd+bwd (all params)',
+        'batch': 1,
+        'remat': cfg.remat,
+        'block_size': layout.patches if impl == 'blockwise' else None,
+        'seconds': seconds and round(seconds, 2),
+        'xla_temp_mib': round(temp / 2**20, 1),
+        **({} if seconds else {'skipped_run': 'compiled temp exceeds available memory'}),
+    }
 
 
 def run_one(case):
     """Runs in a fresh subprocess so that its peak RSS is its own."""
     if case['kind'] == 'attention':
-        line = attention_case(case['impl'], case['frames'], case['block_size'], case.get('causal', False))
+        line = attention_case(
+            case['impl'], case['frames'], case['block_size'], case.get('causal', False)
+        )
     else:
         line = vit_case(case['impl'])
-    line['peak_rss_gib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
+    line['peak_rss_gib'] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+    )  # KiB on Linux
     print(json.dumps(line), flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--frames', type=int, nargs='+', default=[1, 4, 16])
-    parser.add_argument('--block-size', type=int, default=192,
-                        help='blockwise block; 192 = one stream, aligned with the mask (128 straddles streams)')
+    parser.add_argument(
+        '--block-size',
+        type=int,
+        default=192,
+        help='blockwise block; 192 = one stream, aligned with the mask (128 straddles streams)',
+    )
     parser.add_argument('--no-vit', action='store_true', help='skip the ViT-B video step')
     parser.add_argument('--one', help=argparse.SUPPRESS)  # internal: one case, as JSON
     args = parser.parse_args()
     if args.one:
         return run_one(json.loads(args.one))
 
-    common = {'device': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
-              'load_avg_1m': round(os.getloadavg()[0], 2)}
-    cases = [{'kind': 'attention', 'impl': impl, 'frames': t, 'block_size': args.block_size}
-             for t in args.frames for impl in ('dense', 'blockwise')]
+    common = {
+        'device': platform.processor() or platform.machine(),
+        'cpus': os.cpu_count(),
+        'load_avg_1m': round(os.getloadavg()[0], 2),
+    }
+    cases = [
+        {'kind': 'attention', 'impl': impl, 'frames': t, 'block_size': args.block_size}
+        for t in args.frames
+        for impl in ('dense', 'blockwise')
+    ]
     # Ragged block pattern (streaming): compute should follow the allowed blocks, about half.
-    cases.append({'kind': 'attention', 'impl': 'blockwise', 'frames': max(args.frames),
-                  'block_size': args.block_size, 'causal': True})
+    cases.append(
+        {
+            'kind': 'attention',
+            'impl': 'blockwise',
+            'frames': max(args.frames),
+            'block_size': args.block_size,
+            'causal': True,
+        }
+    )
     if not args.no_vit:
         cases += [{'kind': 'vit', 'impl': impl} for impl in ('dense', 'blockwise')]
     results = []
     for case in cases:
         env = {**os.environ, 'JAX_PLATFORMS': os.environ.get('JAX_PLATFORMS', 'cpu')}
-        proc = subprocess.run([sys.executable, __file__, '--one', json.dumps(case)], check=False,
-                              capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [sys.executable, __file__, '--one', json.dumps(case)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if proc.returncode:
             line = {**case, 'error': proc.stderr.strip().splitlines()[-1:]}
         else:
@@ -136,17 +203,28 @@ def main():
         print(json.dumps(line), flush=True)
 
     def pick(bench, impl, tokens=None):
-        return next((r for r in results if r.get('bench') == bench and r.get('impl') == impl
-                     and r.get('mask', 'extpose') == 'extpose' and (tokens is None or r.get('tokens') == tokens)),
-                    None)
+        return next(
+            (
+                r
+                for r in results
+                if r.get('bench') == bench
+                and r.get('impl') == impl
+                and r.get('mask', 'extpose') == 'extpose'
+                and (tokens is None or r.get('tokens') == tokens)
+            ),
+            None,
+        )
 
     n = 2 * 192 * max(args.frames)
     dense, block = pick('attention', 'dense', n), pick('attention', 'blockwise', n)
     if dense and block:
-        summary = {'bench': 'attention_summary', 'tokens': n,
-                   'temp_ratio': round(block['xla_temp_mib'] / dense['xla_temp_mib'], 3),
-                   'rss_ratio': round(block['peak_rss_gib'] / dense['peak_rss_gib'], 3),
-                   'speedup': dense['seconds'] and round(dense['seconds'] / block['seconds'], 2)}
+        summary = {
+            'bench': 'attention_summary',
+            'tokens': n,
+            'temp_ratio': round(block['xla_temp_mib'] / dense['xla_temp_mib'], 3),
+            'rss_ratio': round(block['peak_rss_gib'] / dense['peak_rss_gib'], 3),
+            'speedup': dense['seconds'] and round(dense['seconds'] / block['seconds'], 2),
+        }
         summary['target_memory_le_15pct'] = summary['temp_ratio'] <= 0.15
         summary['target_no_slower'] = summary['speedup'] is not None and summary['speedup'] >= 1.0
         print(json.dumps({**summary, **common}), flush=True)
@@ -159,4 +237,5 @@ if __name__ == '__main__':
     import numpy as np
 
     from extpose_jax.models import attention, masks, vit
+
     main()

@@ -8,6 +8,7 @@ first batch (worker start-up, first reads) is timed separately as `startup_s`.
 
   python bench/pipeline.py [--workers 0 1 2] [--threads 2] [--batch 2] [--frames 16]
 """
+
 import argparse
 import json
 import os
@@ -20,8 +21,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from data_pipelines import pipeline as pl  # noqa: E402
 from data_pipelines import cropping, shards  # noqa: E402
+from data_pipelines import pipeline as pl  # noqa: E402
 
 J = 44
 
@@ -34,8 +35,9 @@ def textured_crop(rng, size=384):
         img += cv2.resize(small.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
     for _ in range(6):
         c = tuple(int(v) for v in rng.integers(0, 256, 3))
-        cv2.circle(img, tuple(int(v) for v in rng.integers(0, size, 2)),
-                   int(rng.integers(10, 80)), c, -1)
+        cv2.circle(
+            img, tuple(int(v) for v in rng.integers(0, size, 2)), int(rng.integers(10, 80)), c, -1
+        )
     return np.clip(img + 110 + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
 
 
@@ -44,8 +46,15 @@ def write_dataset(root, sequences, frames, distinct, seed=0):
     rng = np.random.default_rng(seed)
     crops = [cropping.encode_image(textured_crop(rng)) for _ in range(distinct)]
     K = np.array([[1500.0, 0, 960], [0, 1500.0, 540], [0, 0, 1]], np.float32)
-    with shards.RecordWriter(os.path.join(root, 'bench'), 'bench', 'train', num_shards=4,
-                             num_joints=J, body_model='smpl', fsync=False) as w:
+    with shards.RecordWriter(
+        os.path.join(root, 'bench'),
+        'bench',
+        'train',
+        num_shards=4,
+        num_joints=J,
+        body_model='smpl',
+        fsync=False,
+    ) as w:
         n = 0
         for s in range(sequences):
             offsets = rng.uniform(-1, 1, (J, 3)) * [0.3, 0.85, 0.15]
@@ -57,10 +66,23 @@ def write_dataset(root, sequences, frames, distinct, seed=0):
                 _, affine = cropping.crop_person(np.zeros((1, 1, 3), np.uint8), box, 384)
                 kp2d = np.ones((J, 3), np.float32)
                 kp2d[:, :2] = cropping.apply_affine(affine, full)
-                w.write(dict(image=crops[n % distinct], crop_affine=affine,
-                             image_size=np.array([1080, 1920]), K=K, box=box, kp2d=kp2d,
-                             kp3d=kp3d, pose=rng.normal(0, 0.2, 72), betas=np.zeros(10),
-                             gender='neutral', sequence=f'seq{s:03d}', track=0, frame=f))
+                w.write(
+                    dict(
+                        image=crops[n % distinct],
+                        crop_affine=affine,
+                        image_size=np.array([1080, 1920]),
+                        K=K,
+                        box=box,
+                        kp2d=kp2d,
+                        kp3d=kp3d,
+                        pose=rng.normal(0, 0.2, 72),
+                        betas=np.zeros(10),
+                        gender='neutral',
+                        sequence=f'seq{s:03d}',
+                        track=0,
+                        frame=f,
+                    )
+                )
                 n += 1
     return n, int(np.mean([len(c) for c in crops]))
 
@@ -119,23 +141,42 @@ def main():
         n, jpeg = write_dataset(tmp, args.sequences, args.seq_frames, distinct=64)
         for workers in args.workers:
             cfg = pl.PipelineConfig(
-                data_root=tmp, datasets=(pl.DatasetSpec('bench'),), num_frames=args.frames,
-                batch_size=args.batch, num_workers=workers, num_threads=args.threads,
-                pose_source='noisy_gt', seed=0)
+                data_root=tmp,
+                datasets=(pl.DatasetSpec('bench'),),
+                num_frames=args.frames,
+                batch_size=args.batch,
+                num_workers=workers,
+                num_threads=args.threads,
+                pose_source='noisy_gt',
+                seed=0,
+            )
             startup, seconds, cpu = measure(cfg, args.batches)
             frames = args.batches * args.batch * args.frames
-            print(json.dumps({
-                'bench': 'pipeline', 'workers': workers, 'threads': args.threads,
-                'batch': [args.batch, args.frames, 256, 192, 3], 'augment': 'full',
-                'pose_source': 'noisy_gt', 'records': n, 'jpeg_bytes': jpeg,
-                'cpus': os.cpu_count(), 'startup_s': round(startup, 2),
-                'seconds': round(seconds, 2), 'frames_per_s': round(frames / seconds, 1),
-                'clips_per_s': round(frames / seconds / args.frames, 2),
-                # CPU of this process and its workers per frame, and the frames/s that
-                # implies for all cores of an otherwise idle machine.
-                'cpu_ms_per_frame': round(cpu / frames * 1e3, 3),
-                'cpu_bound_frames_per_s': round(os.cpu_count() * frames / cpu, 1),
-                'load_avg_1m': round(os.getloadavg()[0], 2)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        'bench': 'pipeline',
+                        'workers': workers,
+                        'threads': args.threads,
+                        'batch': [args.batch, args.frames, 256, 192, 3],
+                        'augment': 'full',
+                        'pose_source': 'noisy_gt',
+                        'records': n,
+                        'jpeg_bytes': jpeg,
+                        'cpus': os.cpu_count(),
+                        'startup_s': round(startup, 2),
+                        'seconds': round(seconds, 2),
+                        'frames_per_s': round(frames / seconds, 1),
+                        'clips_per_s': round(frames / seconds / args.frames, 2),
+                        # CPU of this process and its workers per frame, and the frames/s that
+                        # implies for all cores of an otherwise idle machine.
+                        'cpu_ms_per_frame': round(cpu / frames * 1e3, 3),
+                        'cpu_bound_frames_per_s': round(os.cpu_count() * frames / cpu, 1),
+                        'load_avg_1m': round(os.getloadavg()[0], 2),
+                    }
+                ),
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

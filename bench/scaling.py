@@ -12,6 +12,7 @@ lifted, for XLA's own per-device figures (an upper bound there: XLA:CPU keeps fp
 of every block, see estimate.on_platform), beside what the XLA:CPU memory model predicts for
 them. A rerun skips rows already in --out.
 """
+
 import argparse
 import json
 import os
@@ -19,10 +20,10 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIB = 2 ** 30
+GIB = 2**30
 # (name, config, global batch, devices, mesh): the global batch stays fixed as devices grow.
-IMAGE = 'configs/image.py'   # T = 1, RGB + skeleton, multimodal mask; 384 = HMR 2.0's 48 x 8
-VIDEO = 'configs/video.py'   # T = 16, RGB + skeleton, extpose mask, 32 clips
+IMAGE = 'configs/image.py'  # T = 1, RGB + skeleton, multimodal mask; 384 = HMR 2.0's 48 x 8
+VIDEO = 'configs/video.py'  # T = 16, RGB + skeleton, extpose mask, 32 clips
 CASES = [
     ('image', IMAGE, 384, 1, {}),
     ('image', IMAGE, 384, 8, {'data': 8}),
@@ -54,23 +55,40 @@ def tag(name, devices, mesh, target, mode) -> str:
 def run(case, target, mode, out, grad_accum=None, timeout=3600):
     name, config, batch, devices, mesh = case
     t = tag(name, devices, mesh, target, mode)
-    cmd = [sys.executable, '-m', 'extpose_jax.train.preflight', f'--config={config}',
-           f'--devices={devices}', f'--target={target}', f'--json={out}', f'--tag={t}',
-           f'--config.data.batch_size={batch}', '--config.mesh.data=' + str(mesh.get('data', 1)),
-           '--config.mesh.fsdp=' + str(mesh.get('fsdp', 1)),
-           '--config.mesh.tensor=' + str(mesh.get('tensor', 1))]
+    cmd = [
+        sys.executable,
+        '-m',
+        'extpose_jax.train.preflight',
+        f'--config={config}',
+        f'--devices={devices}',
+        f'--target={target}',
+        f'--json={out}',
+        f'--tag={t}',
+        f'--config.data.batch_size={batch}',
+        '--config.mesh.data=' + str(mesh.get('data', 1)),
+        '--config.mesh.fsdp=' + str(mesh.get('fsdp', 1)),
+        '--config.mesh.tensor=' + str(mesh.get('tensor', 1)),
+    ]
     if mode == 'analytic':
         cmd.append('--compile=never')
     elif mode == 'cpumodel':  # what the XLA:CPU memory model predicts for the compiled row
         cmd = [c for c in cmd if not c.startswith('--target=')]
-        cmd += ['--compile=never', '--config.preflight.memory_gb=1000000',
-                f'--config.train.grad_accum={grad_accum}']
+        cmd += [
+            '--compile=never',
+            '--config.preflight.memory_gb=1000000',
+            f'--config.train.grad_accum={grad_accum}',
+        ]
     else:  # XLA's figures at the analytic choice, whatever they say about fitting
-        cmd += ['--compile=always', '--config.preflight.memory_gb=1000000',
-                f'--config.train.grad_accum={grad_accum}']
+        cmd += [
+            '--compile=always',
+            '--config.preflight.memory_gb=1000000',
+            f'--config.train.grad_accum={grad_accum}',
+        ]
     env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
         if proc.returncode not in (0, 1):  # 1 = refused, recorded by the preflight itself
             print(f'{t}: failed\n{proc.stderr[-2000:]}', file=sys.stderr)
     except subprocess.TimeoutExpired:
@@ -90,11 +108,13 @@ def load(out: str) -> dict:
 def markdown(rows: dict) -> str:
     lines = []
     for name in ('image', 'video'):
-        lines += [f'\n### {name}\n',
-                  '| devices | mesh d x f x t | H100: grad_accum, GiB/device | v5p: grad_accum, GiB | '
-                  'params + opt + grads | activations | eval (H100 model) | XLA:CPU compiled (temp) | '
-                  'XLA:CPU model | FLOPs/step (model) | H100 s/step, h/run |',
-                  '|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|']
+        lines += [
+            f'\n### {name}\n',
+            '| devices | mesh d x f x t | H100: grad_accum, GiB/device | v5p: grad_accum, GiB | '
+            'params + opt + grads | activations | eval (H100 model) | XLA:CPU compiled (temp) | '
+            'XLA:CPU model | FLOPs/step (model) | H100 s/step, h/run |',
+            '|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|',
+        ]
         for case in CASES:
             if case[0] != name:
                 continue
@@ -109,23 +129,43 @@ def markdown(rows: dict) -> str:
                 if 'analytic' not in r:
                     return '-'
                 return f'{r["grad_accum"]}, {r["analytic"]["total"] / GIB:.1f}'
+
             a = h.get('analytic')
-            state = '-' if a is None else f'{(a["params"] + a["optimizer"] + a["gradients"]) / GIB:.1f}'
+            state = (
+                '-' if a is None else f'{(a["params"] + a["optimizer"] + a["gradients"]) / GIB:.1f}'
+            )
             acts = '-' if a is None else f'{a["activations"] / GIB:.1f}'
             comp = c.get('compiled')
-            comp_s = (f'{comp["total"] / GIB:.1f} ({comp["temp"] / GIB:.1f})' if comp else
-                      'timeout' if 'timeout_s' in c else '-')
-            host = c.get('analytic_host') or rows.get(tag(name, devices, mesh, 'cpu', 'cpumodel'), {}).get('analytic')
+            comp_s = (
+                f'{comp["total"] / GIB:.1f} ({comp["temp"] / GIB:.1f})'
+                if comp
+                else 'timeout'
+                if 'timeout_s' in c
+                else '-'
+            )
+            host = c.get('analytic_host') or rows.get(
+                tag(name, devices, mesh, 'cpu', 'cpumodel'), {}
+            ).get('analytic')
             host_s = f'{host["total"] / GIB:.1f}' if host else '-'
-            ev = f'{h["eval_batch_size"]} w, {h["eval_bytes"] / GIB:.1f}' if h.get('eval_bytes') else '-'
-            time_s = (f'{h["step_seconds"]:.2f}, {h["run_hours"]:.1f}' if h.get('step_seconds') else '-')
-            lines.append(f'| {devices} | {mesh_str(mesh)} | {fit(h)} | {fit(v)} | {state} | {acts} | '
-                         f'{ev} | {comp_s} | {host_s} | {h.get("flops_model", 0):.3g} | {time_s} |')
+            ev = (
+                f'{h["eval_batch_size"]} w, {h["eval_bytes"] / GIB:.1f}'
+                if h.get('eval_bytes')
+                else '-'
+            )
+            time_s = (
+                f'{h["step_seconds"]:.2f}, {h["run_hours"]:.1f}' if h.get('step_seconds') else '-'
+            )
+            lines.append(
+                f'| {devices} | {mesh_str(mesh)} | {fit(h)} | {fit(v)} | {state} | {acts} | '
+                f'{ev} | {comp_s} | {host_s} | {h.get("flops_model", 0):.3g} | {time_s} |'
+            )
     return '\n'.join(lines)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument('--out', default='bench_scaling.jsonl')
     p.add_argument('--compiled', action='store_true', help='also compile each case on XLA:CPU')
     p.add_argument('--only', default='', help='substring of the case tags to run')

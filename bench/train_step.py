@@ -13,6 +13,7 @@ process's peak RSS (CPU), so that a GPU run checks the preflight against reality
 Inputs are random arrays of the pipeline's batch shapes: the input pipeline has its own
 benchmark (bench/pipeline.py).
 """
+
 import argparse
 import importlib
 import json
@@ -29,8 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from extpose_jax.train import config as config_lib  # noqa: E402
-from extpose_jax.train import estimate  # noqa: E402
-from extpose_jax.train import optim  # noqa: E402
+from extpose_jax.train import estimate, optim  # noqa: E402
 from extpose_jax.train import sharding as shd  # noqa: E402
 from extpose_jax.train import state as state_lib  # noqa: E402
 from extpose_jax.train import task as task_lib  # noqa: E402
@@ -42,12 +42,17 @@ def random_batch(cfg, rng):
     b, t = cfg.data.batch_size, cfg.data.num_frames
     j = 44 if cfg.model.kind == 'smpl' else 21
     p = 72 if cfg.model.kind == 'smpl' else 48
-    kp = np.concatenate([rng.uniform(0, 192, (b, t, j, 2)), np.ones((b, t, j, 1))], -1).astype(np.float32)
-    batch = {'image': rng.integers(0, 256, (b, t, 256, 192, 3), dtype=np.uint8),
-             'kp2d_input': kp, 'kp2d': kp,
-             'kp3d': rng.normal(0, 0.3, (b, t, j, 3)).astype(np.float32),
-             'pose': rng.normal(0, 0.3, (b, t, p)).astype(np.float32),
-             'betas': rng.normal(0, 1, (b, t, 10)).astype(np.float32)}
+    kp = np.concatenate([rng.uniform(0, 192, (b, t, j, 2)), np.ones((b, t, j, 1))], -1).astype(
+        np.float32
+    )
+    batch = {
+        'image': rng.integers(0, 256, (b, t, 256, 192, 3), dtype=np.uint8),
+        'kp2d_input': kp,
+        'kp2d': kp,
+        'kp3d': rng.normal(0, 0.3, (b, t, j, 3)).astype(np.float32),
+        'pose': rng.normal(0, 0.3, (b, t, p)).astype(np.float32),
+        'betas': rng.normal(0, 1, (b, t, 10)).astype(np.float32),
+    }
     for k in ('has_kp2d', 'has_kp3d', 'has_pose', 'has_betas', 'frame_valid'):
         batch[k] = np.ones((b, t), bool)
     return batch
@@ -64,7 +69,12 @@ def run_case(case: str, args):
     mesh = shd.make_mesh({'data': -1})
     tx = optim.make_optimizer(config_lib.optim_config(cfg))
     state, shardings = state_lib.create_train_state(
-        task.model, tx, jax.random.key(0), task.example_inputs(cfg.data.batch_size, cfg.data.num_frames), mesh)
+        task.model,
+        tx,
+        jax.random.key(0),
+        task.example_inputs(cfg.data.batch_size, cfg.data.num_frames),
+        mesh,
+    )
     step = state_lib.make_train_step(task.loss_fn, tx, mesh, shardings, shd.batch_sharding(mesh))
     batch = shd.global_batch(random_batch(cfg, np.random.default_rng(0)), mesh)
     rng = jax.random.key(1)
@@ -76,8 +86,9 @@ def run_case(case: str, args):
     temp = ma.temp_size_in_bytes
     # The preflight's two predictions of this step's per-device memory, beside the measured peak.
     xla_total = ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + temp
-    analytic = estimate.memory(estimate.Dims.of(cfg), state, batch, dict(mesh.shape),
-                               cfg.data.batch_size, 1)['total']
+    analytic = estimate.memory(
+        estimate.Dims.of(cfg), state, batch, dict(mesh.shape), cfg.data.batch_size, 1
+    )['total']
     state, m = compiled(state, batch, rng)  # warm-up
     jax.block_until_ready(m)
     times = []
@@ -89,15 +100,27 @@ def run_case(case: str, args):
     sps = 1.0 / min(times)
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != 'cpu' else None
-    out = {'bench': 'train_step', 'case': case, 'config': name, 'vit': size, 'frames': int(frames),
-           'batch_clips': int(clips), 'dtype': args.dtype, 'remat': args.remat,
-           'attention': args.attention, 'params_m': round(sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, 1),
-           'steps_per_s': round(sps, 4), 'frames_per_s': round(sps * int(frames) * int(clips), 2),
-           'step_s': round(min(times), 4), 'tflops_per_step': round(flops / 1e12, 4),
-           'compiled_temp_gib': round(temp / 2**30, 3),
-           'preflight_analytic_gib': round(analytic / 2**30, 3),
-           'preflight_compiled_gib': round(xla_total / 2**30, 3), 'device': device.device_kind,
-           'host': platform.node()}
+    out = {
+        'bench': 'train_step',
+        'case': case,
+        'config': name,
+        'vit': size,
+        'frames': int(frames),
+        'batch_clips': int(clips),
+        'dtype': args.dtype,
+        'remat': args.remat,
+        'attention': args.attention,
+        'params_m': round(sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, 1),
+        'steps_per_s': round(sps, 4),
+        'frames_per_s': round(sps * int(frames) * int(clips), 2),
+        'step_s': round(min(times), 4),
+        'tflops_per_step': round(flops / 1e12, 4),
+        'compiled_temp_gib': round(temp / 2**30, 3),
+        'preflight_analytic_gib': round(analytic / 2**30, 3),
+        'preflight_compiled_gib': round(xla_total / 2**30, 3),
+        'device': device.device_kind,
+        'host': platform.node(),
+    }
     if args.peak_tflops:
         out['mfu'] = round(flops * sps / (args.peak_tflops * 1e12), 4)
     if stats:
@@ -108,20 +131,32 @@ def run_case(case: str, args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument('--cases', nargs='+', default=list(CPU_CASES))
-    p.add_argument('--body_models', default=os.path.join(ROOT, 'data', 'synthetic', 'raw', 'body_models'),
-                   help='SMPL/MANO files (default: the synthetic default, built by run_train.py)')
+    p.add_argument(
+        '--body_models',
+        default=os.path.join(ROOT, 'data', 'synthetic', 'raw', 'body_models'),
+        help='SMPL/MANO files (default: the synthetic default, built by run_train.py)',
+    )
     p.add_argument('--dtype', default='float32', choices=tuple(config_lib.DTYPES))
     p.add_argument('--remat', action='store_true')
     p.add_argument('--attention', default='blockwise', choices=('dense', 'blockwise', 'cudnn'))
     p.add_argument('--runs', type=int, default=3)
-    p.add_argument('--peak_tflops', type=float, default=0.0,
-                   help='device peak for MFU (H100 SXM dense bf16: 989)')
+    p.add_argument(
+        '--peak_tflops',
+        type=float,
+        default=0.0,
+        help='device peak for MFU (H100 SXM dense bf16: 989)',
+    )
     args = p.parse_args()
     if not os.path.isdir(args.body_models):
         from data_pipelines.synthetic import default_data
-        args.body_models = default_data.ensure(os.path.join(ROOT, 'data', 'synthetic'))['body_models']
+
+        args.body_models = default_data.ensure(os.path.join(ROOT, 'data', 'synthetic'))[
+            'body_models'
+        ]
     for case in args.cases:
         run_case(case, args)
 

@@ -8,6 +8,7 @@ on the held-out synthetic 3DPW validation split with sliding windows (video) or 
 (image). Prints one JSON line per run (acceleration error and PA-MPJPE at the end, in mm)
 and a summary line. Small data and short runs: a smoke-level comparison, not the paper's.
 """
+
 import argparse
 import importlib
 import json
@@ -24,7 +25,9 @@ from extpose_jax.train import loop  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument('--steps', type=int, default=160)
     p.add_argument('--workdir', default='/tmp/extpose_video_vs_image')
     p.add_argument('--split', default='validation')
@@ -36,21 +39,38 @@ def main():
         cfg = importlib.import_module(f'configs.{name}').get_config('small')
         cfg.train.steps, cfg.evaluators['3dpw'].split = args.steps, args.split
         workdir = os.path.join(args.workdir, name)
-        result = loop.train(cfg, workdir, paths['body_models'], os.path.dirname(paths['3dpw']),
-                            log=lambda *_: None)
+        result = loop.train(
+            cfg, workdir, paths['body_models'], os.path.dirname(paths['3dpw']), log=lambda *_: None
+        )
         first, last = result['eval']['3dpw'][0], result['eval']['3dpw'][args.steps]
-        rows[name] = {'bench': 'video_vs_image', 'run': name, 'mask': cfg.model.mask,
-                      'frames': cfg.data.num_frames, 'batch_clips': cfg.data.batch_size,
-                      'steps': args.steps, 'split': args.split,
-                      'pa_mpjpe_start': round(first['3dpw/pa_mpjpe'], 2),
-                      'pa_mpjpe': round(last['3dpw/pa_mpjpe'], 2),
-                      'accel_start': round(first['3dpw/accel'], 2), 'accel': round(last['3dpw/accel'], 2),
-                      'mpjpe': round(last['3dpw/mpjpe'], 2), 'num_frames': last['num_frames']}
+        rows[name] = {
+            'bench': 'video_vs_image',
+            'run': name,
+            'mask': cfg.model.mask,
+            'frames': cfg.data.num_frames,
+            'batch_clips': cfg.data.batch_size,
+            'steps': args.steps,
+            'split': args.split,
+            'pa_mpjpe_start': round(first['3dpw/pa_mpjpe'], 2),
+            'pa_mpjpe': round(last['3dpw/pa_mpjpe'], 2),
+            'accel_start': round(first['3dpw/accel'], 2),
+            'accel': round(last['3dpw/accel'], 2),
+            'mpjpe': round(last['3dpw/mpjpe'], 2),
+            'num_frames': last['num_frames'],
+        }
         print(json.dumps(rows[name]), flush=True)
     v, i = rows['video'], rows['image']
-    print(json.dumps({'bench': 'video_vs_image', 'summary': True,
-                      'pa_mpjpe_video_minus_image': round(v['pa_mpjpe'] - i['pa_mpjpe'], 2),
-                      'accel_video_minus_image': round(v['accel'] - i['accel'], 2)}), flush=True)
+    print(
+        json.dumps(
+            {
+                'bench': 'video_vs_image',
+                'summary': True,
+                'pa_mpjpe_video_minus_image': round(v['pa_mpjpe'] - i['pa_mpjpe'], 2),
+                'accel_video_minus_image': round(v['accel'] - i['accel'], 2),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == '__main__':

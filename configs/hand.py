@@ -1,4 +1,5 @@
 """ExtPose for hands (HaMeR head, MANO) on single images: FreiHAND (+ HInt) records."""
+
 from configs import common
 
 
@@ -8,5 +9,5 @@ def get_config(arg=None):
     c.data.datasets = (('freihand', 0.7), ('hint', 0.3))
     c.data.batch_size = 8 if opts['variant'] == 'small' else 512
     c.model.mask = 'multimodal'
-    c.evaluators.hint = common.evaluator('hint')   # beside freihand, at the same cadence
+    c.evaluators.hint = common.evaluator('hint')  # beside freihand, at the same cadence
     return c

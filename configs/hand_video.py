@@ -4,6 +4,7 @@ FreiHAND and the HInt image folders have one frame per track; they enter as sing
 (data.as_images), padded to T. The synthetic default has no hand video: there every clip is a
 padded single frame, which still exercises the video path end to end.
 """
+
 from configs import common
 
 

@@ -2,6 +2,7 @@
 
 The image counterpart of video.py with the same data and budget, so the two compare directly.
 """
+
 from configs import common
 
 

@@ -1,9 +1,10 @@
 """ExtPose on 3DPW-style video clips (the paper's setting, T = 16, extpose mask).
 
-    python run_train.py --config=configs/video.py            # ViT-H, the paper
-    python run_train.py --config=configs/video.py:small      # tiny ViT, T = 4, 2 CPU cores
-    python run_train.py --config=configs/video.py:base,frames=8
+python run_train.py --config=configs/video.py            # ViT-H, the paper
+python run_train.py --config=configs/video.py:small      # tiny ViT, T = 4, 2 CPU cores
+python run_train.py --config=configs/video.py:base,frames=8
 """
+
 from configs import common
 
 

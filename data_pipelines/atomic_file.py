@@ -3,6 +3,7 @@
 Readers run beside writers (data loaders next to converters, a rerun next to a
 killed run), and a file that exists is taken to be complete.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ def atomic_write(path, write_fn, *, fsync=True) -> None:
     """
     path = os.fspath(path)
     tmp = f'{path}.{secrets.token_hex(4)}.tmp'
-    f = open(tmp, 'xb')   # outside the try: never remove another writer's file
+    f = open(tmp, 'xb')  # outside the try: never remove another writer's file
     try:
         with f:
             write_fn(f)

@@ -23,6 +23,7 @@ the same rotation is applied to the global orientation. Rotating about the camer
 depth unchanged, so the output intrinsics K' = A K (Rz D)^T (A: full image -> output, 3x3)
 project the new 3D joints exactly onto the new 2D joints, for any K.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,7 @@ import numpy as np
 from extpose_jax import skeletons
 
 OUT_H, OUT_W = 256, 192  # the ViT input window of HMR 2.0 / HaMeR
-UPSTREAM_CROP = 256      # upstream's square crop; the window is its central 192 columns
+UPSTREAM_CROP = 256  # upstream's square crop; the window is its central 192 columns
 BOX_ASPECT = OUT_W / OUT_H  # HMR 2.0 / HaMeR expand the box to 3:4 (w:h) before squaring it
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])
@@ -47,8 +48,10 @@ _HIPS = ('mid_hip', 'left_hip', 'right_hip', 'pelvis', 'spine')
 _ARM = ('shoulder', 'elbow', 'wrist')
 _LEG = ('hip', 'knee', 'ankle', 'big_toe', 'small_toe', 'heel')
 EXTREME_PARTS = {
-    'upper_body': _HEAD + _SHOULDERS + _HIPS + tuple(f'{s}_{j}' for s in ('left', 'right')
-                                                     for j in ('elbow', 'wrist')),
+    'upper_body': _HEAD
+    + _SHOULDERS
+    + _HIPS
+    + tuple(f'{s}_{j}' for s in ('left', 'right') for j in ('elbow', 'wrist')),
     'shoulders_up': _HEAD + _SHOULDERS,
     'head': _HEAD,
     'torso': _SHOULDERS + _HIPS,
@@ -58,8 +61,8 @@ EXTREME_PARTS = {
     'right_leg': tuple(f'right_{j}' for j in _LEG),
 }
 PART_NAMES = tuple(EXTREME_PARTS)
-_PART_MARGIN = 1.2      # part box = keypoint bounds x 1.2
-_PART_MIN_SIDE = 0.2    # ... but at least this fraction of the person's box side
+_PART_MARGIN = 1.2  # part box = keypoint bounds x 1.2
+_PART_MIN_SIDE = 0.2  # ... but at least this fraction of the person's box side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +73,13 @@ class AugmentConfig:
     SMPL 0.5 / 0.1 (HMR 2.0), MANO 0 / 0 (HaMeR). Left hands are always mirrored
     (mirror_left_hands) so the model sees right hands only, as HaMeR does.
     """
+
     enabled: bool = True
-    scale: float = 0.3          # scale = 1 + scale * clip(N, -1, 1)
+    scale: float = 0.3  # scale = 1 + scale * clip(N, -1, 1)
     rot_prob: float = 0.6
-    rot_deg: float = 30.0       # rot = rot_deg * clip(N, -2, 2) with probability rot_prob
-    trans: float = 0.02         # shift = trans * clip(N, -1, 1) * box width / height
-    color_gain: float = 0.2     # per-channel gain U(1 - g, 1 + g)
+    rot_deg: float = 30.0  # rot = rot_deg * clip(N, -2, 2) with probability rot_prob
+    trans: float = 0.02  # shift = trans * clip(N, -1, 1) * box width / height
+    color_gain: float = 0.2  # per-channel gain U(1 - g, 1 + g)
     flip_prob: Optional[float] = None
     extreme_crop_prob: Optional[float] = None
     mirror_left_hands: bool = True
@@ -84,17 +88,27 @@ class AugmentConfig:
         """Fills the body-model-dependent defaults; checks the combination."""
         smpl = body_model == 'smpl'
         flip = (0.5 if smpl else 0.0) if self.flip_prob is None else float(self.flip_prob)
-        extreme = ((0.1 if smpl else 0.0) if self.extreme_crop_prob is None
-                   else float(self.extreme_crop_prob))
+        extreme = (
+            (0.1 if smpl else 0.0)
+            if self.extreme_crop_prob is None
+            else float(self.extreme_crop_prob)
+        )
         if not smpl and flip > 0:
             # A flipped right hand is a left hand: HaMeR trains on right hands only.
-            raise ValueError(f'augment.flip_prob={flip} for {body_model!r} records: hands are not '
-                             'flipped at random (HaMeR); left hands are mirrored instead')
+            raise ValueError(
+                f'augment.flip_prob={flip} for {body_model!r} records: hands are not '
+                'flipped at random (HaMeR); left hands are mirrored instead'
+            )
         if not smpl and extreme > 0:
-            raise ValueError(f'augment.extreme_crop_prob={extreme}: extreme crops need the HMR44 '
-                             f'body joints, not {body_model!r} records')
-        for name, p in (('flip_prob', flip), ('extreme_crop_prob', extreme),
-                        ('rot_prob', self.rot_prob)):
+            raise ValueError(
+                f'augment.extreme_crop_prob={extreme}: extreme crops need the HMR44 '
+                f'body joints, not {body_model!r} records'
+            )
+        for name, p in (
+            ('flip_prob', flip),
+            ('extreme_crop_prob', extreme),
+            ('rot_prob', self.rot_prob),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f'augment.{name} must be in [0, 1], got {p}')
         if not 0.0 <= self.color_gain < 1.0 or self.scale < 0 or self.trans < 0:
@@ -106,9 +120,10 @@ class AugmentConfig:
 class NoiseConfig:
     """Detector-like corruption of ground-truth 2D (pose_source='noisy_gt'). Our choice of model
     (the ExtPose paper leaves it open): per frame and joint, independently."""
-    jitter: float = 0.02        # Gaussian std of x, y as a fraction of the person's box side
-    drop_prob: float = 0.05     # joint missing (conf 0, x = y = 0)
-    swap_prob: float = 0.02     # per frame: one left/right joint pair exchanged
+
+    jitter: float = 0.02  # Gaussian std of x, y as a fraction of the person's box side
+    drop_prob: float = 0.05  # joint missing (conf 0, x = y = 0)
+    swap_prob: float = 0.02  # per frame: one left/right joint pair exchanged
     outlier_prob: float = 0.01  # joint placed uniformly at random inside the output window
 
     def __post_init__(self):
@@ -122,10 +137,11 @@ class NoiseConfig:
 @dataclasses.dataclass(frozen=True)
 class ClipParams:
     """One clip's augmentation draw (upstream's rot sign: the 3D rotation is Rz(-rot))."""
+
     scale: float = 1.0
     rot_deg: float = 0.0
-    trans: tuple = (0.0, 0.0)         # fractions of the box width, height
-    gain: tuple = (1.0, 1.0, 1.0)     # R, G, B
+    trans: tuple = (0.0, 0.0)  # fractions of the box width, height
+    gain: tuple = (1.0, 1.0, 1.0)  # R, G, B
     flip: bool = False
     extreme_part: Optional[str] = None
 
@@ -148,10 +164,12 @@ def draw_params(rng: np.random.Generator, cfg: AugmentConfig) -> ClipParams:
         trans=(float(cfg.trans * np.clip(n[2], -1, 1)), float(cfg.trans * np.clip(n[3], -1, 1))),
         gain=tuple(float(g) for g in gain),
         flip=bool(u[1] < cfg.flip_prob),
-        extreme_part=part if u[2] < cfg.extreme_crop_prob else None)
+        extreme_part=part if u[2] < cfg.extreme_crop_prob else None,
+    )
 
 
 # ---------------------------------------------------------------- geometry
+
 
 def as3x3(affine: np.ndarray) -> np.ndarray:
     return np.vstack([np.asarray(affine, np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
@@ -187,8 +205,9 @@ def hmr_box(bounds: np.ndarray) -> tuple:
 def part_joints(part: str, layout: skeletons.Layout) -> list:
     """Indices of the layout's joints in an extreme-crop part (dataset suffixes ignored)."""
     names = EXTREME_PARTS[part]
-    base = [j.rsplit('_', 1)[0] if j.endswith(('_lsp', '_mpii', '_h36m')) else j
-            for j in layout.joints]
+    base = [
+        j.rsplit('_', 1)[0] if j.endswith(('_lsp', '_mpii', '_h36m')) else j for j in layout.joints
+    ]
     return [i for i, j in enumerate(base) if j in names]
 
 
@@ -204,8 +223,9 @@ def part_bounds(kp2d: np.ndarray, part: str, layout: skeletons.Layout) -> Option
     return np.concatenate([mid - half, mid + half])
 
 
-def crop_to_output(center, box_w, box_h, side, params: ClipParams, mirror: bool,
-                   out_hw=(OUT_H, OUT_W)) -> np.ndarray:
+def crop_to_output(
+    center, box_w, box_h, side, params: ClipParams, mirror: bool, out_hw=(OUT_H, OUT_W)
+) -> np.ndarray:
     """3x3 affine: record-crop pixels -> output-window pixels (see the module docstring)."""
     out_h, out_w = out_hw
     c = np.asarray(center, np.float64) + np.array(params.trans) * (box_w, box_h)
@@ -263,19 +283,32 @@ def color_lut(gain_rgb: Sequence[float]) -> np.ndarray:
     return lut.reshape(256, 1, 3)
 
 
-def warp_image(bgr: np.ndarray, m: np.ndarray, lut: Optional[np.ndarray],
-               out_hw=(OUT_H, OUT_W)) -> np.ndarray:
+def warp_image(
+    bgr: np.ndarray, m: np.ndarray, lut: Optional[np.ndarray], out_hw=(OUT_H, OUT_W)
+) -> np.ndarray:
     """Decoded BGR crop -> the RGB output window: warp (bilinear, black border), gain, to RGB.
     Gain and colour conversion run on the small output, not on the 384-px crop."""
-    out = cv2.warpAffine(bgr, m[:2], (out_hw[1], out_hw[0]), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    out = cv2.warpAffine(
+        bgr,
+        m[:2],
+        (out_hw[1], out_hw[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
     if lut is not None:
         out = cv2.LUT(out, lut)
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
 
 
-def detector_noise(kp: np.ndarray, rng: np.random.Generator, cfg: NoiseConfig, flip: np.ndarray,
-                   person_side: float, out_hw=(OUT_H, OUT_W)) -> np.ndarray:
+def detector_noise(
+    kp: np.ndarray,
+    rng: np.random.Generator,
+    cfg: NoiseConfig,
+    flip: np.ndarray,
+    person_side: float,
+    out_hw=(OUT_H, OUT_W),
+) -> np.ndarray:
     """Corrupts [T, J, 3] output-pixel keypoints like a 2D detector would: Gaussian jitter
     (std jitter * person_side), left/right swaps, gross outliers, dropped joints. Absent joints
     stay absent. All random numbers are drawn whatever the probabilities (fixed stream)."""
@@ -303,20 +336,30 @@ def detector_noise(kp: np.ndarray, rng: np.random.Generator, cfg: NoiseConfig, f
 
 # ---------------------------------------------------------------- one clip
 
+
 def layout_for(body_model: str, num_joints: int) -> skeletons.Layout:
     want = {'smpl': skeletons.HMR44, 'mano': skeletons.HAND21}.get(body_model)
     if want is None or want.num_joints != num_joints:
-        raise ValueError(f'no keypoint layout for {body_model!r} records with {num_joints} joints '
-                         '(expected smpl/44 = hmr44 or mano/21 = hand21)')
+        raise ValueError(
+            f'no keypoint layout for {body_model!r} records with {num_joints} joints '
+            '(expected smpl/44 = hmr44 or mano/21 = hand21)'
+        )
     return want
 
 
-def augment_clip(frames: Sequence[Optional[dict]], images: Sequence[Optional[np.ndarray]],
-                 params: ClipParams, *, body_model: str, layout: skeletons.Layout,
-                 mirror_left_hands: bool = True, pose_source: str = 'gt',
-                 noise: Optional[NoiseConfig] = None,
-                 noise_rng: Optional[np.random.Generator] = None,
-                 out_hw=(OUT_H, OUT_W)) -> dict:
+def augment_clip(
+    frames: Sequence[Optional[dict]],
+    images: Sequence[Optional[np.ndarray]],
+    params: ClipParams,
+    *,
+    body_model: str,
+    layout: skeletons.Layout,
+    mirror_left_hands: bool = True,
+    pose_source: str = 'gt',
+    noise: Optional[NoiseConfig] = None,
+    noise_rng: Optional[np.random.Generator] = None,
+    out_hw=(OUT_H, OUT_W),
+) -> dict:
     """Augments one clip; returns per-frame arrays with a leading T axis (see docs/data.md).
 
     frames: T decoded records (records.decode_record fields) or None for padding; images: their
@@ -337,9 +380,19 @@ def augment_clip(frames: Sequence[Optional[dict]], images: Sequence[Optional[np.
         'box_center': np.zeros((t_len, 2), np.float32),
         'box_size': np.zeros((t_len,), np.float32),
         'image_size': np.zeros((t_len, 2), np.int32),
-        **{k: np.zeros((t_len,), np.bool_) for k in (
-            'has_kp2d', 'has_kp2d_input', 'has_kp3d', 'has_pose', 'has_betas', 'frame_valid',
-            'is_right', 'flipped')},
+        **{
+            k: np.zeros((t_len,), np.bool_)
+            for k in (
+                'has_kp2d',
+                'has_kp2d_input',
+                'has_kp3d',
+                'has_pose',
+                'has_betas',
+                'frame_valid',
+                'is_right',
+                'flipped',
+            )
+        },
     }
     valid = [i for i, f in enumerate(frames) if f is not None]
     if not valid:
@@ -354,8 +407,14 @@ def augment_clip(frames: Sequence[Optional[dict]], images: Sequence[Optional[np.
     center, box_w, box_h, side = hmr_box(bounds)
     person_center, person_side = center, side  # reported as box_center / box_size
     if params.extreme_part is not None:
-        part = part_bounds(np.stack([frames[i]['kp2d'] for i in valid if frames[i]['has_kp2d']]
-                                    or [np.zeros((j, 3), np.float32)]), params.extreme_part, layout)
+        part = part_bounds(
+            np.stack(
+                [frames[i]['kp2d'] for i in valid if frames[i]['has_kp2d']]
+                or [np.zeros((j, 3), np.float32)]
+            ),
+            params.extreme_part,
+            layout,
+        )
         if part is not None:
             center, box_w, box_h, side = hmr_box(part)
             side = max(side, _PART_MIN_SIDE * person_side)
@@ -395,14 +454,26 @@ def augment_clip(frames: Sequence[Optional[dict]], images: Sequence[Optional[np.
         out['box_center'][i] = apply(m, person_center)
         out['box_size'][i] = sigma * person_side
     # Labels a record lacks are zeros, whatever the transform made of them.
-    for k, flag in (('kp2d', 'has_kp2d'), ('kp3d', 'has_kp3d'), ('pose', 'has_pose'),
-                    ('betas', 'has_betas'), ('kp2d_input', 'has_kp2d_input')):
+    for k, flag in (
+        ('kp2d', 'has_kp2d'),
+        ('kp3d', 'has_kp3d'),
+        ('pose', 'has_pose'),
+        ('betas', 'has_betas'),
+        ('kp2d_input', 'has_kp2d_input'),
+    ):
         out[k][~out[flag]] = 0.0
     if pose_source == 'noisy_gt':
         if noise_rng is None:
             raise ValueError("pose_source='noisy_gt' needs noise_rng (seeded per clip)")
-        noisy = detector_noise(out['kp2d_input'], noise_rng, noise or NoiseConfig(),
-                               layout.flip_array, float(out['box_size'][valid[0]]), out_hw)
-        out['kp2d_input'] = np.where(out['has_kp2d_input'][:, None, None], noisy, 0.0
-                                     ).astype(np.float32)
+        noisy = detector_noise(
+            out['kp2d_input'],
+            noise_rng,
+            noise or NoiseConfig(),
+            layout.flip_array,
+            float(out['box_size'][valid[0]]),
+            out_hw,
+        )
+        out['kp2d_input'] = np.where(out['has_kp2d_input'][:, None, None], noisy, 0.0).astype(
+            np.float32
+        )
     return out

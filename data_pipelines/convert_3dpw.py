@@ -46,20 +46,20 @@ from data_pipelines import cropping
 from extpose_jax import body_models as bm
 from extpose_jax import errors, safe_pickle, skeletons
 
-NAME = "3dpw"
-SPLITS = ("train", "validation", "test")
+NAME = '3dpw'
+SPLITS = ('train', 'validation', 'test')
 NUM_JOINTS = 44
-GENDERS = {"m": "male", "f": "female", "male": "male", "female": "female"}
+GENDERS = {'m': 'male', 'f': 'female', 'male': 'male', 'female': 'female'}
 PER_ACTOR_KEYS = (
-    "genders",
-    "betas",
-    "poses",
-    "trans",
-    "jointPositions",
-    "poses2d",
-    "campose_valid",
+    'genders',
+    'betas',
+    'poses',
+    'trans',
+    'jointPositions',
+    'poses2d',
+    'campose_valid',
 )
-REQUIRED_KEYS = PER_ACTOR_KEYS + ("cam_poses", "cam_intrinsics", "img_frame_ids")
+REQUIRED_KEYS = PER_ACTOR_KEYS + ('cam_poses', 'cam_intrinsics', 'img_frame_ids')
 FRAME_BLOCK = 256  # frames per body-model pass
 
 
@@ -67,7 +67,7 @@ FRAME_BLOCK = 256  # frames per body-model pass
 
 
 def _str(value) -> str:
-    return value.decode("latin1") if isinstance(value, bytes) else str(value)
+    return value.decode('latin1') if isinstance(value, bytes) else str(value)
 
 
 def _numeric(path: str, name: str, value, dtype=None) -> np.ndarray:
@@ -75,33 +75,33 @@ def _numeric(path: str, name: str, value, dtype=None) -> np.ndarray:
     try:
         a = np.asarray(value, dtype)
     except (ValueError, TypeError, OverflowError) as e:  # ragged lists, dicts, strings
-        raise cc.ConversionError(f"{path}: key {name} is not a numeric array ({e})") from e
-    if a.dtype.kind not in "fiub":
-        raise cc.ConversionError(f"{path}: key {name} is not numeric ({a.dtype})")
+        raise cc.ConversionError(f'{path}: key {name} is not a numeric array ({e})') from e
+    if a.dtype.kind not in 'fiub':
+        raise cc.ConversionError(f'{path}: key {name} is not numeric ({a.dtype})')
     return a
 
 
 def load_sequence(path: str) -> dict:
     """Reads and checks one sequence pkl; returns numpy arrays (see module docstring)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"3DPW sequence file not found: {path}")
-    raw = safe_pickle.load(path, cc.ConversionError, "3DPW sequence file")
+        raise FileNotFoundError(f'3DPW sequence file not found: {path}')
+    raw = safe_pickle.load(path, cc.ConversionError, '3DPW sequence file')
     if not isinstance(raw, dict):
-        raise cc.ConversionError(f"{path}: expected a dict, got {type(raw).__name__}")
+        raise cc.ConversionError(f'{path}: expected a dict, got {type(raw).__name__}')
     for key in REQUIRED_KEYS:
         if key not in raw:
             hint = {
-                "genders": " (the readme's 'gender' is wrong)",
-                "poses2d": " (the readme's 'poses2D' is wrong)",
-            }.get(key, "")
-            raise cc.ConversionError(f"{path}: missing key {key!r}{hint}")
+                'genders': " (the readme's 'gender' is wrong)",
+                'poses2d': " (the readme's 'poses2D' is wrong)",
+            }.get(key, '')
+            raise cc.ConversionError(f'{path}: missing key {key!r}{hint}')
     for key in PER_ACTOR_KEYS:
         value = raw[key]
-        if not isinstance(value, (list, tuple, np.ndarray)) or getattr(value, "ndim", 1) == 0:
+        if not isinstance(value, (list, tuple, np.ndarray)) or getattr(value, 'ndim', 1) == 0:
             raise cc.ConversionError(
-                f"{path}: key {key!r} is a {type(value).__name__}, expected one entry per actor"
+                f'{path}: key {key!r} is a {type(value).__name__}, expected one entry per actor'
             )
-    num_actors = len(raw["poses"])
+    num_actors = len(raw['poses'])
     if num_actors == 0:
         raise cc.ConversionError(f"{path}: key 'poses' lists no actor")
     for key in PER_ACTOR_KEYS:
@@ -109,90 +109,90 @@ def load_sequence(path: str) -> dict:
             raise cc.ConversionError(
                 f"{path}: key {key!r} has {len(raw[key])} actor entries, 'poses' has {num_actors}"
             )
-    n = _numeric(path, "'img_frame_ids'", raw["img_frame_ids"]).size
+    n = _numeric(path, "'img_frame_ids'", raw['img_frame_ids']).size
 
     def arr(key, k, shape):
-        name = key if k is None else f"{key}[{k}]"
+        name = key if k is None else f'{key}[{k}]'
         a = _numeric(path, name, raw[key] if k is None else raw[key][k])
-        if a.ndim == 0 or a.shape[0] != n and shape[0] == "N":
+        if a.ndim == 0 or a.shape[0] != n and shape[0] == 'N':
             raise cc.ConversionError(
-                f"{path}: array lengths disagree: {name} has {a.shape[0] if a.ndim else 0} frames, "
-                f"img_frame_ids has {n}"
+                f'{path}: array lengths disagree: {name} has {a.shape[0] if a.ndim else 0} frames, '
+                f'img_frame_ids has {n}'
             )
-        want = tuple(n if d == "N" else d for d in shape)
+        want = tuple(n if d == 'N' else d for d in shape)
         if a.shape != want:
-            if key == "jointPositions" and a.shape == (n, 24, 3):
+            if key == 'jointPositions' and a.shape == (n, 24, 3):
                 return a.reshape(n, 72).astype(np.float64)
-            raise cc.ConversionError(f"{path}: key {name} has shape {a.shape}, expected {want}")
-        return a.astype(np.float64) if a.dtype.kind == "f" else a
+            raise cc.ConversionError(f'{path}: key {name} has shape {a.shape}, expected {want}')
+        return a.astype(np.float64) if a.dtype.kind == 'f' else a
 
     seq = {
-        "path": path,
-        "num_frames": n,
-        "num_actors": num_actors,
-        "cam_poses": arr("cam_poses", None, ("N", 4, 4)),
-        "K": arr("cam_intrinsics", None, (3, 3)).astype(np.float64),
+        'path': path,
+        'num_frames': n,
+        'num_actors': num_actors,
+        'cam_poses': arr('cam_poses', None, ('N', 4, 4)),
+        'K': arr('cam_intrinsics', None, (3, 3)).astype(np.float64),
     }
     genders, betas = [], []
     for k in range(num_actors):
-        g = _str(raw["genders"][k]).strip().lower()
+        g = _str(raw['genders'][k]).strip().lower()
         if g not in GENDERS:
             raise cc.ConversionError(f"{path}: key 'genders'[{k}] is {g!r}, expected 'm' or 'f'")
         genders.append(GENDERS[g])
-        b = _numeric(path, f"'betas'[{k}]", raw["betas"][k], np.float64).reshape(-1)
+        b = _numeric(path, f"'betas'[{k}]", raw['betas'][k], np.float64).reshape(-1)
         if b.size < 10:
             raise cc.ConversionError(
                 f"{path}: key 'betas'[{k}] has {b.size} values, expected >= 10"
             )
         betas.append(b[:10])
-    seq["genders"], seq["betas"] = genders, betas
-    seq["poses"] = [arr("poses", k, ("N", 72)) for k in range(num_actors)]
-    seq["trans"] = [arr("trans", k, ("N", 3)) for k in range(num_actors)]
-    seq["joints"] = [
-        arr("jointPositions", k, ("N", 72)).reshape(n, 24, 3) for k in range(num_actors)
+    seq['genders'], seq['betas'] = genders, betas
+    seq['poses'] = [arr('poses', k, ('N', 72)) for k in range(num_actors)]
+    seq['trans'] = [arr('trans', k, ('N', 3)) for k in range(num_actors)]
+    seq['joints'] = [
+        arr('jointPositions', k, ('N', 72)).reshape(n, 24, 3) for k in range(num_actors)
     ]
-    seq["poses2d"] = [
-        np.transpose(arr("poses2d", k, ("N", 3, 18)), (0, 2, 1)).astype(np.float64)
+    seq['poses2d'] = [
+        np.transpose(arr('poses2d', k, ('N', 3, 18)), (0, 2, 1)).astype(np.float64)
         for k in range(num_actors)
     ]
-    seq["valid"] = [arr("campose_valid", k, ("N",)).astype(bool) for k in range(num_actors)]
-    for key in ("poses", "trans", "joints", "poses2d"):
+    seq['valid'] = [arr('campose_valid', k, ('N',)).astype(bool) for k in range(num_actors)]
+    for key in ('poses', 'trans', 'joints', 'poses2d'):
         for k, a in enumerate(seq[key]):
             if not np.all(np.isfinite(a)):
-                raise cc.ConversionError(f"{path}: key {key}[{k}] has non-finite values")
-    if not np.all(np.isfinite(seq["cam_poses"])) or not np.all(np.isfinite(seq["K"])):
-        raise cc.ConversionError(f"{path}: cam_poses or cam_intrinsics has non-finite values")
+                raise cc.ConversionError(f'{path}: key {key}[{k}] has non-finite values')
+    if not np.all(np.isfinite(seq['cam_poses'])) or not np.all(np.isfinite(seq['K'])):
+        raise cc.ConversionError(f'{path}: cam_poses or cam_intrinsics has non-finite values')
     return seq
 
 
 def find_split_dir(root: str, split: str) -> str:
     """RAW/sequenceFiles/<split>, also under a nested sequenceFiles/sequenceFiles."""
-    cc.require_dir(root, "3DPW root")
-    base = os.path.join(root, "sequenceFiles")
-    cc.require_dir(base, "3DPW sequenceFiles folder")
-    nested = os.path.join(base, "sequenceFiles")
+    cc.require_dir(root, '3DPW root')
+    base = os.path.join(root, 'sequenceFiles')
+    cc.require_dir(base, '3DPW sequenceFiles folder')
+    nested = os.path.join(base, 'sequenceFiles')
     for d in (os.path.join(base, split), os.path.join(nested, split)):
         if os.path.isdir(d):
             return d
     raise FileNotFoundError(
-        f"3DPW split folder not found: {os.path.join(base, split)} (splits "
+        f'3DPW split folder not found: {os.path.join(base, split)} (splits '
         f"are {', '.join(SPLITS)}; the folder is 'validation', not 'val')"
     )
 
 
 def list_jobs(root: str, split: str) -> list[cc.Job]:
     split_dir = find_split_dir(root, split)
-    image_root = cc.require_dir(os.path.join(root, "imageFiles"), "3DPW imageFiles folder")
+    image_root = cc.require_dir(os.path.join(root, 'imageFiles'), '3DPW imageFiles folder')
     jobs = []
     for fname in sorted(os.listdir(split_dir)):
-        if not fname.endswith(".pkl"):
+        if not fname.endswith('.pkl'):
             continue
         seq = fname[:-4]
         image_dir = os.path.join(image_root, seq)
-        cc.require_dir(image_dir, f"3DPW image folder of {os.path.join(split_dir, fname)}")
-        jobs.append(cc.Job(seq, {"pkl": os.path.join(split_dir, fname), "image_dir": image_dir}))
+        cc.require_dir(image_dir, f'3DPW image folder of {os.path.join(split_dir, fname)}')
+        jobs.append(cc.Job(seq, {'pkl': os.path.join(split_dir, fname), 'image_dir': image_dir}))
     if not jobs:
-        raise FileNotFoundError(f"no .pkl sequence files in {split_dir}")
+        raise FileNotFoundError(f'no .pkl sequence files in {split_dir}')
     return jobs
 
 
@@ -201,7 +201,7 @@ def list_jobs(root: str, split: str) -> list[cc.Job]:
 
 def rest_root_joint(model, betas: np.ndarray) -> np.ndarray:
     """J0: the root joint of the shaped body in the rest pose (SMPL rotates about it)."""
-    return cc.model_forward(model, np.zeros((1, 72)), betas[None])["joints"][0, 0]
+    return cc.model_forward(model, np.zeros((1, 72)), betas[None])['joints'][0, 0]
 
 
 def camera_frame_params(model, seq: dict, k: int, frames: np.ndarray, j0: np.ndarray):
@@ -214,51 +214,51 @@ def camera_frame_params(model, seq: dict, k: int, frames: np.ndarray, j0: np.nda
     pose_cam (keypoints/vertices/joints without translation): the camera-frame body is
     out[...] + transl_cam.
     """
-    R = seq["cam_poses"][frames, :3, :3]
-    t = seq["cam_poses"][frames, :3, 3]
-    pose_w = seq["poses"][k][frames]
-    trans_w = seq["trans"][k][frames]
-    betas = np.broadcast_to(seq["betas"][k], (len(frames), 10))
+    R = seq['cam_poses'][frames, :3, :3]
+    t = seq['cam_poses'][frames, :3, 3]
+    pose_w = seq['poses'][k][frames]
+    trans_w = seq['trans'][k][frames]
+    betas = np.broadcast_to(seq['betas'][k], (len(frames), 10))
     go = Rotation.from_rotvec(pose_w[:, :3]).as_matrix()
     go_cam = Rotation.from_matrix(R @ go).as_rotvec()
     pose_cam = np.concatenate([go_cam, pose_w[:, 3:]], axis=1)
-    transl_cam = np.einsum("fij,fj->fi", R, trans_w + j0) + t - j0
+    transl_cam = np.einsum('fij,fj->fi', R, trans_w + j0) + t - j0
     out = cc.model_forward(model, pose_cam, betas)
     return pose_cam, transl_cam, out
 
 
 def _check_size(seq: dict, image_path: str, hw, opt) -> None:
     h, w = hw
-    cx, cy = seq["K"][0, 2], seq["K"][1, 2]
+    cx, cy = seq['K'][0, 2], seq['K'][1, 2]
     if abs(w - 2 * cx) <= 2 and abs(h - 2 * cy) <= 2:
         return
     msg = (
-        f"{image_path}: image is {w}x{h} (WxH) but cam_intrinsics of {seq['path']} imply "
-        f"{2 * cx:.0f}x{2 * cy:.0f} (2cx x 2cy); resized images need a scaled K"
+        f'{image_path}: image is {w}x{h} (WxH) but cam_intrinsics of {seq["path"]} imply '
+        f'{2 * cx:.0f}x{2 * cy:.0f} (2cx x 2cy); resized images need a scaled K'
     )
-    if opt.get("size_mismatch", "error") == "error":
+    if opt.get('size_mismatch', 'error') == 'error':
         raise cc.ConversionError(msg + " (pass size_mismatch='warn' to convert anyway)")
     warnings.warn(msg)
-    opt["stats"]["size_mismatch_images"] = opt["stats"].get("size_mismatch_images", 0) + 1
+    opt['stats']['size_mismatch_images'] = opt['stats'].get('size_mismatch_images', 0) + 1
 
 
 def _check_joints(seq: dict, k: int, frames: np.ndarray, joints_cam: np.ndarray, opt) -> None:
     """Back in the world frame, the recomputed skeleton joints must be `jointPositions`."""
-    R = seq["cam_poses"][frames, :3, :3]
-    t = seq["cam_poses"][frames, :3, 3]
-    joints_w = np.einsum("fji,fkj->fki", R, joints_cam - t[:, None])  # R^T (X - t)
-    err = np.linalg.norm(joints_w - seq["joints"][k][frames], axis=-1)
+    R = seq['cam_poses'][frames, :3, :3]
+    t = seq['cam_poses'][frames, :3, 3]
+    joints_w = np.einsum('fji,fkj->fki', R, joints_cam - t[:, None])  # R^T (X - t)
+    err = np.linalg.norm(joints_w - seq['joints'][k][frames], axis=-1)
     worst = float(err.max())
-    stats = opt["stats"]
-    stats["max_joint_error_m"] = max(stats.get("max_joint_error_m", 0.0), worst)
-    tol = opt.get("joint_tol")
+    stats = opt['stats']
+    stats['max_joint_error_m'] = max(stats.get('max_joint_error_m', 0.0), worst)
+    tol = opt.get('joint_tol')
     if tol is not None and worst > tol:
         f = int(frames[np.argmax(err.max(axis=1))])
         raise cc.ConversionError(
-            f"{seq['path']}: actor {k} ({seq['genders'][k]}): recomputed SMPL joints differ from "
-            f"jointPositions by {worst * 1000:.1f} mm at frame {f} (tolerance {tol * 1000:.1f} mm): "
-            "wrong gender, betas or body model files? (joint_tol=None / --joint_tol -1 skips "
-            "this check)"
+            f'{seq["path"]}: actor {k} ({seq["genders"][k]}): recomputed SMPL joints differ from '
+            f'jointPositions by {worst * 1000:.1f} mm at frame {f} (tolerance {tol * 1000:.1f} mm): '
+            'wrong gender, betas or body model files? (joint_tol=None / --joint_tol -1 skips '
+            'this check)'
         )
 
 
@@ -267,23 +267,23 @@ def _check_joints(seq: dict, k: int, frames: np.ndarray, joints_cam: np.ndarray,
 
 def process_sequence(job: cc.Job, opt, progress):
     """Yields the records of one sequence (see the module docstring)."""
-    stats = opt["stats"]
-    seq = load_sequence(job.payload["pkl"])
-    K = seq["K"]
+    stats = opt['stats']
+    seq = load_sequence(job.payload['pkl'])
+    K = seq['K']
     per_frame: dict[int, list] = {}  # frame -> [(actor, pose, kp3d, box or None)]
-    for k in range(seq["num_actors"]):
-        valid = np.flatnonzero(seq["valid"][k])
-        stats["valid_frames"] = stats.get("valid_frames", 0) + len(valid)
+    for k in range(seq['num_actors']):
+        valid = np.flatnonzero(seq['valid'][k])
+        stats['valid_frames'] = stats.get('valid_frames', 0) + len(valid)
         if not len(valid):
             continue
-        model = bm.load_from_dir(opt["body_models"], "smpl", seq["genders"][k])
-        j0 = rest_root_joint(model, seq["betas"][k])
+        model = bm.load_from_dir(opt['body_models'], 'smpl', seq['genders'][k])
+        j0 = rest_root_joint(model, seq['betas'][k])
         for lo in range(0, len(valid), FRAME_BLOCK):  # blocks: meshes of long sequences are big
             frames = valid[lo : lo + FRAME_BLOCK]
             pose_cam, transl_cam, out = camera_frame_params(model, seq, k, frames, j0)
-            _check_joints(seq, k, frames, out["joints"] + transl_cam[:, None], opt)
-            kp3d = out["keypoints"] + transl_cam[:, None]
-            uv_v, z_v = cc.project(K, out["vertices"] + transl_cam[:, None])
+            _check_joints(seq, k, frames, out['joints'] + transl_cam[:, None], opt)
+            kp3d = out['keypoints'] + transl_cam[:, None]
+            uv_v, z_v = cc.project(K, out['vertices'] + transl_cam[:, None])
             for n, i in enumerate(frames):
                 front = z_v[n] > 1e-6
                 box = cc.points_box(uv_v[n][front]) if front.any() else None
@@ -291,7 +291,7 @@ def process_sequence(job: cc.Job, opt, progress):
 
     size_checked = None
     for i in sorted(per_frame):
-        image_path = os.path.join(job.payload["image_dir"], f"image_{i:05d}.jpg")
+        image_path = os.path.join(job.payload['image_dir'], f'image_{i:05d}.jpg')
         image = cc.read_image(image_path)
         hw = image.shape[:2]
         if size_checked != hw:
@@ -299,38 +299,38 @@ def process_sequence(job: cc.Job, opt, progress):
             size_checked = hw
         for k, pose, kp3d, box in per_frame[i]:
             if box is None or not cc.box_overlaps_image(box, hw):
-                stats["skipped_offscreen"] = stats.get("skipped_offscreen", 0) + 1
+                stats['skipped_offscreen'] = stats.get('skipped_offscreen', 0) + 1
                 continue
             jpeg, affine = cropping.crop_and_encode(
-                image, box, opt["crop_size"], opt["margin"], opt["jpeg_quality"]
+                image, box, opt['crop_size'], opt['margin'], opt['jpeg_quality']
             )
             uv, z = cc.project(K, kp3d)
             kp2d = cc.keypoints_to_crop(uv, cc.inside_image(uv, hw, z), affine)
-            det = seq["poses2d"][k][i]  # (18, 3) OpenPose-18
-            det44 = skeletons.convert(det, "openpose18", "hmr44")
+            det = seq['poses2d'][k][i]  # (18, 3) OpenPose-18
+            det44 = skeletons.convert(det, 'openpose18', 'hmr44')
             conf = np.clip(det44[:, 2], 0.0, 1.0)
             kp2d_det = cc.keypoints_to_crop(det44[:, :2], conf, affine)
             kp2d_det[conf <= 0] = 0.0
             has_det = bool((conf > 0).any())
-            stats["frames_without_detection"] = stats.get("frames_without_detection", 0) + (
+            stats['frames_without_detection'] = stats.get('frames_without_detection', 0) + (
                 not has_det
             )
             yield {
-                "image": jpeg,
-                "crop_affine": affine,
-                "image_size": np.asarray(hw, np.int64),
-                "K": K.astype(np.float32),
-                "box": box,
-                "kp2d": kp2d,
-                "kp2d_det": kp2d_det,
-                "has_kp2d_det": has_det,
-                "kp3d": kp3d.astype(np.float32),
-                "pose": pose.astype(np.float32),
-                "betas": seq["betas"][k].astype(np.float32),
-                "gender": seq["genders"][k],
-                "sequence": job.sequence,
-                "track": int(k),
-                "frame": int(i),
+                'image': jpeg,
+                'crop_affine': affine,
+                'image_size': np.asarray(hw, np.int64),
+                'K': K.astype(np.float32),
+                'box': box,
+                'kp2d': kp2d,
+                'kp2d_det': kp2d_det,
+                'has_kp2d_det': has_det,
+                'kp3d': kp3d.astype(np.float32),
+                'pose': pose.astype(np.float32),
+                'betas': seq['betas'][k].astype(np.float32),
+                'gender': seq['genders'][k],
+                'sequence': job.sequence,
+                'track': int(k),
+                'frame': int(i),
             }
     progress(1)
 
@@ -351,7 +351,7 @@ def convert(
     jpeg_quality: int = 95,
     overwrite: bool = False,
     joint_tol: float | None = 0.01,
-    size_mismatch: str = "error",
+    size_mismatch: str = 'error',
     fsync: bool = True,
     quiet: bool = False,
 ) -> dict:
@@ -360,14 +360,14 @@ def convert(
     joint_tol: metres allowed between the recomputed world joints and `jointPositions` (None: no
     check). size_mismatch: 'error' or 'warn' when a jpg's size disagrees with (2cx, 2cy).
     """
-    if size_mismatch not in ("error", "warn"):
+    if size_mismatch not in ('error', 'warn'):
         raise ValueError(f"size_mismatch must be 'error' or 'warn', got {size_mismatch!r}")
     root, body_models = os.fspath(root), os.fspath(body_models)
-    for gender in ("male", "female"):  # every file checked before anything is written
-        bm.load_from_dir(body_models, "smpl", gender)
+    for gender in ('male', 'female'):  # every file checked before anything is written
+        bm.load_from_dir(body_models, 'smpl', gender)
     for split in splits:
         if split not in SPLITS:
-            raise ValueError(f"unknown 3DPW split {split!r}; expected one of {SPLITS}")
+            raise ValueError(f'unknown 3DPW split {split!r}; expected one of {SPLITS}')
     jobs = {split: list_jobs(root, split) for split in splits}  # fail fast on missing folders
     options = dict(
         body_models=body_models,
@@ -377,10 +377,10 @@ def convert(
         joint_tol=joint_tol,
         size_mismatch=size_mismatch,
     )
-    summary = {"dataset": NAME, "out": os.fspath(out), "splits": {}}
+    summary = {'dataset': NAME, 'out': os.fspath(out), 'splits': {}}
     with cc.WorkerPool(workers) as pool:
         for split in splits:
-            summary["splits"][split] = cc.convert_split(
+            summary['splits'][split] = cc.convert_split(
                 name=NAME,
                 split=split,
                 out=out,
@@ -390,26 +390,26 @@ def convert(
                 num_shards=num_shards,
                 workers=pool,
                 num_joints=NUM_JOINTS,
-                body_model="smpl",
+                body_model='smpl',
                 jpeg_quality=jpeg_quality,
                 overwrite=overwrite,
                 fsync=fsync,
-                unit="seq",
+                unit='seq',
                 quiet=quiet,
             )
     return summary
 
 
 def main(argv=None) -> dict:
-    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split('\n')[0])
     cc.add_common_args(parser, splits=list(SPLITS), num_shards=8)
     parser.add_argument(
-        "--joint_tol",
+        '--joint_tol',
         type=float,
         default=0.01,
-        help="max metres between recomputed joints and jointPositions (negative: no check)",
+        help='max metres between recomputed joints and jointPositions (negative: no check)',
     )
-    parser.add_argument("--size_mismatch", choices=("error", "warn"), default="error")
+    parser.add_argument('--size_mismatch', choices=('error', 'warn'), default='error')
     a = parser.parse_args(argv)
     summary = convert(
         a.root,
@@ -430,7 +430,7 @@ def main(argv=None) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     # Run through the importable module so worker processes unpickle the same functions.
     from data_pipelines import convert_3dpw as _self
 

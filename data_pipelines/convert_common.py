@@ -79,39 +79,39 @@ ProcessFn = Callable[[Job, Mapping[str, Any], Callable[[int], None]], Iterator[d
 def require_dir(path: str, what: str) -> str:
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{what} not found: {path} is not a directory")
+        raise FileNotFoundError(f'{what} not found: {path} is not a directory')
     return path
 
 
 def read_image(path: str) -> np.ndarray:
     """uint8 HxWx3 RGB; FileNotFoundError / ConversionError naming the file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
+        raise FileNotFoundError(f'image not found: {path}')
     data = np.fromfile(path, np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise ConversionError(
-            f"image does not decode (corrupt or not an image): {path} ({data.size} bytes)"
+            f'image does not decode (corrupt or not an image): {path} ({data.size} bytes)'
         )
     raw = data.tobytes()
     # libjpeg decodes a truncated file with only a warning (the missing rows come out grey); in a
     # complete JPEG the last scan (SOS, FFDA) is followed by the end-of-image marker (FFD9).
-    if raw[:2] == b"\xff\xd8" and raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda"):
+    if raw[:2] == b'\xff\xd8' and raw.rfind(b'\xff\xd9') < raw.rfind(b'\xff\xda'):
         raise ConversionError(
-            f"image is truncated (no end-of-image marker after its last scan): "
-            f"{path} ({data.size} bytes)"
+            f'image is truncated (no end-of-image marker after its last scan): '
+            f'{path} ({data.size} bytes)'
         )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def load_json(path: str):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise FileNotFoundError(f'annotation file not found: {path}')
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding='utf-8') as f:
             return json.load(f)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
-        raise ConversionError(f"{path} is not valid JSON: {e}") from e
+        raise ConversionError(f'{path} is not valid JSON: {e}') from e
 
 
 def project(K: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,16 +175,16 @@ _FORWARD = jax.jit(bm.forward)
 
 def mano_model(body_models: str):
     """(right-hand MANO with HaMeR's 21 keypoints, hands_mean (45,) float64), cached per process."""
-    key = ("mano", os.path.abspath(body_models))
+    key = ('mano', os.path.abspath(body_models))
     if key not in _MODELS:
-        path = bm.find_model_file(body_models, "MANO_RIGHT")
+        path = bm.find_model_file(body_models, 'MANO_RIGHT')
         raw = bm.load_model_file(path)
-        if "hands_mean" not in raw:
+        if 'hands_mean' not in raw:
             raise ConversionError(
                 f"{path}: missing key 'hands_mean' (needed for FreiHAND's "
-                "flat_hand_mean=False poses)"
+                'flat_hand_mean=False poses)'
             )
-        mean = np.asarray(raw["hands_mean"], np.float64).reshape(-1)
+        mean = np.asarray(raw['hands_mean'], np.float64).reshape(-1)
         if mean.shape != (45,):
             raise ConversionError(
                 f"{path}: key 'hands_mean' has shape {mean.shape}, expected (45,)"
@@ -207,7 +207,7 @@ def model_forward(model, pose: np.ndarray, betas: np.ndarray, chunk: int = 64) -
             p = np.concatenate([p, np.zeros((chunk - m,) + p.shape[1:], p.dtype)])
             b = np.concatenate([b, np.zeros((chunk - m,) + b.shape[1:], b.dtype)])
         out = _FORWARD(model, p, b)
-        for k in ("vertices", "joints", "keypoints"):
+        for k in ('vertices', 'joints', 'keypoints'):
             outs.setdefault(k, []).append(np.asarray(out[k], np.float64)[:m])
     if not outs:
         return {}
@@ -224,10 +224,10 @@ def _init_worker(progress_queue) -> None:
     _progress_queue = progress_queue
     cv2.setNumThreads(1)
     # Converters run the body models on the CPU: N processes must not each grab an accelerator.
-    os.environ["JAX_PLATFORMS"] = "cpu"  # read when jax is first imported
-    if "jax" in sys.modules:
+    os.environ['JAX_PLATFORMS'] = 'cpu'  # read when jax is first imported
+    if 'jax' in sys.modules:
         with contextlib.suppress(Exception):
-            sys.modules["jax"].config.update("jax_platforms", "cpu")
+            sys.modules['jax'].config.update('jax_platforms', 'cpu')
 
 
 def _write_shard(
@@ -248,13 +248,13 @@ def _write_shard(
     n = 0
     with shards.ShardWriter(path, **writer_kw) as shard:
         if prepare is not None:  # inside the writer: a failure here aborts the shard too
-            options["prepared"] = prepare(jobs, options)
+            options['prepared'] = prepare(jobs, options)
         for job in jobs:
             for record in process(job, options, progress):
                 shard.write(record)
                 n += 1
-    stats["records_written"] = stats.get("records_written", 0) + n
-    stats["sequences_written"] = stats.get("sequences_written", 0) + len(jobs)
+    stats['records_written'] = stats.get('records_written', 0) + n
+    stats['sequences_written'] = stats.get('sequences_written', 0) + len(jobs)
     return stats
 
 
@@ -274,9 +274,9 @@ class WorkerPool:
         self.executor: cf.ProcessPoolExecutor | None = None
         self.queue = None
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> 'WorkerPool':
         if self.workers > 0:
-            ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+            ctx = multiprocessing.get_context('spawn')  # JAX is not fork-safe
             self.queue = ctx.Queue()
             # Processes start on demand, so a pool larger than the work costs nothing.
             self.executor = cf.ProcessPoolExecutor(
@@ -310,7 +310,7 @@ def convert_split(
     overwrite: bool = False,
     fsync: bool = True,
     desc: str | None = None,
-    unit: str = "it",
+    unit: str = 'it',
     quiet: bool = False,
 ) -> dict:
     """Writes one split of a dataset from its jobs (see the module docstring); returns a summary.
@@ -327,7 +327,7 @@ def convert_split(
     seen: dict[str, int] = {}
     for i, job in enumerate(jobs):
         if job.sequence in seen:
-            raise ConversionError(f"two work items map to sequence {job.sequence!r}")
+            raise ConversionError(f'two work items map to sequence {job.sequence!r}')
         seen[job.sequence] = i
     writer = shards.RecordWriter(
         out,
@@ -357,7 +357,7 @@ def convert_split(
     stats: dict[str, int] = {}
     bar = tqdm(
         total=total,
-        desc=desc or f"{name}/{split}",
+        desc=desc or f'{name}/{split}',
         unit=unit,
         disable=quiet,
         dynamic_ncols=True,
@@ -367,7 +367,7 @@ def convert_split(
     def merge(s: dict) -> None:
         for k, v in s.items():
             if isinstance(v, (int, float, np.integer, np.floating)):
-                if k.startswith("max_"):
+                if k.startswith('max_'):
                     stats[k] = max(stats.get(k, 0), v)
                 else:
                     stats[k] = stats.get(k, 0) + v
@@ -431,14 +431,14 @@ def convert_split(
         raise error
     entry = writer.close()
     summary = {
-        "num_records": entry["num_records"],
-        "num_sequences": len(entry["sequences"]),
-        "num_shards": num_shards,
-        "shards_written": len(todo),
-        "shards_skipped": len(skipped),
-        "seconds": round(time.time() - t0, 3),
+        'num_records': entry['num_records'],
+        'num_sequences': len(entry['sequences']),
+        'num_shards': num_shards,
+        'shards_written': len(todo),
+        'shards_skipped': len(skipped),
+        'seconds': round(time.time() - t0, 3),
     }
-    summary.update({k: (v.item() if hasattr(v, "item") else v) for k, v in stats.items()})
+    summary.update({k: (v.item() if hasattr(v, 'item') else v) for k, v in stats.items()})
     return summary
 
 
@@ -460,39 +460,39 @@ def add_common_args(
 ) -> None:
     # Input folders are checked while parsing: before any body model or annotation is read.
     parser.add_argument(
-        "--root", required=True, type=lambda p: require_dir(p, "--root"), help="raw dataset root"
+        '--root', required=True, type=lambda p: require_dir(p, '--root'), help='raw dataset root'
     )
     if body_models:
         parser.add_argument(
-            "--body_models",
+            '--body_models',
             required=True,
-            type=lambda p: require_dir(p, "--body_models"),
-            help="directory with smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl, "
-            "mano/MANO_RIGHT.pkl and SMPL_to_J19.pkl",
+            type=lambda p: require_dir(p, '--body_models'),
+            help='directory with smpl/SMPL_{NEUTRAL,MALE,FEMALE}.pkl, '
+            'mano/MANO_RIGHT.pkl and SMPL_to_J19.pkl',
         )
-    parser.add_argument("--out", required=True, help="output dataset directory")
-    parser.add_argument("--splits", nargs="+", default=splits, help=f"default: {' '.join(splits)}")
+    parser.add_argument('--out', required=True, help='output dataset directory')
+    parser.add_argument('--splits', nargs='+', default=splits, help=f'default: {" ".join(splits)}')
     parser.add_argument(
-        "--workers",
+        '--workers',
         type=int,
         default=min(8, os.cpu_count() or 1),
-        help="worker processes (0: run inline)",
+        help='worker processes (0: run inline)',
     )
-    parser.add_argument("--num_shards", type=int, default=num_shards, help="shards per split")
-    parser.add_argument("--crop_size", type=int, default=384)
+    parser.add_argument('--num_shards', type=int, default=num_shards, help='shards per split')
+    parser.add_argument('--crop_size', type=int, default=384)
     parser.add_argument(
-        "--margin",
+        '--margin',
         type=float,
         default=0.25,
         help="crop margin on each side, as a fraction of the box's long side",
     )
-    parser.add_argument("--jpeg_quality", type=int, default=95)
+    parser.add_argument('--jpeg_quality', type=int, default=95)
     parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="rewrite every shard (default: keep shards finished by earlier runs)",
+        '--overwrite',
+        action='store_true',
+        help='rewrite every shard (default: keep shards finished by earlier runs)',
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 
 def print_summary(summary: dict) -> None:

@@ -48,8 +48,8 @@ from data_pipelines import convert_common as cc
 from data_pipelines import cropping
 from extpose_jax import errors
 
-NAME = "freihand"
-SPLITS = ("train", "test")
+NAME = 'freihand'
+SPLITS = ('train', 'test')
 NUM_JOINTS = 21
 NUM_VERSIONS = 4
 TIP_JOINTS = (4, 8, 12, 16, 20)
@@ -61,17 +61,17 @@ NON_TIP = tuple(j for j in range(21) if j not in TIP_JOINTS)
 
 def find_dirs(root: str) -> tuple[str, str | None]:
     """(FreiHAND_pub_v2 folder, FreiHAND_pub_v2_eval folder or None)."""
-    cc.require_dir(root, "FreiHAND root")
-    marker = ("training_K.json", "evaluation_K.json")
+    cc.require_dir(root, 'FreiHAND root')
+    marker = ('training_K.json', 'evaluation_K.json')
     if any(os.path.isfile(os.path.join(root, m)) for m in marker):
         pub = root
     else:
-        pub = os.path.join(root, "FreiHAND_pub_v2")
-        cc.require_dir(pub, "FreiHAND_pub_v2 folder (training_K.json not in the root either)")
+        pub = os.path.join(root, 'FreiHAND_pub_v2')
+        cc.require_dir(pub, 'FreiHAND_pub_v2 folder (training_K.json not in the root either)')
     evals = [
-        os.path.join(root, "FreiHAND_pub_v2_eval"),
-        os.path.normpath(pub) + "_eval",
-        os.path.join(os.path.dirname(os.path.normpath(pub)), "FreiHAND_pub_v2_eval"),
+        os.path.join(root, 'FreiHAND_pub_v2_eval'),
+        os.path.normpath(pub) + '_eval',
+        os.path.join(os.path.dirname(os.path.normpath(pub)), 'FreiHAND_pub_v2_eval'),
     ]
     ev = next((d for d in evals if os.path.isdir(d)), None)
     return pub, ev
@@ -89,79 +89,79 @@ def _array(path: str, data, shape: tuple) -> np.ndarray:
         a = np.asarray(data, np.float64)
     except (ValueError, TypeError, OverflowError) as e:  # OverflowError: an int beyond float
         raise cc.ConversionError(
-            f"{path}: entries are not numeric arrays of one shape ({e})"
+            f'{path}: entries are not numeric arrays of one shape ({e})'
         ) from e
     if shape == (61,) and a.shape[1:] == (1, 61):
         a = a.reshape(len(a), 61)  # `*_mano.json` entries are [[61 floats]]
     if a.ndim != len(shape) + 1 or a.shape[1:] != shape:
-        raise cc.ConversionError(f"{path}: entries have shape {a.shape[1:]}, expected {shape}")
+        raise cc.ConversionError(f'{path}: entries have shape {a.shape[1:]}, expected {shape}')
     if not np.all(np.isfinite(a)):
-        raise cc.ConversionError(f"{path}: non-finite values")
+        raise cc.ConversionError(f'{path}: non-finite values')
     return a
 
 
 def load_annotations(split: str, pub: str, ev: str | None) -> dict | None:
     """K (n,3,3), mano (n,61), xyz (n,21,3), image dir; None if the test GT is absent."""
-    prefix = "training" if split == "train" else "evaluation"
-    dirs = [pub] if split == "train" else [ev, pub]
-    paths = {k: _first_file(dirs, f"{prefix}_{k}.json") for k in ("K", "mano", "xyz")}
-    if split == "test" and (paths["mano"] is None or paths["xyz"] is None):
+    prefix = 'training' if split == 'train' else 'evaluation'
+    dirs = [pub] if split == 'train' else [ev, pub]
+    paths = {k: _first_file(dirs, f'{prefix}_{k}.json') for k in ('K', 'mano', 'xyz')}
+    if split == 'test' and (paths['mano'] is None or paths['xyz'] is None):
         return None
     for k, p in paths.items():
         if p is None:
             raise FileNotFoundError(
-                f"FreiHAND annotation file not found: "
-                f"{os.path.join(dirs[0] or pub, f'{prefix}_{k}.json')}"
+                f'FreiHAND annotation file not found: '
+                f'{os.path.join(dirs[0] or pub, f"{prefix}_{k}.json")}'
             )
     ann = {
-        "K": _array(paths["K"], cc.load_json(paths["K"]), (3, 3)),
-        "mano": _array(paths["mano"], cc.load_json(paths["mano"]), (61,)),
-        "xyz": _array(paths["xyz"], cc.load_json(paths["xyz"]), (21, 3)),
-        "paths": paths,
+        'K': _array(paths['K'], cc.load_json(paths['K']), (3, 3)),
+        'mano': _array(paths['mano'], cc.load_json(paths['mano']), (61,)),
+        'xyz': _array(paths['xyz'], cc.load_json(paths['xyz']), (21, 3)),
+        'paths': paths,
     }
-    n = len(ann["K"])
-    for k in ("mano", "xyz"):
+    n = len(ann['K'])
+    for k in ('mano', 'xyz'):
         if len(ann[k]) != n:
             raise cc.ConversionError(
-                f"array lengths disagree: {paths[k]} has {len(ann[k])} samples, "
-                f"{paths['K']} has {n}"
+                f'array lengths disagree: {paths[k]} has {len(ann[k])} samples, '
+                f'{paths["K"]} has {n}'
             )
-    image_dirs = [os.path.join(d, prefix, "rgb") for d in dirs if d is not None]
+    image_dirs = [os.path.join(d, prefix, 'rgb') for d in dirs if d is not None]
     image_dir = next((d for d in image_dirs if os.path.isdir(d)), None)
     if image_dir is None:
-        raise FileNotFoundError(f"FreiHAND image folder not found: {' or '.join(image_dirs)}")
-    ann["image_dir"] = image_dir
+        raise FileNotFoundError(f'FreiHAND image folder not found: {" or ".join(image_dirs)}')
+    ann['image_dir'] = image_dir
     return ann
 
 
 def list_jobs(split: str, ann: dict) -> list[cc.Job]:
-    n = len(ann["K"])
-    versions = NUM_VERSIONS if split == "train" else 1
-    present = set(os.listdir(ann["image_dir"]))
-    missing = [f"{i:08d}.jpg" for i in range(n * versions) if f"{i:08d}.jpg" not in present]
+    n = len(ann['K'])
+    versions = NUM_VERSIONS if split == 'train' else 1
+    present = set(os.listdir(ann['image_dir']))
+    missing = [f'{i:08d}.jpg' for i in range(n * versions) if f'{i:08d}.jpg' not in present]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of {n * versions} FreiHAND images missing in {ann['image_dir']} "
-            f"(expected {versions} version(s) x {n} samples), e.g. "
-            f"{os.path.join(ann['image_dir'], missing[0])}"
+            f'{len(missing)} of {n * versions} FreiHAND images missing in {ann["image_dir"]} '
+            f'(expected {versions} version(s) x {n} samples), e.g. '
+            f'{os.path.join(ann["image_dir"], missing[0])}'
         )
     jobs = []
     for idx in range(n):
         images = [
-            (v, idx + n * v, os.path.join(ann["image_dir"], f"{idx + n * v:08d}.jpg"))
+            (v, idx + n * v, os.path.join(ann['image_dir'], f'{idx + n * v:08d}.jpg'))
             for v in range(versions)
         ]
         jobs.append(
             cc.Job(
-                f"{split}_{idx:08d}",
+                f'{split}_{idx:08d}',
                 {
-                    "idx": idx,
-                    "K": ann["K"][idx],
-                    "mano": ann["mano"][idx],
-                    "xyz": ann["xyz"][idx],
-                    "images": images,
-                    "xyz_path": ann["paths"]["xyz"],
-                    "mano_path": ann["paths"]["mano"],
+                    'idx': idx,
+                    'K': ann['K'][idx],
+                    'mano': ann['mano'][idx],
+                    'xyz': ann['xyz'][idx],
+                    'images': images,
+                    'xyz_path': ann['paths']['xyz'],
+                    'mano_path': ann['paths']['mano'],
                 },
                 units=versions,
             )
@@ -185,7 +185,7 @@ def recover_root(uv_root: np.ndarray, scale: np.ndarray, K: np.ndarray) -> np.nd
     f = (K[:, 0, 0] + K[:, 1, 1]) / 2.0
     s = scale
     if np.any(s <= 0):
-        raise ValueError("non-positive scale")
+        raise ValueError('non-positive scale')
     return np.stack([(uv_root[:, 0] - K[:, 0, 2]) / s, (uv_root[:, 1] - K[:, 1, 2]) / s, f / s], 1)
 
 
@@ -193,38 +193,38 @@ def prepare_shard(jobs: list[cc.Job], opt) -> dict:
     """One batched MANO pass over the shard's samples, checked against *_xyz.json."""
     if not jobs:
         return {}
-    model, hands_mean = cc.mano_model(opt["body_models"])
-    mano = np.stack([j.payload["mano"] for j in jobs])
-    K = np.stack([j.payload["K"] for j in jobs])
-    xyz = np.stack([j.payload["xyz"] for j in jobs])
+    model, hands_mean = cc.mano_model(opt['body_models'])
+    mano = np.stack([j.payload['mano'] for j in jobs])
+    K = np.stack([j.payload['K'] for j in jobs])
+    xyz = np.stack([j.payload['xyz'] for j in jobs])
     pose, betas, uv_root, scale = mano_to_record_params(mano, hands_mean)
     bad = np.flatnonzero(scale <= 0)
     if len(bad):
         j = jobs[bad[0]].payload
         raise cc.ConversionError(
-            f"{j['mano_path']}: sample {j['idx']}: scale mano[60] = {scale[bad[0]]} is not positive"
+            f'{j["mano_path"]}: sample {j["idx"]}: scale mano[60] = {scale[bad[0]]} is not positive'
         )
     root = recover_root(uv_root, scale, K)
     out = cc.model_forward(model, pose, betas, chunk=256)
-    shift = root - out["keypoints"][:, 9]
-    kp3d = out["keypoints"] + shift[:, None]
-    verts = out["vertices"] + shift[:, None]
+    shift = root - out['keypoints'][:, 9]
+    kp3d = out['keypoints'] + shift[:, None]
+    verts = out['vertices'] + shift[:, None]
     err = np.linalg.norm(kp3d[:, NON_TIP] - xyz[:, NON_TIP], axis=-1)  # (N, 16)
     per_sample = err.max(axis=1)
-    opt["stats"]["max_xyz_error_m"] = max(
-        opt["stats"].get("max_xyz_error_m", 0.0), float(per_sample.max())
+    opt['stats']['max_xyz_error_m'] = max(
+        opt['stats'].get('max_xyz_error_m', 0.0), float(per_sample.max())
     )
-    tol = opt.get("xyz_tol")
+    tol = opt.get('xyz_tol')
     if tol is not None and per_sample.max() > tol:
         i = int(np.argmax(per_sample))
         j = jobs[i].payload
         joint = NON_TIP[int(np.argmax(err[i]))]
         raise cc.ConversionError(
-            f"{j['xyz_path']}: sample {j['idx']}: MANO keypoints from {j['mano_path']} differ from "
-            f"the annotated xyz by {per_sample[i] * 1000:.2f} mm (joint {joint}; tolerance "
-            f"{tol * 1000:.2f} mm): finger pose not relative to hands_mean (flat_hand_mean=False), "
-            "uv_root/scale misread, or wrong MANO file? (xyz_tol / --xyz_tol sets the tolerance; "
-            "negative skips the check)"
+            f'{j["xyz_path"]}: sample {j["idx"]}: MANO keypoints from {j["mano_path"]} differ from '
+            f'the annotated xyz by {per_sample[i] * 1000:.2f} mm (joint {joint}; tolerance '
+            f'{tol * 1000:.2f} mm): finger pose not relative to hands_mean (flat_hand_mean=False), '
+            'uv_root/scale misread, or wrong MANO file? (xyz_tol / --xyz_tol sets the tolerance; '
+            'negative skips the check)'
         )
     prepared = {}
     for n, job in enumerate(jobs):
@@ -239,33 +239,33 @@ def prepare_shard(jobs: list[cc.Job], opt) -> dict:
 
 
 def process_sample(job: cc.Job, opt, progress):
-    pose, betas, kp3d, box = opt["prepared"][job.sequence]
-    K = job.payload["K"]
-    for version, image_id, path in job.payload["images"]:
+    pose, betas, kp3d, box = opt['prepared'][job.sequence]
+    K = job.payload['K']
+    for version, image_id, path in job.payload['images']:
         image = cc.read_image(path)
         hw = image.shape[:2]
         if box is None or not cc.box_overlaps_image(box, hw):
-            opt["stats"]["skipped_offscreen"] = opt["stats"].get("skipped_offscreen", 0) + 1
+            opt['stats']['skipped_offscreen'] = opt['stats'].get('skipped_offscreen', 0) + 1
             progress(1)
             continue
         jpeg, affine = cropping.crop_and_encode(
-            image, box, opt["crop_size"], opt["margin"], opt["jpeg_quality"]
+            image, box, opt['crop_size'], opt['margin'], opt['jpeg_quality']
         )
         uv, z = cc.project(K, kp3d)
         yield {
-            "image": jpeg,
-            "crop_affine": affine,
-            "image_size": np.asarray(hw, np.int64),
-            "K": K.astype(np.float32),
-            "box": box,
-            "kp2d": cc.keypoints_to_crop(uv, cc.inside_image(uv, hw, z), affine),
-            "kp3d": kp3d.astype(np.float32),
-            "pose": pose.astype(np.float32),
-            "betas": betas.astype(np.float32),
-            "hand_side": "right",
-            "sequence": job.sequence,
-            "track": int(version),
-            "frame": int(image_id),
+            'image': jpeg,
+            'crop_affine': affine,
+            'image_size': np.asarray(hw, np.int64),
+            'K': K.astype(np.float32),
+            'box': box,
+            'kp2d': cc.keypoints_to_crop(uv, cc.inside_image(uv, hw, z), affine),
+            'kp3d': kp3d.astype(np.float32),
+            'pose': pose.astype(np.float32),
+            'betas': betas.astype(np.float32),
+            'hand_side': 'right',
+            'sequence': job.sequence,
+            'track': int(version),
+            'frame': int(image_id),
         }
         progress(1)
 
@@ -299,7 +299,7 @@ def convert(
     for split in splits:
         if split not in SPLITS:
             raise ValueError(
-                f"unknown FreiHAND split {split!r}; expected one of {SPLITS} "
+                f'unknown FreiHAND split {split!r}; expected one of {SPLITS} '
                 "('test' is FreiHAND's evaluation set)"
             )
     pub, ev = find_dirs(root)
@@ -312,18 +312,18 @@ def convert(
         jpeg_quality=jpeg_quality,
         xyz_tol=xyz_tol,
     )
-    summary = {"dataset": NAME, "out": os.fspath(out), "splits": {}}
+    summary = {'dataset': NAME, 'out': os.fspath(out), 'splits': {}}
     with cc.WorkerPool(workers) as pool:
         for split in splits:
             if anns[split] is None:
                 reason = (
-                    f"no evaluation GT (evaluation_mano.json / evaluation_xyz.json) in "
-                    f"{ev or os.path.normpath(pub) + '_eval'} or {pub}"
+                    f'no evaluation GT (evaluation_mano.json / evaluation_xyz.json) in '
+                    f'{ev or os.path.normpath(pub) + "_eval"} or {pub}'
                 )
-                print(f"freihand: skipping split {split!r}: {reason}", file=sys.stderr)
-                summary["splits"][split] = {"skipped": reason}
+                print(f'freihand: skipping split {split!r}: {reason}', file=sys.stderr)
+                summary['splits'][split] = {'skipped': reason}
                 continue
-            summary["splits"][split] = cc.convert_split(
+            summary['splits'][split] = cc.convert_split(
                 name=NAME,
                 split=split,
                 out=out,
@@ -334,24 +334,24 @@ def convert(
                 num_shards=num_shards,
                 workers=pool,
                 num_joints=NUM_JOINTS,
-                body_model="mano",
+                body_model='mano',
                 jpeg_quality=jpeg_quality,
                 overwrite=overwrite,
                 fsync=fsync,
-                unit="img",
+                unit='img',
                 quiet=quiet,
             )
     return summary
 
 
 def main(argv=None) -> dict:
-    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split('\n')[0])
     cc.add_common_args(parser, splits=list(SPLITS), num_shards=32)
     parser.add_argument(
-        "--xyz_tol",
+        '--xyz_tol',
         type=float,
         default=0.001,
-        help="max metres between MANO keypoints and *_xyz.json (negative: no check)",
+        help='max metres between MANO keypoints and *_xyz.json (negative: no check)',
     )
     a = parser.parse_args(argv)
     summary = convert(
@@ -372,7 +372,7 @@ def main(argv=None) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     from data_pipelines import convert_freihand as _self
 
     errors.guard(_self.main)

@@ -49,28 +49,28 @@ from data_pipelines import convert_common as cc
 from data_pipelines import cropping
 from extpose_jax import errors
 
-NAME = "hint"
-SPLITS = ("train", "val", "test")
-SPLIT_PREFIX = {"train": "TRAIN", "val": "VAL", "test": "TEST"}
+NAME = 'hint'
+SPLITS = ('train', 'val', 'test')
+SPLIT_PREFIX = {'train': 'TRAIN', 'val': 'VAL', 'test': 'TEST'}
 NUM_JOINTS = 21
-_FOLDER_RE = re.compile(r"^(TRAIN|VAL|TEST)_([A-Za-z0-9]+)_(img|seq)$")
-SIDES = {"_r": ("right", 1), "_l": ("left", 0)}
+_FOLDER_RE = re.compile(r'^(TRAIN|VAL|TEST)_([A-Za-z0-9]+)_(img|seq)$')
+SIDES = {'_r': ('right', 1), '_l': ('left', 0)}
 
 
 def find_root(root: str) -> str:
-    cc.require_dir(root, "HInt root")
+    cc.require_dir(root, 'HInt root')
     for cand in (
         root,
-        os.path.join(root, "HInt_annotation"),
-        os.path.join(root, "HInt_annotation_partial"),
+        os.path.join(root, 'HInt_annotation'),
+        os.path.join(root, 'HInt_annotation_partial'),
     ):
         if os.path.isdir(cand) and any(
             _FOLDER_RE.match(f) and os.path.isdir(os.path.join(cand, f)) for f in os.listdir(cand)
         ):
             return cand
     raise FileNotFoundError(
-        f"no HInt folders ({{TRAIN,VAL,TEST}}_<source>_img) in {root} nor in "
-        f"{os.path.join(root, 'HInt_annotation')}[_partial]"
+        f'no HInt folders ({{TRAIN,VAL,TEST}}_<source>_img) in {root} nor in '
+        f'{os.path.join(root, "HInt_annotation")}[_partial]'
     )
 
 
@@ -81,34 +81,34 @@ def list_jobs(root: str, split: str, allow_missing_images: bool = False):
         f
         for f in os.listdir(root)
         if _FOLDER_RE.match(f)
-        and f.startswith(prefix + "_")
+        and f.startswith(prefix + '_')
         and os.path.isdir(os.path.join(root, f))
     )
     if not folders:
-        raise FileNotFoundError(f"no HInt folder {prefix}_<source>_img in {root}")
+        raise FileNotFoundError(f'no HInt folder {prefix}_<source>_img in {root}')
     groups: dict[str, list] = {}
-    info = {"folders": {}, "skipped_folders": {}, "missing_images": 0}
+    info = {'folders': {}, 'skipped_folders': {}, 'missing_images': 0}
     for folder in folders:
         _, source, kind = _FOLDER_RE.match(folder).groups()
         path = os.path.join(root, folder)
         names = os.listdir(path)
-        stems = sorted(n[:-5] for n in names if n.endswith(".json"))
-        have_jpg = {n[:-4] for n in names if n.endswith(".jpg")}
+        stems = sorted(n[:-5] for n in names if n.endswith('.json'))
+        have_jpg = {n[:-4] for n in names if n.endswith('.jpg')}
         if stems and not have_jpg:
             print(
-                f"hint: skipping {path}: {len(stems)} json files but no images "
-                "(Ego4D frames not retrieved yet? see the HInt README)",
+                f'hint: skipping {path}: {len(stems)} json files but no images '
+                '(Ego4D frames not retrieved yet? see the HInt README)',
                 file=sys.stderr,
             )
-            info["skipped_folders"][folder] = len(stems)
+            info['skipped_folders'][folder] = len(stems)
             continue
         missing = {s for s in stems if s not in have_jpg}
         if missing and not allow_missing_images:
             raise FileNotFoundError(
-                f"{len(missing)} of {len(stems)} HInt images missing in {path}, e.g. "
-                f"{os.path.join(path, min(missing) + '.jpg')} (allow_missing_images=True skips them)"
+                f'{len(missing)} of {len(stems)} HInt images missing in {path}, e.g. '
+                f'{os.path.join(path, min(missing) + ".jpg")} (allow_missing_images=True skips them)'
             )
-        info["missing_images"] += len(missing)
+        info['missing_images'] += len(missing)
         n = 0
         for stem in stems:
             if stem in missing:
@@ -116,20 +116,20 @@ def list_jobs(root: str, split: str, allow_missing_images: bool = False):
             side = SIDES.get(stem[-2:])
             if side is None:
                 raise cc.ConversionError(
-                    f"{os.path.join(path, stem + '.json')}: file name does not end "
-                    "in _l or _r (the only place HInt records handedness)"
+                    f'{os.path.join(path, stem + ".json")}: file name does not end '
+                    'in _l or _r (the only place HInt records handedness)'
                 )
-            sequence = f"{source}_{kind}/{stem[:-2]}"
+            sequence = f'{source}_{kind}/{stem[:-2]}'
             groups.setdefault(sequence, []).append(
-                (os.path.join(path, stem + ".json"), os.path.join(path, stem + ".jpg"), side)
+                (os.path.join(path, stem + '.json'), os.path.join(path, stem + '.jpg'), side)
             )
             n += 1
-        info["folders"][folder] = n
+        info['folders'][folder] = n
     jobs = []
     for sequence, items in groups.items():
         sides = [s[2][0] for s in items]
         if len(set(sides)) != len(sides):  # only possible with a duplicated stem
-            raise cc.ConversionError(f"two {sides[0]} hands for one image: {items[0][0]}")
+            raise cc.ConversionError(f'two {sides[0]} hands for one image: {items[0][0]}')
         jobs.append(cc.Job(sequence, items, units=len(items)))
     return jobs, info
 
@@ -140,20 +140,20 @@ def read_annotation(path: str) -> dict:
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
-        what = f"a list of {len(data)}" if isinstance(data, list) else type(data).__name__
-        raise cc.ConversionError(f"{path}: expected a list holding one dict, got {what}")
+        what = f'a list of {len(data)}' if isinstance(data, list) else type(data).__name__
+        raise cc.ConversionError(f'{path}: expected a list holding one dict, got {what}')
     d = data[0]
-    for key in ("bbox", "keypoints", "occlusion"):
+    for key in ('bbox', 'keypoints', 'occlusion'):
         if key not in d:
-            raise cc.ConversionError(f"{path}: missing key {key!r}")
+            raise cc.ConversionError(f'{path}: missing key {key!r}')
     try:
-        bbox = np.asarray(d["bbox"], np.float64)
-        kp = np.asarray(d["keypoints"], np.float64)
-        occ = np.asarray(d["occlusion"], np.float64).reshape(-1)
-        exist = np.asarray(d.get("existence", np.ones(21)), np.float64).reshape(-1)
+        bbox = np.asarray(d['bbox'], np.float64)
+        kp = np.asarray(d['keypoints'], np.float64)
+        occ = np.asarray(d['occlusion'], np.float64).reshape(-1)
+        exist = np.asarray(d.get('existence', np.ones(21)), np.float64).reshape(-1)
     except (ValueError, TypeError, OverflowError) as e:  # OverflowError: an int beyond float
         raise cc.ConversionError(
-            f"{path}: bbox / keypoints / occlusion are not numeric ({e})"
+            f'{path}: bbox / keypoints / occlusion are not numeric ({e})'
         ) from e
     if bbox.shape == (1, 4):
         bbox = bbox[0]
@@ -163,17 +163,17 @@ def read_annotation(path: str) -> dict:
         )
     if kp.ndim != 2 or kp.shape[0] != NUM_JOINTS or kp.shape[1] not in (2, 3):
         raise cc.ConversionError(f"{path}: key 'keypoints' has shape {kp.shape}, expected (21, 2)")
-    for key, a in (("occlusion", occ), ("existence", exist)):
+    for key, a in (('occlusion', occ), ('existence', exist)):
         if a.shape != (NUM_JOINTS,):
-            raise cc.ConversionError(f"{path}: key {key!r} has {a.size} values, expected 21")
-    for key, a in (("bbox", bbox), ("keypoints", kp), ("occlusion", occ), ("existence", exist)):
+            raise cc.ConversionError(f'{path}: key {key!r} has {a.size} values, expected 21')
+    for key, a in (('bbox', bbox), ('keypoints', kp), ('occlusion', occ), ('existence', exist)):
         if not np.all(np.isfinite(a)):
-            raise cc.ConversionError(f"{path}: key {key!r} has non-finite values")
+            raise cc.ConversionError(f'{path}: key {key!r} has non-finite values')
     return {
-        "bbox": bbox,
-        "keypoints": kp[:, :2],
-        "occlusion": (occ > 0.5).astype(np.float32),
-        "existence": (exist > 0.5).astype(np.float32),
+        'bbox': bbox,
+        'keypoints': kp[:, :2],
+        'occlusion': (occ > 0.5).astype(np.float32),
+        'existence': (exist > 0.5).astype(np.float32),
     }
 
 
@@ -183,39 +183,39 @@ def process_image(job: cc.Job, opt, progress):
         ann = read_annotation(json_path)
         image = cc.read_image(image_path)
         hw = image.shape[:2]
-        box = ann["bbox"].astype(np.float32)
-        exist = ann["existence"]
+        box = ann['bbox'].astype(np.float32)
+        exist = ann['existence']
         if not (box[2] > box[0] and box[3] > box[1]):
-            pts = ann["keypoints"][exist > 0]
+            pts = ann['keypoints'][exist > 0]
             box = cc.points_box(pts) if len(pts) else box
             if not (box[2] > box[0] and box[3] > box[1]):
                 raise cc.ConversionError(
-                    f"{json_path}: degenerate bbox {ann['bbox'].tolist()} and no "
-                    "keypoint extent to fall back on"
+                    f'{json_path}: degenerate bbox {ann["bbox"].tolist()} and no '
+                    'keypoint extent to fall back on'
                 )
-            opt["stats"]["bbox_from_keypoints"] = opt["stats"].get("bbox_from_keypoints", 0) + 1
+            opt['stats']['bbox_from_keypoints'] = opt['stats'].get('bbox_from_keypoints', 0) + 1
         jpeg, affine = cropping.crop_and_encode(
-            image, box, opt["crop_size"], opt["margin"], opt["jpeg_quality"]
+            image, box, opt['crop_size'], opt['margin'], opt['jpeg_quality']
         )
-        kp2d = cc.keypoints_to_crop(ann["keypoints"], (1.0 - ann["occlusion"]) * exist, affine)
+        kp2d = cc.keypoints_to_crop(ann['keypoints'], (1.0 - ann['occlusion']) * exist, affine)
         kp2d[exist <= 0] = 0.0
         record = {
-            "image": jpeg,
-            "crop_affine": affine,
-            "image_size": np.asarray(hw, np.int64),
-            "K": cc.nominal_K(hw),
-            "box": box,
-            "kp2d": kp2d,
-            "has_kp2d": True,
-            "kp2d_occluded": ann["occlusion"] * exist,
-            "has_kp2d_occluded": True,
-            "hand_side": side,
-            "sequence": job.sequence,
-            "track": int(track),
-            "frame": 0,
+            'image': jpeg,
+            'crop_affine': affine,
+            'image_size': np.asarray(hw, np.int64),
+            'K': cc.nominal_K(hw),
+            'box': box,
+            'kp2d': kp2d,
+            'has_kp2d': True,
+            'kp2d_occluded': ann['occlusion'] * exist,
+            'has_kp2d_occluded': True,
+            'hand_side': side,
+            'sequence': job.sequence,
+            'track': int(track),
+            'frame': 0,
         }
-        opt["stats"]["occluded_keypoints"] = opt["stats"].get("occluded_keypoints", 0) + int(
-            (ann["occlusion"] * exist).sum()
+        opt['stats']['occluded_keypoints'] = opt['stats'].get('occluded_keypoints', 0) + int(
+            (ann['occlusion'] * exist).sum()
         )
         yield record
         progress(1)
@@ -247,10 +247,10 @@ def convert(
     root = find_root(os.fspath(root))
     for split in splits:
         if split not in SPLITS:
-            raise ValueError(f"unknown HInt split {split!r}; expected one of {SPLITS}")
+            raise ValueError(f'unknown HInt split {split!r}; expected one of {SPLITS}')
     listed = {split: list_jobs(root, split, allow_missing_images) for split in splits}
     options = dict(crop_size=crop_size, margin=margin, jpeg_quality=jpeg_quality)
-    summary = {"dataset": NAME, "out": os.fspath(out), "root": root, "splits": {}}
+    summary = {'dataset': NAME, 'out': os.fspath(out), 'root': root, 'splits': {}}
     with cc.WorkerPool(workers) as pool:
         for split in splits:
             jobs, info = listed[split]
@@ -264,26 +264,26 @@ def convert(
                 num_shards=num_shards,
                 workers=pool,
                 num_joints=NUM_JOINTS,
-                body_model="mano",
+                body_model='mano',
                 jpeg_quality=jpeg_quality,
                 overwrite=overwrite,
                 fsync=fsync,
-                unit="hand",
+                unit='hand',
                 quiet=quiet,
             )
             s.update(info)
-            summary["splits"][split] = s
+            summary['splits'][split] = s
     return summary
 
 
 def main(argv=None) -> dict:
-    parser = errors.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split('\n')[0])
     cc.add_common_args(parser, splits=list(SPLITS), num_shards=16, body_models=False)
-    parser.add_argument("--body_models", default=None, help="ignored (HInt has no 3D labels)")
+    parser.add_argument('--body_models', default=None, help='ignored (HInt has no 3D labels)')
     parser.add_argument(
-        "--allow_missing_images",
-        action="store_true",
-        help="skip (and count) stems whose jpg is missing in a folder that has some images",
+        '--allow_missing_images',
+        action='store_true',
+        help='skip (and count) stems whose jpg is missing in a folder that has some images',
     )
     a = parser.parse_args(argv)
     summary = convert(
@@ -304,7 +304,7 @@ def main(argv=None) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     from data_pipelines import convert_hint as _self
 
     errors.guard(_self.main)

@@ -15,12 +15,12 @@ def encode_image(rgb: np.ndarray, quality: int = 95) -> bytes:
     """uint8 HxWx3 RGB -> JPEG bytes."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"image must be uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+        raise ValueError(f'image must be uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}')
     ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        '.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     )
     if not ok:
-        raise ValueError("cv2.imencode failed to encode the crop as JPEG")
+        raise ValueError('cv2.imencode failed to encode the crop as JPEG')
     return buf.tobytes()
 
 
@@ -28,7 +28,7 @@ def decode_image(jpeg: bytes) -> np.ndarray:
     """JPEG bytes -> uint8 HxWx3 RGB."""
     bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot decode image ({len(jpeg)} bytes, not a valid JPEG)")
+        raise ValueError(f'cannot decode image ({len(jpeg)} bytes, not a valid JPEG)')
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -45,7 +45,7 @@ def crop_person(
     image = np.asarray(image)
     x0, y0, x1, y1 = (float(v) for v in box)
     if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"box must have x1 > x0 and y1 > y0, got {tuple(box)}")
+        raise ValueError(f'box must have x1 > x0 and y1 > y0, got {tuple(box)}')
     # An integer source window, then one resize: INTER_AREA averages properly when shrinking
     # (warpAffine with a large scale-down would alias), and the affine stays exact.
     side = int(np.ceil(max(x1 - x0, y1 - y0) * (1 + 2 * margin)))

@@ -16,6 +16,7 @@ depend on the process count, the worker count or on which process reads the elem
 Worker count is part of the reproducibility contract: grain's workers each batch their own slice,
 so changing num_workers changes batch composition and the state format.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,6 +46,7 @@ class DatasetSpec:
     max_frame_gap: consecutive stored frames further apart than this split a track into runs;
       clips never cross a gap (e.g. frames where the person was not annotated).
     """
+
     name: str
     weight: float = 1.0
     split: str = 'train'
@@ -57,23 +59,23 @@ class DatasetSpec:
 class PipelineConfig:
     data_root: str
     datasets: tuple = ()
-    num_frames: int = 1            # T
-    stride: int = 1                # s: a clip is frames f, f + s, ..., f + (T - 1) s of one run
-    clip_hop: int = 1              # distance between the first frames of successive clips
-    pad_short: bool = False        # runs shorter than a clip: one padded clip (True) or skipped
-    image_fill: str = 'pad'        # as_images with T > 1: 'pad' (frame_valid=False) or 'repeat'
+    num_frames: int = 1  # T
+    stride: int = 1  # s: a clip is frames f, f + s, ..., f + (T - 1) s of one run
+    clip_hop: int = 1  # distance between the first frames of successive clips
+    pad_short: bool = False  # runs shorter than a clip: one padded clip (True) or skipped
+    image_fill: str = 'pad'  # as_images with T > 1: 'pad' (frame_valid=False) or 'repeat'
     augment: aug.AugmentConfig = aug.AugmentConfig()
-    pose_source: str = 'gt'        # kp2d_input: 'gt', 'noisy_gt' or 'detections' (kp2d_det)
+    pose_source: str = 'gt'  # kp2d_input: 'gt', 'noisy_gt' or 'detections' (kp2d_det)
     noise: aug.NoiseConfig = aug.NoiseConfig()
-    batch_size: int = 8            # per process, in clips
+    batch_size: int = 8  # per process, in clips
     seed: int = 0
     shuffle: bool = True
     num_epochs: Optional[int] = None  # None: repeat forever
-    num_workers: int = 0           # grain mp_prefetch processes (0: in this process)
-    prefetch: int = 2              # batches buffered per worker
-    num_threads: int = 2           # reader threads per process (cv2 releases the GIL)
-    read_buffer: int = 8           # elements prefetched by those threads
-    skip_corrupt: bool = False     # a corrupt record becomes a padded frame (record_skipped)
+    num_workers: int = 0  # grain mp_prefetch processes (0: in this process)
+    prefetch: int = 2  # batches buffered per worker
+    num_threads: int = 2  # reader threads per process (cv2 releases the GIL)
+    read_buffer: int = 8  # elements prefetched by those threads
+    skip_corrupt: bool = False  # a corrupt record becomes a padded frame (record_skipped)
 
 
 def config_from_dict(d: Mapping[str, Any]) -> PipelineConfig:
@@ -100,12 +102,19 @@ def config_from_dict(d: Mapping[str, Any]) -> PipelineConfig:
 
 def _check_config(cfg: PipelineConfig) -> None:
     if not cfg.datasets:
-        raise ValueError('PipelineConfig.datasets is empty: the mixture needs at least one '
-                         'DatasetSpec(name, weight)')
-    for name, v in (('num_frames', cfg.num_frames), ('stride', cfg.stride),
-                    ('clip_hop', cfg.clip_hop), ('batch_size', cfg.batch_size),
-                    ('num_threads', cfg.num_threads), ('read_buffer', cfg.read_buffer),
-                    ('prefetch', cfg.prefetch)):
+        raise ValueError(
+            'PipelineConfig.datasets is empty: the mixture needs at least one '
+            'DatasetSpec(name, weight)'
+        )
+    for name, v in (
+        ('num_frames', cfg.num_frames),
+        ('stride', cfg.stride),
+        ('clip_hop', cfg.clip_hop),
+        ('batch_size', cfg.batch_size),
+        ('num_threads', cfg.num_threads),
+        ('read_buffer', cfg.read_buffer),
+        ('prefetch', cfg.prefetch),
+    ):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f'PipelineConfig.{name} must be an int >= 1, got {v!r}')
     if cfg.num_workers < 0:
@@ -130,6 +139,7 @@ def _check_config(cfg: PipelineConfig) -> None:
 
 # ---------------------------------------------------------------- units (clips) of one dataset
 
+
 def sequence_hash(name: str) -> int:
     """Stable non-negative int64 id of a sequence name (not hash(): salted per process)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), 'little') >> 1
@@ -139,13 +149,14 @@ def sequence_hash(name: str) -> int:
 class Source:
     """One dataset's reader and its units. Unit u reads records flat[offset[u] + k * step] for
     k < count[u] (count < T only for padded short runs and image units)."""
+
     spec: DatasetSpec
     reader: record_reader.RecordReader
-    flat: np.ndarray       # int64 record indices, tracks' runs back to back
-    offset: np.ndarray     # int64 [U]
-    count: np.ndarray      # int32 [U]
-    step: int              # stride in positions within flat (1 for image units)
-    seq_ids: dict          # sequence name -> index in reader.sequences()
+    flat: np.ndarray  # int64 record indices, tracks' runs back to back
+    offset: np.ndarray  # int64 [U]
+    count: np.ndarray  # int32 [U]
+    step: int  # stride in positions within flat (1 for image units)
+    seq_ids: dict  # sequence name -> index in reader.sequences()
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -154,17 +165,23 @@ class Source:
         return self.flat[self.offset[u] + self.step * np.arange(self.count[u])]
 
 
-def open_reader(root: str, spec: DatasetSpec,
-                skip_corrupt: bool = False) -> record_reader.RecordReader:
+def open_reader(
+    root: str, spec: DatasetSpec, skip_corrupt: bool = False
+) -> record_reader.RecordReader:
     """The records of one mixture entry; errors name the path and the datasets that do exist."""
     path = spec.path or os.path.join(root, spec.name)
     if not os.path.isfile(os.path.join(path, shards.DATASET_INFO)):
         known = []
         if os.path.isdir(root):
-            known = sorted(d for d in os.listdir(root)
-                           if os.path.isfile(os.path.join(root, d, shards.DATASET_INFO)))
-        raise ValueError(f'unknown dataset {spec.name!r}: no records at {path} (no '
-                         f'{shards.DATASET_INFO}); datasets under {root!r}: {known}')
+            known = sorted(
+                d
+                for d in os.listdir(root)
+                if os.path.isfile(os.path.join(root, d, shards.DATASET_INFO))
+            )
+        raise ValueError(
+            f'unknown dataset {spec.name!r}: no records at {path} (no '
+            f'{shards.DATASET_INFO}); datasets under {root!r}: {known}'
+        )
     reader = record_reader.RecordReader(path, spec.split, skip_corrupt=skip_corrupt)
     if reader.name != spec.name:
         raise ValueError(f'dataset {spec.name!r}: the records at {path} are named {reader.name!r}')
@@ -179,8 +196,15 @@ def build_source(root: str, spec: DatasetSpec, cfg: PipelineConfig) -> Source:
     seq_ids = {s: i for i, s in enumerate(seqs)}
     if spec.as_images or cfg.num_frames == 1:
         n = len(reader)
-        return Source(spec, reader, np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64),
-                      np.ones(n, np.int32), 1, seq_ids)
+        return Source(
+            spec,
+            reader,
+            np.arange(n, dtype=np.int64),
+            np.arange(n, dtype=np.int64),
+            np.ones(n, np.int32),
+            1,
+            seq_ids,
+        )
     t, s = cfg.num_frames, cfg.stride
     span = (t - 1) * s + 1
     flat, offsets, counts, longest = [], [], [], 0
@@ -208,9 +232,17 @@ def build_source(root: str, spec: DatasetSpec, cfg: PipelineConfig) -> Source:
         raise ValueError(
             f'dataset {spec.name!r} split {spec.split!r}: no track has a clip of T={t} frames at '
             f'stride {s} ({span} consecutive frames; the longest run has {longest}). Use a '
-            'smaller num_frames or stride, pad_short=True, or as_images=True')
-    return Source(spec, reader, np.concatenate(flat), np.concatenate(offsets).astype(np.int64),
-                  np.concatenate(counts), s, seq_ids)
+            'smaller num_frames or stride, pad_short=True, or as_images=True'
+        )
+    return Source(
+        spec,
+        reader,
+        np.concatenate(flat),
+        np.concatenate(offsets).astype(np.int64),
+        np.concatenate(counts),
+        s,
+        seq_ids,
+    )
 
 
 def build_sources(cfg: PipelineConfig) -> list:
@@ -219,9 +251,13 @@ def build_sources(cfg: PipelineConfig) -> list:
     sources = [build_source(cfg.data_root, spec, cfg) for spec in cfg.datasets]
     kinds = {(s.reader.body_model, s.reader.num_joints) for s in sources}
     if len(kinds) > 1:
-        raise ValueError('a mixture must share one body model and joint count (fixed batch '
-                         'shapes); got ' + ', '.join(f'{s.spec.name}: {s.reader.body_model}/'
-                                                     f'{s.reader.num_joints}' for s in sources))
+        raise ValueError(
+            'a mixture must share one body model and joint count (fixed batch '
+            'shapes); got '
+            + ', '.join(
+                f'{s.spec.name}: {s.reader.body_model}/{s.reader.num_joints}' for s in sources
+            )
+        )
     body_model, j = kinds.pop()
     aug.layout_for(body_model, j)
     cfg.augment.resolved(body_model)  # raises on a combination upstream never trains
@@ -230,6 +266,7 @@ def build_sources(cfg: PipelineConfig) -> list:
 
 # ---------------------------------------------------------------- batch layout
 
+
 def batch_spec(cfg: PipelineConfig, num_joints: int, body_model: str) -> dict:
     """name -> (shape, dtype) of every batch array (per process). Documented in docs/data.md."""
     b, t, j = cfg.batch_size, cfg.num_frames, num_joints
@@ -237,22 +274,42 @@ def batch_spec(cfg: PipelineConfig, num_joints: int, body_model: str) -> dict:
     f32, i32, i64, b8 = np.float32, np.int32, np.int64, np.bool_
     spec = {
         'image': ((b, t, aug.OUT_H, aug.OUT_W, 3), np.uint8),
-        'kp2d': ((b, t, j, 3), f32), 'kp2d_input': ((b, t, j, 3), f32),
-        'kp3d': ((b, t, j, 3), f32), 'pose': ((b, t, p), f32), 'betas': ((b, t, 10), f32),
-        'K': ((b, t, 3, 3), f32), 'affine': ((b, t, 2, 3), f32),
-        'box_center': ((b, t, 2), f32), 'box_size': ((b, t), f32), 'image_size': ((b, t, 2), i32),
-        'dataset_id': ((b, t), i32), 'sequence_id': ((b, t), i32), 'sequence_hash': ((b, t), i64),
-        'track': ((b, t), i64), 'frame': ((b, t), i64), 'record_index': ((b, t), i64),
+        'kp2d': ((b, t, j, 3), f32),
+        'kp2d_input': ((b, t, j, 3), f32),
+        'kp3d': ((b, t, j, 3), f32),
+        'pose': ((b, t, p), f32),
+        'betas': ((b, t, 10), f32),
+        'K': ((b, t, 3, 3), f32),
+        'affine': ((b, t, 2, 3), f32),
+        'box_center': ((b, t, 2), f32),
+        'box_size': ((b, t), f32),
+        'image_size': ((b, t, 2), i32),
+        'dataset_id': ((b, t), i32),
+        'sequence_id': ((b, t), i32),
+        'sequence_hash': ((b, t), i64),
+        'track': ((b, t), i64),
+        'frame': ((b, t), i64),
+        'record_index': ((b, t), i64),
         'position': ((b,), i64),
     }
-    for k in ('has_kp2d', 'has_kp2d_input', 'has_kp3d', 'has_pose', 'has_betas', 'frame_valid',
-              'is_right', 'flipped', 'record_skipped'):
+    for k in (
+        'has_kp2d',
+        'has_kp2d_input',
+        'has_kp3d',
+        'has_pose',
+        'has_betas',
+        'frame_valid',
+        'is_right',
+        'flipped',
+        'record_skipped',
+    ):
         spec[k] = ((b, t), b8)
     return spec
 
 
 # ---------------------------------------------------------------- grain transforms
 # Module-level callables (not lambdas) so the graph pickles into mp_prefetch workers.
+
 
 class _Tag:
     def __init__(self, dataset_id: int):
@@ -282,8 +339,11 @@ class ClipLoader:
         recs, imgs = [], []
         for i in src.unit_records(unit):
             rec = src.reader[int(i)]  # None: corrupt and skipped (skip_corrupt), a padded frame
-            img = None if rec is None else cv2.imdecode(np.frombuffer(rec['image'], np.uint8),
-                                                        cv2.IMREAD_COLOR)
+            img = (
+                None
+                if rec is None
+                else cv2.imdecode(np.frombuffer(rec['image'], np.uint8), cv2.IMREAD_COLOR)
+            )
             if rec is not None and img is None:  # CRC fine, JPEG broken: corrupt all the same
                 src.reader.report_corrupt(int(i), 'cannot decode its JPEG')
                 rec = None
@@ -299,12 +359,21 @@ class ClipLoader:
         cfg, src = self.cfg, self.sources[dataset_id]
         frames, images = self.load(dataset_id, unit)
         # One seed per element of the global stream: the same draw on any process / worker.
-        rng_aug, rng_noise = (np.random.default_rng(s) for s in
-                              np.random.SeedSequence([cfg.seed, position]).spawn(2))
+        rng_aug, rng_noise = (
+            np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, position]).spawn(2)
+        )
         params = aug.draw_params(rng_aug, self.aug_cfg)
-        out = aug.augment_clip(frames, images, params, body_model=self.body_model,
-                               layout=self.layout, mirror_left_hands=self.aug_cfg.mirror_left_hands,
-                               pose_source=cfg.pose_source, noise=cfg.noise, noise_rng=rng_noise)
+        out = aug.augment_clip(
+            frames,
+            images,
+            params,
+            body_model=self.body_model,
+            layout=self.layout,
+            mirror_left_hands=self.aug_cfg.mirror_left_hands,
+            pose_source=cfg.pose_source,
+            noise=cfg.noise,
+            noise_rng=rng_noise,
+        )
         t = cfg.num_frames
         out['dataset_id'] = np.full(t, dataset_id, np.int32)
         out['sequence_id'] = np.full(t, -1, np.int32)
@@ -314,7 +383,7 @@ class ClipLoader:
         out['record_index'] = np.full(t, -1, np.int64)
         idx = src.unit_records(unit)
         out['record_skipped'] = np.zeros(t, np.bool_)
-        out['record_skipped'][:len(idx)] = [f is None for f in frames[:len(idx)]]
+        out['record_skipped'][: len(idx)] = [f is None for f in frames[: len(idx)]]
         for k, rec in enumerate(frames):
             if rec is not None:
                 out['sequence_id'][k] = src.seq_ids[rec['sequence']]
@@ -328,12 +397,14 @@ class ClipLoader:
 
 # ---------------------------------------------------------------- the grain graph
 
+
 def _derived_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
-def unit_dataset(cfg: PipelineConfig, sources: Sequence[Source], process_index: int = 0,
-                 process_count: int = 1) -> grain.MapDataset:
+def unit_dataset(
+    cfg: PipelineConfig, sources: Sequence[Source], process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
     """This process's stream of (position, dataset id, unit): cheap, nothing is read yet."""
     if not 0 <= process_index < process_count:
         raise ValueError(f'process_index {process_index} not in [0, {process_count})')
@@ -354,30 +425,39 @@ def unit_dataset(cfg: PipelineConfig, sources: Sequence[Source], process_index: 
 def _process_defaults(process_index, process_count):
     if process_index is None or process_count is None:
         import jax  # only when the caller does not say; keeps workers and tests light
+
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     return int(process_index), int(process_count)
 
 
-def build_dataset(cfg: PipelineConfig, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None,
-                  sources: Optional[Sequence[Source]] = None) -> grain.IterDataset:
+def build_dataset(
+    cfg: PipelineConfig,
+    process_index: Optional[int] = None,
+    process_count: Optional[int] = None,
+    sources: Optional[Sequence[Source]] = None,
+) -> grain.IterDataset:
     """The batched grain IterDataset of this process (defaults: jax.process_index / count)."""
     process_index, process_count = _process_defaults(process_index, process_count)
     sources = build_sources(cfg) if sources is None else sources
     ds = unit_dataset(cfg, sources, process_index, process_count).map(ClipLoader(sources, cfg))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
-                                              prefetch_buffer_size=cfg.read_buffer))
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.read_buffer)
+    )
     it = it.batch(cfg.batch_size, drop_remainder=True)  # fixed shapes: a short tail is dropped
     if cfg.num_workers > 0:
         _absl_flags_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
-                                                         per_worker_buffer_size=cfg.prefetch))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch
+            )
+        )
     return it
 
 
-def make_iterator(cfg: PipelineConfig, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None):
+def make_iterator(
+    cfg: PipelineConfig, process_index: Optional[int] = None, process_count: Optional[int] = None
+):
     """iter(build_dataset(...)): a grain DatasetIterator with get_state() / set_state()."""
     return iter(build_dataset(cfg, process_index, process_count))
 
@@ -386,5 +466,6 @@ def _absl_flags_parsed() -> None:
     # grain's mp_prefetch reads absl flags; outside absl.app.run they are unparsed and it raises
     # UnparsedFlagAccessError. Marking them parsed keeps the defaults.
     from absl import flags
+
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()

@@ -14,9 +14,18 @@ from typing import Any, Iterator
 import numpy as np
 
 from data_pipelines.records import (
-    CorruptRecordError, IncompleteShardError, SchemaVersionError, decode_record)
+    CorruptRecordError,
+    IncompleteShardError,
+    SchemaVersionError,
+    decode_record,
+)
 from data_pipelines.shards import (
-    DATASET_INFO, index_path, load_dataset_info, load_index, split_entry)
+    DATASET_INFO,
+    index_path,
+    load_dataset_info,
+    load_index,
+    split_entry,
+)
 from data_pipelines.tfrecord import unframe
 
 
@@ -40,33 +49,33 @@ class RecordReader:
         self.skip_corrupt, self.decode_images = skip_corrupt, decode_images
         info = load_dataset_info(self.data_dir)
         info_path = os.path.join(self.data_dir, DATASET_INFO)
-        self.name = info["name"]
+        self.name = info['name']
         self.info = split_entry(info, split, info_path)
-        self.num_joints, self.body_model = self.info["num_joints"], self.info["body_model"]
+        self.num_joints, self.body_model = self.info['num_joints'], self.info['body_model']
         self.paths: list[str] = []
         offsets, seq_names, seq_ids, tracks, frames = [], [], [], [], []
-        for shard in self.info["shards"]:
-            path = os.path.join(self.data_dir, shard["file"])
+        for shard in self.info['shards']:
+            path = os.path.join(self.data_dir, shard['file'])
             if not os.path.isfile(path):
-                raise IncompleteShardError(f"shard {path} listed in {info_path} is missing")
+                raise IncompleteShardError(f'shard {path} listed in {info_path} is missing')
             index = load_index(path)  # refuses a shard without its finished index
-            if len(index["frame"]) != shard["num_records"]:
+            if len(index['frame']) != shard['num_records']:
                 raise IncompleteShardError(
-                    f"index {index_path(path)} lists {len(index['frame'])} records, "
-                    f"{info_path} says {shard['num_records']}"
+                    f'index {index_path(path)} lists {len(index["frame"])} records, '
+                    f'{info_path} says {shard["num_records"]}'
                 )
-            indexed = (int(index["num_joints"]), str(index["body_model"]))
+            indexed = (int(index['num_joints']), str(index['body_model']))
             if indexed != (self.num_joints, self.body_model):
                 raise IncompleteShardError(
-                    f"index {index_path(path)} has (num_joints, body_model) {indexed}, "
-                    f"{info_path} says {(self.num_joints, self.body_model)}"
+                    f'index {index_path(path)} has (num_joints, body_model) {indexed}, '
+                    f'{info_path} says {(self.num_joints, self.body_model)}'
                 )
             self.paths.append(path)
-            offsets.append(index["offsets"])
-            seq_ids.append(index["seq_ids"].astype(np.int64) + len(seq_names))
-            seq_names.extend(str(s) for s in index["seq_names"])
-            tracks.append(index["track"])
-            frames.append(index["frame"])
+            offsets.append(index['offsets'])
+            seq_ids.append(index['seq_ids'].astype(np.int64) + len(seq_names))
+            seq_names.extend(str(s) for s in index['seq_names'])
+            tracks.append(index['track'])
+            frames.append(index['frame'])
         self._offsets = offsets
         counts = np.array([len(o) - 1 for o in offsets], np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])  # global index of each shard's 1st
@@ -79,7 +88,7 @@ class RecordReader:
     def _build_key_index(self, seq_names, seq_ids, tracks, frames) -> None:
         # (sequence, track) -> (sorted frames, their global indices). Compact numpy arrays instead of
         # a dict per record: cheap to pickle into every worker.
-        names = np.asarray(seq_names, dtype=np.str_) if seq_names else np.zeros((0,), "<U1")
+        names = np.asarray(seq_names, dtype=np.str_) if seq_names else np.zeros((0,), '<U1')
         seq = names[np.concatenate(seq_ids)] if seq_ids else names
         track = np.concatenate(tracks) if tracks else np.zeros((0,), np.int64)
         frame = np.concatenate(frames) if frames else np.zeros((0,), np.int64)
@@ -93,8 +102,8 @@ class RecordReader:
                 if np.any(f[1:] == f[:-1]):
                     dup = int(f[1:][f[1:] == f[:-1]][0])
                     raise ValueError(
-                        f"duplicate record ({seq[lo]!r}, {int(track[lo])}, {dup}) in split "
-                        f"{self.split!r} of {self.data_dir}"
+                        f'duplicate record ({seq[lo]!r}, {int(track[lo])}, {dup}) in split '
+                        f'{self.split!r} of {self.data_dir}'
                     )
                 self._groups[(str(seq[lo]), int(track[lo]))] = (f, order[lo:hi].astype(np.int64))
 
@@ -103,8 +112,8 @@ class RecordReader:
 
     def __repr__(self) -> str:
         return (
-            f"RecordReader({self.data_dir!r}, {self.split!r}, records={len(self)}, "
-            f"shards={len(self.paths)})"
+            f'RecordReader({self.data_dir!r}, {self.split!r}, records={len(self)}, '
+            f'shards={len(self.paths)})'
         )
 
     def _fd(self, shard: int) -> int:
@@ -121,10 +130,10 @@ class RecordReader:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(
-                f"record index {i} out of range for {n} records in split {self.split!r}"
+                f'record index {i} out of range for {n} records in split {self.split!r}'
             )
         i = int(i) % n
-        shard = int(np.searchsorted(self._starts, i, side="right")) - 1
+        shard = int(np.searchsorted(self._starts, i, side='right')) - 1
         return i, shard, i - int(self._starts[shard])
 
     def read_payload(self, i: int) -> bytes | None:
@@ -161,11 +170,11 @@ class RecordReader:
         except SchemaVersionError:
             raise
         except Exception as e:  # CRC fine but unparseable: report it like any corrupt record
-            return self._corrupt_record(shard, local, i, f"cannot parse: {e}")
-        key = (record["sequence"], int(record["track"]), int(record["frame"]))
+            return self._corrupt_record(shard, local, i, f'cannot parse: {e}')
+        key = (record['sequence'], int(record['track']), int(record['frame']))
         if self._find(*key) != i:  # shard and index out of step
             return self._corrupt_record(
-                shard, local, i, f"record key {key} disagrees with the index"
+                shard, local, i, f'record key {key} disagrees with the index'
             )
         return record
 
@@ -186,8 +195,8 @@ class RecordReader:
         group = self._groups.get((sequence, int(track)))
         if group is None:
             raise KeyError(
-                f"no track (sequence={sequence!r}, track={track}) in split "
-                f"{self.split!r} of {self.data_dir}"
+                f'no track (sequence={sequence!r}, track={track}) in split '
+                f'{self.split!r} of {self.data_dir}'
             )
         return group[0].copy()
 
@@ -205,8 +214,8 @@ class RecordReader:
         if i is not None:
             return i
         raise KeyError(
-            f"no record (sequence={sequence!r}, track={track}, frame={frame}) in split "
-            f"{self.split!r} of {self.data_dir}"
+            f'no record (sequence={sequence!r}, track={track}, frame={frame}) in split '
+            f'{self.split!r} of {self.data_dir}'
         )
 
     def lookup(self, sequence: str, track: int, frame: int) -> dict[str, Any] | None:
@@ -218,7 +227,7 @@ class RecordReader:
                 os.close(fd)
             self._fds.clear()
 
-    def __enter__(self) -> "RecordReader":
+    def __enter__(self) -> 'RecordReader':
         return self
 
     def __exit__(self, *exc) -> None:
@@ -232,7 +241,7 @@ class RecordReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_fds"], state["_lock"] = {}, None  # descriptors and locks do not cross processes
+        state['_fds'], state['_lock'] = {}, None  # descriptors and locks do not cross processes
         return state
 
     def __setstate__(self, state: dict) -> None:

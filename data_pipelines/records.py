@@ -21,80 +21,79 @@ from tensorflow_datasets.core.features.feature import TensorInfo
 from data_pipelines import cropping
 from extpose_jax import errors
 
-
 # Bump when a field is added, removed or changes meaning; readers refuse other versions.
 SCHEMA_VERSION = 2  # 2: optional kp2d_occluded (HInt occlusion labels)
 
 NUM_BETAS = 10
 # body model -> (pose length, the string field naming the subject kind, its allowed values).
 BODY_MODELS = {
-    "smpl": (72, "gender", ("neutral", "male", "female")),
-    "mano": (48, "hand_side", ("right", "left")),
+    'smpl': (72, 'gender', ('neutral', 'male', 'female')),
+    'mano': (48, 'hand_side', ('right', 'left')),
 }
-HAS_FLAGS = ("has_kp2d", "has_kp2d_det", "has_kp3d", "has_pose", "has_betas", "has_kp2d_occluded")
+HAS_FLAGS = ('has_kp2d', 'has_kp2d_det', 'has_kp3d', 'has_pose', 'has_betas', 'has_kp2d_occluded')
 
 # Storage spec of the tf.train.Example. An Example stores every feature as a flat list anyway, so
 # fixed-size arrays are declared flat here and reshaped on decode from LOGICAL_SHAPES; the
 # per-dataset joint count J travels in `num_joints` and the pose length is implied by its list.
 _STORAGE = {
-    "schema_version": TensorInfo(shape=(), dtype=np.int64),
-    "image": TensorInfo(shape=(), dtype=np.object_),  # JPEG bytes
-    "crop_affine": TensorInfo(shape=(6,), dtype=np.float32),
-    "image_size": TensorInfo(shape=(2,), dtype=np.int64),
-    "K": TensorInfo(shape=(9,), dtype=np.float32),
-    "box": TensorInfo(shape=(4,), dtype=np.float32),
-    "num_joints": TensorInfo(shape=(), dtype=np.int64),
-    "kp2d": TensorInfo(shape=(None,), dtype=np.float32),
-    "kp2d_det": TensorInfo(shape=(None,), dtype=np.float32),
-    "kp2d_occluded": TensorInfo(shape=(None,), dtype=np.float32),
-    "kp3d": TensorInfo(shape=(None,), dtype=np.float32),
-    "pose": TensorInfo(shape=(None,), dtype=np.float32),
-    "betas": TensorInfo(shape=(NUM_BETAS,), dtype=np.float32),
-    "gender": TensorInfo(shape=(), dtype=np.object_),
-    "hand_side": TensorInfo(shape=(), dtype=np.object_),
+    'schema_version': TensorInfo(shape=(), dtype=np.int64),
+    'image': TensorInfo(shape=(), dtype=np.object_),  # JPEG bytes
+    'crop_affine': TensorInfo(shape=(6,), dtype=np.float32),
+    'image_size': TensorInfo(shape=(2,), dtype=np.int64),
+    'K': TensorInfo(shape=(9,), dtype=np.float32),
+    'box': TensorInfo(shape=(4,), dtype=np.float32),
+    'num_joints': TensorInfo(shape=(), dtype=np.int64),
+    'kp2d': TensorInfo(shape=(None,), dtype=np.float32),
+    'kp2d_det': TensorInfo(shape=(None,), dtype=np.float32),
+    'kp2d_occluded': TensorInfo(shape=(None,), dtype=np.float32),
+    'kp3d': TensorInfo(shape=(None,), dtype=np.float32),
+    'pose': TensorInfo(shape=(None,), dtype=np.float32),
+    'betas': TensorInfo(shape=(NUM_BETAS,), dtype=np.float32),
+    'gender': TensorInfo(shape=(), dtype=np.object_),
+    'hand_side': TensorInfo(shape=(), dtype=np.object_),
     **{flag: TensorInfo(shape=(), dtype=np.int64) for flag in HAS_FLAGS},
-    "sequence": TensorInfo(shape=(), dtype=np.object_),
-    "track": TensorInfo(shape=(), dtype=np.int64),
-    "frame": TensorInfo(shape=(), dtype=np.int64),
-    "dataset": TensorInfo(shape=(), dtype=np.object_),
-    "split": TensorInfo(shape=(), dtype=np.object_),
+    'sequence': TensorInfo(shape=(), dtype=np.object_),
+    'track': TensorInfo(shape=(), dtype=np.int64),
+    'frame': TensorInfo(shape=(), dtype=np.int64),
+    'dataset': TensorInfo(shape=(), dtype=np.object_),
+    'split': TensorInfo(shape=(), dtype=np.object_),
 }
 # Decoded shapes; "J" = num_joints, "P" = pose length of the body model.
 LOGICAL_SHAPES = {
-    "crop_affine": (2, 3),
-    "image_size": (2,),
-    "K": (3, 3),
-    "box": (4,),
-    "kp2d": ("J", 3),
-    "kp2d_det": ("J", 3),
-    "kp2d_occluded": ("J",),
-    "kp3d": ("J", 3),
-    "pose": ("P",),
-    "betas": (NUM_BETAS,),
+    'crop_affine': (2, 3),
+    'image_size': (2,),
+    'K': (3, 3),
+    'box': (4,),
+    'kp2d': ('J', 3),
+    'kp2d_det': ('J', 3),
+    'kp2d_occluded': ('J',),
+    'kp3d': ('J', 3),
+    'pose': ('P',),
+    'betas': (NUM_BETAS,),
 }
 _FLOAT_FIELDS = (
-    "crop_affine",
-    "K",
-    "box",
-    "kp2d",
-    "kp2d_det",
-    "kp2d_occluded",
-    "kp3d",
-    "pose",
-    "betas",
+    'crop_affine',
+    'K',
+    'box',
+    'kp2d',
+    'kp2d_det',
+    'kp2d_occluded',
+    'kp3d',
+    'pose',
+    'betas',
 )
-_STR_FIELDS = ("gender", "hand_side", "sequence", "dataset", "split")
+_STR_FIELDS = ('gender', 'hand_side', 'sequence', 'dataset', 'split')
 # Fields a record may omit: labels (their has_* flag then defaults to False, the array to zeros)
 # and the subject string that does not apply to its body model.
 _OPTIONAL = {
-    "kp2d": "has_kp2d",
-    "kp2d_det": "has_kp2d_det",
-    "kp2d_occluded": "has_kp2d_occluded",
-    "kp3d": "has_kp3d",
-    "pose": "has_pose",
-    "betas": "has_betas",
+    'kp2d': 'has_kp2d',
+    'kp2d_det': 'has_kp2d_det',
+    'kp2d_occluded': 'has_kp2d_occluded',
+    'kp3d': 'has_kp3d',
+    'pose': 'has_pose',
+    'betas': 'has_betas',
 }
-_INPUT_FIELDS = set(_STORAGE) - {"schema_version", "num_joints"}  # those two are set by the writer
+_INPUT_FIELDS = set(_STORAGE) - {'schema_version', 'num_joints'}  # those two are set by the writer
 
 
 class RecordError(errors.DataFileError):
@@ -111,6 +110,7 @@ class IncompleteShardError(RecordError):
 
 class MissingSplitError(RecordError, KeyError):
     """A split that dataset_info.json does not list (a KeyError too, as readers raised before)."""
+
     __str__ = Exception.__str__  # KeyError's would quote the message
 
 
@@ -124,10 +124,10 @@ class CorruptRecordError(RecordError):
             global_index,
             reason,
         )
-        where = f"record {index_in_shard} of shard {path}"
+        where = f'record {index_in_shard} of shard {path}'
         if global_index is not None:
-            where += f" (global index {global_index})"
-        super().__init__(f"corrupt {where}: {reason}")
+            where += f' (global index {global_index})'
+        super().__init__(f'corrupt {where}: {reason}')
 
 
 # ---------------------------------------------------------------- encode / decode one record
@@ -137,7 +137,7 @@ _parser = example_parser.ExampleParserNp(_STORAGE)
 
 
 def record_context(record: Mapping[str, Any]) -> str:
-    return "record " + repr(tuple(record.get(k) for k in ("sequence", "track", "frame")))
+    return 'record ' + repr(tuple(record.get(k) for k in ('sequence', 'track', 'frame')))
 
 
 def encode_record(
@@ -149,82 +149,82 @@ def encode_record(
     their has_* flag then defaults to False and the array to zeros. Errors name the field.
     """
     if body_model not in BODY_MODELS:
-        raise ValueError(f"body_model must be one of {sorted(BODY_MODELS)}, got {body_model!r}")
+        raise ValueError(f'body_model must be one of {sorted(BODY_MODELS)}, got {body_model!r}')
     pose_dim, subject_field, subject_values = BODY_MODELS[body_model]
     ctx = record_context(record)
     unknown = set(record) - _INPUT_FIELDS
     if unknown:
-        raise ValueError(f"{ctx}: unknown fields {sorted(unknown)}")
-    sizes = {"J": num_joints, "P": pose_dim}
-    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "num_joints": num_joints}
+        raise ValueError(f'{ctx}: unknown fields {sorted(unknown)}')
+    sizes = {'J': num_joints, 'P': pose_dim}
+    out: dict[str, Any] = {'schema_version': SCHEMA_VERSION, 'num_joints': num_joints}
 
-    for key in ("image", "crop_affine", "image_size", "K", "box", "sequence", "track", "frame"):
+    for key in ('image', 'crop_affine', 'image_size', 'K', 'box', 'sequence', 'track', 'frame'):
         if key not in record:
-            raise ValueError(f"{ctx}: missing required field {key!r}")
+            raise ValueError(f'{ctx}: missing required field {key!r}')
 
-    image = record["image"]
+    image = record['image']
     if isinstance(image, np.ndarray):
         try:
             image = cropping.encode_image(image, jpeg_quality)
         except ValueError as e:
             raise ValueError(f"{ctx}: field 'image': {e}") from e
-    if not isinstance(image, (bytes, bytearray)) or image[:2] != b"\xff\xd8":
+    if not isinstance(image, (bytes, bytearray)) or image[:2] != b'\xff\xd8':
         raise ValueError(f"{ctx}: field 'image' must be JPEG bytes or a uint8 HxWx3 array")
-    out["image"] = bytes(image)
+    out['image'] = bytes(image)
 
     for flag in HAS_FLAGS:
         if flag in record and not isinstance(record[flag], (bool, np.bool_)):
-            raise ValueError(f"{ctx}: field {flag!r} must be a bool, got {record[flag]!r}")
+            raise ValueError(f'{ctx}: field {flag!r} must be a bool, got {record[flag]!r}')
     for key in _FLOAT_FIELDS:
         shape = tuple(sizes.get(d, d) for d in LOGICAL_SHAPES[key])
         flag = _OPTIONAL.get(key)
         if key not in record:
             if flag and record.get(flag, False):
-                raise ValueError(f"{ctx}: {flag}=True but field {key!r} is missing")
+                raise ValueError(f'{ctx}: {flag}=True but field {key!r} is missing')
             if not flag:
-                raise ValueError(f"{ctx}: missing required field {key!r}")
+                raise ValueError(f'{ctx}: missing required field {key!r}')
             value = np.zeros(shape, np.float32)
         else:
             value = np.asarray(record[key], np.float32)
         if value.shape != shape:
-            raise ValueError(f"{ctx}: field {key!r} has shape {value.shape}, expected {shape}")
+            raise ValueError(f'{ctx}: field {key!r} has shape {value.shape}, expected {shape}')
         # NaN/inf would survive a has_*=False mask (0 * nan = nan) and poison a loss.
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"{ctx}: field {key!r} has non-finite values")
+            raise ValueError(f'{ctx}: field {key!r} has non-finite values')
         out[key] = value.reshape(-1)
         if flag:
             out[flag] = int(bool(record.get(flag, key in record)))
-    x0, y0, x1, y1 = out["box"]
+    x0, y0, x1, y1 = out['box']
     if not (x1 > x0 and y1 > y0):
         raise ValueError(f"{ctx}: field 'box' must be x0,y0,x1,y1 with x1 > x0, y1 > y0")
 
-    size = np.asarray(record["image_size"])
-    if size.shape != (2,) or size.dtype.kind not in "iu" or np.any(size <= 0):
+    size = np.asarray(record['image_size'])
+    if size.shape != (2,) or size.dtype.kind not in 'iu' or np.any(size <= 0):
         raise ValueError(
             f"{ctx}: field 'image_size' must be two positive ints (H, W), got {size!r}"
         )
-    out["image_size"] = size.astype(np.int64)
+    out['image_size'] = size.astype(np.int64)
 
-    for key in ("track", "frame"):
+    for key in ('track', 'frame'):
         if not isinstance(record[key], (int, np.integer)) or isinstance(record[key], bool):
-            raise ValueError(f"{ctx}: field {key!r} must be an int, got {record[key]!r}")
+            raise ValueError(f'{ctx}: field {key!r} must be an int, got {record[key]!r}')
         out[key] = int(record[key])
     for key in _STR_FIELDS:
-        value = record.get(key, "")
+        value = record.get(key, '')
         if not isinstance(value, str):
-            raise ValueError(f"{ctx}: field {key!r} must be a str, got {value!r}")
+            raise ValueError(f'{ctx}: field {key!r} must be a str, got {value!r}')
         out[key] = value
-    if not out["sequence"]:
+    if not out['sequence']:
         raise ValueError(f"{ctx}: field 'sequence' must be a non-empty str")
     # A body record names its gender, a hand record its side; the other field stays empty.
-    other = "hand_side" if subject_field == "gender" else "gender"
+    other = 'hand_side' if subject_field == 'gender' else 'gender'
     if out[subject_field] not in subject_values:
         raise ValueError(
-            f"{ctx}: field {subject_field!r} must be one of {subject_values} for "
-            f"{body_model}, got {out[subject_field]!r}"
+            f'{ctx}: field {subject_field!r} must be one of {subject_values} for '
+            f'{body_model}, got {out[subject_field]!r}'
         )
     if out[other]:
-        raise ValueError(f"{ctx}: field {other!r} does not apply to {body_model} records")
+        raise ValueError(f'{ctx}: field {other!r} does not apply to {body_model} records')
     return _serializer.serialize_example(out)
 
 
@@ -238,26 +238,26 @@ def decode_record(payload: bytes, *, decode_image: bool = False) -> dict[str, An
     # The TFDS parser silently skips spec keys absent from the payload; check them here.
     missing = set(_STORAGE) - set(raw)
     if missing:
-        raise ValueError(f"record lacks fields {sorted(missing)}")
-    if raw["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f'record lacks fields {sorted(missing)}')
+    if raw['schema_version'] != SCHEMA_VERSION:
         raise SchemaVersionError(
-            f"record has schema_version {raw['schema_version']}, this code reads {SCHEMA_VERSION}"
+            f'record has schema_version {raw["schema_version"]}, this code reads {SCHEMA_VERSION}'
         )
-    j = int(raw["num_joints"])
+    j = int(raw['num_joints'])
     out: dict[str, Any] = {
-        "schema_version": np.int64(raw["schema_version"]),
-        "num_joints": np.int64(j),
-        "image": cropping.decode_image(raw["image"]) if decode_image else raw["image"],
-        "image_size": np.asarray(raw["image_size"], np.int64),
-        "track": np.int64(raw["track"]),
-        "frame": np.int64(raw["frame"]),
+        'schema_version': np.int64(raw['schema_version']),
+        'num_joints': np.int64(j),
+        'image': cropping.decode_image(raw['image']) if decode_image else raw['image'],
+        'image_size': np.asarray(raw['image_size'], np.int64),
+        'track': np.int64(raw['track']),
+        'frame': np.int64(raw['frame']),
     }
-    sizes = {"J": j, "P": len(raw["pose"])}
+    sizes = {'J': j, 'P': len(raw['pose'])}
     for key in _FLOAT_FIELDS:
         shape = tuple(sizes.get(d, d) for d in LOGICAL_SHAPES[key])
         out[key] = np.asarray(raw[key], np.float32).reshape(shape)
     for flag in HAS_FLAGS:
         out[flag] = np.bool_(raw[flag])
     for key in _STR_FIELDS:
-        out[key] = raw[key].decode("utf-8")
+        out[key] = raw[key].decode('utf-8')
     return out

@@ -25,23 +25,30 @@ import numpy as np
 
 from data_pipelines import atomic_file
 from data_pipelines.records import (
-    BODY_MODELS, SCHEMA_VERSION, CorruptRecordError, IncompleteShardError, MissingSplitError,
-    RecordError, SchemaVersionError, encode_record, record_context)
+    BODY_MODELS,
+    SCHEMA_VERSION,
+    CorruptRecordError,
+    IncompleteShardError,
+    MissingSplitError,
+    RecordError,
+    SchemaVersionError,
+    encode_record,
+    record_context,
+)
 from data_pipelines.tfrecord import crc32c, frame_record, iter_framed
 
+DATASET_INFO = 'dataset_info.json'
+INDEX_SUFFIX = '.index'
+TMP_SUFFIX = '.tmp'
 
-DATASET_INFO = "dataset_info.json"
-INDEX_SUFFIX = ".index"
-TMP_SUFFIX = ".tmp"
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.]+$")  # no '-' or '/': keeps file names unambiguous
+_NAME_RE = re.compile(r'^[A-Za-z0-9_.]+$')  # no '-' or '/': keeps file names unambiguous
 
 
 # ---------------------------------------------------------------- naming, index, checks
 
 
 def shard_name(name: str, split: str, shard: int, num_shards: int) -> str:
-    return f"{name}-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
+    return f'{name}-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}'
 
 
 def index_path(shard_path: str) -> str:
@@ -50,13 +57,13 @@ def index_path(shard_path: str) -> str:
 
 def shard_for(sequence: str, num_shards: int) -> int:
     """Stable shard of a sequence (CRC32C, not hash(): that is salted per process)."""
-    return crc32c(sequence.encode("utf-8")) % num_shards
+    return crc32c(sequence.encode('utf-8')) % num_shards
 
 
 def _check_name(kind: str, value: str) -> None:
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise ValueError(
-            f"{kind} must match {_NAME_RE.pattern} (used in file names), got {value!r}"
+            f'{kind} must match {_NAME_RE.pattern} (used in file names), got {value!r}'
         )
 
 
@@ -75,21 +82,23 @@ def load_index(path: str) -> dict[str, np.ndarray]:
             index = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise IncompleteShardError(
-            f"shard {path} has no index {ipath}: it was never finished "
-            "(writer killed or still running)"
+            f'shard {path} has no index {ipath}: it was never finished '
+            '(writer killed or still running)'
         ) from None
     except Exception as e:
-        raise IncompleteShardError(f"cannot read shard index {ipath}: {e}") from e
-    if int(index.get("schema_version", -1)) != SCHEMA_VERSION:
+        raise IncompleteShardError(f'cannot read shard index {ipath}: {e}') from e
+    if int(index.get('schema_version', -1)) != SCHEMA_VERSION:
         raise SchemaVersionError(
-            f"index {ipath} has schema_version "
-            f"{int(index.get('schema_version', -1))}, this code reads "
-            f"{SCHEMA_VERSION}"
+            f'index {ipath} has schema_version '
+            f'{int(index.get("schema_version", -1))}, this code reads '
+            f'{SCHEMA_VERSION}'
         )
-    missing = sorted({"offsets", "seq_ids", "seq_names", "track", "frame", "num_joints",
-                      "body_model"} - set(index))
+    missing = sorted(
+        {'offsets', 'seq_ids', 'seq_names', 'track', 'frame', 'num_joints', 'body_model'}
+        - set(index)
+    )
     if missing:
-        raise IncompleteShardError(f"shard index {ipath} lacks {missing}")
+        raise IncompleteShardError(f'shard index {ipath} lacks {missing}')
     return index
 
 
@@ -105,20 +114,20 @@ def shard_complete(path: str) -> bool:
         index = load_index(path)
     except RecordError:
         return False
-    return int(index["offsets"][-1]) == os.path.getsize(path)
+    return int(index['offsets'][-1]) == os.path.getsize(path)
 
 
 def verify_shard(path: str) -> int:
     """Reads every record of a finished shard, checking CRCs and the index; returns the count."""
     index = load_index(path)
-    offsets = [int(o) for o in index["offsets"]]
+    offsets = [int(o) for o in index['offsets']]
     n = 0
     for n, (offset, _) in enumerate(iter_framed(path), start=1):
         if n > len(offsets) - 1 or offset != offsets[n - 1]:
-            raise CorruptRecordError(path, n - 1, None, "record offsets disagree with the index")
+            raise CorruptRecordError(path, n - 1, None, 'record offsets disagree with the index')
     if n != len(offsets) - 1:
         raise CorruptRecordError(
-            path, n, None, f"index lists {len(offsets) - 1} records, file has {n}"
+            path, n, None, f'index lists {len(offsets) - 1} records, file has {n}'
         )
     return n
 
@@ -154,13 +163,13 @@ class ShardWriter:
             fsync,
         )
         if body_model not in BODY_MODELS:
-            raise ValueError(f"body_model must be one of {sorted(BODY_MODELS)}, got {body_model!r}")
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            raise ValueError(f'body_model must be one of {sorted(BODY_MODELS)}, got {body_model!r}')
+        os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
         for stale in (index_path(self.path), self.path):  # index first: never "complete" meanwhile
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
         self._tmp = self.path + TMP_SUFFIX
-        self._file = open(self._tmp, "wb")
+        self._file = open(self._tmp, 'wb')
         self._offsets = [0]
         self._seq_ids: list[int] = []
         self._seq_table: dict[str, int] = {}
@@ -175,15 +184,15 @@ class ShardWriter:
     def write(self, record: Mapping[str, Any]) -> int:
         """Appends one record; returns its index within the shard."""
         if self.closed:
-            raise RecordError(f"shard {self.path} is already closed")
+            raise RecordError(f'shard {self.path} is already closed')
         record = dict(record)
-        for key, want in (("dataset", self.dataset), ("split", self.split)):
+        for key, want in (('dataset', self.dataset), ('split', self.split)):
             if want is not None:
                 got = record.setdefault(key, want)
                 if got != want:
                     raise ValueError(
-                        f"{record_context(record)}: field {key!r} is {got!r}, "
-                        f"writer is for {want!r}"
+                        f'{record_context(record)}: field {key!r} is {got!r}, '
+                        f'writer is for {want!r}'
                     )
         payload = encode_record(
             record,
@@ -191,9 +200,9 @@ class ShardWriter:
             body_model=self.body_model,
             jpeg_quality=self.jpeg_quality,
         )
-        key = (record["sequence"], int(record["track"]), int(record["frame"]))
+        key = (record['sequence'], int(record['track']), int(record['frame']))
         if key in self._keys:  # (sequence, track, frame) is the lookup key: it must be unique
-            raise ValueError(f"duplicate record {key} in shard {self.path}")
+            raise ValueError(f'duplicate record {key} in shard {self.path}')
         self._keys.add(key)
         data = frame_record(payload)
         self._file.write(data)
@@ -212,21 +221,21 @@ class ShardWriter:
             os.fsync(self._file.fileno())
         self._file.close()
         index = {
-            "schema_version": np.int64(SCHEMA_VERSION),
-            "offsets": np.asarray(self._offsets, np.int64),
-            "seq_names": np.asarray(list(self._seq_table), dtype=np.str_),
-            "seq_ids": np.asarray(self._seq_ids, np.int32),
-            "track": np.asarray(self._tracks, np.int64),
-            "frame": np.asarray(self._frames, np.int64),
-            "num_joints": np.int64(self.num_joints),
-            "body_model": np.asarray(self.body_model),
+            'schema_version': np.int64(SCHEMA_VERSION),
+            'offsets': np.asarray(self._offsets, np.int64),
+            'seq_names': np.asarray(list(self._seq_table), dtype=np.str_),
+            'seq_ids': np.asarray(self._seq_ids, np.int32),
+            'track': np.asarray(self._tracks, np.int64),
+            'frame': np.asarray(self._frames, np.int64),
+            'num_joints': np.int64(self.num_joints),
+            'body_model': np.asarray(self.body_model),
         }
         if not len(self._seq_table):
-            index["seq_names"] = np.zeros((0,), "<U1")
+            index['seq_names'] = np.zeros((0,), '<U1')
         atomic_file.atomic_write(index_path(self.path), lambda f: np.savez(f, **index))
         os.replace(self._tmp, self.path)
         if self.fsync:
-            _fsync_dir(os.path.dirname(self.path) or ".")
+            _fsync_dir(os.path.dirname(self.path) or '.')
         self.closed = True
 
     def abort(self) -> None:
@@ -238,7 +247,7 @@ class ShardWriter:
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._tmp)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> 'ShardWriter':
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -259,59 +268,61 @@ def load_dataset_info(data_dir: str) -> dict:
     """Reads and checks <data_dir>/dataset_info.json; errors name the path."""
     data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"dataset directory {data_dir} does not exist")
+        raise FileNotFoundError(f'dataset directory {data_dir} does not exist')
     path = os.path.join(data_dir, DATASET_INFO)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding='utf-8') as f:
             info = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path} not found: not a dataset directory, or its writer never finished"
+            f'{path} not found: not a dataset directory, or its writer never finished'
         ) from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
-        raise RecordError(f"{path} is not valid JSON: {e}") from e
+        raise RecordError(f'{path} is not valid JSON: {e}') from e
     if not isinstance(info, dict):
-        raise RecordError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    if info.get("schema_version") != SCHEMA_VERSION:
+        raise RecordError(f'{path}: expected a JSON object, got {type(info).__name__}')
+    if info.get('schema_version') != SCHEMA_VERSION:
         raise SchemaVersionError(
-            f"{path} has schema_version {info.get('schema_version')!r}, this "
-            f"code reads {SCHEMA_VERSION}; reconvert the dataset"
+            f'{path} has schema_version {info.get("schema_version")!r}, this '
+            f'code reads {SCHEMA_VERSION}; reconvert the dataset'
         )
-    if not isinstance(info.get("name"), str) or not isinstance(info.get("splits"), dict):
+    if not isinstance(info.get('name'), str) or not isinstance(info.get('splits'), dict):
         raise RecordError(f"{path}: needs a 'name' string and a 'splits' object")
     return info
 
 
 def split_entry(info: dict, split: str, path: str) -> dict:
     """One split of a dataset_info.json, with the fields a reader uses checked (errors name it)."""
-    entry = info["splits"].get(split)
+    entry = info['splits'].get(split)
     if entry is None:
-        raise MissingSplitError(f"split {split!r} not in {path} (has {sorted(info['splits'])})")
+        raise MissingSplitError(f'split {split!r} not in {path} (has {sorted(info["splits"])})')
 
     def bad(what):
-        raise RecordError(f"{path}: split {split!r}: {what}")
+        raise RecordError(f'{path}: split {split!r}: {what}')
 
-    if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+    if not isinstance(entry, dict) or not isinstance(entry.get('shards'), list):
         bad("needs a 'shards' list")
     counts = []
-    for shard in entry["shards"]:
-        file, count = (shard.get(k) if isinstance(shard, dict) else None
-                       for k in ("file", "num_records"))
+    for shard in entry['shards']:
+        file, count = (
+            shard.get(k) if isinstance(shard, dict) else None for k in ('file', 'num_records')
+        )
         if not isinstance(file, str) or os.path.basename(file) != file or not file:
-            bad(f"shard entry {shard!r} lacks a file name (a name, not a path)")
+            bad(f'shard entry {shard!r} lacks a file name (a name, not a path)')
         if type(count) is not int or count < 0:
-            bad(f"shard {file!r} has num_records {count!r}")
+            bad(f'shard {file!r} has num_records {count!r}')
         counts.append(count)
-    if entry.get("num_records") != sum(counts):
+    if entry.get('num_records') != sum(counts):
         bad(f"num_records {entry.get('num_records')!r} is not its shards' sum ({sum(counts)})")
     # An empty split has neither (finalize_split); the shard indexes must agree with both.
-    empty = entry["num_records"] == 0
-    body_model = entry.get("body_model")
-    if not (isinstance(body_model, str) and body_model in BODY_MODELS
-            or empty and body_model is None):
-        bad(f"body_model {body_model!r} is not one of {sorted(BODY_MODELS)}")
-    if not (type(entry.get("num_joints")) is int or empty and entry.get("num_joints") is None):
-        bad(f"num_joints {entry.get('num_joints')!r} is not an int")
+    empty = entry['num_records'] == 0
+    body_model = entry.get('body_model')
+    if not (
+        isinstance(body_model, str) and body_model in BODY_MODELS or empty and body_model is None
+    ):
+        bad(f'body_model {body_model!r} is not one of {sorted(BODY_MODELS)}')
+    if not (type(entry.get('num_joints')) is int or empty and entry.get('num_joints') is None):
+        bad(f'num_joints {entry.get("num_joints")!r} is not an int')
     return entry
 
 
@@ -328,30 +339,30 @@ def finalize_split(out_dir: str, name: str, split: str, num_shards: int) -> dict
     unfinished = [p for p in paths if not shard_complete(p)]
     if unfinished:
         raise IncompleteShardError(
-            f"cannot finalize split {split!r}: unfinished shards {unfinished}"
+            f'cannot finalize split {split!r}: unfinished shards {unfinished}'
         )
     shards, sequences, owner = [], {}, {}
     meta = None
     for path in paths:
         index = load_index(path)
-        this = (int(index["num_joints"]), str(index["body_model"]))
+        this = (int(index['num_joints']), str(index['body_model']))
         if meta is not None and this != meta:
             raise ValueError(
-                f"shard {path} has (num_joints, body_model) {this}, others have {meta}"
+                f'shard {path} has (num_joints, body_model) {this}, others have {meta}'
             )
         meta = this
-        names = index["seq_names"]
-        for sid, track, frame in zip(index["seq_ids"], index["track"], index["frame"]):
+        names = index['seq_names']
+        for sid, track, frame in zip(index['seq_ids'], index['track'], index['frame']):
             key = (str(names[sid]), int(track), int(frame))
             if key in owner:
-                raise ValueError(f"record {key} is in both {owner[key]} and {path}")
+                raise ValueError(f'record {key} is in both {owner[key]} and {path}')
             owner[key] = path
             sequences.setdefault(key[0], {}).setdefault(str(key[1]), []).append(key[2])
         shards.append(
             {
-                "file": os.path.basename(path),
-                "num_records": len(index["frame"]),
-                "num_bytes": int(index["offsets"][-1]),
+                'file': os.path.basename(path),
+                'num_records': len(index['frame']),
+                'num_bytes': int(index['offsets'][-1]),
             }
         )
     for tracks in sequences.values():
@@ -359,23 +370,23 @@ def finalize_split(out_dir: str, name: str, split: str, num_shards: int) -> dict
             frames.sort()
     num_joints, body_model = meta if meta else (None, None)
     entry = {
-        "num_records": sum(s["num_records"] for s in shards),
-        "num_shards": num_shards,
-        "num_joints": num_joints,
-        "body_model": body_model,
-        "pose_dim": BODY_MODELS[body_model][0] if body_model else None,
-        "shards": shards,
-        "sequences": {s: sequences[s] for s in sorted(sequences)},
+        'num_records': sum(s['num_records'] for s in shards),
+        'num_shards': num_shards,
+        'num_joints': num_joints,
+        'body_model': body_model,
+        'pose_dim': BODY_MODELS[body_model][0] if body_model else None,
+        'shards': shards,
+        'sequences': {s: sequences[s] for s in sorted(sequences)},
     }
     path = os.path.join(out_dir, DATASET_INFO)
-    with open(os.path.join(out_dir, "." + DATASET_INFO + ".lock"), "w") as lock:
+    with open(os.path.join(out_dir, '.' + DATASET_INFO + '.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        info = {"schema_version": SCHEMA_VERSION, "name": name, "splits": {}}
+        info = {'schema_version': SCHEMA_VERSION, 'name': name, 'splits': {}}
         if os.path.exists(path):
             info = load_dataset_info(out_dir)
-            if info.get("name") != name:
-                raise ValueError(f"{path} belongs to dataset {info.get('name')!r}, not {name!r}")
-        info["splits"][split] = entry
+            if info.get('name') != name:
+                raise ValueError(f'{path} belongs to dataset {info.get("name")!r}, not {name!r}')
+        info['splits'][split] = entry
         atomic_file.atomic_write(path, lambda f: f.write(json.dumps(info, indent=1).encode()))
     return entry
 
@@ -403,10 +414,10 @@ class RecordWriter:
         overwrite: bool = False,
         fsync: bool = True,
     ):
-        _check_name("name", name)
-        _check_name("split", split)
+        _check_name('name', name)
+        _check_name('split', split)
         if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+            raise ValueError(f'num_shards must be >= 1, got {num_shards}')
         self.out_dir, self.name, self.split, self.num_shards = (
             os.fspath(out_dir),
             name,
@@ -422,10 +433,10 @@ class RecordWriter:
             fsync=fsync,
         )
         if body_model not in BODY_MODELS:
-            raise ValueError(f"body_model must be one of {sorted(BODY_MODELS)}, got {body_model!r}")
+            raise ValueError(f'body_model must be one of {sorted(BODY_MODELS)}, got {body_model!r}')
         os.makedirs(self.out_dir, exist_ok=True)
         if overwrite:
-            prefix = f"{name}-{split}.tfrecord-"
+            prefix = f'{name}-{split}.tfrecord-'
             for f in os.listdir(self.out_dir):
                 if f.startswith(prefix):
                     os.remove(os.path.join(self.out_dir, f))
@@ -441,14 +452,14 @@ class RecordWriter:
     def open_shard(self, shard: int) -> ShardWriter:
         """A ShardWriter for shard `shard` (rewritten from scratch); close() also closes it."""
         if not 0 <= shard < self.num_shards:
-            raise ValueError(f"shard {shard} out of range [0, {self.num_shards})")
+            raise ValueError(f'shard {shard} out of range [0, {self.num_shards})')
         if shard in self._open:
-            raise RecordError(f"shard {self.shard_path(shard)} is already open in this writer")
+            raise RecordError(f'shard {self.shard_path(shard)} is already open in this writer')
         self._open[shard] = ShardWriter(self.shard_path(shard), **self._kw)
         return self._open[shard]
 
     def write(self, record: Mapping[str, Any]) -> None:
-        shard = shard_for(record["sequence"], self.num_shards)
+        shard = shard_for(record['sequence'], self.num_shards)
         writer = self._open.get(shard)  # not `or`: an empty ShardWriter is falsy (len 0)
         if writer is None:
             writer = self.open_shard(shard)
@@ -457,7 +468,7 @@ class RecordWriter:
     def close(self) -> dict:
         """Finishes all shards and records the split in dataset_info.json; returns its entry."""
         if self.closed:
-            raise RecordError("writer already closed")
+            raise RecordError('writer already closed')
         for writer in self._open.values():
             writer.close()
         for k in range(self.num_shards):
@@ -471,7 +482,7 @@ class RecordWriter:
             writer.abort()
         self.closed = True
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> 'RecordWriter':
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

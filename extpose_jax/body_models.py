@@ -10,6 +10,7 @@ Official `.pkl` files are Python-2 pickles that reference chumpy and old scipy.s
 They are read by safe_pickle, which never imports chumpy and refuses any class that a model
 file has no business holding, so a foreign pickle is an error, not code execution.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,6 +39,7 @@ class BodyModelFileError(errors.DataFileError):
 
 class ModelFileNotFound(BodyModelFileError, FileNotFoundError):
     """No file of a body model in the folder the user gave; names the folder and the names tried."""
+
     exit_code = 2  # a path the user got wrong, as for every missing path
 
 
@@ -45,13 +47,24 @@ class ModelFileNotFound(BodyModelFileError, FileNotFoundError):
 # downloads' (SMPL 1.1.0 and 1.0.0, SMPLify's neutral model), which people often keep unrenamed.
 # Compared ignoring case: the downloads themselves mix basicModel_ and basicmodel_.
 MODEL_FILES = {
-    'SMPL_NEUTRAL': ('SMPL_NEUTRAL.pkl', 'SMPL_NEUTRAL.npz',
-                     'basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl',
-                     'basicModel_neutral_lbs_10_207_0_v1.0.0.pkl'),
-    'SMPL_MALE': ('SMPL_MALE.pkl', 'SMPL_MALE.npz', 'basicmodel_m_lbs_10_207_0_v1.1.0.pkl',
-                  'basicmodel_m_lbs_10_207_0_v1.0.0.pkl'),
-    'SMPL_FEMALE': ('SMPL_FEMALE.pkl', 'SMPL_FEMALE.npz', 'basicmodel_f_lbs_10_207_0_v1.1.0.pkl',
-                    'basicModel_f_lbs_10_207_0_v1.0.0.pkl'),
+    'SMPL_NEUTRAL': (
+        'SMPL_NEUTRAL.pkl',
+        'SMPL_NEUTRAL.npz',
+        'basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl',
+        'basicModel_neutral_lbs_10_207_0_v1.0.0.pkl',
+    ),
+    'SMPL_MALE': (
+        'SMPL_MALE.pkl',
+        'SMPL_MALE.npz',
+        'basicmodel_m_lbs_10_207_0_v1.1.0.pkl',
+        'basicmodel_m_lbs_10_207_0_v1.0.0.pkl',
+    ),
+    'SMPL_FEMALE': (
+        'SMPL_FEMALE.pkl',
+        'SMPL_FEMALE.npz',
+        'basicmodel_f_lbs_10_207_0_v1.1.0.pkl',
+        'basicModel_f_lbs_10_207_0_v1.0.0.pkl',
+    ),
     'MANO_RIGHT': ('MANO_RIGHT.pkl', 'MANO_RIGHT.npz'),
     'SMPL_to_J19': ('SMPL_to_J19.pkl',),
 }
@@ -66,8 +79,9 @@ def find_model_file(models_dir: str, name: str) -> str:
         raise ValueError(f'unknown body-model file {name!r}; expected one of {sorted(MODEL_FILES)}')
     models_dir, names = os.fspath(models_dir), MODEL_FILES[name]
     if not os.path.isdir(models_dir):
-        raise ModelFileNotFound(f'body-model folder {models_dir} does not exist '
-                                f'(it should hold {names[0]})')
+        raise ModelFileNotFound(
+            f'body-model folder {models_dir} does not exist (it should hold {names[0]})'
+        )
     for sub in _SUBFOLDERS:
         folder = os.path.join(models_dir, sub)
         try:
@@ -78,8 +92,9 @@ def find_model_file(models_dir: str, name: str) -> str:
             path = os.path.join(folder, present.get(wanted.lower(), wanted))
             if os.path.isfile(path):
                 return path
-    raise ModelFileNotFound(f'no {" / ".join(names)} in {models_dir} '
-                            'nor in its smpl/ or mano/ folder')
+    raise ModelFileNotFound(
+        f'no {" / ".join(names)} in {models_dir} nor in its smpl/ or mano/ folder'
+    )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -104,7 +119,8 @@ def _chumpy_value(value: safe_pickle.StandIn, path: str, key: str):
             return flat.reshape(state['preferred_shape'])
     except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
         raise BodyModelFileError(
-            f"{path}: key '{key}' is a {value.pickled_name} with unreadable state ({e!r})") from e
+            f"{path}: key '{key}' is a {value.pickled_name} with unreadable state ({e!r})"
+        ) from e
     return _NOT_EVALUATED
 
 
@@ -118,13 +134,15 @@ def _to_numpy(value, path: str, key: str):
         try:
             shape = tuple(state.get('_shape', state.get('shape')))
             import scipy.sparse  # only sparse J_regressors need it
+
             cls = scipy.sparse.csc_matrix if fmt == 'csc' else scipy.sparse.csr_matrix
             matrix = cls((state['data'], state['indices'], state['indptr']), shape=shape)
             matrix.check_format(full_check=True)  # toarray trusts the indices: out of bounds crash
             return matrix.toarray()
         except (KeyError, TypeError, ValueError, IndexError, OverflowError, MemoryError) as e:
             raise BodyModelFileError(
-                f"{path}: key '{key}' is a {fmt} sparse matrix with unreadable state ({e!r})") from e
+                f"{path}: key '{key}' is a {fmt} sparse matrix with unreadable state ({e!r})"
+            ) from e
     if hasattr(value, 'toarray'):  # a modern scipy sparse object in an .npz
         return value.toarray()
     return value
@@ -137,8 +155,9 @@ def _load_numpy_file(path: str, what: str):
             got = np.load(f, allow_pickle=False)
             return {k: got[k] for k in got.files} if isinstance(got, np.lib.npyio.NpzFile) else got
     except (zipfile.BadZipFile, *safe_pickle.DAMAGE) as e:
-        raise BodyModelFileError(f'{path}: not a readable {what} (truncated or damaged: '
-                                 f'{type(e).__name__}: {e})') from e
+        raise BodyModelFileError(
+            f'{path}: not a readable {what} (truncated or damaged: {type(e).__name__}: {e})'
+        ) from e
 
 
 def load_model_file(path: str) -> dict:
@@ -155,7 +174,9 @@ def load_model_file(path: str) -> dict:
     else:
         raw = safe_pickle.load(path, BodyModelFileError, what)
     if not isinstance(raw, dict):
-        raise BodyModelFileError(f'{path}: expected a dict of model arrays, got {type(raw).__name__}')
+        raise BodyModelFileError(
+            f'{path}: expected a dict of model arrays, got {type(raw).__name__}'
+        )
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise BodyModelFileError(f'{path}: not a {what}, missing keys {missing}')
@@ -163,8 +184,9 @@ def load_model_file(path: str) -> dict:
     for key in _REQUIRED:
         value = arrays[key]
         if value is _NOT_EVALUATED:
-            raise BodyModelFileError(f"{path}: key '{key}' is a {raw[key].pickled_name} "
-                                     'expression, not an array')
+            raise BodyModelFileError(
+                f"{path}: key '{key}' is a {raw[key].pickled_name} expression, not an array"
+            )
         if not isinstance(value, np.ndarray) or value.dtype.kind not in 'fiub':
             got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
             raise BodyModelFileError(f"{path}: key '{key}' is not a numeric array ({got})")
@@ -174,7 +196,8 @@ def load_model_file(path: str) -> dict:
 def _check_shapes(arrays: dict, path: str) -> None:
     def bad(key, expected):
         raise BodyModelFileError(
-            f"{path}: key '{key}' has shape {np.shape(arrays[key])}, expected {expected}")
+            f"{path}: key '{key}' has shape {np.shape(arrays[key])}, expected {expected}"
+        )
 
     v = np.shape(arrays['v_template'])
     if len(v) != 2 or v[1] != 3:
@@ -186,8 +209,11 @@ def _check_shapes(arrays: dict, path: str) -> None:
     sd = np.shape(arrays['shapedirs'])
     if len(sd) != 3 or sd[:2] != (n_verts, 3):
         bad('shapedirs', f'({n_verts}, 3, num_betas)')
-    expected = {'posedirs': (n_verts, 3, 9 * (n_joints - 1)), 'J_regressor': (n_joints, n_verts),
-                'weights': (n_verts, n_joints)}
+    expected = {
+        'posedirs': (n_verts, 3, 9 * (n_joints - 1)),
+        'J_regressor': (n_joints, n_verts),
+        'weights': (n_verts, n_joints),
+    }
     for key, shape in expected.items():
         if np.shape(arrays[key]) != shape:
             bad(key, shape)
@@ -202,14 +228,15 @@ def _check_shapes(arrays: dict, path: str) -> None:
 @flax.struct.dataclass
 class BodyModel:
     """Arrays of one body model; a pytree, so it can be passed into jit and vmap."""
-    v_template: jax.Array      # (V, 3)
-    shapedirs: jax.Array       # (V, 3, B)
-    posedirs: jax.Array        # (9 (J-1), 3V): smplx's layout, pose feature @ posedirs
-    j_regressor: jax.Array     # (J, V)
-    weights: jax.Array         # (V, J)
-    faces: jax.Array           # (F, 3) int32
-    vertex_joints: jax.Array   # (K,) int32 vertices appended to the skeleton joints
-    joint_map: jax.Array       # (M,) int32 into [J skeleton joints, K vertex joints]
+
+    v_template: jax.Array  # (V, 3)
+    shapedirs: jax.Array  # (V, 3, B)
+    posedirs: jax.Array  # (9 (J-1), 3V): smplx's layout, pose feature @ posedirs
+    j_regressor: jax.Array  # (J, V)
+    weights: jax.Array  # (V, J)
+    faces: jax.Array  # (F, 3) int32
+    vertex_joints: jax.Array  # (K,) int32 vertices appended to the skeleton joints
+    joint_map: jax.Array  # (M,) int32 into [J skeleton joints, K vertex joints]
     extra_regressor: Optional[jax.Array] = None  # (E, V) appended after the joint map
     parents: tuple = flax.struct.field(pytree_node=False, default=())
     kind: str = flax.struct.field(pytree_node=False, default='smpl')
@@ -224,24 +251,38 @@ class BodyModel:
         return len(self.parents)
 
 
-def _build(arrays: dict, path: str, *, kind: str, vertex_joints, joint_map,
-           extra_regressor=None, mirrored=False, num_betas=None, dtype=jnp.float32) -> BodyModel:
+def _build(
+    arrays: dict,
+    path: str,
+    *,
+    kind: str,
+    vertex_joints,
+    joint_map,
+    extra_regressor=None,
+    mirrored=False,
+    num_betas=None,
+    dtype=jnp.float32,
+) -> BodyModel:
     _check_shapes(arrays, path)
     n_verts = arrays['v_template'].shape[0]
     if vertex_joints and max(vertex_joints) >= n_verts:
         raise BodyModelFileError(
-            f'{path}: has {n_verts} vertices, but {kind} vertex joints need index {max(vertex_joints)}')
+            f'{path}: has {n_verts} vertices, but {kind} vertex joints need index {max(vertex_joints)}'
+        )
     shapedirs = np.asarray(arrays['shapedirs'], np.float64)
     if num_betas is not None:
         if num_betas > shapedirs.shape[-1]:
             raise BodyModelFileError(
-                f"{path}: key 'shapedirs' holds {shapedirs.shape[-1]} betas, {num_betas} requested")
+                f"{path}: key 'shapedirs' holds {shapedirs.shape[-1]} betas, {num_betas} requested"
+            )
         shapedirs = shapedirs[..., :num_betas]
     parents = np.asarray(arrays['kintree_table'])[0].astype(np.int64)
     parents = tuple(int(p) for p in parents)
     parents = (-1,) + parents[1:]  # the root's parent is stored as 2**32 - 1
     if any(not 0 <= p < j for j, p in enumerate(parents) if j):
-        raise BodyModelFileError(f"{path}: key 'kintree_table' is not a tree with parents before children")
+        raise BodyModelFileError(
+            f"{path}: key 'kintree_table' is not a tree with parents before children"
+        )
     posedirs = np.asarray(arrays['posedirs'], np.float64)
     posedirs = posedirs.reshape(n_verts * 3, -1).T
     extra = None
@@ -249,12 +290,19 @@ def _build(arrays: dict, path: str, *, kind: str, vertex_joints, joint_map,
         extra = jnp.asarray(extra_regressor, dtype)
     f = lambda a: jnp.asarray(np.asarray(a, np.float64), dtype)
     return BodyModel(
-        v_template=f(arrays['v_template']), shapedirs=f(shapedirs), posedirs=f(posedirs),
-        j_regressor=f(arrays['J_regressor']), weights=f(arrays['weights']),
+        v_template=f(arrays['v_template']),
+        shapedirs=f(shapedirs),
+        posedirs=f(posedirs),
+        j_regressor=f(arrays['J_regressor']),
+        weights=f(arrays['weights']),
         faces=jnp.asarray(np.asarray(arrays['f'], np.int64), jnp.int32),
         vertex_joints=jnp.asarray(vertex_joints, jnp.int32),
-        joint_map=jnp.asarray(joint_map, jnp.int32), extra_regressor=extra,
-        parents=parents, kind=kind, mirrored=mirrored)
+        joint_map=jnp.asarray(joint_map, jnp.int32),
+        extra_regressor=extra,
+        parents=parents,
+        kind=kind,
+        mirrored=mirrored,
+    )
 
 
 def _model_path(path_or_dir: str, name: str) -> str:
@@ -274,13 +322,19 @@ def load_j19_regressor(path: str) -> np.ndarray:
     else:
         arr = _to_numpy(safe_pickle.load(path, BodyModelFileError, what), path, 'J_regressor_extra')
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in 'fiub' or arr.ndim != 2:
-        got = f'shape {arr.shape} {arr.dtype}' if isinstance(arr, np.ndarray) else type(arr).__name__
+        got = (
+            f'shape {arr.shape} {arr.dtype}' if isinstance(arr, np.ndarray) else type(arr).__name__
+        )
         raise BodyModelFileError(f'{path}: expected a numeric (E, V) regressor array, got {got}')
     return arr
 
 
-def load_smpl(path_or_dir: str, gender: str = 'neutral', j19_path: Optional[str] = None,
-              num_betas: Optional[int] = None) -> BodyModel:
+def load_smpl(
+    path_or_dir: str,
+    gender: str = 'neutral',
+    j19_path: Optional[str] = None,
+    num_betas: Optional[int] = None,
+) -> BodyModel:
     """SMPL as HMR 2.0 uses it: 24 joints, OpenPose-25 keypoints, + 19 extra with `j19_path`."""
     if gender not in ('neutral', 'male', 'female'):
         raise ValueError(f"gender must be 'neutral', 'male' or 'female', got {gender!r}")
@@ -291,19 +345,34 @@ def load_smpl(path_or_dir: str, gender: str = 'neutral', j19_path: Optional[str]
         extra = load_j19_regressor(j19_path)
         if extra.shape[1] != arrays['v_template'].shape[0]:
             raise BodyModelFileError(
-                f"{j19_path}: regressor has {extra.shape[1]} columns, {path} has "
-                f"{arrays['v_template'].shape[0]} vertices")
-    return _build(arrays, path, kind='smpl', vertex_joints=SMPL_VERTEX_JOINTS,
-                  joint_map=skeletons.SMPL_TO_OPENPOSE25, extra_regressor=extra,
-                  num_betas=num_betas)
+                f'{j19_path}: regressor has {extra.shape[1]} columns, {path} has '
+                f'{arrays["v_template"].shape[0]} vertices'
+            )
+    return _build(
+        arrays,
+        path,
+        kind='smpl',
+        vertex_joints=SMPL_VERTEX_JOINTS,
+        joint_map=skeletons.SMPL_TO_OPENPOSE25,
+        extra_regressor=extra,
+        num_betas=num_betas,
+    )
 
 
-def load_mano(path_or_dir: str, is_right: bool = True, num_betas: Optional[int] = None) -> BodyModel:
+def load_mano(
+    path_or_dir: str, is_right: bool = True, num_betas: Optional[int] = None
+) -> BodyModel:
     """MANO as HaMeR uses it, from the right-hand file; a left hand is its mirror image."""
     path = _model_path(path_or_dir, 'MANO_RIGHT')
-    return _build(load_model_file(path), path, kind='mano', vertex_joints=MANO_TIP_VERTICES,
-                  joint_map=skeletons.MANO_TO_OPENPOSE21, mirrored=not is_right,
-                  num_betas=num_betas)
+    return _build(
+        load_model_file(path),
+        path,
+        kind='mano',
+        vertex_joints=MANO_TIP_VERTICES,
+        joint_map=skeletons.MANO_TO_OPENPOSE21,
+        mirrored=not is_right,
+        num_betas=num_betas,
+    )
 
 
 def load_from_dir(models_dir: str, kind: str, gender: str = 'neutral') -> BodyModel:
@@ -344,15 +413,24 @@ def stand_in(kind: str, seed: int = 0) -> BodyModel:
         raise ValueError(f"stand_in: kind must be 'smpl' or 'mano', got {kind!r}")
     n_joints = len(parents)
     weights = r.uniform(size=(n_verts, n_joints))
-    arrays = {'v_template': r.normal(size=(n_verts, 3)), 'shapedirs': r.normal(size=(n_verts, 3, 10)),
-              'posedirs': r.normal(size=(n_verts, 3, 9 * (n_joints - 1))),
-              'J_regressor': r.uniform(size=(n_joints, n_verts)) / n_verts,
-              'weights': weights / weights.sum(1, keepdims=True),
-              'kintree_table': np.stack([np.r_[2 ** 32 - 1, parents[1:]], np.arange(n_joints)]),
-              'f': r.integers(0, n_verts, (n_faces, 3))}
+    arrays = {
+        'v_template': r.normal(size=(n_verts, 3)),
+        'shapedirs': r.normal(size=(n_verts, 3, 10)),
+        'posedirs': r.normal(size=(n_verts, 3, 9 * (n_joints - 1))),
+        'J_regressor': r.uniform(size=(n_joints, n_verts)) / n_verts,
+        'weights': weights / weights.sum(1, keepdims=True),
+        'kintree_table': np.stack([np.r_[2**32 - 1, parents[1:]], np.arange(n_joints)]),
+        'f': r.integers(0, n_verts, (n_faces, 3)),
+    }
     extra_regressor = r.uniform(size=(extra, n_verts)) / n_verts if extra else None
-    return _build(arrays, f'stand-in {kind}', kind=kind, vertex_joints=vertex_joints,
-                  joint_map=joint_map, extra_regressor=extra_regressor)
+    return _build(
+        arrays,
+        f'stand-in {kind}',
+        kind=kind,
+        vertex_joints=vertex_joints,
+        joint_map=joint_map,
+        extra_regressor=extra_regressor,
+    )
 
 
 # ----------------------------------------------------------------------------- skinning
@@ -361,9 +439,11 @@ def stand_in(kind: str, seed: int = 0) -> BodyModel:
 def _rigid_chain(rotmats, joints, parents):
     """Global joint positions and the skinning transforms relative to the rest pose."""
     rel = joints.at[:, 1:].add(-joints[:, jnp.array(parents[1:])])  # the root keeps J_0
-    local = jnp.concatenate([rotmats, rel[..., None]], axis=-1)          # (N, J, 3, 4)
-    bottom = jnp.broadcast_to(jnp.array([0., 0., 0., 1.], rotmats.dtype), local.shape[:-2] + (1, 4))
-    local = jnp.concatenate([local, bottom], axis=-2)                    # (N, J, 4, 4)
+    local = jnp.concatenate([rotmats, rel[..., None]], axis=-1)  # (N, J, 3, 4)
+    bottom = jnp.broadcast_to(
+        jnp.array([0.0, 0.0, 0.0, 1.0], rotmats.dtype), local.shape[:-2] + (1, 4)
+    )
+    local = jnp.concatenate([local, bottom], axis=-2)  # (N, J, 4, 4)
     chain = [local[:, 0]]
     for j in range(1, len(parents)):
         chain.append(chain[parents[j]] @ local[:, j])
@@ -410,7 +490,9 @@ def forward(model: BodyModel, pose: jax.Array, betas: jax.Array) -> dict:
     if pose.shape[-3] != n_joints:
         raise ValueError(f'{model.kind} pose has {pose.shape[-3]} joints, the model has {n_joints}')
     if betas.shape[-1] > model.num_betas:
-        raise ValueError(f'{betas.shape[-1]} betas given, the {model.kind} model holds {model.num_betas}')
+        raise ValueError(
+            f'{betas.shape[-1]} betas given, the {model.kind} model holds {model.num_betas}'
+        )
     lead = jnp.broadcast_shapes(pose.shape[:-3], betas.shape[:-1])
     pose = jnp.broadcast_to(pose, lead + pose.shape[-3:]).reshape((-1, n_joints, 3, 3))
     betas = jnp.broadcast_to(betas, lead + betas.shape[-1:]).reshape((-1, betas.shape[-1]))
@@ -420,7 +502,9 @@ def forward(model: BodyModel, pose: jax.Array, betas: jax.Array) -> dict:
         mirror = jnp.asarray(_MIRROR, pose.dtype)
         pose = mirror @ pose @ mirror
     vertices, joints = lbs(model, betas.astype(pose.dtype), pose)
-    keypoints = jnp.concatenate([joints, vertices[:, model.vertex_joints]], axis=1)[:, model.joint_map]
+    keypoints = jnp.concatenate([joints, vertices[:, model.vertex_joints]], axis=1)[
+        :, model.joint_map
+    ]
     if model.extra_regressor is not None:
         extra = jnp.einsum('ev,nvk->nek', model.extra_regressor, vertices)
         keypoints = jnp.concatenate([keypoints, extra], axis=1)

@@ -6,6 +6,7 @@ is malformed, truncated or foreign: one line, exit code 1. A training run whose 
 non-finite stops with one line, exit code 3. Anything else is a bug and keeps its traceback.
 Every entry point runs through `run` or `guard`, so the rule holds everywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,22 +17,30 @@ from typing import Callable
 
 class UserError(ValueError):
     """A fixable mistake in the user's input; the message names the field, flag or path."""
+
     exit_code = 2
 
 
 class DataFileError(UserError):
     """An input file that cannot be read as what it claims to be; the message names it."""
+
     exit_code = 1
 
 
 class Diverged(UserError):
     """A training step whose loss or gradients are not finite: the run stops before saving it."""
+
     exit_code = 3
 
 
 # Missing or unusable paths the user named: the OS message already carries the path.
-_PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-                PermissionError)
+_PATH_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 def one_line(message) -> str:
@@ -46,6 +55,7 @@ def exit_code(error: BaseException) -> int | None:
     if isinstance(error, _PATH_ERRORS):
         return 2
     from absl import app, flags
+
     if isinstance(error, (app.UsageError, flags.Error)):
         return 2
     return None
@@ -63,13 +73,15 @@ def _load_config_files() -> None:
     after the heavy imports): raise it now, naming the flag."""
     from absl import flags
     from ml_collections.config_flags import config_flags
+
     deferred = getattr(config_flags, '_ErrorConfig', ())
     for name in list(flags.FLAGS):
         value = flags.FLAGS[name].value
         if isinstance(value, deferred):
             error = object.__getattribute__(value, '_error')
-            raise UserError(f'--{name}={flags.FLAGS[name].config_filename}: '
-                            f'{_last_line(str(error))}')
+            raise UserError(
+                f'--{name}={flags.FLAGS[name].config_filename}: {_last_line(str(error))}'
+            )
 
 
 def _last_line(text: str) -> str:
@@ -106,12 +118,14 @@ def _parse_flags(prog: str):
         except Exception as e:  # noqa: BLE001 - whatever parsing raises came from the command line
             fail(prog, f'bad command line: {_flag_message(e, argv)}', 2)
         return rest
+
     return parse
 
 
 def run(main: Callable, prog: str | None = None):
     """absl.app.run(main) with the project's error rule: user errors are one line, bugs trace."""
     from absl import app
+
     prog = prog or os.path.basename(sys.argv[0])
 
     def guarded(argv):
@@ -122,6 +136,7 @@ def run(main: Callable, prog: str | None = None):
             if code is None:
                 raise
             fail(prog, e, code)
+
     app.run(guarded, flags_parser=_parse_flags(prog))
 
 

@@ -213,7 +213,7 @@ def perspective_projection(points, translation, focal_length, camera_center, rot
     """
     points = jnp.asarray(points)
     if rotation is not None:
-        points = jnp.einsum("...ij,...nj->...ni", rotation, points)
+        points = jnp.einsum('...ij,...nj->...ni', rotation, points)
     points = points + jnp.asarray(translation)[..., None, :]
     # No epsilon on z: same as upstream; points behind/at the camera are the caller's problem.
     xy = points[..., :2] / points[..., 2:3]
@@ -236,7 +236,9 @@ def cam_crop_to_translation(pred_cam, focal_length=5000.0, crop_size=256.0):
     return jnp.stack([tx, ty, tz], axis=-1)
 
 
-def cam_crop_to_full(pred_cam, box_center, box_size, image_size, focal_length=5000.0, crop_size=256.0):
+def cam_crop_to_full(
+    pred_cam, box_center, box_size, image_size, focal_length=5000.0, crop_size=256.0
+):
     """Crop camera -> translation for a camera on the full image (HMR 2.0 demo).
 
     The full-image camera has principal point (W/2, H/2) and focal

@@ -29,12 +29,12 @@ Normalisation (`total_loss(normalize=...)`):
   'mean_per_frame' every non-adversarial term divided by N_valid = max(sum(frame_valid), 1),
                    i.e. upstream's per-image sum averaged over frames (independent of B * T).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
-import jax
 import jax.numpy as jnp
 
 from extpose_jax import body_models, geometry, skeletons
@@ -62,8 +62,9 @@ class LossWeights:
 # Each returns the per-sample sum over its own axes, shape (...,) = the leading dims.
 
 
-def keypoint_2d_loss(pred_norm, gt_px, crop_size: float = 256.,
-                     x_offset: float = (256. - WINDOW_WIDTH) / 2.):
+def keypoint_2d_loss(
+    pred_norm, gt_px, crop_size: float = 256.0, x_offset: float = (256.0 - WINDOW_WIDTH) / 2.0
+):
     """sum_j conf_j * |pred - gt|_1: pred (..., J, 2) normalised, gt (..., J, 3) window pixels + conf.
 
     gt is normalised as ((x + x_offset) / crop_size - 0.5, y / crop_size - 0.5); pass
@@ -84,8 +85,8 @@ def keypoint_3d_loss(pred, gt, root: int):
         conf, gt = gt[..., 3:4], gt[..., :3]
     else:
         conf = jnp.ones(gt.shape[:-1] + (1,), gt.dtype)
-    pred_c = pred - pred[..., root:root + 1, :]
-    gt_c = gt - gt[..., root:root + 1, :]
+    pred_c = pred - pred[..., root : root + 1, :]
+    gt_c = gt - gt[..., root : root + 1, :]
     return jnp.sum(conf * jnp.abs(pred_c - gt_c), axis=(-2, -1))
 
 
@@ -109,7 +110,7 @@ def _masked_count(scores, mask):
     if mask is None:
         return jnp.ones(scores.shape[:-1], scores.dtype), max(int(scores[..., 0].size), 1)
     m = mask.astype(scores.dtype)
-    return m, jnp.maximum(jnp.sum(m), 1.)
+    return m, jnp.maximum(jnp.sum(m), 1.0)
 
 
 def generator_adv_loss(disc_fake, mask=None):
@@ -118,12 +119,18 @@ def generator_adv_loss(disc_fake, mask=None):
     mask (...): samples that count (N = their number, at least 1); others contribute exactly 0.
     """
     m, n = _masked_count(disc_fake, mask)
-    per = jnp.sum((disc_fake - 1.) ** 2, axis=-1)
-    return jnp.sum(jnp.where(m > 0, per, 0.)) / n
+    per = jnp.sum((disc_fake - 1.0) ** 2, axis=-1)
+    return jnp.sum(jnp.where(m > 0, per, 0.0)) / n
 
 
-def discriminator_loss(disc_fake, disc_real, fake_mask=None, weight: float = LossWeights.adversarial,
-                       num_samples=None, real_mask=None):
+def discriminator_loss(
+    disc_fake,
+    disc_real,
+    fake_mask=None,
+    weight: float = LossWeights.adversarial,
+    num_samples=None,
+    real_mask=None,
+):
     """LSGAN discriminator loss, weighted as upstream: w * [sum D(fake)^2 / N + sum (D(real)-1)^2 / N].
 
     disc_fake (..., J + 2) on the (stop-gradient) predictions, disc_real (..., J + 2) on MoCap
@@ -134,10 +141,10 @@ def discriminator_loss(disc_fake, disc_real, fake_mask=None, weight: float = Los
     m, n = _masked_count(disc_fake, fake_mask)
     if num_samples is not None:
         n = num_samples
-    fake = jnp.sum(jnp.where(m > 0, jnp.sum(disc_fake ** 2, axis=-1), 0.)) / n
-    real_per = jnp.sum((disc_real - 1.) ** 2, axis=-1)
+    fake = jnp.sum(jnp.where(m > 0, jnp.sum(disc_fake**2, axis=-1), 0.0)) / n
+    real_per = jnp.sum((disc_real - 1.0) ** 2, axis=-1)
     if real_mask is not None:
-        real_per = jnp.where(real_mask, real_per, 0.)
+        real_per = jnp.where(real_mask, real_per, 0.0)
     real = jnp.sum(real_per) / n
     return weight * (fake + real), {'loss_disc_fake': fake, 'loss_disc_real': real}
 
@@ -148,20 +155,30 @@ def discriminator_loss(disc_fake, disc_real, fake_mask=None, weight: float = Los
 def _frames_first(outputs: dict, lead: Tuple[int, ...]) -> dict:
     """Drop a singleton view axis: (B, T, 1, ...) -> (B, T, ...)."""
     go = outputs['global_orient']
-    if go.shape[:len(lead)] != lead:
+    if go.shape[: len(lead)] != lead:
         raise ValueError(f'outputs lead {go.shape[:-3]} do not start with the batch dims {lead}')
     extra = go.ndim - 3 - len(lead)
     if extra == 0:
         return outputs
     if extra == 1 and go.shape[len(lead)] == 1:
         return {k: jnp.squeeze(v, axis=len(lead)) for k, v in outputs.items()}
-    raise ValueError(f'outputs have leading dims {go.shape[:-3]}; expected {lead} (or a single view)')
+    raise ValueError(
+        f'outputs have leading dims {go.shape[:-3]}; expected {lead} (or a single view)'
+    )
 
 
-def total_loss(outputs: dict, batch: dict, body_model: body_models.BodyModel,
-               weights: LossWeights = LossWeights(), kind: str = 'smpl', *,
-               discriminator: Optional[Callable] = None, normalize: str = 'sum',
-               crop_size: float = 256., focal_length: float = 5000.):
+def total_loss(
+    outputs: dict,
+    batch: dict,
+    body_model: body_models.BodyModel,
+    weights: LossWeights = LossWeights(),
+    kind: str = 'smpl',
+    *,
+    discriminator: Optional[Callable] = None,
+    normalize: str = 'sum',
+    crop_size: float = 256.0,
+    focal_length: float = 5000.0,
+):
     """Generator loss of one [B, T] batch. Returns (loss, terms).
 
     outputs: head outputs with leading dims (B, T) (or (B, T, 1)): global_orient (.., 1, 3, 3),
@@ -189,25 +206,37 @@ def total_loss(outputs: dict, batch: dict, body_model: body_models.BodyModel,
     n_rest = outputs[pose_key].shape[-3]
     gt_pose = batch['pose'].reshape(lead + (-1, 3))
     per_frame = {
-        'loss_kp2d': keypoint_2d_loss(posed['keypoints_2d'], batch['kp2d'], crop_size,
-                                      (crop_size - WINDOW_WIDTH) / 2.) * flag('has_kp2d'),
+        'loss_kp2d': keypoint_2d_loss(
+            posed['keypoints_2d'], batch['kp2d'], crop_size, (crop_size - WINDOW_WIDTH) / 2.0
+        )
+        * flag('has_kp2d'),
         'loss_kp3d': keypoint_3d_loss(posed['keypoints_3d'], batch['kp3d'], ROOT_JOINT[kind])
-                     * flag('has_kp3d'),
-        'loss_global_orient': parameter_loss(outputs['global_orient'], gt_pose[..., :1, :],
-                                             flag('has_pose')),
-        'loss_' + pose_key: parameter_loss(outputs[pose_key], gt_pose[..., 1:1 + n_rest, :],
-                                           flag('has_pose')),
+        * flag('has_kp3d'),
+        'loss_global_orient': parameter_loss(
+            outputs['global_orient'], gt_pose[..., :1, :], flag('has_pose')
+        ),
+        'loss_' + pose_key: parameter_loss(
+            outputs[pose_key], gt_pose[..., 1 : 1 + n_rest, :], flag('has_pose')
+        ),
         'loss_betas': betas_loss(outputs['betas'], batch['betas'], flag('has_betas')),
     }
-    n_valid = jnp.maximum(jnp.sum(valid.astype(dtype)), 1.)
-    scale = 1. if normalize == 'sum' else 1. / n_valid
-    terms = {k: jnp.sum(jnp.where(valid, v.astype(dtype), 0.)) * scale for k, v in per_frame.items()}
-    w = {'loss_kp2d': weights.kp2d, 'loss_kp3d': weights.kp3d,
-         'loss_global_orient': weights.global_orient, 'loss_' + pose_key: weights.body_pose,
-         'loss_betas': weights.betas}
+    n_valid = jnp.maximum(jnp.sum(valid.astype(dtype)), 1.0)
+    scale = 1.0 if normalize == 'sum' else 1.0 / n_valid
+    terms = {
+        k: jnp.sum(jnp.where(valid, v.astype(dtype), 0.0)) * scale for k, v in per_frame.items()
+    }
+    w = {
+        'loss_kp2d': weights.kp2d,
+        'loss_kp3d': weights.kp3d,
+        'loss_global_orient': weights.global_orient,
+        'loss_' + pose_key: weights.body_pose,
+        'loss_betas': weights.betas,
+    }
     loss = sum(w[k] * terms[k] for k in per_frame)
     if discriminator is not None:
-        terms['loss_adv'] = generator_adv_loss(discriminator(outputs[pose_key], outputs['betas']), valid)
+        terms['loss_adv'] = generator_adv_loss(
+            discriminator(outputs[pose_key], outputs['betas']), valid
+        )
         loss = loss + weights.adversarial * terms['loss_adv']
     else:
         terms['loss_adv'] = jnp.zeros((), dtype)

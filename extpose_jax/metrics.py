@@ -13,6 +13,7 @@ Conventions, for every function here:
 
 Protocols: HMR 2.0's 3DPW evaluation (4D-Humans eval.py), HaMeR's FreiHAND and HInt ones.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
@@ -70,7 +71,7 @@ def center(points, root: Root):
     if root is None:
         return points
     if isinstance(root, (int, np.integer)):
-        return points - points[..., root:root + 1, :]
+        return points - points[..., root : root + 1, :]
     return points - jnp.asarray(root)[..., None, :]
 
 
@@ -87,18 +88,18 @@ def similarity_transform(pred, gt, valid=None) -> Tuple[jnp.ndarray, jnp.ndarray
     equal) gives scale 0.
     """
     pred, gt = jnp.broadcast_arrays(_float(pred), _float(gt))
-    w = _weights(valid, pred)[..., None]                                # (..., N, 1)
+    w = _weights(valid, pred)[..., None]  # (..., N, 1)
     wsum = jnp.maximum(w.sum(-2, keepdims=True), jnp.finfo(pred.dtype).tiny)
     mu_p = (w * pred).sum(-2, keepdims=True) / wsum
     mu_g = (w * gt).sum(-2, keepdims=True) / wsum
     x, y = pred - mu_p, gt - mu_g
-    cross = jnp.einsum('...ni,...nj->...ij', w * x, y)                  # sum_n x_n y_n^T
+    cross = jnp.einsum('...ni,...nj->...ij', w * x, y)  # sum_n x_n y_n^T
     var = (w * x * x).sum((-2, -1))
     u, s, vt = jnp.linalg.svd(cross)
     # best orthogonal map is V U^T; if improper, flip the least significant direction
     d = jnp.where(jnp.linalg.det(u) * jnp.linalg.det(vt) < 0, -1.0, 1.0).astype(pred.dtype)
     z = jnp.concatenate([jnp.ones_like(s[..., :-1]), d[..., None]], -1)
-    rot = jnp.einsum('...ji,...j,...kj->...ik', vt, z, u)               # V diag(z) U^T
+    rot = jnp.einsum('...ji,...j,...kj->...ik', vt, z, u)  # V diag(z) U^T
     scale = jnp.where(var > 0, (s * z).sum(-1) / jnp.where(var > 0, var, 1), 0)
     rotated_mean = jnp.einsum('...ij,...j->...i', rot, mu_p[..., 0, :])
     trans = mu_g[..., 0, :] - scale[..., None] * rotated_mean
@@ -151,7 +152,7 @@ def pa_pve(pred_verts, gt_verts):
 class FScore(NamedTuple):
     f: jnp.ndarray
     precision: jnp.ndarray  # fraction of pred points whose nearest gt point is within threshold
-    recall: jnp.ndarray     # fraction of gt points whose nearest pred point is within threshold
+    recall: jnp.ndarray  # fraction of gt points whose nearest pred point is within threshold
 
 
 def f_score(pred_verts, gt_verts, threshold, align: bool = False) -> FScore:
@@ -167,7 +168,7 @@ def f_score(pred_verts, gt_verts, threshold, align: bool = False) -> FScore:
     pred, gt = _float(pred_verts), _float(gt_verts)
     if align:
         pred = similarity_procrustes(pred, gt)
-    d2 = ((pred[..., :, None, :] - gt[..., None, :, :]) ** 2).sum(-1)   # (..., N, M)
+    d2 = ((pred[..., :, None, :] - gt[..., None, :, :]) ** 2).sum(-1)  # (..., N, M)
     th = jnp.asarray(threshold, pred.dtype)
     th2 = th * th
 
@@ -185,8 +186,14 @@ def f_score(pred_verts, gt_verts, threshold, align: bool = False) -> FScore:
 # ----------------------------------------------------------------------------- PCK (HInt)
 
 
-def pck_counts(pred2d, gt2d, gt_conf, box_size, thresholds: Sequence[float] = HINT_PCK_THRESHOLDS,
-               conf_threshold: float = 0.5):
+def pck_counts(
+    pred2d,
+    gt2d,
+    gt_conf,
+    box_size,
+    thresholds: Sequence[float] = HINT_PCK_THRESHOLDS,
+    conf_threshold: float = 0.5,
+):
     """Per-joint counts for PCK, summed over all leading dims (for accumulating over batches).
 
     pred2d, gt2d: (..., J, 2) pixels (gt may carry extra channels, only x, y are read);
@@ -195,13 +202,14 @@ def pck_counts(pred2d, gt2d, gt_conf, box_size, thresholds: Sequence[float] = HI
     below t * box_size.
     """
     pred2d, gt2d = _float(pred2d), _float(gt2d)
-    dist = jnp.linalg.norm(pred2d[..., :2] - gt2d[..., :2], axis=-1)   # (..., J)
+    dist = jnp.linalg.norm(pred2d[..., :2] - gt2d[..., :2], axis=-1)  # (..., J)
     counted = jnp.asarray(gt_conf) > conf_threshold
     box = jnp.asarray(box_size, dist.dtype)[..., None]
     n_joints = dist.shape[-1]
     counted_flat = counted.reshape(-1, n_joints)
-    correct = jnp.stack([
-        ((dist < t * box) & counted).reshape(-1, n_joints).sum(0) for t in thresholds])
+    correct = jnp.stack(
+        [((dist < t * box) & counted).reshape(-1, n_joints).sum(0) for t in thresholds]
+    )
     return correct, counted_flat.sum(0)
 
 
@@ -214,8 +222,14 @@ def pck_from_counts(correct, counted, thresholds: Sequence[float] = HINT_PCK_THR
     return {float(t): avg[i] for i, t in enumerate(thresholds)}
 
 
-def pck(pred2d, gt2d, gt_conf, box_size, thresholds: Sequence[float] = HINT_PCK_THRESHOLDS,
-        conf_threshold: float = 0.5) -> dict:
+def pck(
+    pred2d,
+    gt2d,
+    gt_conf,
+    box_size,
+    thresholds: Sequence[float] = HINT_PCK_THRESHOLDS,
+    conf_threshold: float = 0.5,
+) -> dict:
     """HInt PCK (HaMeR protocol): {t: kpAvg PCK} over all samples of the batch.
 
     box_size is the max side of the original hand box in pixels (not the expanded crop), with
@@ -273,8 +287,21 @@ def hmr2_3dpw_eval(pred44, gt44) -> dict:
 
 
 __all__ = [
-    'FREIHAND_F_THRESHOLDS', 'HINT_PCK_THRESHOLDS', 'center', 'similarity_transform',
-    'similarity_procrustes', 'mpjpe', 'pa_mpjpe', 'pve', 'pa_pve', 'FScore', 'f_score',
-    'pck_counts', 'pck_from_counts', 'pck', 'accel_error_per_frame', 'accel_error',
+    'FREIHAND_F_THRESHOLDS',
+    'HINT_PCK_THRESHOLDS',
+    'center',
+    'similarity_transform',
+    'similarity_procrustes',
+    'mpjpe',
+    'pa_mpjpe',
+    'pve',
+    'pa_pve',
+    'FScore',
+    'f_score',
+    'pck_counts',
+    'pck_from_counts',
+    'pck',
+    'accel_error_per_frame',
+    'accel_error',
     'hmr2_3dpw_eval',
 ]

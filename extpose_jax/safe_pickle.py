@@ -25,6 +25,7 @@ costs nothing. Every other name (`os.system`, `builtins.eval`, `subprocess.Popen
 torch name not in the table) is refused, and a truncated or garbled file fails the same way:
 with the caller's error class, naming the file.
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,24 +38,52 @@ import types
 import numpy as np
 
 # The classes official model files name (chumpy expressions, old and new scipy.sparse paths).
-LEGACY_STAND_INS = frozenset({
-    'chumpy.ch.Ch', 'chumpy.reordering.Select', 'chumpy.reordering.transpose', 'chumpy.ch_ops.add',
-    'scipy.sparse.csc.csc_matrix', 'scipy.sparse._csc.csc_matrix',
-    'scipy.sparse.csr.csr_matrix', 'scipy.sparse._csr.csr_matrix',
-})
+LEGACY_STAND_INS = frozenset(
+    {
+        'chumpy.ch.Ch',
+        'chumpy.reordering.Select',
+        'chumpy.reordering.transpose',
+        'chumpy.ch_ops.add',
+        'scipy.sparse.csc.csc_matrix',
+        'scipy.sparse._csc.csc_matrix',
+        'scipy.sparse.csr.csr_matrix',
+        'scipy.sparse._csr.csr_matrix',
+    }
+)
 # Standard-library data types a checkpoint's config may hold: stood in for, like foreign classes.
-_CHECKPOINT_STAND_INS = frozenset({
-    'argparse.Namespace', 'typing.Any', 'pathlib.PosixPath', 'pathlib.PurePosixPath',
-    'pathlib.WindowsPath', 'pathlib.PureWindowsPath',
-})
+_CHECKPOINT_STAND_INS = frozenset(
+    {
+        'argparse.Namespace',
+        'typing.Any',
+        'pathlib.PosixPath',
+        'pathlib.PurePosixPath',
+        'pathlib.WindowsPath',
+        'pathlib.PureWindowsPath',
+    }
+)
 # Code a checkpoint has no business naming beyond the table: refused, never stood in for.
-_CODE_PACKAGES = frozenset(sys.stdlib_module_names) | {'__builtin__', 'copy_reg', 'numpy', 'scipy',
-                                                       'torch'}
+_CODE_PACKAGES = frozenset(sys.stdlib_module_names) | {
+    '__builtin__',
+    'copy_reg',
+    'numpy',
+    'scipy',
+    'torch',
+}
 
 # How a truncated or garbled pickle fails inside the unpickler and the constructors it calls.
 # (numpy's scalar() refuses some states with RuntimeError, of which RecursionError is one too.)
-DAMAGE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, LookupError,
-          struct.error, OverflowError, MemoryError, RuntimeError)
+DAMAGE = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    LookupError,
+    struct.error,
+    OverflowError,
+    MemoryError,
+    RuntimeError,
+)
 
 
 class Refused(Exception):
@@ -71,6 +100,7 @@ class StandIn:
     `pickled_name` is the class's module.name; `pickled_args` the constructor arguments,
     `pickled_state` the BUILD state, `pickled_items` what a dict / list subclass held.
     """
+
     pickled_name = ''
     pickled_args = ()
     pickled_state = None
@@ -108,16 +138,20 @@ def stand_in(full_name: str) -> type:
     """The StandIn subclass for module.name (one per name, so isinstance and `is` work)."""
     if full_name not in _STAND_IN_CLASSES:
         module, _, name = full_name.rpartition('.')
-        _STAND_IN_CLASSES[full_name] = type(name, (StandIn,), {
-            '__module__': module, '__qualname__': name, 'pickled_name': full_name})
+        _STAND_IN_CLASSES[full_name] = type(
+            name,
+            (StandIn,),
+            {'__module__': module, '__qualname__': name, 'pickled_name': full_name},
+        )
     return _STAND_IN_CLASSES[full_name]
 
 
 def _latin1_encode(text, encoding='utf-8'):
     # A general _codecs.encode would look the codec up, which can import an encodings module.
     if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
-        raise pickle.UnpicklingError(f'_codecs.encode({type(text).__name__}, {encoding!r}) is not '
-                                     'how a pickle writes bytes')
+        raise pickle.UnpicklingError(
+            f'_codecs.encode({type(text).__name__}, {encoding!r}) is not how a pickle writes bytes'
+        )
     return text.encode('latin1')
 
 
@@ -130,19 +164,35 @@ def _empty_bytes(*args):
 def _legacy_table() -> dict:
     """(module, name) -> object, resolved from numpy itself (its reduce functions), not imported."""
     array = np.zeros(1)
-    numpy_fns = {'multiarray._reconstruct': array.__reduce__()[0],
-                 'multiarray.scalar': np.float64(0).__reduce__()[0],
-                 'numeric._frombuffer': array.__reduce_ex__(5)[0]}
-    table = {(f'{core}.{fn.rpartition(".")[0]}', fn.rpartition('.')[2]): obj
-             for fn, obj in numpy_fns.items() for core in ('numpy.core', 'numpy._core')}
-    table.update({('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype,
-                  ('copy_reg', '_reconstructor'): copyreg._reconstructor,
-                  ('copyreg', '_reconstructor'): copyreg._reconstructor,
-                  ('collections', 'OrderedDict'): collections.OrderedDict,
-                  ('_codecs', 'encode'): _latin1_encode})
+    numpy_fns = {
+        'multiarray._reconstruct': array.__reduce__()[0],
+        'multiarray.scalar': np.float64(0).__reduce__()[0],
+        'numeric._frombuffer': array.__reduce_ex__(5)[0],
+    }
+    table = {
+        (f'{core}.{fn.rpartition(".")[0]}', fn.rpartition('.')[2]): obj
+        for fn, obj in numpy_fns.items()
+        for core in ('numpy.core', 'numpy._core')
+    }
+    table.update(
+        {
+            ('numpy', 'ndarray'): np.ndarray,
+            ('numpy', 'dtype'): np.dtype,
+            ('copy_reg', '_reconstructor'): copyreg._reconstructor,
+            ('copyreg', '_reconstructor'): copyreg._reconstructor,
+            ('collections', 'OrderedDict'): collections.OrderedDict,
+            ('_codecs', 'encode'): _latin1_encode,
+        }
+    )
     for builtins_name in ('__builtin__', 'builtins'):
-        table.update({(builtins_name, 'object'): object, (builtins_name, 'set'): set,
-                      (builtins_name, 'frozenset'): frozenset, (builtins_name, 'bytes'): _empty_bytes})
+        table.update(
+            {
+                (builtins_name, 'object'): object,
+                (builtins_name, 'set'): set,
+                (builtins_name, 'frozenset'): frozenset,
+                (builtins_name, 'bytes'): _empty_bytes,
+            }
+        )
     return table
 
 
@@ -154,6 +204,7 @@ def _torch_table() -> dict:
     """torch's weights_only globals plus the legacy table; `_codecs.encode` stays latin-1 only."""
     if not _TORCH:
         from torch._weights_only_unpickler import _get_allowed_globals
+
         for full, obj in _get_allowed_globals().items():
             module, _, name = full.rpartition('.')
             _TORCH[(module, name)] = obj
@@ -171,7 +222,11 @@ def _check_dtype_state(dtype: np.dtype, state) -> None:
         raise pickle.UnpicklingError(f'dtype {dtype} with a structured or malformed state')
     probe = np.dtype(*dtype.__reduce__()[1])  # a fresh copy: np.dtype(dtype, copy=True) is dtype
     probe.__setstate__(state)
-    if (probe.flags, probe.itemsize, probe.alignment) != (dtype.flags, dtype.itemsize, dtype.alignment):
+    if (probe.flags, probe.itemsize, probe.alignment) != (
+        dtype.flags,
+        dtype.itemsize,
+        dtype.alignment,
+    ):
         raise pickle.UnpicklingError(f'dtype {dtype}: its pickled state changes its flags or size')
 
 
@@ -180,6 +235,7 @@ class _Reader(pickle._Unpickler):
 
     The pure-Python unpickler, because its BUILD can be checked (`_check_dtype_state`); the files
     hold few opcodes (arrays are single byte strings), so speed is not at stake."""
+
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, **kwargs):
@@ -191,9 +247,11 @@ class _Reader(pickle._Unpickler):
         if isinstance(inst, np.dtype):
             _check_dtype_state(inst, self.stack[-1])
         elif not isinstance(inst, self.buildable()):  # as torch's weights_only loader rules
-            raise pickle.UnpicklingError(f'setting the state of a {type(inst).__name__} is not '
-                                         'part of this kind of pickle')
+            raise pickle.UnpicklingError(
+                f'setting the state of a {type(inst).__name__} is not part of this kind of pickle'
+            )
         super().load_build()
+
     dispatch[pickle.BUILD[0]] = load_build
 
     def buildable(self) -> tuple:
@@ -223,6 +281,7 @@ class _CheckpointReader(_Reader):
 
     def buildable(self) -> tuple:
         import torch
+
         return super().buildable() + (torch.Tensor,)
 
     def foreign(self, module: str, name: str) -> bool:
@@ -232,8 +291,10 @@ class _CheckpointReader(_Reader):
 
 # What torch.load takes as pickle_module: it subclasses Unpickler, and calls load for old files.
 CHECKPOINT_PICKLE = types.SimpleNamespace(
-    __name__='extpose_safe_pickle', Unpickler=_CheckpointReader,
-    load=lambda f, **kw: _CheckpointReader(f, **kw).load())
+    __name__='extpose_safe_pickle',
+    Unpickler=_CheckpointReader,
+    load=lambda f, **kw: _CheckpointReader(f, **kw).load(),
+)
 
 
 def _refusal(path: str, error: type, what: str, refused: Refused) -> Exception:
@@ -250,18 +311,24 @@ def load(path: str, error: type, what: str):
         except Refused as e:
             raise _refusal(path, error, what, e) from None
         except DAMAGE as e:
-            raise error(f'{path}: not a readable {what} (truncated or damaged: '
-                        f'{type(e).__name__}: {e})') from e
+            raise error(
+                f'{path}: not a readable {what} (truncated or damaged: {type(e).__name__}: {e})'
+            ) from e
 
 
 def load_torch(path: str, error: type, what: str = 'PyTorch checkpoint'):
     """torch.load on CPU through CHECKPOINT_PICKLE: tensors as torch.load(weights_only=True) gives
     them, foreign config objects as stand-ins; refusals and damage raise `error` naming the file."""
     import torch
+
     try:
-        return torch.load(path, map_location='cpu', weights_only=False, pickle_module=CHECKPOINT_PICKLE)
+        return torch.load(
+            path, map_location='cpu', weights_only=False, pickle_module=CHECKPOINT_PICKLE
+        )
     except Refused as e:
         raise _refusal(path, error, what, e) from None
     except Exception as e:  # noqa: BLE001 - torch's zip reader fails with RuntimeError and others
-        raise error(f'{path}: not a readable {what} (truncated or not written by torch.save?): '
-                    f'{type(e).__name__}: {e}') from e
+        raise error(
+            f'{path}: not a readable {what} (truncated or not written by torch.save?): '
+            f'{type(e).__name__}: {e}'
+        ) from e

@@ -49,6 +49,7 @@ middle-finger knuckle.
 Only numpy and scipy are used; the result is a deterministic function of the
 seed.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,12 +57,17 @@ import functools
 import numpy as np
 import scipy.spatial
 
-from data_pipelines.synthetic import anatomy
+from data_pipelines.synthetic import anatomy, rigging
 from data_pipelines.synthetic import mesh as pm
-from data_pipelines.synthetic import rigging
+
 # The skeletons are part of this module's API (the real files' joint order).
 from data_pipelines.synthetic.anatomy import (  # noqa: F401
-    FINGERS, MANO_JOINT_NAMES, MANO_PARENTS, SMPL_JOINT_NAMES, SMPL_PARENTS)
+    FINGERS,
+    MANO_JOINT_NAMES,
+    MANO_PARENTS,
+    SMPL_JOINT_NAMES,
+    SMPL_PARENTS,
+)
 
 # --------------------------------------------------------------------------
 # Conventions shared with the real models
@@ -75,27 +81,60 @@ ROOT_PARENT = 4294967295  # kintree_table stores the root's parent as uint32(-1)
 
 # smplx vertex_ids['smplh'] (the picks smplx / HMR 2.0 append as joints 24..44).
 SMPL_VERTEX_IDS = {
-    'nose': 332, 'reye': 6260, 'leye': 2800, 'rear': 4071, 'lear': 583,
-    'rthumb': 6191, 'rindex': 5782, 'rmiddle': 5905, 'rring': 6016,
-    'rpinky': 6133, 'lthumb': 2746, 'lindex': 2319, 'lmiddle': 2445,
-    'lring': 2556, 'lpinky': 2673, 'LBigToe': 3216, 'LSmallToe': 3226,
-    'LHeel': 3387, 'RBigToe': 6617, 'RSmallToe': 6624, 'RHeel': 6787}
+    'nose': 332,
+    'reye': 6260,
+    'leye': 2800,
+    'rear': 4071,
+    'lear': 583,
+    'rthumb': 6191,
+    'rindex': 5782,
+    'rmiddle': 5905,
+    'rring': 6016,
+    'rpinky': 6133,
+    'lthumb': 2746,
+    'lindex': 2319,
+    'lmiddle': 2445,
+    'lring': 2556,
+    'lpinky': 2673,
+    'LBigToe': 3216,
+    'LSmallToe': 3226,
+    'LHeel': 3387,
+    'RBigToe': 6617,
+    'RSmallToe': 6624,
+    'RHeel': 6787,
+}
 # smplx vertex_ids['mano'] fingertips, and the FreiHAND toolbox's ring / pinky
 # tips, which are neighbours of the smplx ones.
-MANO_VERTEX_IDS = {'thumb': 744, 'index': 320, 'middle': 443, 'ring': 554,
-                   'pinky': 671}
+MANO_VERTEX_IDS = {'thumb': 744, 'index': 320, 'middle': 443, 'ring': 554, 'pinky': 671}
 FREIHAND_TIP_IDS = {'ring': 555, 'pinky': 672}
 
 J19_NAMES = (
-    'R_ankle', 'R_knee', 'R_hip', 'L_hip', 'L_knee', 'L_ankle', 'R_wrist',
-    'R_elbow', 'R_shoulder', 'L_shoulder', 'L_elbow', 'L_wrist', 'neck_lsp',
-    'head_top_lsp', 'pelvis_mpii', 'thorax_mpii', 'spine_h36m', 'jaw_h36m',
-    'head_h36m')
+    'R_ankle',
+    'R_knee',
+    'R_hip',
+    'L_hip',
+    'L_knee',
+    'L_ankle',
+    'R_wrist',
+    'R_elbow',
+    'R_shoulder',
+    'L_shoulder',
+    'L_elbow',
+    'L_wrist',
+    'neck_lsp',
+    'head_top_lsp',
+    'pelvis_mpii',
+    'thorax_mpii',
+    'spine_h36m',
+    'jaw_h36m',
+    'head_h36m',
+)
 
 
 # --------------------------------------------------------------------------
 # Mesh topology and vertex ids, decided once on a canonical body
 # --------------------------------------------------------------------------
+
 
 def _fingertips(V, tags, side, frame, scale):
     """Per finger, the vertex of that finger furthest along its last bone."""
@@ -136,12 +175,15 @@ def _smpl_picks(V, F, tags, J, p):
             picks[side.lower() + finger] = v
         A, Ft = j[side + '_ankle'], j[side + '_foot']
         sgn = np.sign(A[0])
-        c = among(((tags == side + '_foot') | (tags == side + '_leg'))
-                  & (V[:, 1] < L['sole_y'] + 0.05))
+        c = among(
+            ((tags == side + '_foot') | (tags == side + '_leg')) & (V[:, 1] < L['sole_y'] + 0.05)
+        )
         front = V[c, 2].max()
-        targets = {'BigToe': (Ft[0] - sgn * 0.022, L['sole_y'] + 0.018, front),
-                   'SmallToe': (Ft[0] + sgn * 0.030, L['sole_y'] + 0.012, front - 0.035),
-                   'Heel': (A[0], L['sole_y'] + 0.020, V[c, 2].min())}
+        targets = {
+            'BigToe': (Ft[0] - sgn * 0.022, L['sole_y'] + 0.018, front),
+            'SmallToe': (Ft[0] + sgn * 0.030, L['sole_y'] + 0.012, front - 0.035),
+            'Heel': (A[0], L['sole_y'] + 0.020, V[c, 2].min()),
+        }
         for name, t in targets.items():
             picks[side + name] = c[np.argmin(np.linalg.norm(V[c] - np.array(t), axis=1))]
     assert len(set(picks.values())) == len(picks), 'two landmarks share a vertex'
@@ -161,16 +203,28 @@ def _smpl_topology():
     L = anatomy.body_landmarks(J, p)
     mirror = np.array([-1.0, 1.0, 1.0])
     # Spend the extra vertices mostly on the small face features.
-    imp = pm.feature_weights(V, [(L['nose'], 0.05, 2.5), (L['ear'], 0.04, 2.5),
-                                 (L['ear'] * mirror, 0.04, 2.5), (L['eye'], 0.03, 1.5),
-                                 (L['eye'] * mirror, 0.03, 1.5)])
+    imp = pm.feature_weights(
+        V,
+        [
+            (L['nose'], 0.05, 2.5),
+            (L['ear'], 0.04, 2.5),
+            (L['ear'] * mirror, 0.04, 2.5),
+            (L['eye'], 0.03, 1.5),
+            (L['eye'] * mirror, 0.03, 1.5),
+        ],
+    )
     F, splits = pm.plan_splits(V, F, SMPL_NUM_VERTS - len(V), importance=imp)
     tags = np.concatenate([tags, [tags[a] for a, _ in splits]])
     V = pm.fit_to_sdf(pm.apply_splits(V, splits), F, anatomy.body_sdf(J, p))
     picks = _smpl_picks(V, F, tags, J, p)
     order, inverse = pm.permutation(len(V), {SMPL_VERTEX_IDS[k]: v for k, v in picks.items()})
-    return {'splits': splits, 'faces_old': F, 'order': order,
-            'faces': inverse[F].astype(np.uint32), 'tags': tags[order]}
+    return {
+        'splits': splits,
+        'faces_old': F,
+        'order': order,
+        'faces': inverse[F].astype(np.uint32),
+        'tags': tags[order],
+    }
 
 
 def _smpl_template(p):
@@ -201,8 +255,14 @@ def _mano_topology():
         nb = np.r_[e[e[:, 0] == t, 1], e[e[:, 1] == t, 0]]
         wanted[fid] = nb[np.argmin(np.linalg.norm(V[nb] - V[t], axis=1))]
     order, inverse = pm.permutation(len(V), wanted)
-    return {'splits': splits, 'faces_old': F, 'rim': rim, 'order': order,
-            'faces': inverse[F].astype(np.uint32), 'tags': tags[order]}
+    return {
+        'splits': splits,
+        'faces_old': F,
+        'rim': rim,
+        'order': order,
+        'faces': inverse[F].astype(np.uint32),
+        'tags': tags[order],
+    }
 
 
 def _fit_mano(V, F, rim, scale):
@@ -222,13 +282,28 @@ def _mano_template(scale):
 # SMPL: rigging, blend shapes, the model dict
 # --------------------------------------------------------------------------
 
+
 # Which joints may drive each part (so that, say, the inner thigh never takes
 # weight from the other leg or a hand from the hip it almost touches).
 def _smpl_part_joints():
     idx = {n: i for i, n in enumerate(SMPL_JOINT_NAMES)}
-    parts = {'torso': ['pelvis', 'spine1', 'spine2', 'spine3', 'L_hip', 'R_hip', 'L_collar',
-                       'R_collar', 'L_shoulder', 'R_shoulder', 'neck'],
-             'neck': ['spine3', 'neck', 'head'], 'head': ['neck', 'head']}
+    parts = {
+        'torso': [
+            'pelvis',
+            'spine1',
+            'spine2',
+            'spine3',
+            'L_hip',
+            'R_hip',
+            'L_collar',
+            'R_collar',
+            'L_shoulder',
+            'R_shoulder',
+            'neck',
+        ],
+        'neck': ['spine3', 'neck', 'head'],
+        'head': ['neck', 'head'],
+    }
     for s in 'LR':
         parts[s + '_leg'] = ['pelvis', s + '_hip', s + '_knee', s + '_ankle']
         parts[s + '_foot'] = [s + '_ankle', s + '_foot']
@@ -247,18 +322,30 @@ def _smpl_bones(J, p):
     frames = anatomy.smpl_hand_frames(J)
     # spine2 -> spine3 is short (as in SMPL); let spine2 own the lower ribs too
     rib = j['spine3'] + [0, 0.06 * s, 0]
-    seg = {'pelvis': (j['pelvis'], j['pelvis'] - [0, 0.10 * s, 0.02 * s]),
-           'spine1': (j['spine1'], j['spine2']), 'spine2': (j['spine2'], rib),
-           'spine3': (rib, j['neck']), 'neck': (j['neck'], j['head']),
-           'head': (j['head'], L['head_top'])}
+    seg = {
+        'pelvis': (j['pelvis'], j['pelvis'] - [0, 0.10 * s, 0.02 * s]),
+        'spine1': (j['spine1'], j['spine2']),
+        'spine2': (j['spine2'], rib),
+        'spine3': (rib, j['neck']),
+        'neck': (j['neck'], j['head']),
+        'head': (j['head'], L['head_top']),
+    }
     for side in 'LR':
-        for a, b in (('hip', 'knee'), ('knee', 'ankle'), ('ankle', 'foot'),
-                     ('collar', 'shoulder'), ('shoulder', 'elbow'), ('elbow', 'wrist'),
-                     ('wrist', 'hand')):
+        for a, b in (
+            ('hip', 'knee'),
+            ('knee', 'ankle'),
+            ('ankle', 'foot'),
+            ('collar', 'shoulder'),
+            ('shoulder', 'elbow'),
+            ('elbow', 'wrist'),
+            ('wrist', 'hand'),
+        ):
             seg[f'{side}_{a}'] = (j[f'{side}_{a}'], j[f'{side}_{b}'])
         seg[side + '_foot'] = (j[side + '_foot'], j[side + '_foot'] + [0, -0.01 * s, 0.07 * s])
-        seg[side + '_hand'] = (j[side + '_hand'],
-                               frames[side].to_world(tips[FINGERS.index('middle')]))
+        seg[side + '_hand'] = (
+            j[side + '_hand'],
+            frames[side].to_world(tips[FINGERS.index('middle')]),
+        )
     return [seg[n] for n in SMPL_JOINT_NAMES]
 
 
@@ -273,41 +360,52 @@ def _smpl_shapedirs(V, F, W, J, bones, p, num_betas, seed):
     """
     idx = {n: i for i, n in enumerate(SMPL_JOINT_NAMES)}
 
-    def w(*names):   # summed skinning weight of some joints: a smooth part mask
+    def w(*names):  # summed skinning weight of some joints: a smooth part mask
         return W[:, [idx[n] for n in names]].sum(axis=1)
 
     def smooth(x, iters):
         return rigging.smooth_field(F, x, iters)
+
     radial = rigging.radial_offsets(V, W, bones)
     pelvis = J[0]
     x, y, z = V[:, 0], V[:, 1], V[:, 2]
     trunk = w('pelvis', 'spine1', 'spine2', 'spine3')
     legs = w('L_hip', 'R_hip', 'L_knee', 'R_knee', 'L_ankle', 'R_ankle', 'L_foot', 'R_foot')
-    arms = w('L_shoulder', 'R_shoulder', 'L_elbow', 'R_elbow', 'L_wrist', 'R_wrist',
-             'L_hand', 'R_hand')
+    arms = w(
+        'L_shoulder', 'R_shoulder', 'L_elbow', 'R_elbow', 'L_wrist', 'R_wrist', 'L_hand', 'R_hand'
+    )
     head = w('head') + 0.5 * w('neck')
     S = np.zeros((len(V), 3, max(num_betas, 10)))
     S[:, :, 0] = 0.055 * (V - pelvis * [1, 1, 0])
     S[:, :, 1] = 0.16 * radial * (0.4 + 0.9 * trunk + 0.3 * legs)[:, None]
     S[:, 2, 1] += 0.02 * np.clip(z, 0, None) / 0.12 * smooth(w('spine1', 'pelvis'), 10)
     S[:, 1, 2] = -0.05 * (pelvis[1] + 0.05 - y) * smooth(legs, 10)
-    S[:, 0, 3] = 0.02 * np.sign(x) * np.clip(np.abs(x) / 0.18, 0, 1) * \
-        smooth(arms + w('L_collar', 'R_collar'), 10)
+    S[:, 0, 3] = (
+        0.02
+        * np.sign(x)
+        * np.clip(np.abs(x) / 0.18, 0, 1)
+        * smooth(arms + w('L_collar', 'R_collar'), 10)
+    )
     hips = smooth(w('pelvis', 'L_hip', 'R_hip') * (y < pelvis[1] + 0.1), 10)
     S[:, 0, 4] = 0.10 * x * hips
     S[:, :, 5] = 0.14 * radial * (legs + arms)[:, None]
-    S[:, 0, 6] = 0.05 * np.sign(x) * np.clip(np.abs(x) - 0.17 * p['scale'], 0, None) * \
-        smooth(arms + w('L_collar', 'R_collar'), 5)
+    S[:, 0, 6] = (
+        0.05
+        * np.sign(x)
+        * np.clip(np.abs(x) - 0.17 * p['scale'], 0, None)
+        * smooth(arms + w('L_collar', 'R_collar'), 5)
+    )
     hc = anatomy.body_landmarks(J, p)['head_center']
     S[:, :, 7] = 0.07 * (V - hc) * smooth(head, 10)[:, None]
     S[:, 1, 8] = 0.05 * np.clip(y - pelvis[1], 0, None) * smooth(1.0 - legs, 10)
     S[:, 2, 9] = 0.025 * np.clip(z, 0, None) / 0.12 * smooth(w('spine1', 'spine2'), 10)
     rng = np.random.default_rng([seed, 11])
     for k in range(10, num_betas):
-        mix = rng.standard_normal(len(bones)) @ W.T          # smooth part-wise scalar
+        mix = rng.standard_normal(len(bones)) @ W.T  # smooth part-wise scalar
         dirs = rng.standard_normal(3)
-        S[:, :, k] = (0.01 * 0.9 ** (k - 10)) * (mix[:, None] * radial / 0.1 * 0.5
-                                                 + 0.2 * mix[:, None] * dirs)
+        S[:, :, k] = (0.01 * 0.9 ** (k - 10)) * (
+            mix[:, None] * radial / 0.1 * 0.5 + 0.2 * mix[:, None] * dirs
+        )
     return S[:, :, :num_betas]
 
 
@@ -358,10 +456,15 @@ def make_smpl(gender='neutral', seed=0, num_betas=10):
         'weights': W,
         'vert_sym_idxs': _mirror_indices(V),
         'posedirs': rigging.pose_correctives(V, N, W, J, SMPL_PARENTS),
-        'pose_training_info': {'generator': 'extpose_jax synthetic_bodies',
-                               'gender': gender, 'seed': int(seed),
-                               'num_pose_blendshapes': 207, 'num_shape_blendshapes': num_betas,
-                               'bs_style': 'lbs', 'bs_type': 'lrotmin'},
+        'pose_training_info': {
+            'generator': 'extpose_jax synthetic_bodies',
+            'gender': gender,
+            'seed': int(seed),
+            'num_pose_blendshapes': 207,
+            'num_shape_blendshapes': num_betas,
+            'bs_style': 'lbs',
+            'bs_type': 'lrotmin',
+        },
         'bs_style': 'lbs',
         'v_template': V,
         'shapedirs': _smpl_shapedirs(V, F, W, J, bones, p, num_betas, seed),
@@ -387,8 +490,9 @@ def _j19_targets(J, p):
     out['neck_lsp'] = j['neck'] + np.array([0.0, 0.005, 0.020]) * s
     out['head_top_lsp'] = L['head_top'] - np.array([0.0, 0.012, 0.0]) * s
     out['pelvis_mpii'] = 0.5 * (j['L_hip'] + j['R_hip'])
-    out['thorax_mpii'] = np.array([0.0, 0.5 * (j['neck'][1] + j['L_shoulder'][1]),
-                                   j['neck'][2] + 0.015 * s])
+    out['thorax_mpii'] = np.array(
+        [0.0, 0.5 * (j['neck'][1] + j['L_shoulder'][1]), j['neck'][2] + 0.015 * s]
+    )
     out['spine_h36m'] = 0.5 * (out['pelvis_mpii'] + out['thorax_mpii']) + [0, 0, -0.02 * s]
     out['jaw_h36m'] = L['mouth'] - np.array([0.0, 0.012, 0.045]) * s
     out['head_h36m'] = L['head_center'] + np.array([0.0, 0.025, 0.010]) * s
@@ -407,8 +511,7 @@ def make_j19_regressor(smpl):
     # recover the size knob from the body height (neutral: 1.70 m)
     p = anatomy.body_params('neutral', 0, jitter=False)
     p['scale'] = (V[:, 1].max() - V[:, 1].min()) / 1.70
-    R = rigging.regressor_rows(V, _j19_targets(J, p), np.ones((19, len(V)), bool), k=40,
-                               smooth=1.0)
+    R = rigging.regressor_rows(V, _j19_targets(J, p), np.ones((19, len(V)), bool), k=40, smooth=1.0)
     return np.asarray(R.todense(), dtype=np.float64)
 
 
@@ -416,8 +519,9 @@ def make_j19_regressor(smpl):
 # MANO: rigging, blend shapes, pose prior, the model dict
 # --------------------------------------------------------------------------
 
+
 def _mano_bones(J, tips_world):
-    bones = [(J[0], J[4])]   # wrist: to the middle knuckle
+    bones = [(J[0], J[4])]  # wrist: to the middle knuckle
     for f in range(5):
         chain = anatomy.finger_chain(J, tips_world, f)
         bones += [(chain[k], chain[k + 1]) for k in range(3)]
@@ -447,7 +551,7 @@ def _hand_pose_prior(rng, n):
             P[:, 3 * f + k, 2] += 0.30 + 0.35 * grasp[:, 0] + 0.25 * curl[:, f] * (1 + 0.3 * k)
         # spread fans the knuckles (about y) by their place across the hand
         P[:, 3 * f, 1] += 0.08 * spread[:, 0] * (1.0, 0.0, -2.0, -1.0)[f]
-    for k in range(3):   # thumb: opposition about x, flexion about -y
+    for k in range(3):  # thumb: opposition about x, flexion about -y
         P[:, 12 + k, 0] += 0.20 * grasp[:, 0] + 0.15 * curl[:, 4]
         P[:, 12 + k, 1] += -0.15 - 0.2 * grasp[:, 0] * (k + 1) / 3
     return P.reshape(n, 45)
@@ -463,10 +567,10 @@ def _mano_shapedirs(V, F, W, J, tips_world, num_betas, seed):
     radial = rigging.radial_offsets(V, W, _mano_bones(J, tips_world))
     S = np.zeros((len(V), 3, max(num_betas, 7)))
     S[:, :, 0] = 0.05 * (V - wrist)
-    along = np.zeros_like(V)   # offset of each finger vertex from its knuckle
+    along = np.zeros_like(V)  # offset of each finger vertex from its knuckle
     for f in range(4):
         mcp = J[1 + 3 * f]
-        wf = W[:, 1 + 3 * f:4 + 3 * f].sum(axis=1)
+        wf = W[:, 1 + 3 * f : 4 + 3 * f].sum(axis=1)
         along += wf[:, None] * (V - mcp)
     S[:, 0, 1] = 0.06 * along[:, 0]
     S[:, 2, 2] = 0.06 * (V[:, 2] - wrist[2]) * rigging.smooth_field(F, 1.0 - thumb, 5)
@@ -477,8 +581,11 @@ def _mano_shapedirs(V, F, W, J, tips_world, num_betas, seed):
     rng = np.random.default_rng([seed, 13])
     for k in range(7, num_betas):
         mix = rng.standard_normal(W.shape[1]) @ W.T
-        S[:, :, k] = 0.004 * 0.9 ** (k - 7) * (mix[:, None] * radial / 0.01
-                                               + 0.5 * mix[:, None] * rng.standard_normal(3))
+        S[:, :, k] = (
+            0.004
+            * 0.9 ** (k - 7)
+            * (mix[:, None] * radial / 0.01 + 0.5 * mix[:, None] * rng.standard_normal(3))
+        )
     return S[:, :, :num_betas]
 
 

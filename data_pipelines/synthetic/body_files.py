@@ -14,6 +14,7 @@ ext='npz', ...)``; ``smplx.SMPL`` opens a model path with pickle only, so pass
 ``data_struct=smplx.utils.Struct(**np.load(npz))``.  SMPL_to_J19.pkl is a plain
 (19, 6890) float64 array pickled the Python-3 way (loads with any encoding).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,6 @@ from data_pipelines import atomic_file
 from data_pipelines.synthetic import legacy_pickle
 from data_pipelines.synthetic.bodies import make_j19_regressor, make_mano, make_smpl
 from extpose_jax import errors
-
 
 # Arrays stored as chumpy objects in our .pkl files (the real SMPL files
 # have at least shapedirs as chumpy; v_template, J and weights are too here).
@@ -44,9 +44,10 @@ def write_model_pkl(path, model):
     """Write ``model`` as the official Python-2 pickle: keys and array
     payloads as Python-2 str, CHUMPY_KEYS as chumpy.ch.Ch objects, sparse
     regressors as scipy.sparse.csc.csc_matrix.  Needs encoding='latin1'."""
-    obj = {k: legacy_pickle.ChumpyArray(v)
-           if k in CHUMPY_KEYS and isinstance(v, np.ndarray) else v
-           for k, v in model.items()}
+    obj = {
+        k: legacy_pickle.ChumpyArray(v) if k in CHUMPY_KEYS and isinstance(v, np.ndarray) else v
+        for k, v in model.items()
+    }
     data = legacy_pickle.dumps(obj)
     _write_file(path, lambda f: f.write(data))
 
@@ -79,9 +80,9 @@ def write_model_npz(path, model):
     _write_file(path, lambda f: np.savez(f, **arrays))
 
 
-BODY_MODEL_FILES = tuple(f'smpl/SMPL_{g}.{e}' for g in ('NEUTRAL', 'MALE', 'FEMALE')
-                         for e in ('pkl', 'npz')) + \
-    ('mano/MANO_RIGHT.pkl', 'mano/MANO_RIGHT.npz', 'SMPL_to_J19.pkl')
+BODY_MODEL_FILES = tuple(
+    f'smpl/SMPL_{g}.{e}' for g in ('NEUTRAL', 'MALE', 'FEMALE') for e in ('pkl', 'npz')
+) + ('mano/MANO_RIGHT.pkl', 'mano/MANO_RIGHT.npz', 'SMPL_to_J19.pkl')
 
 
 def body_models_complete(out_dir):
@@ -118,7 +119,8 @@ def write_body_models(out_dir, seed=0):
 
 def main(argv=None):
     ap = errors.ArgumentParser(
-        description='Write synthetic SMPL / MANO model files in the official layout.')
+        description='Write synthetic SMPL / MANO model files in the official layout.'
+    )
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--seed', type=int, default=0)
     args = ap.parse_args(argv)

@@ -9,6 +9,7 @@ this. It runs the same converters as real data would, and caches everything unde
 The raw folder is complete once its marker exists (written last); the converters always run but
 skip shards they finished before, so an interrupted preparation resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,12 @@ def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
     """Builds what is missing and returns {'body_models': dir, '3dpw': dir, ...} (records dirs)."""
     raw_dir = os.path.join(data_dir, 'raw')
     marker = os.path.join(raw_dir, _RAW_DONE)
-    raw = {'body_models': os.path.join(raw_dir, 'body_models'), '3dpw': os.path.join(raw_dir, '3DPW'),
-           'freihand': os.path.join(raw_dir, 'FreiHAND'), 'hint': os.path.join(raw_dir, 'HInt')}
+    raw = {
+        'body_models': os.path.join(raw_dir, 'body_models'),
+        '3dpw': os.path.join(raw_dir, '3DPW'),
+        'freihand': os.path.join(raw_dir, 'FreiHAND'),
+        'hint': os.path.join(raw_dir, 'HInt'),
+    }
     if os.path.exists(marker):
         log(f'synthetic default: raw datasets cached in {raw_dir}')
     else:

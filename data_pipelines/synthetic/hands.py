@@ -6,6 +6,7 @@ frame; a left hand is the mirror of such a design through the camera's y-z plane
 the right pose conjugated by diag(-1, 1, 1) (axis-angle (x, y, z) -> (x, -y, -z)), which the
 mirrored model turns back into exactly the mirrored right-hand mesh (`mirror_pose`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,13 +27,13 @@ class HandRig:
         F = mesh_faces(right)
         e = np.sort(np.concatenate([F[:, [0, 1]], F[:, [1, 2]], F[:, [2, 0]]]), 1)
         uniq, cnt = np.unique(e, axis=0, return_counts=True)
-        self.rim = np.unique(uniq[cnt == 1])                 # the open wrist loop
+        self.rim = np.unique(uniq[cnt == 1])  # the open wrist loop
         wrist = self.joints[0]
         rim_c = self.verts[self.rim].mean(0)
-        self.arm_axis = unit(rim_c - wrist)                   # wrist -> forearm (rest)
+        self.arm_axis = unit(rim_c - wrist)  # wrist -> forearm (rest)
         self.rim_radius = float(np.linalg.norm(self.verts[self.rim] - rim_c, axis=1).mean())
         palm_n = unit(np.cross(self.joints[4] - wrist, self.joints[7] - wrist))  # middle1, pinky1
-        if palm_n @ (self.joints[13] - wrist) < 0:             # the thumb sits on the palm side
+        if palm_n @ (self.joints[13] - wrist) < 0:  # the thumb sits on the palm side
             palm_n = -palm_n
         self.palm_normal = palm_n
         # curl axes of the 5 fingers (MANO order: index, middle, pinky, ring, thumb)
@@ -51,7 +52,9 @@ def finger_pose(rng, rig: HandRig) -> np.ndarray:
         thumb = f == 4
         base = (0.9 if not thumb else 0.5) * grasp + rng.normal(0, 0.18)
         base = float(np.clip(base, -0.05 if not thumb else -0.1, 1.5))
-        spread = rng.normal(0, 0.08) + (0.0 if thumb else (-0.08, 0.0, 0.12, 0.05)[f] * rng.uniform(0, 1.5))
+        spread = rng.normal(0, 0.08) + (
+            0.0 if thumb else (-0.08, 0.0, 0.12, 0.05)[f] * rng.uniform(0, 1.5)
+        )
         for k, share in enumerate((0.9, 1.1, 0.75) if not thumb else (0.5, 0.8, 0.9)):
             curl = base * share + rng.normal(0, 0.06)
             r = rot(rig.curl_axes[f], max(curl, -0.1))

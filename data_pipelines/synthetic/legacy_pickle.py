@@ -16,6 +16,7 @@ the old scipy paths need not exist.
                                    paths), as numpy 1.x wrote: any encoding loads it
     ChumpyArray(x)                 wraps an array to be written as a chumpy.ch.Ch
 """
+
 from __future__ import annotations
 
 import io
@@ -63,7 +64,7 @@ class _LegacyPickler(pickle._Pickler):
     def __init__(self, file, py2_strings=True):
         super().__init__(file, protocol=2 if py2_strings else 3)
         self.py2_strings = py2_strings
-        self._markers = {}   # keeps globals / dtypes unique, so they are memoised
+        self._markers = {}  # keeps globals / dtypes unique, so they are memoised
 
     def _marker(self, key, factory):
         if key not in self._markers:
@@ -74,9 +75,11 @@ class _LegacyPickler(pickle._Pickler):
         return self._marker(('global', module, name), lambda: _Global(module, name))
 
     def save_global_ref(self, obj):
-        self.write(pickle.GLOBAL + obj.module.encode('ascii') + b'\n'
-                   + obj.name.encode('ascii') + b'\n')
+        self.write(
+            pickle.GLOBAL + obj.module.encode('ascii') + b'\n' + obj.name.encode('ascii') + b'\n'
+        )
         self.memoize(obj)
+
     dispatch[_Global] = save_global_ref
 
     def save_py2_str(self, obj):
@@ -90,6 +93,7 @@ class _LegacyPickler(pickle._Pickler):
         else:
             self.write(pickle.BINSTRING + struct.pack('<I', len(data)) + data)
         self.memoize(obj)
+
     dispatch[str] = save_py2_str
     dispatch[bytes] = save_py2_str
 
@@ -112,8 +116,7 @@ class _LegacyPickler(pickle._Pickler):
         if data.dtype.byteorder == '>':
             data = data.astype(data.dtype.newbyteorder('<'))
         self.save(self.global_ref('numpy.core.multiarray', '_reconstruct'))
-        self.save((self.global_ref('numpy', 'ndarray'), (0,),
-                   'b' if self.py2_strings else b'b'))
+        self.save((self.global_ref('numpy', 'ndarray'), (0,), 'b' if self.py2_strings else b'b'))
         self.write(pickle.REDUCE)
         self.memoize(arr)
         self.write(pickle.MARK)
@@ -124,18 +127,28 @@ class _LegacyPickler(pickle._Pickler):
         self.save(data.tobytes())
         self.write(pickle.TUPLE)
         self.write(pickle.BUILD)
+
     dispatch[np.ndarray] = save_ndarray
 
     def save_chumpy(self, ch):
         self.save(self.global_ref('copy_reg', '_reconstructor'))
-        self.save((self.global_ref('chumpy.ch', 'Ch'), self.global_ref('__builtin__', 'object'),
-                   None))
+        self.save(
+            (self.global_ref('chumpy.ch', 'Ch'), self.global_ref('__builtin__', 'object'), None)
+        )
         self.write(pickle.REDUCE)
         self.memoize(ch)
         # A few of the attributes a pickled chumpy array carries.
-        self.save({'x': ch.x, '_cache': {'r': None, 'drs': {}}, '_itr': None,
-                   '_depends_on_deps': {}, 'label': None})
+        self.save(
+            {
+                'x': ch.x,
+                '_cache': {'r': None, 'drs': {}},
+                '_itr': None,
+                '_depends_on_deps': {},
+                'label': None,
+            }
+        )
         self.write(pickle.BUILD)
+
     dispatch[ChumpyArray] = save_chumpy
 
     def save_csc(self, m):
@@ -143,15 +156,23 @@ class _LegacyPickler(pickle._Pickler):
         self.save(self.global_ref('scipy.sparse.csc', 'csc_matrix'))
         self.write(pickle.EMPTY_TUPLE + pickle.NEWOBJ)
         self.memoize(m)
-        self.save({'_shape': tuple(int(n) for n in m.shape), 'maxprint': 50, 'format': 'csc',
-                   'data': np.asarray(m.data, np.float64),
-                   'indices': np.asarray(m.indices, np.int32),
-                   'indptr': np.asarray(m.indptr, np.int32)})
+        self.save(
+            {
+                '_shape': tuple(int(n) for n in m.shape),
+                'maxprint': 50,
+                'format': 'csc',
+                'data': np.asarray(m.data, np.float64),
+                'indices': np.asarray(m.indices, np.int32),
+                'indptr': np.asarray(m.indptr, np.int32),
+            }
+        )
         self.write(pickle.BUILD)
+
     dispatch[scipy.sparse.csc_matrix] = save_csc
 
     def save_np_scalar(self, x):
         self.save(x.item())
+
     for _t in (np.float64, np.float32, np.int64, np.int32, np.bool_, np.str_):
         dispatch[_t] = save_np_scalar
     del _t

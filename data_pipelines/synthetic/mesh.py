@@ -15,6 +15,7 @@ through choices that are made once (the split plan, the diagonals), so a mesh
 built again for other positions, with the same plan, has the same faces.
 Cage faces carry tags (the part they belong to) through every step.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,10 +23,10 @@ import scipy.sparse
 
 from data_pipelines.synthetic import sdf as sdf_lib
 
-
 # --------------------------------------------------------------------------
 # Polygon cage: box modelling with region extrusion
 # --------------------------------------------------------------------------
+
 
 class Cage:
     """Closed polygon mesh under construction.
@@ -87,11 +88,14 @@ class Cage:
         v = np.cross(a, u)
         new_id = {}
         for k, i in enumerate(rverts):
-            new_id[i] = self.add_vertex(center + lu[k] / hu * half_u * u
-                                        + lv[k] / hv * half_v * v)
-        directed = {(f[k], f[(k + 1) % len(f)]) for fi in region
-                    for f in [self.f[fi]] for k in range(len(f))}
-        for (i, j) in sorted(directed):
+            new_id[i] = self.add_vertex(center + lu[k] / hu * half_u * u + lv[k] / hv * half_v * v)
+        directed = {
+            (f[k], f[(k + 1) % len(f)])
+            for fi in region
+            for f in [self.f[fi]]
+            for k in range(len(f))
+        }
+        for i, j in sorted(directed):
             if (j, i) not in directed:  # boundary edge of the region
                 self.f.append([i, j, new_id[j], new_id[i]])
                 self.tag.append(tag)
@@ -111,7 +115,7 @@ class Cage:
         a, b, c, d = f[k0], f[(k0 + 1) % 4], f[(k0 + 2) % 4], f[(k0 + 3) % 4]
         m1 = self.add_vertex(0.5 * (self.v[a] + self.v[b]))
         m2 = self.add_vertex(0.5 * (self.v[c] + self.v[d]))
-        for (x, y, m) in ((a, b, m1), (c, d, m2)):
+        for x, y, m in ((a, b, m1), (c, d, m2)):
             for gi, g in enumerate(self.f):
                 if gi == fi:
                     continue
@@ -228,6 +232,7 @@ def subdivide(cage):
 # Triangle meshes
 # --------------------------------------------------------------------------
 
+
 def triangulate(V, quads):
     """Split each quad along its shorter diagonal."""
     q = np.asarray(quads)
@@ -271,17 +276,18 @@ def vertex_normals(V, F):
     """Area-weighted vertex normals."""
     n = np.cross(V[F[:, 1]] - V[F[:, 0]], V[F[:, 2]] - V[F[:, 0]])
     idx = F.ravel()
-    vn = np.stack([np.bincount(idx, np.repeat(n[:, c], 3), minlength=len(V))
-                   for c in range(3)], axis=1)
+    vn = np.stack(
+        [np.bincount(idx, np.repeat(n[:, c], 3), minlength=len(V)) for c in range(3)], axis=1
+    )
     return sdf_lib.normalized(vn)
 
 
 def adjacency(F, nv):
     """Row-normalised vertex adjacency (uniform Laplacian averaging)."""
     e = edges(F)
-    A = scipy.sparse.coo_matrix((np.ones(2 * len(e)), (np.r_[e[:, 0], e[:, 1]],
-                                                      np.r_[e[:, 1], e[:, 0]])),
-                                shape=(nv, nv)).tocsr()
+    A = scipy.sparse.coo_matrix(
+        (np.ones(2 * len(e)), (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])), shape=(nv, nv)
+    ).tocsr()
     deg = np.asarray(A.sum(axis=1)).ravel()
     return scipy.sparse.diags(1.0 / np.maximum(deg, 1)) @ A
 
@@ -372,6 +378,7 @@ def permutation(n, wanted):
 # Fitting to a signed distance function
 # --------------------------------------------------------------------------
 
+
 def fit_to_sdf(V, F, sdf, iters=24, relax=0.5, max_step=0.01, fixed_plane=None):
     """Pull vertices onto the SDF's zero set (Newton steps along the SDF
     gradient), alternating with tangential Laplacian relaxation, which keeps
@@ -384,7 +391,7 @@ def fit_to_sdf(V, F, sdf, iters=24, relax=0.5, max_step=0.01, fixed_plane=None):
     V = V.copy()
     near = None
     for it in range(iters):
-        if it % 8 == 0:   # vertices move < 8 cm between refreshes
+        if it % 8 == 0:  # vertices move < 8 cm between refreshes
             near = sdf.near_sets(V, margin=0.12)
         d, g = sdf(V, near=near)
         step = -d / np.maximum((g * g).sum(axis=1), 0.25)
@@ -429,7 +436,7 @@ def _unfold(V, F, M, fixed=None, rounds=60):
             break
         bad = np.zeros(len(V))
         bad[np.unique(F[np.r_[fa[folded], fb[folded]]])] = 1.0
-        region = (nbr @ (nbr @ bad + bad) + bad) > 0       # two rings around
+        region = (nbr @ (nbr @ bad + bad) + bad) > 0  # two rings around
         if fixed is not None:
             region[fixed] = False
         V[region] += 0.5 * (M @ V - V)[region]

@@ -21,6 +21,7 @@ Sequence pickles: written like Python 2's cPickle, protocol 2 with Python-2 `str
 therefore needs `pickle.load(f, encoding='latin1')`; the default ASCII decoding raises
 UnicodeDecodeError.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,15 +31,26 @@ from scipy.spatial.transform import Rotation
 
 from data_pipelines.synthetic import legacy_pickle, render
 from data_pipelines.synthetic.raw_common import (
-    SKIN_TONES, SMALL, Models, encode_jpg, item_rng, makedirs, mesh_faces, progress_bar, rot,
-    unit, wobble, write_bytes)
+    SKIN_TONES,
+    SMALL,
+    Models,
+    encode_jpg,
+    item_rng,
+    makedirs,
+    mesh_faces,
+    progress_bar,
+    rot,
+    unit,
+    wobble,
+    write_bytes,
+)
 from extpose_jax import skeletons
-
 
 THREEDPW_SPLITS = ('train', 'validation', 'test')
 _PLACES = ('courtyard', 'downtown', 'outdoors', 'flat', 'office')
-_HAIR = np.array([(30, 24, 20), (60, 40, 25), (110, 75, 40), (170, 140, 90), (90, 90, 90)],
-                 np.float64)
+_HAIR = np.array(
+    [(30, 24, 20), (60, 40, 25), (110, 75, 40), (170, 140, 90), (90, 90, 90)], np.float64
+)
 
 
 def openpose18_2d(kp_cam: np.ndarray, K: np.ndarray, size_wh, min_visible: int = 6) -> np.ndarray:
@@ -65,7 +77,17 @@ def openpose18_2d(kp_cam: np.ndarray, K: np.ndarray, size_wh, min_visible: int =
 # ----------------------------------------------------------------------------- 3DPW: motion
 
 # SMPL joint ids
-_L_HIP, _R_HIP, _SPINE1, _L_KNEE, _R_KNEE, _SPINE2, _L_ANKLE, _R_ANKLE, _SPINE3 = 1, 2, 3, 4, 5, 6, 7, 8, 9
+_L_HIP, _R_HIP, _SPINE1, _L_KNEE, _R_KNEE, _SPINE2, _L_ANKLE, _R_ANKLE, _SPINE3 = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+)
 _NECK, _L_COLLAR, _R_COLLAR, _HEAD, _L_SHOULDER, _R_SHOULDER = 12, 13, 14, 15, 16, 17
 _L_ELBOW, _R_ELBOW, _L_WRIST, _R_WRIST = 18, 19, 20, 21
 _X, _Y, _Z = np.eye(3)
@@ -73,9 +95,12 @@ _X, _Y, _Z = np.eye(3)
 # (lower, upper) bounds per joint and axis of the local axis-angle, radians: a coarse
 # anatomical box the motions stay in (checked after composing the rotations).
 _LIMITS = {
-    _L_HIP: ((-1.4, -0.5, -0.3), (0.6, 0.5, 0.8)), _R_HIP: ((-1.4, -0.5, -0.8), (0.6, 0.5, 0.3)),
-    _L_KNEE: ((-0.05, -0.2, -0.2), (2.2, 0.2, 0.2)), _R_KNEE: ((-0.05, -0.2, -0.2), (2.2, 0.2, 0.2)),
-    _L_ANKLE: ((-0.5, -0.3, -0.3), (0.6, 0.3, 0.3)), _R_ANKLE: ((-0.5, -0.3, -0.3), (0.6, 0.3, 0.3)),
+    _L_HIP: ((-1.4, -0.5, -0.3), (0.6, 0.5, 0.8)),
+    _R_HIP: ((-1.4, -0.5, -0.8), (0.6, 0.5, 0.3)),
+    _L_KNEE: ((-0.05, -0.2, -0.2), (2.2, 0.2, 0.2)),
+    _R_KNEE: ((-0.05, -0.2, -0.2), (2.2, 0.2, 0.2)),
+    _L_ANKLE: ((-0.5, -0.3, -0.3), (0.6, 0.3, 0.3)),
+    _R_ANKLE: ((-0.5, -0.3, -0.3), (0.6, 0.3, 0.3)),
 }
 
 
@@ -96,8 +121,14 @@ def _body_motion(rng: np.random.Generator, t: np.ndarray, walk: float, gesture: 
         P[:, j] = r.as_rotvec()
 
     hip = 0.42 * a
-    put(_L_HIP, rot(_X, -hip * s - 0.04 + wobble(rng, t, 0.04)) * rot(_Z, 0.05 + wobble(rng, t, 0.03)))
-    put(_R_HIP, rot(_X, hip * s - 0.04 + wobble(rng, t, 0.04)) * rot(_Z, -0.05 + wobble(rng, t, 0.03)))
+    put(
+        _L_HIP,
+        rot(_X, -hip * s - 0.04 + wobble(rng, t, 0.04)) * rot(_Z, 0.05 + wobble(rng, t, 0.03)),
+    )
+    put(
+        _R_HIP,
+        rot(_X, hip * s - 0.04 + wobble(rng, t, 0.04)) * rot(_Z, -0.05 + wobble(rng, t, 0.03)),
+    )
     knee_l = 0.08 + a * (0.15 + 0.95 * np.maximum(0.0, c) ** 2) + np.abs(wobble(rng, t, 0.04))
     knee_r = 0.08 + a * (0.15 + 0.95 * np.maximum(0.0, -c) ** 2) + np.abs(wobble(rng, t, 0.04))
     put(_L_KNEE, rot(_X, knee_l))
@@ -105,9 +136,12 @@ def _body_motion(rng: np.random.Generator, t: np.ndarray, walk: float, gesture: 
     put(_L_ANKLE, rot(_X, 0.12 * a * np.sin(phase + 1.2) + wobble(rng, t, 0.04)))
     put(_R_ANKLE, rot(_X, -0.12 * a * np.sin(phase + 1.2) + wobble(rng, t, 0.04)))
     for j, share in ((_SPINE1, 0.4), (_SPINE2, 0.3), (_SPINE3, 0.3)):
-        put(j, rot(_Y, share * (0.12 * a * s + wobble(rng, t, 0.1)))
+        put(
+            j,
+            rot(_Y, share * (0.12 * a * s + wobble(rng, t, 0.1)))
             * rot(_X, share * (0.1 + wobble(rng, t, 0.06)))
-            * rot(_Z, share * wobble(rng, t, 0.06)))
+            * rot(_Z, share * wobble(rng, t, 0.06)),
+        )
     put(_NECK, rot(_Y, wobble(rng, t, 0.12, 0.1, 0.5)) * rot(_X, 0.05 + wobble(rng, t, 0.05)))
     put(_HEAD, rot(_Y, wobble(rng, t, 0.2, 0.1, 0.5)) * rot(_X, wobble(rng, t, 0.08)))
     put(_L_COLLAR, rot(_Z, wobble(rng, t, 0.04)))
@@ -121,16 +155,16 @@ def _body_motion(rng: np.random.Generator, t: np.ndarray, walk: float, gesture: 
     elb_l = 0.25 + 0.3 * a * (1 + s) / 2 + np.abs(wobble(rng, t, 0.1))
     elb_r = 0.25 + 0.3 * a * (1 - s) / 2 + np.abs(wobble(rng, t, 0.1))
     elbow_r_z = np.zeros(T)
-    if gesture == 'wave':        # right arm raised to the side, forearm up, waving
+    if gesture == 'wave':  # right arm raised to the side, forearm up, waving
         down_r = 0.25 + wobble(rng, t, 0.05)
         sw_r = -0.3 + 0.0 * t
         elb_r = 0.2 + 0.0 * t
         elbow_r_z = -1.3 + 0.35 * np.sin(2 * np.pi * rng.uniform(1.0, 1.6) * t)
-    elif gesture == 'phone':     # right hand at the ear
+    elif gesture == 'phone':  # right hand at the ear
         down_r = 1.05 + wobble(rng, t, 0.03)
         sw_r = -0.35 + wobble(rng, t, 0.03)
         elb_r = 2.1 + wobble(rng, t, 0.05)
-    elif gesture == 'point':     # left arm pointing forward
+    elif gesture == 'point':  # left arm pointing forward
         down_l = 1.1 + wobble(rng, t, 0.05)
         sw_l = -1.1 + wobble(rng, t, 0.08)
         elb_l = 0.15 + np.abs(wobble(rng, t, 0.05))
@@ -152,7 +186,7 @@ def _actor_track(rng, t, start_xz, heading0, turn_rate, walk, speed):
     lean = 0.04 * walk + wobble(rng, t, 0.02)
     go = (rot(_Y, yaw) * rot(_X, lean)).as_rotvec()
     dt = np.diff(t, prepend=t[0])
-    vel = speed * np.stack([np.sin(heading), np.cos(heading)], 1)   # the body faces +z
+    vel = speed * np.stack([np.sin(heading), np.cos(heading)], 1)  # the body faces +z
     xz = np.asarray(start_xz, np.float64) + np.cumsum(vel * dt[:, None], axis=0)
     return go, xz
 
@@ -171,11 +205,32 @@ def _body_colors(rng, model) -> np.ndarray:
     long_sleeves = rng.random() < 0.55
     shorts = rng.random() < 0.2
     col = np.empty((len(V), 3))
-    region = {0: pants, 1: pants, 2: pants, 4: skin if shorts else pants,
-              5: skin if shorts else pants, 7: shoes, 8: shoes, 10: shoes, 11: shoes,
-              3: shirt, 6: shirt, 9: shirt, 13: shirt, 14: shirt, 16: shirt, 17: shirt,
-              18: shirt if long_sleeves else skin, 19: shirt if long_sleeves else skin,
-              12: skin, 15: skin, 20: skin, 21: skin, 22: skin, 23: skin}
+    region = {
+        0: pants,
+        1: pants,
+        2: pants,
+        4: skin if shorts else pants,
+        5: skin if shorts else pants,
+        7: shoes,
+        8: shoes,
+        10: shoes,
+        11: shoes,
+        3: shirt,
+        6: shirt,
+        9: shirt,
+        13: shirt,
+        14: shirt,
+        16: shirt,
+        17: shirt,
+        18: shirt if long_sleeves else skin,
+        19: shirt if long_sleeves else skin,
+        12: skin,
+        15: skin,
+        20: skin,
+        21: skin,
+        22: skin,
+        23: skin,
+    }
     for j in range(24):
         col[part == j] = region[j]
     head = J[_HEAD]
@@ -240,10 +295,12 @@ def _fit_camera(rng, pts_world, centers, size_wh, K, t, fill):
             continue
         uv = render.project(K, cam)
         tall = (uv[..., 1].max(1) - uv[..., 1].min(1)).max()
-        over = max(((uv[..., 0] - K[0, 2]) / (W / 2 - margin)).max(),
-                   ((K[0, 2] - uv[..., 0]) / (W / 2 - margin)).max(),
-                   ((uv[..., 1] - K[1, 2]) / (H / 2 - margin)).max(),
-                   ((K[1, 2] - uv[..., 1]) / (H / 2 - margin)).max())
+        over = max(
+            ((uv[..., 0] - K[0, 2]) / (W / 2 - margin)).max(),
+            ((K[0, 2] - uv[..., 0]) / (W / 2 - margin)).max(),
+            ((uv[..., 1] - K[1, 2]) / (H / 2 - margin)).max(),
+            ((K[1, 2] - uv[..., 1]) / (H / 2 - margin)).max(),
+        )
         scale = max(tall / (fill * H), over * 1.02)
         if abs(scale - 1) < 0.02 and over <= 1.0:
             break
@@ -258,30 +315,42 @@ class _Scene:
     """Ground, walls and sky of one 3DPW sequence (textures drawn once, seen by every frame)."""
 
     def __init__(self, rng, center_xz, view_dir_xz):
-        self.sky_top = np.array([rng.uniform(60, 140), rng.uniform(110, 170), rng.uniform(180, 250)])
+        self.sky_top = np.array(
+            [rng.uniform(60, 140), rng.uniform(110, 170), rng.uniform(180, 250)]
+        )
         self.sky_low = np.clip(self.sky_top + rng.uniform(40, 90), 0, 255)
-        if rng.random() < 0.3:   # overcast
+        if rng.random() < 0.3:  # overcast
             g = rng.uniform(150, 220)
             self.sky_top = np.array([g, g, g + 5])
             self.sky_low = np.clip(self.sky_top + 20, 0, 255)
         self.clouds = render.smooth_noise(rng, 128, 128, 5, 3)
-        self.ground = render.random_texture(rng, 256, 256, ['noise', 'checker', 'cells'][rng.integers(3)])
+        self.ground = render.random_texture(
+            rng, 256, 256, ['noise', 'checker', 'cells'][rng.integers(3)]
+        )
         self.ground_tile = rng.uniform(2.5, 8.0)
         self.walls = []
-        d = unit(np.array([view_dir_xz[0], 0.0, view_dir_xz[1]]))   # away from the camera
+        d = unit(np.array([view_dir_xz[0], 0.0, view_dir_xz[1]]))  # away from the camera
         c = np.array([center_xz[0], 0.0, center_xz[1]])
         for k in range(int(rng.integers(1, 4))):
             ang = [0.0, rng.uniform(0.9, 1.5), -rng.uniform(0.9, 1.5)][k]
-            n = Rotation.from_rotvec([0, ang, 0]).apply(d)          # from the centre to the wall
+            n = Rotation.from_rotvec([0, ang, 0]).apply(d)  # from the centre to the wall
             dist = rng.uniform(7, 18)
-            along = np.cross([0.0, 1.0, 0.0], n)                    # horizontal, in the wall
+            along = np.cross([0.0, 1.0, 0.0], n)  # horizontal, in the wall
             height = rng.uniform(3, 12)
             kind = ['cells', 'noise', 'stripes', 'gradient'][rng.integers(4)]
             tex = render.random_texture(rng, 256, 256, kind)
             render.add_random_shapes(rng, tex, int(rng.integers(0, 6)))
-            self.walls.append(dict(origin=c + dist * n + np.array([0.0, height, 0.0]), u=along,
-                                   v=np.array([0.0, -1.0, 0.0]), tex=tex, height=height,
-                                   tile=(rng.uniform(3, 10), height), shade=rng.uniform(0.7, 1.05)))
+            self.walls.append(
+                dict(
+                    origin=c + dist * n + np.array([0.0, height, 0.0]),
+                    u=along,
+                    v=np.array([0.0, -1.0, 0.0]),
+                    tex=tex,
+                    height=height,
+                    tile=(rng.uniform(3, 10), height),
+                    shade=rng.uniform(0.7, 1.05),
+                )
+            )
         self.sun = unit(np.array([rng.normal(), rng.uniform(0.6, 1.5), rng.normal()]))
         self.fog = self.sky_low
 
@@ -294,16 +363,55 @@ class _Scene:
         depth = np.full((H, W), np.inf)
         cloud_tex = np.repeat((self.clouds[..., None] * 255).astype(np.uint8), 3, axis=2)
         sky = img.copy()
-        render.render_plane(sky, K, R, t, [0, 300.0, 0], [1.0, 0, 0], [0, 0, 1.0], cloud_tex,
-                            (900.0, 900.0), fog_color=self.sky_low, fog_distance=2500.0, rays=rays)
+        render.render_plane(
+            sky,
+            K,
+            R,
+            t,
+            [0, 300.0, 0],
+            [1.0, 0, 0],
+            [0, 0, 1.0],
+            cloud_tex,
+            (900.0, 900.0),
+            fog_color=self.sky_low,
+            fog_distance=2500.0,
+            rays=rays,
+        )
         img = (0.65 * img + 0.35 * sky).astype(np.uint8)
         for w in self.walls:
-            render.render_plane(img, K, R, t, w['origin'], w['u'], w['v'], w['tex'], w['tile'],
-                                extent=(-60, 60, 0, w['height']), depth=depth, fog_color=self.fog,
-                                fog_distance=60.0, shade=w['shade'], rays=rays)
-        render.render_plane(img, K, R, t, [0, 0.0, 0], [1.0, 0, 0], [0, 0, 1.0], self.ground,
-                            (self.ground_tile, self.ground_tile), depth=depth, fog_color=self.fog,
-                            fog_distance=45.0, shade=0.95, rays=rays)
+            render.render_plane(
+                img,
+                K,
+                R,
+                t,
+                w['origin'],
+                w['u'],
+                w['v'],
+                w['tex'],
+                w['tile'],
+                extent=(-60, 60, 0, w['height']),
+                depth=depth,
+                fog_color=self.fog,
+                fog_distance=60.0,
+                shade=w['shade'],
+                rays=rays,
+            )
+        render.render_plane(
+            img,
+            K,
+            R,
+            t,
+            [0, 0.0, 0],
+            [1.0, 0, 0],
+            [0, 0, 1.0],
+            self.ground,
+            (self.ground_tile, self.ground_tile),
+            depth=depth,
+            fog_color=self.fog,
+            fog_distance=45.0,
+            shade=0.95,
+            rays=rays,
+        )
         return img
 
 
@@ -341,7 +449,7 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
             if together or walking:
                 st = start + lateral * arng.uniform(0.9, 1.3) * (1 if arng.random() < 0.5 else -1)
                 h0 = heading0 + arng.normal(0, 0.05)
-            else:   # facing each other, talking
+            else:  # facing each other, talking
                 st = start + fwd * arng.uniform(1.2, 1.8)
                 h0 = heading0 + np.pi + arng.normal(0, 0.35)
             wk = float(np.clip(walk + arng.normal(0, 0.05), 0.02, 1.0))
@@ -352,15 +460,26 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
         out = models.forward(model, poses60, np.broadcast_to(betas10, (n60, 10)))
         trans60 = np.zeros((n60, 3))
         trans60[:, 0], trans60[:, 2] = xz[:, 0], xz[:, 1]
-        trans60[:, 1] = -out['vertices'][..., 1].min(1)      # lowest vertex on the ground y = 0
+        trans60[:, 1] = -out['vertices'][..., 1].min(1)  # lowest vertex on the ground y = 0
         betas = betas10 if k == 0 else np.concatenate([betas10, np.zeros(290)])  # a 300-d track
-        actors.append(dict(gender=gender, model=model, betas=betas, betas10=betas10,
-                           poses60=poses60, trans60=trans60, out=out, rng=arng))
+        actors.append(
+            dict(
+                gender=gender,
+                model=model,
+                betas=betas,
+                betas10=betas10,
+                poses60=poses60,
+                trans60=trans60,
+                out=out,
+                rng=arng,
+            )
+        )
 
     # camera: orbit the people's centre, people fill `fill` of the image height
     ids = img_frame_ids
-    pts = np.concatenate([a['out']['vertices'][ids][:, ::7] + a['trans60'][ids][:, None]
-                          for a in actors], axis=1)
+    pts = np.concatenate(
+        [a['out']['vertices'][ids][:, ::7] + a['trans60'][ids][:, None] for a in actors], axis=1
+    )
     centers = np.stack([a['out']['joints'][ids][:, 0] + a['trans60'][ids] for a in actors]).mean(0)
     centers[:, 1] = 0.88
     f = W * rng.uniform(1.78, 1.86)
@@ -373,7 +492,7 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
     view = centers[0] - cam0
     scene = _Scene(rng, centers[0, [0, 2]], view[[0, 2]])
     meshes_static = []
-    if rng.random() < 0.4:   # a pillar or a box between the camera and the people
+    if rng.random() < 0.4:  # a pillar or a box between the camera and the people
         frac = rng.uniform(0.35, 0.6)
         p = cam0 + frac * (centers[n_frames // 2] - cam0)
         p += np.cross(unit(view), [0, 1.0, 0]) * rng.normal(0, 0.35)
@@ -381,8 +500,11 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
             size = (rng.uniform(0.15, 0.35), rng.uniform(1.5, 3.0), rng.uniform(0.15, 0.35))
         else:
             size = (rng.uniform(0.4, 1.0), rng.uniform(0.5, 1.1), rng.uniform(0.4, 1.0))
-        v, fc = render.box_mesh([p[0], size[1] / 2, p[2]], size,
-                                Rotation.from_rotvec([0, rng.uniform(0, np.pi), 0]).as_matrix())
+        v, fc = render.box_mesh(
+            [p[0], size[1] / 2, p[2]],
+            size,
+            Rotation.from_rotvec([0, rng.uniform(0, np.pi), 0]).as_matrix(),
+        )
         meshes_static.append((v, fc, render.random_color(rng, 40, 220)))
 
     colors = [_body_colors(a['rng'], a['model']) for a in actors]
@@ -397,8 +519,9 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
             meshes.append(render.Mesh(vw @ R.T + tt, faces, col))
         for v, fc, col in meshes_static:
             meshes.append(render.Mesh(v @ R.T + tt, fc, col))
-        img, _, _ = render.render_meshes(bg, meshes, K, light_dir=R @ scene.sun, ambient=0.5,
-                                         diffuse=0.62, supersample=2)
+        img, _, _ = render.render_meshes(
+            bg, meshes, K, light_dir=R @ scene.sun, ambient=0.5, diffuse=0.62, supersample=2
+        )
         frng = item_rng(seed, '3dpw', name, 'frame', i)
         img = render.random_blur(frng, img, 0.08, 0.06)
         frames.append(encode_jpg(render.sensor_noise(frng, img, (0.5, 2.5))))
@@ -409,19 +532,23 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
     poses2d, joint_positions, valid = [], [], []
     for k, a in enumerate(actors):
         out = a['out']
-        kp_world = (skeletons.convert(out['keypoints'][ids], 'body25', 'openpose18')
-                    + a['trans60'][ids][:, None])
+        kp_world = (
+            skeletons.convert(out['keypoints'][ids], 'body25', 'openpose18')
+            + a['trans60'][ids][:, None]
+        )
         kp_cam = np.einsum('fij,fpj->fpi', Rs, kp_world) + ts[:, None]
         poses2d.append(np.stack([openpose18_2d(kp_cam[i], K, size_wh) for i in range(n_frames)]))
-        joint_positions.append((out['joints'][ids] + a['trans60'][ids][:, None]).reshape(n_frames, 72))
+        joint_positions.append(
+            (out['joints'][ids] + a['trans60'][ids][:, None]).reshape(n_frames, 72)
+        )
         v = np.ones(n_frames, bool)
-        if k == 0 or a['rng'].random() < 0.5:   # a few frames whose camera pose is not aligned
+        if k == 0 or a['rng'].random() < 0.5:  # a few frames whose camera pose is not aligned
             run = int(a['rng'].integers(1, max(2, n_frames // 6) + 1))
             lo = int(a['rng'].integers(0, n_frames - run + 1))
-            v[lo:lo + run] = False
+            v[lo : lo + run] = False
         valid.append(v)
     tex_maps = []
-    for a, col in zip(actors, colors):   # a tiny 'texture': shirt over trousers
+    for a, col in zip(actors, colors):  # a tiny 'texture': shirt over trousers
         part = np.asarray(a['model'].weights).argmax(1)
         tm = np.zeros((16, 16, 3), np.uint8)
         tm[:8] = np.median(col[part == _SPINE2], axis=0).astype(np.uint8)
@@ -452,8 +579,9 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
     return data, frames
 
 
-def write_3dpw(root, body_models_dir, seed: int = 0, sequences=None, frames: int = 24,
-               image_size=(270, 480)) -> dict:
+def write_3dpw(
+    root, body_models_dir, seed: int = 0, sequences=None, frames: int = 24, image_size=(270, 480)
+) -> dict:
     """Writes a 3DPW-layout folder under `root`; returns a summary.
 
     sequences: {split: count} over 'train', 'validation', 'test' (default one each).

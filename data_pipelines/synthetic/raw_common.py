@@ -7,6 +7,7 @@ change without reshuffling the other items. Beside that: the SMALL / LARGE sizes
 (atomic, no fsync), JPEG encoding, small rotation helpers, the skin tones, and the body models
 posed on the CPU through the same JAX forward that training uses.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from data_pipelines import atomic_file
-
 
 # ----------------------------------------------------------------------------- sizes
 
@@ -36,8 +36,17 @@ LARGE = {
 }
 JPEG_QUALITY = 92
 
-SKIN_TONES = np.array([(236, 196, 172), (226, 178, 146), (205, 146, 110), (176, 120, 86),
-                       (134, 90, 62), (98, 66, 48)], np.float64)
+SKIN_TONES = np.array(
+    [
+        (236, 196, 172),
+        (226, 178, 146),
+        (205, 146, 110),
+        (176, 120, 86),
+        (134, 90, 62),
+        (98, 66, 48),
+    ],
+    np.float64,
+)
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -76,8 +85,7 @@ def write_json(path: str, obj) -> None:
 
 
 def progress_bar(total: int, desc: str):
-    return tqdm(total=total, desc=desc, unit='img', leave=False,
-                disable=not sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit='img', leave=False, disable=not sys.stderr.isatty())
 
 
 def rot(axis, angle) -> Rotation:
@@ -96,7 +104,7 @@ def align(a, b) -> np.ndarray:
     a, b = unit(a), unit(b)
     v = np.cross(a, b)
     c = float(np.dot(a, b))
-    if c < -1 + 1e-9:   # opposite: turn by pi about any axis perpendicular to a
+    if c < -1 + 1e-9:  # opposite: turn by pi about any axis perpendicular to a
         p = unit(np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0]))
         return Rotation.from_rotvec(np.pi * p).as_matrix()
     vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
@@ -107,8 +115,9 @@ def wobble(rng, t, amp, fmin=0.15, fmax=1.0, n=3):
     """A smooth random 1D signal (sum of sinusoids), about amp in size, over times t."""
     out = np.zeros_like(np.asarray(t, np.float64))
     for _ in range(n):
-        out += rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * rng.uniform(fmin, fmax) * t
-                                              + rng.uniform(0, 2 * np.pi))
+        out += rng.uniform(0.3, 1.0) * np.sin(
+            2 * np.pi * rng.uniform(fmin, fmax) * t + rng.uniform(0, 2 * np.pi)
+        )
     return amp * out / n * 1.6
 
 
@@ -119,7 +128,7 @@ class Models:
     """Lazily loaded body models and one jitted, fixed-shape forward per model kind."""
 
     CHUNK = 64
-    _fn = None   # jax.jit(body_models.forward), shared by every instance
+    _fn = None  # jax.jit(body_models.forward), shared by every instance
 
     def __init__(self, body_models_dir: str):
         self.dir = os.fspath(body_models_dir)
@@ -127,6 +136,7 @@ class Models:
 
     def smpl(self, gender: str):
         from extpose_jax import body_models as bm
+
         key = ('smpl', gender)
         if key not in self._cache:
             self._cache[key] = bm.load_smpl(self.dir, gender)
@@ -134,6 +144,7 @@ class Models:
 
     def mano(self, is_right: bool = True):
         from extpose_jax import body_models as bm
+
         key = ('mano', bool(is_right))
         if key not in self._cache:
             self._cache[key] = bm.load_mano(self.dir, is_right=is_right)
@@ -141,6 +152,7 @@ class Models:
 
     def hands_mean(self) -> np.ndarray:
         from extpose_jax import body_models as bm
+
         if 'hands_mean' not in self._cache:
             path = os.path.join(self.dir, 'mano', 'MANO_RIGHT.pkl')
             if not os.path.isfile(path):
@@ -152,14 +164,16 @@ class Models:
     def forward(self, model, pose: np.ndarray, betas: np.ndarray) -> dict:
         """body_models.forward on (N, P) axis-angle and (N, B) betas -> numpy float64 dict."""
         import jax
+
         from extpose_jax import body_models as bm
+
         if Models._fn is None:
             Models._fn = jax.jit(bm.forward)
         pose = np.asarray(pose, np.float32).reshape(len(pose), -1)
         betas = np.asarray(betas, np.float32).reshape(len(pose), -1)
         outs = {}
         for lo in range(0, len(pose), self.CHUNK):
-            p, b = pose[lo:lo + self.CHUNK], betas[lo:lo + self.CHUNK]
+            p, b = pose[lo : lo + self.CHUNK], betas[lo : lo + self.CHUNK]
             m = len(p)
             if m < self.CHUNK:
                 p = np.concatenate([p, np.zeros((self.CHUNK - m,) + p.shape[1:], p.dtype)])
@@ -172,4 +186,5 @@ class Models:
 
 def mesh_faces(model) -> np.ndarray:
     from extpose_jax import body_models as bm
+
     return bm.faces(model)

@@ -9,6 +9,7 @@ One right hand with a forearm per image; training images come in the dataset's f
 (green screen, then random textured backgrounds and hand colourisations), evaluation images
 over a random background, now and then behind a 2D occluder.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,16 +17,23 @@ import os
 import numpy as np
 
 from data_pipelines.synthetic import render
-from data_pipelines.synthetic.hands import (
-    HandRig, arm_meshes, finger_pose, hand_orientation, tint)
+from data_pipelines.synthetic.hands import HandRig, arm_meshes, finger_pose, hand_orientation, tint
 from data_pipelines.synthetic.raw_common import (
-    SKIN_TONES, Models, encode_jpg, item_rng, makedirs, mesh_faces, progress_bar, unit,
-    write_bytes, write_json)
+    SKIN_TONES,
+    Models,
+    encode_jpg,
+    item_rng,
+    makedirs,
+    mesh_faces,
+    progress_bar,
+    unit,
+    write_bytes,
+    write_json,
+)
 
-
-FREIHAND_VERSIONS = ('gs', 'hom', 'sample', 'auto')   # image id = idx + n * v
-FREIHAND_TIPS = (744, 320, 443, 555, 672)             # toolbox tips, not smplx's 554 / 671
-HAND_TIP_SLOTS = (4, 8, 12, 16, 20)                   # thumb, index, middle, ring, pinky
+FREIHAND_VERSIONS = ('gs', 'hom', 'sample', 'auto')  # image id = idx + n * v
+FREIHAND_TIPS = (744, 320, 443, 555, 672)  # toolbox tips, not smplx's 554 / 671
+HAND_TIP_SLOTS = (4, 8, 12, 16, 20)  # thumb, index, middle, ring, pinky
 
 
 def _green_screen(rng, size):
@@ -43,18 +51,23 @@ def _freihand_samples(seed, models, rig, split, n, size=224):
     for idx in range(n):
         rng = item_rng(seed, 'freihand', split, idx)
         f = rng.uniform(480, 650)
-        K = np.array([[f, 0, size / 2 + rng.uniform(-4, 4)], [0, f, size / 2 + rng.uniform(-4, 4)],
-                      [0, 0, 1.0]])
+        K = np.array(
+            [
+                [f, 0, size / 2 + rng.uniform(-4, 4)],
+                [0, f, size / 2 + rng.uniform(-4, 4)],
+                [0, 0, 1.0],
+            ]
+        )
         arm = unit([rng.normal(0, 0.5), rng.uniform(0.3, 1.0), rng.normal(0, 0.6)])
         flat = np.concatenate([hand_orientation(rng, rig, arm), finger_pose(rng, rig)])
         rel = flat.copy()
-        rel[3:] -= hands_mean                      # flat_hand_mean=False: relative to the mean
+        rel[3:] -= hands_mean  # flat_hand_mean=False: relative to the mean
         betas = np.clip(rng.normal(0, 0.7, 10), -2, 2)
         plans.append(dict(rng=rng, K=K, rel=rel, betas=betas))
     if not plans:
         return []
     pose = np.stack([p['rel'] for p in plans])
-    pose[:, 3:] += hands_mean                       # exactly what a reader does
+    pose[:, 3:] += hands_mean  # exactly what a reader does
     out = models.forward(right, pose, np.stack([p['betas'] for p in plans]))
     samples = []
     for i, p in enumerate(plans):
@@ -70,10 +83,10 @@ def _freihand_samples(seed, models, rig, split, n, size=224):
             z *= ext / (fill * size)
         root = np.array([0.0, 0.0, z])
         uv = render.project(K, v9 + root)
-        lo, hi = 6 - uv.min(0), size - 7 - uv.max(0)          # allowed pixel shifts
+        lo, hi = 6 - uv.min(0), size - 7 - uv.max(0)  # allowed pixel shifts
         shift = np.where(lo <= hi, lo + rng.random(2) * (hi - lo), (lo + hi) / 2)
         root[:2] = shift * z / np.array([K[0, 0], K[1, 1]])
-        for _ in range(5):                                     # perspective: settle the shift
+        for _ in range(5):  # perspective: settle the shift
             uv = render.project(K, v9 + root)
             over = np.maximum(6 - uv.min(0), 0) - np.maximum(uv.max(0) - (size - 7), 0)
             if not over.any():
@@ -86,10 +99,19 @@ def _freihand_samples(seed, models, rig, split, n, size=224):
         shift3 = root - kp[9]
         xyz = kp + shift3
         verts = verts + shift3
-        xyz[list(HAND_TIP_SLOTS)] = verts[list(FREIHAND_TIPS)]   # the toolbox's own tips
+        xyz[list(HAND_TIP_SLOTS)] = verts[list(FREIHAND_TIPS)]  # the toolbox's own tips
         mano = np.concatenate([p['rel'], p['betas'], uv_root, [s]])
-        samples.append(dict(rng=rng, K=K, mano=mano, xyz=xyz, verts=verts,
-                            wrist=joints[0] + shift3, scale=float(np.linalg.norm(xyz[9] - xyz[10]))))
+        samples.append(
+            dict(
+                rng=rng,
+                K=K,
+                mano=mano,
+                xyz=xyz,
+                verts=verts,
+                wrist=joints[0] + shift3,
+                scale=float(np.linalg.norm(xyz[9] - xyz[10])),
+            )
+        )
     return samples
 
 
@@ -102,23 +124,30 @@ def _render_freihand(seed, split, idx, sample, rig, faces, version: str, size=22
         color = skin
     else:
         bg = render.random_background(rng, (size, size))
-        color = skin if version in ('hom', 'eval') else tint(rng, skin, 0.25 if version == 'sample' else 0.4)
+        color = (
+            skin
+            if version in ('hom', 'eval')
+            else tint(rng, skin, 0.25 if version == 'sample' else 0.4)
+        )
     meshes = [render.Mesh(sample['verts'], faces, color, double_sided=True)]
-    arm_rng = item_rng(seed, 'freihand', split, idx, 'arm')    # the same forearm in every version
+    arm_rng = item_rng(seed, 'freihand', split, idx, 'arm')  # the same forearm in every version
     meshes += arm_meshes(rig, sample['verts'], sample['wrist'], arm_rng, color)
-    img, mask, depth = render.render_meshes(bg, meshes, sample['K'], light_dir=sample['light'],
-                                            ambient=0.4, diffuse=0.7, supersample=2)
-    if version == 'eval' and rng.random() < 0.3:          # something in front of the hand
+    img, mask, depth = render.render_meshes(
+        bg, meshes, sample['K'], light_dir=sample['light'], ambient=0.4, diffuse=0.7, supersample=2
+    )
+    if version == 'eval' and rng.random() < 0.3:  # something in front of the hand
         ys, xs = np.nonzero(mask == 0)
         if len(xs):
-            render.add_occluders(rng, img, mask, depth, (xs.min(), ys.min(), xs.max(), ys.max()),
-                                 1, (0.15, 0.35))
+            render.add_occluders(
+                rng, img, mask, depth, (xs.min(), ys.min(), xs.max(), ys.max()), 1, (0.15, 0.35)
+            )
     img = render.sensor_noise(rng, render.random_blur(rng, img, 0.05, 0.05), (0.5, 2.0))
     return img, mask
 
 
-def write_freihand(root, body_models_dir, seed: int = 0, train: int = 16,
-                   evaluation: int = 8) -> dict:
+def write_freihand(
+    root, body_models_dir, seed: int = 0, train: int = 16, evaluation: int = 8
+) -> dict:
     """Writes FreiHAND_pub_v2/ and FreiHAND_pub_v2_eval/ under `root`; returns a summary.
 
     training: rgb/%08d.jpg for 4 versions (gs, hom, sample, auto: the same hand over a green
@@ -155,7 +184,7 @@ def write_freihand(root, body_models_dir, seed: int = 0, train: int = 16,
                     write_bytes(os.path.join(rgb_dir, f'{image_id:08d}.jpg'), jpg)
                     if split == 'evaluation':
                         write_bytes(os.path.join(eval_rgb, f'{image_id:08d}.jpg'), jpg)
-                    if v == 0 and split == 'training':   # hand + forearm foreground
+                    if v == 0 and split == 'training':  # hand + forearm foreground
                         fg = (mask >= 0).astype(np.uint8) * 255
                         write_bytes(os.path.join(mask_dir, f'{idx:08d}.jpg'), encode_jpg(fg))
                     bar.update(1)

@@ -7,6 +7,7 @@ hands (third-person for newdays, egocentric for epick and ego4d) over a random b
 and then behind a 2D occluder; each keypoint's occlusion label comes from the renderer's depth
 map and face ids.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,12 +16,25 @@ import numpy as np
 
 from data_pipelines.synthetic import render
 from data_pipelines.synthetic.hands import (
-    HandRig, arm_meshes, finger_pose, hand_orientation, mirror_pose)
+    HandRig,
+    arm_meshes,
+    finger_pose,
+    hand_orientation,
+    mirror_pose,
+)
 from data_pipelines.synthetic.raw_common import (
-    SKIN_TONES, Models, encode_jpg, item_rng, makedirs, mesh_faces, progress_bar, unit,
-    write_bytes, write_json)
+    SKIN_TONES,
+    Models,
+    encode_jpg,
+    item_rng,
+    makedirs,
+    mesh_faces,
+    progress_bar,
+    unit,
+    write_bytes,
+    write_json,
+)
 from extpose_jax import skeletons
-
 
 HINT_SPLITS = ('TRAIN', 'VAL', 'TEST')
 HINT_SOURCES = ('newdays', 'epick', 'ego4d')
@@ -41,10 +55,12 @@ def _hint_image_id(rng, source: str) -> str:
     """An image id in the source's real naming style (the stem without _l / _r)."""
     if source == 'newdays':
         yt = ''.join(_YT[i] for i in rng.integers(0, len(_YT), 11))
-        return f'ND_{yt}_frame{int(rng.integers(0, 10 ** 6)):06d}'
+        return f'ND_{yt}_frame{int(rng.integers(0, 10**6)):06d}'
     if source == 'epick':
-        return (f'EK_{int(rng.integers(0, 10000)):04d}_P{int(rng.integers(1, 38)):02d}_'
-                f'{int(rng.integers(1, 30)):02d}_frame_{int(rng.integers(0, 10 ** 6)):010d}')
+        return (
+            f'EK_{int(rng.integers(0, 10000)):04d}_P{int(rng.integers(1, 38)):02d}_'
+            f'{int(rng.integers(1, 30)):02d}_frame_{int(rng.integers(0, 10**6)):010d}'
+        )
     if source == 'ego4d':
         stage = ['pre', 'pnr', 'post'][rng.integers(3)]
         which = ['frame', '15', '30', '45'][rng.integers(4)]
@@ -59,7 +75,7 @@ def _hint_hand_design(rng, rig, K, size_wh, source, on_right_half):
     z = rng.uniform(0.32, 0.55) if ego else rng.uniform(0.45, 0.9)
     u = rng.uniform(0.55, 0.8) * W if on_right_half else rng.uniform(0.3, 0.7) * W
     v = rng.uniform(0.45, 0.75) * H
-    if ego:   # the arm comes from the bottom (right) towards the camera
+    if ego:  # the arm comes from the bottom (right) towards the camera
         arm = unit([rng.uniform(0.1, 0.6), rng.uniform(0.5, 1.0), -rng.uniform(0.1, 0.6)])
     else:
         arm = unit([rng.normal(0.3, 0.4), rng.uniform(0.2, 1.0), rng.normal(0.0, 0.5)])
@@ -68,7 +84,13 @@ def _hint_hand_design(rng, rig, K, size_wh, source, on_right_half):
     return dict(pose=pose, betas=np.clip(rng.normal(0, 0.7, 10), -2, 2), wrist=wrist)
 
 
-_TIP_JOINT = (15, 3, 6, 12, 9)   # MANO joint under each tip vertex: thumb, index, middle, ring, pinky
+_TIP_JOINT = (
+    15,
+    3,
+    6,
+    12,
+    9,
+)  # MANO joint under each tip vertex: thumb, index, middle, ring, pinky
 
 
 def _hand_parts(model):
@@ -90,8 +112,7 @@ def _hand_parts(model):
     return face_part, own
 
 
-def _keypoint_occlusion(kp_cam, uv, mask, depth, face_ids, mesh_id, face_part, own,
-                        max_skin=0.035):
+def _keypoint_occlusion(kp_cam, uv, mask, depth, face_ids, mesh_id, face_part, own, max_skin=0.035):
     """21 x 0/1, 1 = occluded, for the hand drawn as mesh `mesh_id`.
 
     At the keypoint's pixel: a 2D occluder, or another mesh in front of the keypoint, hides it;
@@ -128,14 +149,21 @@ def _render_hint_image(seed, models, rig, split, source, n):
     hands = []
     for side in sides:
         d = _hint_hand_design(rng, rig, K, (W, H), source, on_right_half=two)
-        if side == 'left':   # the mirror image of a right-hand design through the y-z plane
+        if side == 'left':  # the mirror image of a right-hand design through the y-z plane
             d['pose'] = mirror_pose(d['pose'])
             d['wrist'] = d['wrist'] * np.array([-1.0, 1.0, 1.0])
         model = models.mano(side == 'right')
         out = models.forward(model, d['pose'][None], d['betas'][None])
         shift = d['wrist'] - out['joints'][0, 0]
-        hands.append(dict(side=side, model=model, verts=out['vertices'][0] + shift,
-                          kp3d=out['keypoints'][0] + shift, wrist=d['wrist']))
+        hands.append(
+            dict(
+                side=side,
+                model=model,
+                verts=out['vertices'][0] + shift,
+                kp3d=out['keypoints'][0] + shift,
+                wrist=d['wrist'],
+            )
+        )
     # keep every hand on the image: shrink towards the centre / push back if needed
     for h in hands:
         for _ in range(6):
@@ -152,12 +180,13 @@ def _render_hint_image(seed, models, rig, split, source, n):
     meshes = []
     for h in hands:
         meshes.append(render.Mesh(h['verts'], mesh_faces(h['model']), skin, double_sided=True))
-    for h in hands:   # a mirrored mesh keeps the vertex ids, so the wrist loop is the same
+    for h in hands:  # a mirrored mesh keeps the vertex ids, so the wrist loop is the same
         meshes += arm_meshes(rig, h['verts'], h['wrist'], rng, skin)
     light = unit([rng.normal(0, 0.6), rng.normal(-0.6, 0.4), -1.0])
-    img, mask, depth, face_ids = render.render_meshes(bg, meshes, K, light_dir=light,
-                                                      supersample=2, return_faces=True)
-    face_part, own = _hand_parts(models.mano(True))   # mirroring keeps the vertex / face ids
+    img, mask, depth, face_ids = render.render_meshes(
+        bg, meshes, K, light_dir=light, supersample=2, return_faces=True
+    )
+    face_part, own = _hand_parts(models.mano(True))  # mirroring keeps the vertex / face ids
     results = []
     for k, h in enumerate(hands):
         uv_v = render.project(K, h['verts'])
@@ -173,15 +202,23 @@ def _render_hint_image(seed, models, rig, split, source, n):
         pad = rng.uniform(0.0, 0.06) * (hi - lo) + 1.0
         lo = np.maximum(lo - pad, 0.0)
         hi = np.minimum(hi + pad, [W - 1.0, H - 1.0])
-        results.append(dict(side=h['side'], keypoints=h['uv'], kp3d=h['kp3d'], occlusion=occ,
-                            bbox=np.concatenate([lo, hi])))
+        results.append(
+            dict(
+                side=h['side'],
+                keypoints=h['uv'],
+                kp3d=h['kp3d'],
+                occlusion=occ,
+                bbox=np.concatenate([lo, hi]),
+            )
+        )
     img = render.random_blur(rng, img, 0.1, 0.08)
     img = render.sensor_noise(rng, img, (0.5, 3.0))
     return img, results, K
 
 
-def write_hint(root, body_models_dir, seed: int = 0, per_folder: int = 4,
-               ego4d_images: bool = True) -> dict:
+def write_hint(
+    root, body_models_dir, seed: int = 0, per_folder: int = 4, ego4d_images: bool = True
+) -> dict:
     """Writes HInt_annotation_partial/{TRAIN,VAL,TEST}_{newdays,epick,ego4d}_img/.
 
     per_folder images per folder; an image shows one or two hands (a left and a right one) and a
@@ -209,13 +246,19 @@ def write_hint(root, body_models_dir, seed: int = 0, per_folder: int = 4,
                     image_id = _hint_image_id(item_rng(seed, 'hint-name', split, source, n), source)
                     jpg = encode_jpg(img)
                     for h in hands:
-                        stem = f"{image_id}_{h['side'][0]}"
-                        ann = [{'bbox': [[float(x) for x in h['bbox']]],
+                        stem = f'{image_id}_{h["side"][0]}'
+                        ann = [
+                            {
+                                'bbox': [[float(x) for x in h['bbox']]],
                                 'keypoints': [[float(u), float(v)] for u, v in h['keypoints']],
-                                'occlusion': [int(o) for o in h['occlusion']]}]
+                                'occlusion': [int(o) for o in h['occlusion']],
+                            }
+                        ]
                         write_json(os.path.join(folder, stem + '.json'), ann)
                         if source != 'ego4d' or ego4d_images:
                             write_bytes(os.path.join(folder, stem + '.jpg'), jpg)
-                        manifest[os.path.join(folder, stem)] = dict(side=h['side'], K=K, kp3d=h['kp3d'])
+                        manifest[os.path.join(folder, stem)] = dict(
+                            side=h['side'], K=K, kp3d=h['kp3d']
+                        )
                     bar.update(1)
     return {'root': root, 'hands': manifest}

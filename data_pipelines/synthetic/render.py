@@ -28,6 +28,7 @@ The remaining helpers make the rest of a synthetic image: smooth-noise textures,
 backgrounds, a textured plane seen by a perspective camera (ground / backdrop), 2D occluders
 and motion / defocus blur. All randomness comes from a `numpy.random.Generator` passed in.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,9 +39,9 @@ import numpy as np
 
 BACKGROUND_ID = -1
 OCCLUDER_ID = -2
-DEFAULT_LIGHT = (-0.35, -0.55, -0.75)   # towards the light, camera frame: upper left, in front
-_SHIFT = 4                                # fillConvexPoly sub-pixel bits
-_MAX_COORD = 1.0e5                        # pixels; farther triangles are dropped
+DEFAULT_LIGHT = (-0.35, -0.55, -0.75)  # towards the light, camera frame: upper left, in front
+_SHIFT = 4  # fillConvexPoly sub-pixel bits
+_MAX_COORD = 1.0e5  # pixels; farther triangles are dropped
 
 
 @dataclasses.dataclass
@@ -51,6 +52,7 @@ class Mesh:
     outside. color: (3,) base colour or (V, 3) per-vertex colours, 0..255. double_sided: draw
     back faces too (their normal flipped), for open meshes such as MANO's wrist.
     """
+
     vertices: np.ndarray
     faces: np.ndarray
     color: np.ndarray
@@ -100,7 +102,12 @@ def project(K: np.ndarray, points: np.ndarray) -> np.ndarray:
 def inside_image(uv: np.ndarray, size_wh, z: Optional[np.ndarray] = None) -> np.ndarray:
     """Bool mask of points on the image: [-0.5, W - 0.5) x [-0.5, H - 0.5), and z > 0 if given."""
     w, h = size_wh
-    ok = (uv[..., 0] >= -0.5) & (uv[..., 0] < w - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] < h - 0.5)
+    ok = (
+        (uv[..., 0] >= -0.5)
+        & (uv[..., 0] < w - 0.5)
+        & (uv[..., 1] >= -0.5)
+        & (uv[..., 1] < h - 0.5)
+    )
     if z is not None:
         ok &= np.asarray(z) > 0
     return ok
@@ -112,10 +119,18 @@ def _supersampled_K(K: np.ndarray, s: int) -> np.ndarray:
     return S @ np.asarray(K, np.float64)
 
 
-def render_meshes(image: np.ndarray, meshes: Sequence[MeshLike], K: np.ndarray,
-                  light_dir=DEFAULT_LIGHT, ambient: float = 0.38, diffuse: float = 0.72,
-                  cull_back_faces: bool = True, supersample: int = 1, near: float = 1e-2,
-                  return_faces: bool = False):
+def render_meshes(
+    image: np.ndarray,
+    meshes: Sequence[MeshLike],
+    K: np.ndarray,
+    light_dir=DEFAULT_LIGHT,
+    ambient: float = 0.38,
+    diffuse: float = 0.72,
+    cull_back_faces: bool = True,
+    supersample: int = 1,
+    near: float = 1e-2,
+    return_faces: bool = False,
+):
     """Draws meshes over `image` (H, W, 3) uint8 with intrinsics K (3, 3).
 
     meshes: `Mesh` objects, or tuples / dicts (vertices, faces, color[, double_sided]). The mesh id
@@ -150,7 +165,7 @@ def render_meshes(image: np.ndarray, meshes: Sequence[MeshLike], K: np.ndarray,
         vnormal.append(vertex_normals(m.vertices, m.faces))
         tri = m.vertices[m.faces]
         fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        front = np.einsum('fk,fk->f', fn, tri[:, 0]) < 0      # normal points at the camera
+        front = np.einsum('fk,fk->f', fn, tri[:, 0]) < 0  # normal points at the camera
         keep = np.ones(len(m.faces), bool) if (m.double_sided or not cull_back_faces) else front
         faces[-1] = faces[-1][keep]
         face_front.append(front[keep])
@@ -199,12 +214,12 @@ def render_meshes(image: np.ndarray, meshes: Sequence[MeshLike], K: np.ndarray,
     lam = np.clip(np.stack([1.0 - lb - lc, lb, lc], 1), 0.0, 1.0)
     lam /= np.maximum(lam.sum(1, keepdims=True), 1e-12)
     tri_v = F[fid]
-    w = lam / z[tri_v]                                      # perspective-correct weights
+    w = lam / z[tri_v]  # perspective-correct weights
     zs = 1.0 / w.sum(1)
     w *= zs[:, None]
     n = np.einsum('pk,pkc->pc', w, N[tri_v])
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    n[~FF[fid]] *= -1.0                                     # inside of an open mesh
+    n[~FF[fid]] *= -1.0  # inside of an open mesh
     col = np.einsum('pk,pkc->pc', w, C[tri_v])
     shade = ambient + diffuse * np.clip(n @ L, 0.0, None)
     col = np.clip(col * shade[:, None], 0, 255)
@@ -275,7 +290,7 @@ def tube_mesh(p0, p1, r0, r1, segments: int = 16, caps: bool = True):
     n = segments
     for i in range(n):
         j = (i + 1) % n
-        faces += [(i, j, n + j), (i, n + j, n + i)]   # outward: (u, v, a) is right-handed
+        faces += [(i, j, n + j), (i, n + j, n + i)]  # outward: (u, v, a) is right-handed
         if caps:
             faces += [(2 * n, j, i), (2 * n + 1, n + i, n + j)]
     return verts, np.asarray(faces, np.int64)
@@ -284,8 +299,14 @@ def tube_mesh(p0, p1, r0, r1, segments: int = 16, caps: bool = True):
 # ----------------------------------------------------------------------------- textures
 
 
-def smooth_noise(rng: np.random.Generator, h: int, w: int, octaves: int = 4,
-                 base_cells: int = 3, persistence: float = 0.55) -> np.ndarray:
+def smooth_noise(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    octaves: int = 4,
+    base_cells: int = 3,
+    persistence: float = 0.55,
+) -> np.ndarray:
     """Fractal value noise in [0, 1], (h, w) float32: random grids upsampled bicubically."""
     out = np.zeros((h, w), np.float32)
     amp, total = 1.0, 0.0
@@ -316,15 +337,18 @@ def _palette_map(t: np.ndarray, colors: np.ndarray) -> np.ndarray:
     return colors[i] * (1 - f) + colors[i + 1] * f
 
 
-def random_texture(rng: np.random.Generator, h: int, w: int, kind: Optional[str] = None) -> np.ndarray:
+def random_texture(
+    rng: np.random.Generator, h: int, w: int, kind: Optional[str] = None
+) -> np.ndarray:
     """A random (h, w, 3) uint8 texture: 'noise', 'gradient', 'stripes', 'checker' or 'cells'."""
     kinds = ('noise', 'gradient', 'stripes', 'checker', 'cells')
     kind = kind or kinds[int(rng.integers(len(kinds)))]
     colors = np.stack([random_color(rng) for _ in range(int(rng.integers(2, 5)))])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if kind == 'noise':
-        t = smooth_noise(rng, h, w, octaves=int(rng.integers(3, 6)),
-                         base_cells=int(rng.integers(2, 6)))
+        t = smooth_noise(
+            rng, h, w, octaves=int(rng.integers(3, 6)), base_cells=int(rng.integers(2, 6))
+        )
     elif kind == 'gradient':
         ang = rng.uniform(0, 2 * np.pi)
         t = np.cos(ang) * xx / max(w, 1) + np.sin(ang) * yy / max(h, 1)
@@ -339,7 +363,7 @@ def random_texture(rng: np.random.Generator, h: int, w: int, kind: Optional[str]
         cell = rng.uniform(0.04, 0.2) * max(h, w)
         t = ((np.floor(xx / cell) + np.floor(yy / cell)) % 2).astype(np.float32)
         t = 0.8 * t + 0.2 * smooth_noise(rng, h, w, 3, 8)
-    elif kind == 'cells':   # tiles / bricks / windows
+    elif kind == 'cells':  # tiles / bricks / windows
         cw, ch = rng.uniform(0.05, 0.25, 2) * max(h, w)
         gap = rng.uniform(0.05, 0.2)
         fx, fy = (xx / cw) % 1.0, (yy / ch) % 1.0
@@ -365,15 +389,26 @@ def add_random_shapes(rng: np.random.Generator, image: np.ndarray, count: int) -
         elif kind == 1:
             cv2.circle(image, (x, y), max(2, size // 2), color, -1, cv2.LINE_AA)
         elif kind == 2:
-            cv2.ellipse(image, (x, y), (max(2, size // 2), max(2, int(size * rng.uniform(0.1, 0.5)))),
-                        float(rng.uniform(0, 180)), 0, 360, color, -1, cv2.LINE_AA)
+            cv2.ellipse(
+                image,
+                (x, y),
+                (max(2, size // 2), max(2, int(size * rng.uniform(0.1, 0.5)))),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                color,
+                -1,
+                cv2.LINE_AA,
+            )
         else:
             x2, y2 = int(rng.integers(0, w)), int(rng.integers(0, h))
             cv2.line(image, (x, y), (x2, y2), color, int(rng.integers(1, 6)), cv2.LINE_AA)
     return image
 
 
-def random_background(rng: np.random.Generator, size_wh, shapes: Optional[int] = None) -> np.ndarray:
+def random_background(
+    rng: np.random.Generator, size_wh, shapes: Optional[int] = None
+) -> np.ndarray:
     """A (H, W, 3) uint8 background: a random texture, some shapes, a soft vignette."""
     w, h = size_wh
     img = random_texture(rng, h, w)
@@ -393,7 +428,7 @@ def pixel_rays(K: np.ndarray, R: np.ndarray, size_wh) -> np.ndarray:
     W, H = size_wh
     ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
     cam = np.stack([xs, ys, np.ones_like(xs)], -1) @ np.linalg.inv(np.asarray(K, np.float64)).T
-    return cam @ np.asarray(R, np.float64)          # R^T d for every pixel
+    return cam @ np.asarray(R, np.float64)  # R^T d for every pixel
 
 
 def _remap_points(tex: np.ndarray, mx: np.ndarray, my: np.ndarray) -> np.ndarray:
@@ -408,10 +443,23 @@ def _remap_points(tex: np.ndarray, mx: np.ndarray, my: np.ndarray) -> np.ndarray
     return out.reshape(rows * cols, -1)[:n]
 
 
-def render_plane(image: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray, origin,
-                 axis_u, axis_v, texture: np.ndarray, tile_size_m, extent=None,
-                 depth: Optional[np.ndarray] = None, fog_color=None, fog_distance: float = 40.0,
-                 shade: float = 1.0, rays: Optional[np.ndarray] = None) -> np.ndarray:
+def render_plane(
+    image: np.ndarray,
+    K: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    origin,
+    axis_u,
+    axis_v,
+    texture: np.ndarray,
+    tile_size_m,
+    extent=None,
+    depth: Optional[np.ndarray] = None,
+    fog_color=None,
+    fog_distance: float = 40.0,
+    shade: float = 1.0,
+    rays: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """Draws an infinite (or `extent`-limited) textured plane into `image` (in place).
 
     The plane is {origin + a axis_u + b axis_v} in the world frame, seen by a camera with
@@ -432,7 +480,7 @@ def render_plane(image: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray,
     denom = rays @ n
     num = (o - C) @ n
     with np.errstate(divide='ignore', invalid='ignore'):
-        s_all = num / denom                                     # = camera z of the hit
+        s_all = num / denom  # = camera z of the hit
     hit = np.isfinite(s_all) & (s_all > 1e-3)
     if depth is not None:
         hit &= s_all < depth
@@ -471,7 +519,9 @@ def render_plane(image: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray,
         for lev, wgt in ((k, 1 - frac[sel]), (min(k + 1, len(pyramid) - 1), frac[sel])):
             tex = pyramid[lev]
             sx, sy = tex.shape[1] / tw, tex.shape[0] / th
-            sample = _remap_points(tex, mu[sel] * sx - 0.5 * (1 - sx), mv[sel] * sy - 0.5 * (1 - sy))
+            sample = _remap_points(
+                tex, mu[sel] * sx - 0.5 * (1 - sx), mv[sel] * sy - 0.5 * (1 - sy)
+            )
             col[sel] += wgt * sample
     col *= shade
     if fog_color is not None:
@@ -487,8 +537,15 @@ def render_plane(image: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray,
 # ----------------------------------------------------------------------------- occluders and blur
 
 
-def add_occluders(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
-                  depth: np.ndarray, box, count: int = 1, coverage=(0.15, 0.5)) -> np.ndarray:
+def add_occluders(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    mask: np.ndarray,
+    depth: np.ndarray,
+    box,
+    count: int = 1,
+    coverage=(0.15, 0.5),
+) -> np.ndarray:
     """Pastes `count` textured rectangles / ellipses partly over `box` = (x0, y0, x1, y1).
 
     Updates image, mask (OCCLUDER_ID) and depth (0: in front of everything) in place; returns the
@@ -510,9 +567,17 @@ def add_occluders(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
             rect = ((float(cx), float(cy)), (float(fw), float(fh)), float(ang))
             cv2.fillConvexPoly(shape, np.round(cv2.boxPoints(rect)).astype(np.int32), 1, cv2.LINE_8)
         else:
-            cv2.ellipse(shape, (int(round(cx)), int(round(cy))),
-                        (max(2, int(fw / 2)), max(2, int(fh / 2))), float(rng.uniform(0, 180)),
-                        0, 360, 1, -1, cv2.LINE_8)
+            cv2.ellipse(
+                shape,
+                (int(round(cx)), int(round(cy))),
+                (max(2, int(fw / 2)), max(2, int(fh / 2))),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                1,
+                -1,
+                cv2.LINE_8,
+            )
         sel = shape.astype(bool)
         if not sel.any():
             continue
@@ -532,8 +597,15 @@ def motion_blur(image: np.ndarray, length: float, angle_deg: float) -> np.ndarra
     k = np.zeros((n, n), np.float32)
     c = n // 2
     d = np.array([np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))]) * length / 2
-    cv2.line(k, (int(round(c - d[0] * 16)), int(round(c - d[1] * 16))),
-             (int(round(c + d[0] * 16)), int(round(c + d[1] * 16))), 1.0, 1, cv2.LINE_AA, 4)
+    cv2.line(
+        k,
+        (int(round(c - d[0] * 16)), int(round(c - d[1] * 16))),
+        (int(round(c + d[0] * 16)), int(round(c + d[1] * 16))),
+        1.0,
+        1,
+        cv2.LINE_AA,
+        4,
+    )
     k /= max(k.sum(), 1e-6)
     return cv2.filter2D(image, -1, k, borderType=cv2.BORDER_REFLECT)
 
@@ -547,8 +619,9 @@ def defocus_blur(image: np.ndarray, radius: float) -> np.ndarray:
     return cv2.filter2D(image, -1, k, borderType=cv2.BORDER_REFLECT)
 
 
-def random_blur(rng: np.random.Generator, image: np.ndarray, p_motion: float = 0.1,
-                p_defocus: float = 0.1) -> np.ndarray:
+def random_blur(
+    rng: np.random.Generator, image: np.ndarray, p_motion: float = 0.1, p_defocus: float = 0.1
+) -> np.ndarray:
     """Now and then a motion or defocus blur (sizes relative to the image diagonal)."""
     diag = float(np.hypot(*image.shape[:2]))
     r = rng.random()
@@ -566,8 +639,26 @@ def sensor_noise(rng: np.random.Generator, image: np.ndarray, sigma=(0.5, 3.0)) 
 
 
 __all__ = [
-    'BACKGROUND_ID', 'OCCLUDER_ID', 'DEFAULT_LIGHT', 'Mesh', 'render_meshes', 'vertex_normals',
-    'project', 'inside_image', 'box_mesh', 'tube_mesh', 'smooth_noise', 'random_color',
-    'random_texture', 'add_random_shapes', 'random_background', 'pixel_rays', 'render_plane', 'add_occluders',
-    'motion_blur', 'defocus_blur', 'random_blur', 'sensor_noise',
+    'BACKGROUND_ID',
+    'OCCLUDER_ID',
+    'DEFAULT_LIGHT',
+    'Mesh',
+    'render_meshes',
+    'vertex_normals',
+    'project',
+    'inside_image',
+    'box_mesh',
+    'tube_mesh',
+    'smooth_noise',
+    'random_color',
+    'random_texture',
+    'add_random_shapes',
+    'random_background',
+    'pixel_rays',
+    'render_plane',
+    'add_occluders',
+    'motion_blur',
+    'defocus_blur',
+    'random_blur',
+    'sensor_noise',
 ]

@@ -9,6 +9,7 @@ between parts that touch; regressor rows are convex combinations of vertices
 around the joint (so the joints move with the surface); pose correctives stay
 small and local to each joint.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,10 @@ def skinning_weights(V, F, tags, bones, part_joints, iters, max_influences=4):
         ids = np.nonzero(tags == part)[0]
         if not len(ids):
             continue
-        dist = np.stack([np.linalg.norm(_offsets_from_segment(V[ids], *bones[j]), axis=1)
-                         for j in joints], axis=1)
+        dist = np.stack(
+            [np.linalg.norm(_offsets_from_segment(V[ids], *bones[j]), axis=1) for j in joints],
+            axis=1,
+        )
         labels[ids] = np.array(joints)[dist.argmin(axis=1)]
     W = np.zeros((len(V), len(bones)))
     W[np.arange(len(V)), labels] = 1.0
@@ -89,8 +92,11 @@ def _surrounding_vertices(V, target, allowed, k):
     d = V[ids] - target
     dist = np.linalg.norm(d, axis=1)
     chosen = set(ids[np.argsort(dist)[:k]].tolist())
-    dirs = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]
-                    + [[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+    dirs = np.array(
+        [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]
+        + [[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)],
+        float,
+    )
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     cosang = (d / np.maximum(dist[:, None], 1e-9)) @ dirs.T
     for i in range(len(dirs)):

@@ -11,6 +11,7 @@ steps that start near it.
 Each part has a bounding sphere, so it is only evaluated at the points it can
 influence (fingers are tiny, bodies big).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,14 +67,14 @@ def _sd_loft(P, ys, a, b, cz, n_exp=2.4):
     A, B, C = (scipy.interpolate.PchipInterpolator(ys, v)(y) for v in (a, b, cz))
     u = np.abs(P[:, 0]) / A
     w = np.abs(P[:, 2] - C) / B
-    rho = np.maximum((u ** n_exp + w ** n_exp) ** (1.0 / n_exp), 1e-9)
+    rho = np.maximum((u**n_exp + w**n_exp) ** (1.0 / n_exp), 1e-9)
     # gradient of rho in the cross-section plane
     gx = rho ** (1 - n_exp) * u ** (n_exp - 1) * np.sign(P[:, 0]) / A
     gz = rho ** (1 - n_exp) * w ** (n_exp - 1) * np.sign(P[:, 2] - C) / B
     gn = np.maximum(np.sqrt(gx * gx + gz * gz), 1e-9)
     d = (rho - 1.0) / gn
     g = np.stack([gx / gn, np.zeros_like(gx), gz / gn], axis=1)
-    for dy, sgn in ((ys[0] - P[:, 1], -1.0), (P[:, 1] - ys[-1], 1.0)):   # flat ends
+    for dy, sgn in ((ys[0] - P[:, 1], -1.0), (P[:, 1] - ys[-1], 1.0)):  # flat ends
         cut = dy > d
         d = np.where(cut, dy, d)
         g[cut] = (0.0, sgn, 0.0)
@@ -95,7 +96,7 @@ class SDF:
     """Smooth union of parts (evaluated with bounding-sphere culling)."""
 
     def __init__(self):
-        self.parts = []   # (fn, k, centre, radius)
+        self.parts = []  # (fn, k, centre, radius)
         self.planes = []  # (point, outward normal): smooth-free half-space cuts
 
     def _add(self, fn, k, centre, radius):
@@ -103,8 +104,12 @@ class SDF:
 
     def cone(self, a, b, ra, rb, k):
         a, b = np.asarray(a, float), np.asarray(b, float)
-        self._add(lambda P: _sd_round_cone(P, a, b, ra, rb), k, 0.5 * (a + b),
-                  0.5 * np.linalg.norm(b - a) + max(ra, rb))
+        self._add(
+            lambda P: _sd_round_cone(P, a, b, ra, rb),
+            k,
+            0.5 * (a + b),
+            0.5 * np.linalg.norm(b - a) + max(ra, rb),
+        )
 
     def ellipsoid(self, c, r, k):
         c, r = np.asarray(c, float), np.asarray(r, float)
@@ -113,13 +118,16 @@ class SDF:
     def loft(self, ys, a, b, cz, k):
         ys, a, b, cz = (np.asarray(v, float) for v in (ys, a, b, cz))
         mid = np.array([0.0, 0.5 * (ys[0] + ys[-1]), cz.mean()])
-        self._add(lambda P: _sd_loft(P, ys, a, b, cz), k, mid,
-                  np.hypot(0.5 * (ys[-1] - ys[0]), max(a.max(), b.max())))
+        self._add(
+            lambda P: _sd_loft(P, ys, a, b, cz),
+            k,
+            mid,
+            np.hypot(0.5 * (ys[-1] - ys[0]), max(a.max(), b.max())),
+        )
 
     def box(self, c, axes, half, radius, k):
         c, axes = np.asarray(c, float), np.asarray(axes, float)
-        self._add(lambda P: _sd_round_box(P, c, axes, half, radius), k, c,
-                  np.linalg.norm(half))
+        self._add(lambda P: _sd_round_box(P, c, axes, half, radius), k, c, np.linalg.norm(half))
 
     def near_sets(self, P, margin=0.08):
         """For each part, the ids of the points it can influence."""

@@ -13,6 +13,7 @@ writes, under DIR,
 so that the raw -> record converters run on it unchanged (raw_3dpw.py, raw_freihand.py and
 raw_hint.py say how each is made).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,19 +32,26 @@ def write_all(root, seed: int = 0, small: bool = True) -> dict:
     """
     root = os.path.abspath(os.fspath(root))
     sizes = SMALL if small else LARGE
-    paths = {'body_models': os.path.join(root, 'body_models'), '3dpw': os.path.join(root, '3DPW'),
-             'freihand': os.path.join(root, 'FreiHAND'), 'hint': os.path.join(root, 'HInt')}
+    paths = {
+        'body_models': os.path.join(root, 'body_models'),
+        '3dpw': os.path.join(root, '3DPW'),
+        'freihand': os.path.join(root, 'FreiHAND'),
+        'hint': os.path.join(root, 'HInt'),
+    }
     body_files.write_body_models(paths['body_models'], seed=seed)
     raw_3dpw.write_3dpw(paths['3dpw'], paths['body_models'], seed=seed, **sizes['3dpw'])
-    raw_freihand.write_freihand(paths['freihand'], paths['body_models'], seed=seed,
-                                **sizes['freihand'])
+    raw_freihand.write_freihand(
+        paths['freihand'], paths['body_models'], seed=seed, **sizes['freihand']
+    )
     raw_hint.write_hint(paths['hint'], paths['body_models'], seed=seed, **sizes['hint'])
     return paths
 
 
 def main(argv=None) -> dict:
-    ap = errors.ArgumentParser(description='Write synthetic 3DPW / FreiHAND / HInt raw datasets '
-                                           '(and the body models they use).')
+    ap = errors.ArgumentParser(
+        description='Write synthetic 3DPW / FreiHAND / HInt raw datasets '
+        '(and the body models they use).'
+    )
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--large', action='store_true', help='the LARGE sizes instead of SMALL')

@@ -23,6 +23,7 @@ loader allows is resolved, the classes a Lightning checkpoint pickles besides te
 hyper_parameters: yacs / omegaconf configs) become inert stand-ins, so those libraries need not
 be installed, and any other global (os.system, builtins.exec, ...) is refused.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,11 @@ from extpose_jax.models import vit
 
 KINDS = {'hmr2': 'smpl', 'hamer': 'mano', 'vitpose': None}
 # Entries upstream's strict=False load skips, and that an import therefore leaves behind.
-_LEFT_BEHIND = {'hmr2': ('smpl.', 'initialized'), 'hamer': ('mano.', 'initialized'),
-                'vitpose': ('keypoint_head.', 'associate_keypoint_heads.')}
+_LEFT_BEHIND = {
+    'hmr2': ('smpl.', 'initialized'),
+    'hamer': ('mano.', 'initialized'),
+    'vitpose': ('keypoint_head.', 'associate_keypoint_heads.'),
+}
 _EXPERT = re.compile(r'^(.*blocks\.\d+\.mlp\.)experts\.(\d+)\.(weight|bias)$')
 
 
@@ -86,7 +90,12 @@ def _dims(sd, prefix) -> dict:
         dims.update(channels=conv.shape[1], patch=conv.shape[2])
     if fc1 is not None and len(fc1.shape) == 2:
         dims['mlp_dim'] = fc1.shape[0]
-    blocks = {int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r'blocks\.(\d+)\.', k)] if m}
+    blocks = {
+        int(m.group(1))
+        for k in sd
+        for m in [re.match(re.escape(prefix) + r'blocks\.(\d+)\.', k)]
+        if m
+    }
     if blocks:
         dims['depth'] = max(blocks) + 1
     return {k: int(v) for k, v in dims.items()}
@@ -95,7 +104,11 @@ def _dims(sd, prefix) -> dict:
 def size_name(dims) -> str | None:
     """The vit.SIZES entry with these weights' shapes (heads are not in the weights)."""
     for name, s in vit.SIZES.items():
-        if (s['width'], s['depth'], s['mlp_dim']) == (dims['width'], dims['depth'], dims['mlp_dim']):
+        if (s['width'], s['depth'], s['mlp_dim']) == (
+            dims['width'],
+            dims['depth'],
+            dims['mlp_dim'],
+        ):
             return name
     return None
 
@@ -109,13 +122,17 @@ def join_experts(sd: dict, expert: int | None) -> dict:
             found.setdefault(m.group(1), set()).add(int(m.group(2)))
     if not found:
         if expert is not None:
-            raise CheckpointError(f'--expert {expert}: the checkpoint is not a ViTPose+ mixture of '
-                                  'experts (no blocks.N.mlp.experts.* keys)')
+            raise CheckpointError(
+                f'--expert {expert}: the checkpoint is not a ViTPose+ mixture of '
+                'experts (no blocks.N.mlp.experts.* keys)'
+            )
         return sd
     n = len(set.union(*found.values()))
     if expert is None or not 0 <= expert < n:
-        raise CheckpointError(f'ViTPose+ checkpoint with {n} experts per block: pass --expert '
-                              f'0..{n - 1} to choose the one joined with fc2 (got {expert})')
+        raise CheckpointError(
+            f'ViTPose+ checkpoint with {n} experts per block: pass --expert '
+            f'0..{n - 1} to choose the one joined with fc2 (got {expert})'
+        )
     out = {k: v for k, v in sd.items() if not _EXPERT.match(k)}
     for mlp, have in sorted(found.items()):
         for leaf in ('weight', 'bias'):
@@ -132,8 +149,11 @@ def _hint(sd, kind) -> str:
         return 'The keys look like a HaMeR checkpoint (mano_head.*): use --kind hamer.'
     if kind != 'hmr2' and 'smpl_head' in heads_found:
         return 'The keys look like an HMR 2.0 checkpoint (smpl_head.*): use --kind hmr2.'
-    if kind != 'vitpose' and not heads_found and any(
-            k.startswith(('keypoint_head.', 'pos_embed', 'backbone.pos_embed')) for k in sd):
+    if (
+        kind != 'vitpose'
+        and not heads_found
+        and any(k.startswith(('keypoint_head.', 'pos_embed', 'backbone.pos_embed')) for k in sd)
+    ):
         return 'The keys look like a ViTPose checkpoint (no pose head): use --kind vitpose.'
     return ''
 
@@ -155,12 +175,23 @@ def import_state_dict(sd: dict, kind: str, expert: int | None = None):
         rows += keymap.head_rows(body, dims['width'])
         rows += keymap.discriminator_rows(body) if has_disc else ()
     left_behind = _LEFT_BEHIND[kind]
-    variables = keymap.from_torch(sd, rows, what=f'--kind {kind}',
-                                  ignore=lambda k: k.startswith(left_behind),
-                                  hint=_hint(sd, kind))
-    meta = {'kind': body, 'source_kind': kind, 'vit': dims, 'vit_size': size_name(dims),
-            'parts': ['backbone'] + (['head'] if body else []) + (['discriminator'] if has_disc else []),
-            'vitpose_expert': expert}
+    variables = keymap.from_torch(
+        sd,
+        rows,
+        what=f'--kind {kind}',
+        ignore=lambda k: k.startswith(left_behind),
+        hint=_hint(sd, kind),
+    )
+    meta = {
+        'kind': body,
+        'source_kind': kind,
+        'vit': dims,
+        'vit_size': size_name(dims),
+        'parts': ['backbone']
+        + (['head'] if body else [])
+        + (['discriminator'] if has_disc else []),
+        'vitpose_expert': expert,
+    }
     return variables, meta
 
 
@@ -179,16 +210,21 @@ def main(argv=None) -> dict:
     ap.add_argument('--ckpt', required=True, help='PyTorch checkpoint (.ckpt / .pth)')
     ap.add_argument('--kind', required=True, choices=list(KINDS), help='what the checkpoint is')
     ap.add_argument('--out', required=True, help='output directory (must not exist)')
-    ap.add_argument('--expert', type=int, default=None, help='ViTPose+ only: the expert joined with fc2')
+    ap.add_argument(
+        '--expert', type=int, default=None, help='ViTPose+ only: the expert joined with fc2'
+    )
     a = ap.parse_args(argv)
     from extpose_jax.train import checkpoint  # the training stack, only when writing
+
     if os.path.exists(a.out):
         raise FileExistsError(f'--out {a.out} exists; choose a new directory')
     variables, meta = import_checkpoint(a.ckpt, a.kind, a.expert)
     checkpoint.save_variables(a.out, variables, meta)
     n = sum(v.size for v in jax.tree.leaves(variables))
-    print(f'{a.ckpt} ({a.kind}): {n:,} numbers in {", ".join(meta["parts"])}; '
-          f'ViT {meta["vit_size"] or meta["vit"]} -> {a.out}')
+    print(
+        f'{a.ckpt} ({a.kind}): {n:,} numbers in {", ".join(meta["parts"])}; '
+        f'ViT {meta["vit_size"] or meta["vit"]} -> {a.out}'
+    )
     return meta
 
 

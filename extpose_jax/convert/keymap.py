@@ -15,6 +15,7 @@ are only re-rooted under the ExtPose tree. `from_torch` / `to_torch` apply any t
 every row must be matched, every key or leaf must have a row, every shape must agree, and one
 ConversionError lists all that is wrong at once. Pure moves of bits: round trips are exact.
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,7 +38,7 @@ _LISTED = 20  # keys named per category in an error message; the exception keeps
 
 class Row(NamedTuple):
     torch_key: str
-    path: tuple[str, ...]        # Flax path, collection first
+    path: tuple[str, ...]  # Flax path, collection first
     torch_shape: tuple[int, ...]
     flax_shape: tuple[int, ...]
     rule: str
@@ -50,9 +51,11 @@ class ConversionError(errors.UserError):
         self.missing, self.unexpected = sorted(missing), sorted(unexpected)
         self.mis_shaped = list(mis_shaped)
         parts = [f'{what}:']
-        for name, items in (('missing', self.missing), ('unexpected', self.unexpected),
-                            ('mis-shaped', [f'{k} {got} != expected {want}'
-                                            for k, got, want in self.mis_shaped])):
+        for name, items in (
+            ('missing', self.missing),
+            ('unexpected', self.unexpected),
+            ('mis-shaped', [f'{k} {got} != expected {want}' for k, got, want in self.mis_shaped]),
+        ):
             if items:
                 more = f' ... and {len(items) - _LISTED} more' if len(items) > _LISTED else ''
                 parts.append(f'{len(items)} {name}: {", ".join(map(str, items[:_LISTED]))}{more}.')
@@ -66,29 +69,71 @@ class ConversionError(errors.UserError):
 
 def vit_dims(config) -> dict:
     """The numbers a ViT table depends on, from a vit.ViTConfig."""
-    return dict(width=config.width, depth=config.depth, mlp_dim=config.mlp_dim,
-                num_patches=config.num_patches, patch=config.patch, channels=config.channels)
+    return dict(
+        width=config.width,
+        depth=config.depth,
+        mlp_dim=config.mlp_dim,
+        num_patches=config.num_patches,
+        patch=config.patch,
+        channels=config.channels,
+    )
 
 
-def vit_rows(width, depth, mlp_dim, num_patches, patch=16, channels=3, *,
-             torch_prefix='backbone.', root=('params', 'backbone')) -> tuple[Row, ...]:
+def vit_rows(
+    width,
+    depth,
+    mlp_dim,
+    num_patches,
+    patch=16,
+    channels=3,
+    *,
+    torch_prefix='backbone.',
+    root=('params', 'backbone'),
+) -> tuple[Row, ...]:
     """The backbone (`backbone.*`: 389 tensors for ViT-H), in the upstream state_dict order."""
-    rows = [Row(torch_prefix + 'pos_embed', root + ('pos_embed',), (1, 1 + num_patches, width),
-                (1, 1 + num_patches, width), 'copy'),
-            Row(torch_prefix + 'patch_embed.proj.weight', root + ('patch_embed', 'proj', 'kernel'),
-                (width, channels, patch, patch), (patch, patch, channels, width), 'conv'),
-            Row(torch_prefix + 'patch_embed.proj.bias', root + ('patch_embed', 'proj', 'bias'),
-                (width,), (width,), 'copy')]
+    rows = [
+        Row(
+            torch_prefix + 'pos_embed',
+            root + ('pos_embed',),
+            (1, 1 + num_patches, width),
+            (1, 1 + num_patches, width),
+            'copy',
+        ),
+        Row(
+            torch_prefix + 'patch_embed.proj.weight',
+            root + ('patch_embed', 'proj', 'kernel'),
+            (width, channels, patch, patch),
+            (patch, patch, channels, width),
+            'conv',
+        ),
+        Row(
+            torch_prefix + 'patch_embed.proj.bias',
+            root + ('patch_embed', 'proj', 'bias'),
+            (width,),
+            (width,),
+            'copy',
+        ),
+    ]
 
     def norm(tkey, path):
-        rows.extend(Row(f'{torch_prefix}{tkey}.{t}', root + path + (f,), (width,), (width,), 'copy')
-                    for t, f in (('weight', 'scale'), ('bias', 'bias')))
+        rows.extend(
+            Row(f'{torch_prefix}{tkey}.{t}', root + path + (f,), (width,), (width,), 'copy')
+            for t, f in (('weight', 'scale'), ('bias', 'bias'))
+        )
 
     def linear(tkey, path, n_in, n_out):
-        rows.append(Row(f'{torch_prefix}{tkey}.weight', root + path + ('kernel',), (n_out, n_in),
-                        (n_in, n_out), 'linear'))
-        rows.append(Row(f'{torch_prefix}{tkey}.bias', root + path + ('bias',), (n_out,), (n_out,),
-                        'copy'))
+        rows.append(
+            Row(
+                f'{torch_prefix}{tkey}.weight',
+                root + path + ('kernel',),
+                (n_out, n_in),
+                (n_in, n_out),
+                'linear',
+            )
+        )
+        rows.append(
+            Row(f'{torch_prefix}{tkey}.bias', root + path + ('bias',), (n_out,), (n_out,), 'copy')
+        )
 
     for i in range(depth):
         t, f = f'blocks.{i}', (f'blocks_{i}',)
@@ -119,8 +164,10 @@ def head_rows(kind: str, context_dim: int = heads.CONTEXT_DIM) -> tuple[Row, ...
 
 def discriminator_rows(kind: str) -> tuple[Row, ...]:
     root = (disc_lib.DISCRIMINATOR,)
-    return tuple(Row('discriminator.' + tkey, root + path, tshape, fshape, rule)
-                 for tkey, path, tshape, fshape, rule in disc_lib.discriminator_key_map(kind))
+    return tuple(
+        Row('discriminator.' + tkey, root + path, tshape, fshape, rule)
+        for tkey, path, tshape, fshape, rule in disc_lib.discriminator_key_map(kind)
+    )
 
 
 def model_rows(kind: str, dims: Mapping[str, int], discriminator: bool = False) -> tuple[Row, ...]:
@@ -137,9 +184,17 @@ def dims_from_variables(variables: Mapping[str, Any]) -> dict:
         depth = sum(1 for k in bb if k.startswith('blocks_'))
         mlp = bb['blocks_0']['mlp']['fc1']['kernel'].shape[1]
     except (KeyError, TypeError) as e:
-        raise ConversionError('not an ExtPose parameter tree', missing=[f'params/backbone/... ({e})'])
-    return dict(width=pos.shape[-1], depth=depth, mlp_dim=mlp, num_patches=pos.shape[1] - 1,
-                patch=conv.shape[0], channels=conv.shape[2])
+        raise ConversionError(
+            'not an ExtPose parameter tree', missing=[f'params/backbone/... ({e})']
+        )
+    return dict(
+        width=pos.shape[-1],
+        depth=depth,
+        mlp_dim=mlp,
+        num_patches=pos.shape[1] - 1,
+        patch=conv.shape[0],
+        channels=conv.shape[2],
+    )
 
 
 def kind_from_variables(variables: Mapping[str, Any]) -> str:
@@ -148,8 +203,10 @@ def kind_from_variables(variables: Mapping[str, Any]) -> str:
     for kind, name in (('smpl', 'init_body_pose'), ('mano', 'init_hand_pose')):
         if name in consts:
             return kind
-    raise ConversionError('cannot tell SMPL from MANO', missing=['constants/head/init_body_pose or '
-                                                                 'constants/head/init_hand_pose'])
+    raise ConversionError(
+        'cannot tell SMPL from MANO',
+        missing=['constants/head/init_body_pose or constants/head/init_hand_pose'],
+    )
 
 
 def random_state_dict(rows: Iterable[Row], seed: int = 0) -> collections.OrderedDict:
@@ -201,8 +258,14 @@ def _move(x, rule: str, src_shape, dst_shape, to_flax: bool):
     return np.ascontiguousarray(y)
 
 
-def from_torch(state_dict: Mapping[str, Any], rows: Iterable[Row], *, what: str = 'PyTorch -> JAX',
-               ignore=lambda key: False, hint: str = '') -> dict:
+def from_torch(
+    state_dict: Mapping[str, Any],
+    rows: Iterable[Row],
+    *,
+    what: str = 'PyTorch -> JAX',
+    ignore=lambda key: False,
+    hint: str = '',
+) -> dict:
     """{torch key: tensor or array} -> nested {collection: {...}} numpy, strict over `rows`.
 
     Every key must be in a row or satisfy `ignore(key)`; values keep their dtype.
@@ -226,15 +289,18 @@ def from_torch(state_dict: Mapping[str, Any], rows: Iterable[Row], *, what: str 
     return traverse_util.unflatten_dict(flat)
 
 
-def to_torch(variables: Mapping[str, Any], rows: Iterable[Row], *,
-             what: str = 'JAX -> PyTorch') -> collections.OrderedDict:
+def to_torch(
+    variables: Mapping[str, Any], rows: Iterable[Row], *, what: str = 'JAX -> PyTorch'
+) -> collections.OrderedDict:
     """Nested Flax variables (boxed or plain; arrays or ShapeDtypeStructs) -> ordered state dict.
 
     Every leaf must have a row and every row a leaf. Output order is the table's (upstream's).
     """
     rows = tuple(rows)
-    flat = {tuple(getattr(k, 'key', k) for k in p): v for p, v in
-            jax.tree_util.tree_leaves_with_path(nn.unbox(variables))}
+    flat = {
+        tuple(getattr(k, 'key', k) for k in p): v
+        for p, v in jax.tree_util.tree_leaves_with_path(nn.unbox(variables))
+    }
     paths = {r.path for r in rows}
     missing = ['/'.join(r.path) for r in rows if r.path not in flat]
     unexpected = ['/'.join(p) for p in flat if p not in paths]
@@ -253,6 +319,19 @@ def to_torch(variables: Mapping[str, Any], rows: Iterable[Row], *,
     return out
 
 
-__all__ = ['Row', 'ConversionError', 'as_numpy', 'HEAD_PREFIX', 'vit_dims',
-           'vit_rows', 'head_rows', 'discriminator_rows', 'model_rows', 'dims_from_variables',
-           'kind_from_variables', 'random_state_dict', 'from_torch', 'to_torch']
+__all__ = [
+    'Row',
+    'ConversionError',
+    'as_numpy',
+    'HEAD_PREFIX',
+    'vit_dims',
+    'vit_rows',
+    'head_rows',
+    'discriminator_rows',
+    'model_rows',
+    'dims_from_variables',
+    'kind_from_variables',
+    'random_state_dict',
+    'from_torch',
+    'to_torch',
+]

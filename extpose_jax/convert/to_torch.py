@@ -16,6 +16,7 @@ ExtPose adds no parameters: the mask is not a weight, so nothing else is needed.
 The kind (SMPL / MANO) and the ViT's size are read off the tree itself. The file appears
 whole or not at all.
 """
+
 from __future__ import annotations
 
 import collections
@@ -38,29 +39,39 @@ def export_state_dict(variables) -> collections.OrderedDict:
     Arrays or jax.ShapeDtypeStructs (then only shapes are computed, nothing is allocated).
     """
     kind = keymap.kind_from_variables(variables)
-    rows = keymap.model_rows(kind, keymap.dims_from_variables(variables),
-                             discriminator=DISCRIMINATOR in variables)
+    rows = keymap.model_rows(
+        kind, keymap.dims_from_variables(variables), discriminator=DISCRIMINATOR in variables
+    )
     return keymap.to_torch(variables, rows, what=f'export ({kind})')
 
 
 def write_checkpoint(path: str, state_dict, meta: dict | None = None, step: int = 0) -> None:
     """Atomically torch.save a Lightning-style checkpoint of the numpy state dict."""
     import torch
-    obj = {'state_dict': collections.OrderedDict((k, torch.from_numpy(v)) for k, v in state_dict.items()),
-           'pytorch-lightning_version': LIGHTNING_VERSION, 'epoch': 0, 'global_step': int(step),
-           'extpose': dict(meta or {})}
+
+    obj = {
+        'state_dict': collections.OrderedDict(
+            (k, torch.from_numpy(v)) for k, v in state_dict.items()
+        ),
+        'pytorch-lightning_version': LIGHTNING_VERSION,
+        'epoch': 0,
+        'global_step': int(step),
+        'extpose': dict(meta or {}),
+    }
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_source(directory: str, step: int | None = None):
     """(variables, meta, step) from a training workdir or a variables directory."""
     from extpose_jax.train import checkpoint
+
     if not os.path.isdir(directory):
         raise FileNotFoundError(f'--workdir {directory}: no such directory')
     if checkpoint.is_variables_dir(directory):
         if step is not None:
-            raise errors.UserError(f'--step {step}: {directory} is a variables directory, not a '
-                                   'training workdir')
+            raise errors.UserError(
+                f'--step {step}: {directory} is a variables directory, not a training workdir'
+            )
         variables, meta = checkpoint.load_variables(directory)
         return variables, dict(meta), 0
     variables, cfg, step = checkpoint.restore_variables(directory, step)

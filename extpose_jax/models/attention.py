@@ -26,6 +26,7 @@ gradient (XLA would otherwise return the mean of V).
              GPU only and bf16/fp16 only: asked for elsewhere it RAISES (a silent fallback
              would hide that a run is not using the kernel it was configured for).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -57,27 +58,48 @@ def attend(q, k, v, *, structure, key_valid=None, impl='dense', block_size=128, 
 def _check(q, k, v, structure, key_valid, impl):
     if impl not in IMPLS:
         raise ValueError(f'attend: unknown impl {impl!r}; allowed: {", ".join(map(repr, IMPLS))}')
-    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[::3] != k.shape[::3] or q.shape[2] != k.shape[2]:
-        raise ValueError(f'attend: q, k, v must be (B, N, H, D) with matching B, H, D; '
-                         f'got {q.shape}, {k.shape}, {v.shape}')
+    if (
+        q.ndim != 4
+        or k.shape != v.shape
+        or k.ndim != 4
+        or q.shape[::3] != k.shape[::3]
+        or q.shape[2] != k.shape[2]
+    ):
+        raise ValueError(
+            f'attend: q, k, v must be (B, N, H, D) with matching B, H, D; '
+            f'got {q.shape}, {k.shape}, {v.shape}'
+        )
     if isinstance(structure, jax.core.Tracer):
-        raise TypeError('attend: structure must be static (numpy), not a traced array; per-sample '
-                         'masking goes through key_valid')
+        raise TypeError(
+            'attend: structure must be static (numpy), not a traced array; per-sample '
+            'masking goes through key_valid'
+        )
     structure = structure if isinstance(structure, np.ndarray) else np.asarray(structure)
     if structure.dtype != bool or structure.shape != (q.shape[1], k.shape[1]):
-        raise ValueError(f'attend: structure must be bool (Nq, Nk) = ({q.shape[1]}, {k.shape[1]}), '
-                         f'got {structure.dtype} {structure.shape}')
-    if key_valid is not None and (key_valid.ndim != 2 or key_valid.shape[1] != k.shape[1]
-                                  or key_valid.shape[0] not in (1, k.shape[0])):
-        raise ValueError(f'attend: key_valid must be (B, Nk) = ({k.shape[0]}, {k.shape[1]}), '
-                         f'got {key_valid.shape}')
+        raise ValueError(
+            f'attend: structure must be bool (Nq, Nk) = ({q.shape[1]}, {k.shape[1]}), '
+            f'got {structure.dtype} {structure.shape}'
+        )
+    if key_valid is not None and (
+        key_valid.ndim != 2
+        or key_valid.shape[1] != k.shape[1]
+        or key_valid.shape[0] not in (1, k.shape[0])
+    ):
+        raise ValueError(
+            f'attend: key_valid must be (B, Nk) = ({k.shape[0]}, {k.shape[1]}), '
+            f'got {key_valid.shape}'
+        )
     if impl == 'cudnn':
         if jax.default_backend() != 'gpu':
-            raise ValueError(f"attend(impl='cudnn') needs a GPU, the backend is {jax.default_backend()!r}; "
-                             "use impl='blockwise' (same result, any platform)")
+            raise ValueError(
+                f"attend(impl='cudnn') needs a GPU, the backend is {jax.default_backend()!r}; "
+                "use impl='blockwise' (same result, any platform)"
+            )
         if q.dtype not in (jnp.bfloat16, jnp.float16):
-            raise ValueError(f"attend(impl='cudnn') takes bf16/fp16 inputs, got {q.dtype}; set the "
-                             "model's compute dtype to bfloat16 or use impl='blockwise'")
+            raise ValueError(
+                f"attend(impl='cudnn') takes bf16/fp16 inputs, got {q.dtype}; set the "
+                "model's compute dtype to bfloat16 or use impl='blockwise'"
+            )
     return structure
 
 
@@ -86,7 +108,9 @@ def _check(q, k, v, structure, key_valid, impl):
 
 def _dense(q, k, v, structure, key_valid, scale, implementation):
     mask = masks.dense_mask(structure, key_valid)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=scale, implementation=implementation
+    )
     # Empty rows: zero them; the where also stops their (meaningless) gradient.
     has_key = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # (B, Nq, 1, 1)
     return jnp.where(has_key, out, 0).astype(q.dtype)
@@ -102,8 +126,10 @@ def _block_sizes(shape, block_size):
         if n % b:
             divisors = [d for d in range(b, 0, -1) if n % d == 0]
             hint = next((d for d in divisors if d % 8 == 0), divisors[0])
-            raise ValueError(f"attend(impl='blockwise'): {n} {name} tokens is not a multiple of "
-                             f'block_size={block_size}; use a block size that divides {n}, e.g. {hint}')
+            raise ValueError(
+                f"attend(impl='blockwise'): {n} {name} tokens is not a multiple of "
+                f'block_size={block_size}; use a block size that divides {n}, e.g. {hint}'
+            )
         sizes.append(b)
     return sizes
 
@@ -118,13 +144,14 @@ class Schedule(NamedTuple):
     `active` of them, so padding (tile 0: all False) is only computed where segments were merged
     to keep the number of loops small.
     """
+
     block_q: int
     block_k: int
-    order: np.ndarray      # (nq,) query block indices
+    order: np.ndarray  # (nq,) query block indices
     key_block: np.ndarray  # (steps, nq) int32, columns in `order`
-    tile: np.ndarray       # (steps, nq) int32; 0 = padding
-    tiles: np.ndarray      # (n_tiles, block_q, block_k) bool; tiles[0] all False
-    segments: tuple        # ((start, stop, active), ...)
+    tile: np.ndarray  # (steps, nq) int32; 0 = padding
+    tiles: np.ndarray  # (n_tiles, block_q, block_k) bool; tiles[0] all False
+    segments: tuple  # ((start, stop, active), ...)
 
     @property
     def steps(self):
@@ -161,7 +188,9 @@ def schedule(structure: np.ndarray, block_q: int, block_k: int, max_segments: in
     key_block[slot, rows] = cols
     tile[slot, rows] = inverse[1:]
     active = (counts[None, :] > np.arange(steps)[:, None]).sum(1)  # busy query blocks per step
-    return Schedule(block_q, block_k, order, key_block, tile, tiles, _segments(active, max_segments))
+    return Schedule(
+        block_q, block_k, order, key_block, tile, tiles, _segments(active, max_segments)
+    )
 
 
 def _segments(active, max_segments):
@@ -213,14 +242,19 @@ def _loop(sched, step, q_side, carry):
     Arrays in q_side and carry whose axis 2 runs over query blocks (marked by a leading True
     in the (flag, array) pairs) are cut to the segment's active prefix and written back.
     """
+
     def cut(pairs, active):
         return [x[:, :, :active] if per_q else x for per_q, x in pairs]
 
     for start, stop, active in sched.segments:
         q_cut = cut(q_side, active)
         xs = (sched.key_block[start:stop, :active], sched.tile[start:stop, :active])
-        sub, _ = jax.lax.scan(lambda c, x, q_cut=q_cut: (step(q_cut, c, x), None), cut(carry, active), xs)
-        carry = [(per_q, x.at[:, :, :active].set(y) if per_q else y) for (per_q, x), y in zip(carry, sub)]
+        sub, _ = jax.lax.scan(
+            lambda c, x, q_cut=q_cut: (step(q_cut, c, x), None), cut(carry, active), xs
+        )
+        carry = [
+            (per_q, x.at[:, :, :active].set(y) if per_q else y) for (per_q, x), y in zip(carry, sub)
+        ]
     return [x for _, x in carry]
 
 
@@ -251,12 +285,16 @@ def _forward(sched, scale, q, k, v, key_valid):
         m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # no key seen yet: avoid inf - inf
         p = jnp.exp(s - m_safe[..., None])
         corr = jnp.exp(m - m_safe)
-        pv = jnp.einsum('bhqij,bhqjd->bhqid', p.astype(v.dtype), vs, preferred_element_type=jnp.float32)
+        pv = jnp.einsum(
+            'bhqij,bhqjd->bhqid', p.astype(v.dtype), vs, preferred_element_type=jnp.float32
+        )
         return [acc * corr[..., None] + pv, m_new, l * corr + p.sum(-1)]
 
-    init = [(True, jnp.zeros((b, h, nq, bq, d), jnp.float32)),
-            (True, jnp.full((b, h, nq, bq), -jnp.inf, jnp.float32)),
-            (True, jnp.zeros((b, h, nq, bq), jnp.float32))]
+    init = [
+        (True, jnp.zeros((b, h, nq, bq, d), jnp.float32)),
+        (True, jnp.full((b, h, nq, bq), -jnp.inf, jnp.float32)),
+        (True, jnp.zeros((b, h, nq, bq), jnp.float32)),
+    ]
     acc, m, l = _loop(sched, step, [(True, qb)], init)
     seen = l > 0
     out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
@@ -281,19 +319,38 @@ def _backward(sched, scale, res, g):
         p = jnp.exp(jnp.where(allowed, s - lse[..., None], -jnp.inf))
         dp = jnp.einsum('bhqid,bhqjd->bhqij', gb, vs, preferred_element_type=jnp.float32)
         ds = p * (dp - delta[..., None]) * scale
-        dq = dq + jnp.einsum('bhqij,bhqjd->bhqid', ds.astype(k.dtype), ks, preferred_element_type=jnp.float32)
+        dq = dq + jnp.einsum(
+            'bhqij,bhqjd->bhqid', ds.astype(k.dtype), ks, preferred_element_type=jnp.float32
+        )
         # Several query blocks may share a key block within a step: scatter-ADD (duplicates sum).
         dk = dk.at[:, :, key_block].add(
-            jnp.einsum('bhqij,bhqid->bhqjd', ds.astype(q.dtype), qb, preferred_element_type=jnp.float32))
+            jnp.einsum(
+                'bhqij,bhqid->bhqjd', ds.astype(q.dtype), qb, preferred_element_type=jnp.float32
+            )
+        )
         dv = dv.at[:, :, key_block].add(
-            jnp.einsum('bhqij,bhqid->bhqjd', p.astype(g.dtype), gb, preferred_element_type=jnp.float32))
+            jnp.einsum(
+                'bhqij,bhqid->bhqjd', p.astype(g.dtype), gb, preferred_element_type=jnp.float32
+            )
+        )
         return [dq, dk, dv]
 
-    dq, dk, dv = _loop(sched, step, [(True, qb), (True, gb), (True, lse), (True, delta)],
-                       [(True, jnp.zeros(qb.shape, jnp.float32)), (False, jnp.zeros(kb.shape, jnp.float32)),
-                        (False, jnp.zeros(vb.shape, jnp.float32))])
-    return (_from_blocks(dq, sched.order).astype(q.dtype), _from_blocks(dk).astype(k.dtype),
-            _from_blocks(dv).astype(v.dtype), None)
+    dq, dk, dv = _loop(
+        sched,
+        step,
+        [(True, qb), (True, gb), (True, lse), (True, delta)],
+        [
+            (True, jnp.zeros(qb.shape, jnp.float32)),
+            (False, jnp.zeros(kb.shape, jnp.float32)),
+            (False, jnp.zeros(vb.shape, jnp.float32)),
+        ],
+    )
+    return (
+        _from_blocks(dq, sched.order).astype(q.dtype),
+        _from_blocks(dk).astype(k.dtype),
+        _from_blocks(dv).astype(v.dtype),
+        None,
+    )
 
 
 def _blockwise_fn(sched: Schedule, scale: float):

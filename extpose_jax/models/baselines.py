@@ -77,6 +77,7 @@ TemporalHead ('temporal_head', video-method style temporal module on frame featu
 Missing (not built): the training-strategy ablations (only Q,K / first-half training) are
 optimiser masks over these same parameter trees and belong to train/, not here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,9 +100,14 @@ def _logical(init, names):
 
 
 def _zero_dense(config: vit.ViTConfig, name: str) -> nn.Dense:
-    return nn.Dense(config.width, dtype=config.dtype, param_dtype=config.param_dtype, name=name,
-                    kernel_init=_logical(_ZEROS, ('embed', 'embed')),
-                    bias_init=_logical(_ZEROS, ('embed',)))
+    return nn.Dense(
+        config.width,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        name=name,
+        kernel_init=_logical(_ZEROS, ('embed', 'embed')),
+        bias_init=_logical(_ZEROS, ('embed',)),
+    )
 
 
 def _drop_path_rates(c: vit.ViTConfig):
@@ -114,14 +120,22 @@ class _Baseline(extpose.ExtPose):
     def _inputs(self, frames, keypoints, need_keypoints=True):
         c = self.config
         if frames.ndim != 6:
-            raise ValueError(f'{type(self).__name__}: frames must be (B, T, V, H, W, 3), got {frames.shape}')
+            raise ValueError(
+                f'{type(self).__name__}: frames must be (B, T, V, H, W, 3), got {frames.shape}'
+            )
         b, t, v = frames.shape[:3]
-        if need_keypoints and (keypoints is None or keypoints.shape[:3] != (b, t, v) or keypoints.shape[-1] != 3):
-            raise ValueError(f'{type(self).__name__}: keypoints must be (B, T, V, J, 3) = ({b}, {t}, {v}, J, 3), '
-                             f'got {None if keypoints is None else keypoints.shape}')
+        if need_keypoints and (
+            keypoints is None or keypoints.shape[:3] != (b, t, v) or keypoints.shape[-1] != 3
+        ):
+            raise ValueError(
+                f'{type(self).__name__}: keypoints must be (B, T, V, J, 3) = ({b}, {t}, {v}, J, 3), '
+                f'got {None if keypoints is None else keypoints.shape}'
+            )
         if c.mask.layers and len(c.mask.layers) != c.vit.depth:
-            raise ValueError(f'{type(self).__name__}: MaskSpec.layers has {len(c.mask.layers)} entries '
-                             f'for {c.vit.depth} blocks')
+            raise ValueError(
+                f'{type(self).__name__}: MaskSpec.layers has {len(c.mask.layers)} entries '
+                f'for {c.vit.depth} blocks'
+            )
         return b, t, v
 
     def _rgb(self, frames):
@@ -139,8 +153,10 @@ class _Baseline(extpose.ExtPose):
             return None
         modality_keep = jnp.asarray(modality_keep)
         if modality_keep.ndim != 2 or modality_keep.shape[1] != len(self.config.modalities):
-            raise ValueError(f'{type(self).__name__}: modality_keep must be (B, {len(self.config.modalities)}) '
-                             f'for modalities {self.config.modalities}, got {modality_keep.shape}')
+            raise ValueError(
+                f'{type(self).__name__}: modality_keep must be (B, {len(self.config.modalities)}) '
+                f'for modalities {self.config.modalities}, got {modality_keep.shape}'
+            )
         return modality_keep[:, self.config.modalities.index(name)]
 
     def _blocks(self, x, layout, key_valid, deterministic, after_block=None):
@@ -154,7 +170,9 @@ class _Baseline(extpose.ExtPose):
     def _need(self, *names):
         missing = [m for m in names if m not in self.config.modalities]
         if missing:
-            raise ValueError(f'{type(self).__name__} needs modalities {names}; config has {self.config.modalities}')
+            raise ValueError(
+                f'{type(self).__name__} needs modalities {names}; config has {self.config.modalities}'
+            )
 
 
 def _rgb_layout(config, t, v, name='rgb'):
@@ -171,18 +189,30 @@ class ChannelConcat(_Baseline):
         super().setup()
         c = self.config.vit
         self.skeleton_patch_embed = nn.Conv(
-            c.width, (c.patch, c.patch), strides=(c.patch, c.patch),
-            padding=((c.padding, c.padding), (c.padding, c.padding)), use_bias=False,
-            dtype=c.dtype, param_dtype=c.param_dtype,
-            kernel_init=_logical(_ZEROS, (None, None, None, 'embed')))
+            c.width,
+            (c.patch, c.patch),
+            strides=(c.patch, c.patch),
+            padding=((c.padding, c.padding), (c.padding, c.padding)),
+            use_bias=False,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            kernel_init=_logical(_ZEROS, (None, None, None, 'embed')),
+        )
 
-    def __call__(self, frames, keypoints=None, *, modality_keep=None, frame_valid=None,
-                 deterministic: bool = True):
+    def __call__(
+        self,
+        frames,
+        keypoints=None,
+        *,
+        modality_keep=None,
+        frame_valid=None,
+        deterministic: bool = True,
+    ):
         self._need('rgb', 'skeleton')
         b, t, v = self._inputs(frames, keypoints)
         c = self.config.vit
         layout = _rgb_layout(self.config, t, v)
-        x = self.backbone.embed(self._rgb(frames))                           # (B, S*N, C)
+        x = self.backbone.embed(self._rgb(frames))  # (B, S*N, C)
         skel = self._skeleton(keypoints)
         extra = self.skeleton_patch_embed(skel.reshape(-1, *skel.shape[2:]).astype(c.dtype))
         extra = extra.reshape(b, layout.n_tokens, c.width)
@@ -212,25 +242,43 @@ class KeypointTokens(_Baseline):
         super().setup()
         c = self.config.vit
         j = skeletons.get_layout(self.config.keypoint_layout).num_joints
-        self.keypoint_embed = nn.Dense(c.width, dtype=c.dtype, param_dtype=c.param_dtype,
-                                       kernel_init=_logical(_TRUNC, (None, 'embed')),
-                                       bias_init=_logical(_ZEROS, ('embed',)))
-        self.joint_embed = self.param('joint_embed', _logical(_TRUNC, (None, 'embed')), (j, c.width),
-                                      c.param_dtype)
+        self.keypoint_embed = nn.Dense(
+            c.width,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            kernel_init=_logical(_TRUNC, (None, 'embed')),
+            bias_init=_logical(_ZEROS, ('embed',)),
+        )
+        self.joint_embed = self.param(
+            'joint_embed', _logical(_TRUNC, (None, 'embed')), (j, c.width), c.param_dtype
+        )
 
-    def __call__(self, frames, keypoints=None, *, modality_keep=None, frame_valid=None,
-                 deterministic: bool = True):
+    def __call__(
+        self,
+        frames,
+        keypoints=None,
+        *,
+        modality_keep=None,
+        frame_valid=None,
+        deterministic: bool = True,
+    ):
         self._need('skeleton')
         cfg, c = self.config, self.config.vit
         b, t, v = self._inputs(frames, keypoints)
         j = self.joint_embed.shape[0]
         if keypoints.shape[-2] != j:
-            raise ValueError(f'KeypointTokens: {keypoints.shape[-2]} joints given, layout '
-                             f'{cfg.keypoint_layout!r} has {j}')
+            raise ValueError(
+                f'KeypointTokens: {keypoints.shape[-2]} joints given, layout '
+                f'{cfg.keypoint_layout!r} has {j}'
+            )
         h, w = c.image_size
-        kp = pose_forms.keypoint_tokens(keypoints, height=h, width=w, conf_threshold=cfg.conf_threshold)
-        kp_tok = self.keypoint_embed(kp.astype(c.dtype)) + self.joint_embed.astype(c.dtype)  # (B,T,V,J,C)
-        parts = []                                     # (name, (B, T, V, n, C)) in stream order
+        kp = pose_forms.keypoint_tokens(
+            keypoints, height=h, width=w, conf_threshold=cfg.conf_threshold
+        )
+        kp_tok = self.keypoint_embed(kp.astype(c.dtype)) + self.joint_embed.astype(
+            c.dtype
+        )  # (B,T,V,J,C)
+        parts = []  # (name, (B, T, V, n, C)) in stream order
         if 'rgb' in cfg.modalities:
             rgb = self.backbone.embed(self._rgb(frames))
             parts.append(('rgb', rgb.reshape(b, t, v, c.num_patches, c.width)))
@@ -246,7 +294,7 @@ class KeypointTokens(_Baseline):
         pieces, start = [], 0
         for (name, _), size in zip(parts, sizes):
             keep = self._keep(modality_keep, name)
-            piece = valid[..., start:start + size]
+            piece = valid[..., start : start + size]
             if keep is not None:
                 piece = piece & keep.astype(bool)[:, None, None, None]
             pieces.append(piece)
@@ -256,16 +304,24 @@ class KeypointTokens(_Baseline):
         key_valid = valid.reshape(b, layout.n_tokens) if any_mask else None
         x = x.reshape(b, layout.n_tokens, c.width)
         tokens = self._blocks(x, layout, key_valid, deterministic).reshape(b, t, v, n, c.width)
-        split = dict(zip([name for name, _ in parts], jnp.split(tokens, [sizes[0]], axis=3)
-                         if len(parts) == 2 else [tokens]))
+        split = dict(
+            zip(
+                [name for name, _ in parts],
+                jnp.split(tokens, [sizes[0]], axis=3) if len(parts) == 2 else [tokens],
+            )
+        )
         present = {}
         for name in split:
             keep = self._keep(modality_keep, name)
             if keep is not None:
                 present[name] = jnp.broadcast_to(keep.astype(bool)[:, None, None], (b, t, v))
         context, context_valid = heads.select_context(
-            split.get('rgb'), split.get('skeleton'), cfg.head_context,
-            rgb_present=present.get('rgb'), skeleton_present=present.get('skeleton'))
+            split.get('rgb'),
+            split.get('skeleton'),
+            cfg.head_context,
+            rgb_present=present.get('rgb'),
+            skeleton_present=present.get('skeleton'),
+        )
         return self.head(context, context_valid)
 
 
@@ -274,13 +330,16 @@ class KeypointTokens(_Baseline):
 
 class ControlNetBranch(_Baseline):
     """RGB ViT + trainable copy of its first K blocks on the skeleton, zero projections in."""
+
     control_depth: Optional[int] = None  # K; None = depth // 2
 
     @property
     def depth_k(self) -> int:
         k = self.config.vit.depth // 2 if self.control_depth is None else self.control_depth
         if not 1 <= k <= self.config.vit.depth:
-            raise ValueError(f'ControlNetBranch: control_depth {k} outside 1..{self.config.vit.depth}')
+            raise ValueError(
+                f'ControlNetBranch: control_depth {k} outside 1..{self.config.vit.depth}'
+            )
         return k
 
     def setup(self):
@@ -291,8 +350,15 @@ class ControlNetBranch(_Baseline):
         self.control_blocks = [block(c, layer=i, drop_path=rates[i]) for i in range(self.depth_k)]
         self.control_proj = [_zero_dense(c, None) for _ in range(self.depth_k)]
 
-    def __call__(self, frames, keypoints=None, *, modality_keep=None, frame_valid=None,
-                 deterministic: bool = True):
+    def __call__(
+        self,
+        frames,
+        keypoints=None,
+        *,
+        modality_keep=None,
+        frame_valid=None,
+        deterministic: bool = True,
+    ):
         self._need('rgb', 'skeleton')
         b, t, v = self._inputs(frames, keypoints)
         c = self.config.vit
@@ -333,31 +399,41 @@ def _sinusoid(t: int, width: int, dtype):
     pos = jnp.arange(t, dtype=jnp.float32)[:, None]
     freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, width, 2, dtype=jnp.float32) / width)
     enc = jnp.zeros((t, width), jnp.float32)
-    enc = enc.at[:, 0::2].set(jnp.sin(pos * freq)).at[:, 1::2].set(jnp.cos(pos * freq)[:, :width // 2])
+    enc = (
+        enc.at[:, 0::2]
+        .set(jnp.sin(pos * freq))
+        .at[:, 1::2]
+        .set(jnp.cos(pos * freq)[:, : width // 2])
+    )
     return enc.astype(dtype)
 
 
 class TemporalModule(nn.Module):
     """(B', T, C) per-frame features -> (B', T, C) summary tokens (zero at init)."""
+
     config: vit.ViTConfig
     layers: int = 2
 
     @nn.compact
     def __call__(self, x, frame_valid=None, deterministic: bool = True):
-        c = dataclasses.replace(self.config, drop_path_rate=0.0, attention='dense', block_size=None,
-                                remat=False)
+        c = dataclasses.replace(
+            self.config, drop_path_rate=0.0, attention='dense', block_size=None, remat=False
+        )
         t = x.shape[1]
         layout = masks.TokenLayout(frames=t, views=1, modalities=('time',), patches=1)
         spec = masks.MaskSpec('full')
         x = x.astype(c.dtype) + _sinusoid(t, c.width, c.dtype)
         for i in range(self.layers):
-            x = vit.Block(c, layer=i, name=f'blocks_{i}')(x, frame_valid, layout, spec, deterministic)
+            x = vit.Block(c, layer=i, name=f'blocks_{i}')(
+                x, frame_valid, layout, spec, deterministic
+            )
         x = nn.LayerNorm(epsilon=c.ln_eps, dtype=c.dtype, param_dtype=c.param_dtype, name='norm')(x)
         return _zero_dense(c, 'out')(x)
 
 
 class TemporalHead(_Baseline):
     """Image model (within-frame attention) + temporal transformer summary token for the head."""
+
     temporal_layers: int = 2
 
     def setup(self):
@@ -369,16 +445,27 @@ class TemporalHead(_Baseline):
         for i in range(self.config.vit.depth):
             s = spec.at_layer(i)
             if s.strategy not in ('frame', 'multimodal'):
-                raise ValueError(f'TemporalHead: the image model must not attend across frames; layer {i} '
-                                 f'has strategy {s.strategy!r} (use frame or multimodal)')
+                raise ValueError(
+                    f'TemporalHead: the image model must not attend across frames; layer {i} '
+                    f'has strategy {s.strategy!r} (use frame or multimodal)'
+                )
 
-    def image_context(self, frames, keypoints=None, *, modality_keep=None, frame_valid=None,
-                      deterministic: bool = True):
+    def image_context(
+        self,
+        frames,
+        keypoints=None,
+        *,
+        modality_keep=None,
+        frame_valid=None,
+        deterministic: bool = True,
+    ):
         """ExtPose's forward up to the head: (context (B,T,V,N,C), context_valid or None)."""
         c = self.config
         b, t, v = self._inputs(frames, keypoints, need_keypoints='skeleton' in c.modalities)
-        streams = {'rgb': lambda: pose_forms.normalize_image(frames),
-                   'skeleton': lambda: pose_forms.normalize_image(self.pose_image(keypoints), scale=1.0)}
+        streams = {
+            'rgb': lambda: pose_forms.normalize_image(frames),
+            'skeleton': lambda: pose_forms.normalize_image(self.pose_image(keypoints), scale=1.0),
+        }
         images = jnp.stack([streams[m]() for m in c.modalities], axis=3)
         layout = c.layout(t, v)
         images = images.reshape(b, layout.streams, *images.shape[4:])
@@ -391,36 +478,61 @@ class TemporalHead(_Baseline):
             keep = self._keep(modality_keep, m)
             if keep is not None:
                 present[m] = jnp.broadcast_to(keep.astype(bool)[:, None, None], (b, t, v))
-        return heads.select_context(per_modality.get('rgb'), per_modality.get('skeleton'), c.head_context,
-                                    rgb_present=present.get('rgb'), skeleton_present=present.get('skeleton'))
+        return heads.select_context(
+            per_modality.get('rgb'),
+            per_modality.get('skeleton'),
+            c.head_context,
+            rgb_present=present.get('rgb'),
+            skeleton_present=present.get('skeleton'),
+        )
 
     def image_outputs(self, frames, keypoints=None, **kwargs):
         """The image model's outputs alone (= ExtPose with the same config and params)."""
         return self.head(*self.image_context(frames, keypoints, **kwargs))
 
-    def __call__(self, frames, keypoints=None, *, modality_keep=None, frame_valid=None,
-                 deterministic: bool = True):
+    def __call__(
+        self,
+        frames,
+        keypoints=None,
+        *,
+        modality_keep=None,
+        frame_valid=None,
+        deterministic: bool = True,
+    ):
         self._check_mask()
-        context, context_valid = self.image_context(frames, keypoints, modality_keep=modality_keep,
-                                                    frame_valid=frame_valid, deterministic=deterministic)
+        context, context_valid = self.image_context(
+            frames,
+            keypoints,
+            modality_keep=modality_keep,
+            frame_valid=frame_valid,
+            deterministic=deterministic,
+        )
         b, t, v, n, width = context.shape
         if context_valid is None:
             pooled = context.mean(axis=3)
         else:
             wts = context_valid.astype(context.dtype)[..., None]
             pooled = (context * wts).sum(3) / jnp.maximum(wts.sum(3), 1.0)
-        seq = jnp.moveaxis(pooled, 2, 1).reshape(b * v, t, width)           # views into the batch
+        seq = jnp.moveaxis(pooled, 2, 1).reshape(b * v, t, width)  # views into the batch
         fv = None
         if frame_valid is not None:
-            fv = jnp.repeat(jnp.asarray(frame_valid, bool), v, axis=0)      # (B*V, T), b-major
+            fv = jnp.repeat(jnp.asarray(frame_valid, bool), v, axis=0)  # (B*V, T), b-major
         summary = self.temporal(seq, fv, deterministic=deterministic)
         summary = jnp.moveaxis(summary.reshape(b, v, t, width), 1, 2)[:, :, :, None]  # (B,T,V,1,C)
         context = jnp.concatenate([context, summary.astype(context.dtype)], axis=3)
         if context_valid is not None or frame_valid is not None:
-            base = (jnp.ones((b, t, v, n), bool) if context_valid is None
-                    else jnp.broadcast_to(context_valid, (b, t, v, n)))
-            extra = (jnp.ones((b, t, v, 1), bool) if frame_valid is None
-                     else jnp.broadcast_to(jnp.asarray(frame_valid, bool)[:, :, None, None], (b, t, v, 1)))
+            base = (
+                jnp.ones((b, t, v, n), bool)
+                if context_valid is None
+                else jnp.broadcast_to(context_valid, (b, t, v, n))
+            )
+            extra = (
+                jnp.ones((b, t, v, 1), bool)
+                if frame_valid is None
+                else jnp.broadcast_to(
+                    jnp.asarray(frame_valid, bool)[:, :, None, None], (b, t, v, 1)
+                )
+            )
             context_valid = jnp.concatenate([base, extra], axis=3)
         return self.head(context, context_valid)
 
@@ -440,19 +552,27 @@ CONFIG_VARIANTS = {
     'extpose': lambda cfg: cfg,
     'rgb_only': lambda cfg: dataclasses.replace(cfg, modalities=('rgb',), head_context='rgb'),
     'heatmap': lambda cfg: dataclasses.replace(cfg, pose_form='heatmap'),
-    'late_fusion': lambda cfg: dataclasses.replace(cfg, mask=masks.MaskSpec('frame'), head_context='both'),
+    'late_fusion': lambda cfg: dataclasses.replace(
+        cfg, mask=masks.MaskSpec('frame'), head_context='both'
+    ),
     'image': lambda cfg: dataclasses.replace(cfg, mask=masks.MaskSpec('multimodal')),
 }
 
 # Top-level parameter names each baseline adds beside 'backbone' and 'head'.
-NEW_PARAM_PREFIXES = {'channel_concat': ('skeleton_patch_embed',), 'keypoint_tokens': ('keypoint_embed', 'joint_embed'),
-        'controlnet': ('control_blocks_', 'control_proj_'), 'temporal_head': ('temporal',)}
+NEW_PARAM_PREFIXES = {
+    'channel_concat': ('skeleton_patch_embed',),
+    'keypoint_tokens': ('keypoint_embed', 'joint_embed'),
+    'controlnet': ('control_blocks_', 'control_proj_'),
+    'temporal_head': ('temporal',),
+}
 
 
 def new_param_names(name: str, params) -> list:
     """Top-level names in `params` that baseline `name` adds (prefix match)."""
     prefixes = NEW_PARAM_PREFIXES.get(name, ())
-    return [k for k in params if any(k == p or (p.endswith('_') and k.startswith(p)) for p in prefixes)]
+    return [
+        k for k in params if any(k == p or (p.endswith('_') and k.startswith(p)) for p in prefixes)
+    ]
 
 
 def build(name: str, config: extpose.ExtPoseConfig, **kwargs) -> nn.Module:
@@ -461,7 +581,11 @@ def build(name: str, config: extpose.ExtPoseConfig, **kwargs) -> nn.Module:
         return BASELINES[name](config, **kwargs)
     if name in CONFIG_VARIANTS:
         if kwargs:
-            raise ValueError(f'build: {name!r} is an ExtPoseConfig variant and takes no kwargs, got {kwargs}')
+            raise ValueError(
+                f'build: {name!r} is an ExtPoseConfig variant and takes no kwargs, got {kwargs}'
+            )
         return extpose.ExtPose(CONFIG_VARIANTS[name](config))
-    raise ValueError(f'build: unknown model {name!r}; allowed: '
-                     f'{", ".join(map(repr, [*BASELINES, *CONFIG_VARIANTS]))}')
+    raise ValueError(
+        f'build: unknown model {name!r}; allowed: '
+        f'{", ".join(map(repr, [*BASELINES, *CONFIG_VARIANTS]))}'
+    )

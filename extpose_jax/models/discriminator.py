@@ -38,6 +38,7 @@ Logical axis names (all tiny: map them to None, i.e. replicate, in the rules tab
   'disc_score' 1 (score outputs), 'betas' 10, 'disc_betas_hidden' 10 / 5 (betas fc outputs),
   'disc_flat' 32 J (all-joints input), 'disc_mlp_in' / 'disc_mlp' 1024.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple
@@ -60,7 +61,9 @@ DISCRIMINATOR = 'discriminator'
 
 def num_joints(kind: str) -> int:
     if kind not in NUM_JOINTS:
-        raise ValueError(f'unknown discriminator kind {kind!r}; expected one of {sorted(NUM_JOINTS)}')
+        raise ValueError(
+            f'unknown discriminator kind {kind!r}; expected one of {sorted(NUM_JOINTS)}'
+        )
     return NUM_JOINTS[kind]
 
 
@@ -74,33 +77,43 @@ class Discriminator(nn.Module):
 
     def _dense(self, features, fan_in, axes, name):
         return nn.Dense(
-            features, name=name, dtype=self.dtype, param_dtype=self.param_dtype,
+            features,
+            name=name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             precision=self.precision,
             kernel_init=nn.with_logical_partitioning(_torch_uniform(fan_in), axes),
-            bias_init=nn.with_logical_partitioning(_torch_uniform(fan_in), axes[-1:]))
+            bias_init=nn.with_logical_partitioning(_torch_uniform(fan_in), axes[-1:]),
+        )
 
     @nn.compact
     def __call__(self, rotmats, betas):
         j = num_joints(self.kind)
         if rotmats.shape[-3:] != (j, 3, 3):
-            raise ValueError(f'{self.kind} discriminator: rotmats must be (..., {j}, 3, 3), '
-                             f'got {rotmats.shape}')
+            raise ValueError(
+                f'{self.kind} discriminator: rotmats must be (..., {j}, 3, 3), got {rotmats.shape}'
+            )
         if betas.shape[-1] != NUM_BETAS:
             raise ValueError(f'discriminator: betas must be (..., {NUM_BETAS}), got {betas.shape}')
         lead = rotmats.shape[:-3]
         if betas.shape[:-1] != lead:
-            raise ValueError(f'discriminator: leading dims differ: rotmats {rotmats.shape}, '
-                             f'betas {betas.shape}')
-        x = rotmats.reshape(lead + (j, 9))                          # (..., J, 9): channels last
+            raise ValueError(
+                f'discriminator: leading dims differ: rotmats {rotmats.shape}, betas {betas.shape}'
+            )
+        x = rotmats.reshape(lead + (j, 9))  # (..., J, 9): channels last
         x = nn.relu(self._dense(CONV_CH, 9, ('disc_rot', 'disc_conv'), 'D_conv1')(x))
         x = nn.relu(self._dense(CONV_CH, CONV_CH, ('disc_conv_in', 'disc_conv'), 'D_conv2')(x))
-        pose_scores = [self._dense(1, CONV_CH, ('disc_conv', 'disc_score'), f'pose_out_{i}')(x[..., i, :])
-                       for i in range(j)]
+        pose_scores = [
+            self._dense(1, CONV_CH, ('disc_conv', 'disc_score'), f'pose_out_{i}')(x[..., i, :])
+            for i in range(j)
+        ]
         b = nn.relu(self._dense(10, NUM_BETAS, ('betas', 'disc_betas_hidden'), 'betas_fc1')(betas))
         b = nn.relu(self._dense(5, 10, ('disc_betas_hidden', 'disc_betas_hidden'), 'betas_fc2')(b))
         b = self._dense(1, 5, ('disc_betas_hidden', 'disc_score'), 'betas_out')(b)
         flat = jnp.swapaxes(x, -1, -2).reshape(lead + (CONV_CH * j,))  # channel-major c * J + j
-        a = nn.relu(self._dense(MLP, CONV_CH * j, ('disc_flat', 'disc_mlp'), 'D_alljoints_fc1')(flat))
+        a = nn.relu(
+            self._dense(MLP, CONV_CH * j, ('disc_flat', 'disc_mlp'), 'D_alljoints_fc1')(flat)
+        )
         a = nn.relu(self._dense(MLP, MLP, ('disc_mlp_in', 'disc_mlp'), 'D_alljoints_fc2')(a))
         a = self._dense(1, MLP, ('disc_mlp', 'disc_score'), 'D_alljoints_out')(a)
         return jnp.concatenate(pose_scores + [b, a], axis=-1)
@@ -109,22 +122,28 @@ class Discriminator(nn.Module):
 # ------------------------------------------------------------------------------ conversion
 
 
-def discriminator_key_map(kind: str) -> Tuple[Tuple[str, Tuple[str, ...], Tuple[int, ...],
-                                                    Tuple[int, ...], str], ...]:
+def discriminator_key_map(
+    kind: str,
+) -> Tuple[Tuple[str, Tuple[str, ...], Tuple[int, ...], Tuple[int, ...], str], ...]:
     """(torch key without 'discriminator.', Flax path under params, torch shape, Flax shape, rule).
 
     rule: 'conv1x1' (weight[:, :, 0, 0].T), 'linear' (weight.T) or 'copy'. Order = the PyTorch
     registration order (convs, pose_out.*, betas_*, D_alljoints_*).
     """
     j = num_joints(kind)
-    linears = [('D_conv1', 'D_conv1', 9, CONV_CH, 'conv1x1'),
-               ('D_conv2', 'D_conv2', CONV_CH, CONV_CH, 'conv1x1')]
+    linears = [
+        ('D_conv1', 'D_conv1', 9, CONV_CH, 'conv1x1'),
+        ('D_conv2', 'D_conv2', CONV_CH, CONV_CH, 'conv1x1'),
+    ]
     linears += [(f'pose_out.{i}', f'pose_out_{i}', CONV_CH, 1, 'linear') for i in range(j)]
-    linears += [('betas_fc1', 'betas_fc1', 10, 10, 'linear'), ('betas_fc2', 'betas_fc2', 10, 5, 'linear'),
-                ('betas_out', 'betas_out', 5, 1, 'linear'),
-                ('D_alljoints_fc1', 'D_alljoints_fc1', CONV_CH * j, MLP, 'linear'),
-                ('D_alljoints_fc2', 'D_alljoints_fc2', MLP, MLP, 'linear'),
-                ('D_alljoints_out', 'D_alljoints_out', MLP, 1, 'linear')]
+    linears += [
+        ('betas_fc1', 'betas_fc1', 10, 10, 'linear'),
+        ('betas_fc2', 'betas_fc2', 10, 5, 'linear'),
+        ('betas_out', 'betas_out', 5, 1, 'linear'),
+        ('D_alljoints_fc1', 'D_alljoints_fc1', CONV_CH * j, MLP, 'linear'),
+        ('D_alljoints_fc2', 'D_alljoints_fc2', MLP, MLP, 'linear'),
+        ('D_alljoints_out', 'D_alljoints_out', MLP, 1, 'linear'),
+    ]
     out = []
     for tkey, fname, fin, fout, rule in linears:
         wshape = (fout, fin, 1, 1) if rule == 'conv1x1' else (fout, fin)
@@ -146,13 +165,15 @@ def from_torch_state_dict(state: Dict[str, Any], kind: str, prefix: str = '') ->
     `prefix`, e.g. 'discriminator.', is stripped; keys outside it are ignored. Fails on missing,
     unexpected or mis-shaped keys.
     """
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     kmap = discriminator_key_map(kind)
     _check_keys(sub, [m[0] for m in kmap], 'discriminator from torch')
     params: Dict[str, Dict[str, np.ndarray]] = {}
     bad = []
     for tkey, (mod, leaf), tshape, fshape, rule in kmap:
-        w = np.asarray(sub[tkey].detach().cpu().numpy() if hasattr(sub[tkey], 'detach') else sub[tkey])
+        w = np.asarray(
+            sub[tkey].detach().cpu().numpy() if hasattr(sub[tkey], 'detach') else sub[tkey]
+        )
         if tuple(w.shape) != tshape:
             bad.append(f'{tkey}: {tuple(w.shape)} != {tshape}')
             continue
@@ -170,8 +191,11 @@ def to_torch_state_dict(variables: dict, kind: str, prefix: str = '') -> Dict[st
     """Inverse of `from_torch_state_dict` (numpy arrays; exact round trip)."""
     params = nn.unbox(variables.get('params', variables))
     kmap = discriminator_key_map(kind)
-    _check_keys([f'{m}/{l}' for m, leaves in params.items() for l in leaves],
-                [f'{p[0]}/{p[1]}' for _, p, _, _, _ in kmap], 'discriminator to torch')
+    _check_keys(
+        [f'{m}/{l}' for m, leaves in params.items() for l in leaves],
+        [f'{p[0]}/{p[1]}' for _, p, _, _, _ in kmap],
+        'discriminator to torch',
+    )
     out = {}
     for tkey, (mod, leaf), tshape, fshape, rule in kmap:
         w = np.asarray(jax.device_get(params[mod][leaf]))

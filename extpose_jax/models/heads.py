@@ -49,6 +49,7 @@ optimised.
 Precision: parameters in `param_dtype`, matmuls in `dtype`, but LayerNorm, softmax, the readout
 residual and the 6D -> matrix step always run in float32.
 """
+
 from __future__ import annotations
 
 import math
@@ -109,19 +110,29 @@ def _dense(features, axis, fan_in, kernel_axes, *, use_bias, name, cfg):
     """A PyTorch Linear as DenseGeneral: kernel (in dims..., out dims...), named logical axes."""
     n_out = 1 if isinstance(features, int) else len(features)
     return nn.DenseGeneral(
-        features=features, axis=axis, use_bias=use_bias, name=name,
-        dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision,
+        features=features,
+        axis=axis,
+        use_bias=use_bias,
+        name=name,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        precision=cfg.precision,
         kernel_init=nn.with_logical_partitioning(_torch_uniform(fan_in), kernel_axes),
-        bias_init=nn.with_logical_partitioning(_torch_uniform(fan_in), kernel_axes[-n_out:]))
+        bias_init=nn.with_logical_partitioning(_torch_uniform(fan_in), kernel_axes[-n_out:]),
+    )
 
 
 def _layer_norm(cfg, name='norm'):
     # float32 whatever the compute dtype: the statistics of a 1024-wide token are not bf16-safe.
     return nn.LayerNorm(
-        epsilon=LN_EPS, dtype=jnp.float32, param_dtype=cfg.param_dtype, name=name,
+        epsilon=LN_EPS,
+        dtype=jnp.float32,
+        param_dtype=cfg.param_dtype,
+        name=name,
         use_fast_variance=False,  # two-pass variance, as PyTorch
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+    )
 
 
 # ------------------------------------------------------------------------------ decoder blocks
@@ -142,8 +153,9 @@ def _attend(q, k, v, valid, precision):
     the attention read-out is 0 and the sub-block returns only to_out's bias: finite values and
     finite gradients, never NaN. (jax.nn.dot_product_attention would silently average all V.)
     """
-    logits = jnp.einsum('mqhd,mkhd->mhqk', q, k, precision=precision,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+        'mqhd,mkhd->mhqk', q, k, precision=precision, preferred_element_type=jnp.float32
+    )
     logits = logits * (q.shape[-1] ** -0.5)
     if valid is None:
         weights = jax.nn.softmax(logits, axis=-1)
@@ -161,12 +173,26 @@ class SelfAttention(_Cfg):
     @nn.compact
     def __call__(self, x):
         h = _layer_norm(self)(x).astype(self.dtype)
-        qkv = _dense((3, HEADS, DIM_HEAD), -1, DIM, ('embed', 'qkv', 'heads', 'kv'),
-                     use_bias=False, name='to_qkv', cfg=self)(h)
+        qkv = _dense(
+            (3, HEADS, DIM_HEAD),
+            -1,
+            DIM,
+            ('embed', 'qkv', 'heads', 'kv'),
+            use_bias=False,
+            name='to_qkv',
+            cfg=self,
+        )(h)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         out = _attend(q, k, v, None, self.precision)
-        return _dense(DIM, (-2, -1), HEADS * DIM_HEAD, ('heads', 'kv', 'embed'),
-                      use_bias=True, name='to_out', cfg=self)(out)
+        return _dense(
+            DIM,
+            (-2, -1),
+            HEADS * DIM_HEAD,
+            ('heads', 'kv', 'embed'),
+            use_bias=True,
+            name='to_out',
+            cfg=self,
+        )(out)
 
 
 class CrossAttention(_Cfg):
@@ -175,14 +201,35 @@ class CrossAttention(_Cfg):
     @nn.compact
     def __call__(self, x, context, context_valid=None):
         h = _layer_norm(self)(x).astype(self.dtype)
-        q = _dense((HEADS, DIM_HEAD), -1, DIM, ('embed', 'heads', 'kv'),
-                   use_bias=False, name='to_q', cfg=self)(h)
+        q = _dense(
+            (HEADS, DIM_HEAD),
+            -1,
+            DIM,
+            ('embed', 'heads', 'kv'),
+            use_bias=False,
+            name='to_q',
+            cfg=self,
+        )(h)
         # fan_in follows the backbone (1280 for ViT-H upstream; smaller ViTs work the same way).
-        kv = _dense((2, HEADS, DIM_HEAD), -1, context.shape[-1], ('context', 'qkv', 'heads', 'kv'),
-                    use_bias=False, name='to_kv', cfg=self)(context.astype(self.dtype))
+        kv = _dense(
+            (2, HEADS, DIM_HEAD),
+            -1,
+            context.shape[-1],
+            ('context', 'qkv', 'heads', 'kv'),
+            use_bias=False,
+            name='to_kv',
+            cfg=self,
+        )(context.astype(self.dtype))
         out = _attend(q, kv[..., 0, :, :], kv[..., 1, :, :], context_valid, self.precision)
-        return _dense(DIM, (-2, -1), HEADS * DIM_HEAD, ('heads', 'kv', 'embed'),
-                      use_bias=True, name='to_out', cfg=self)(out)
+        return _dense(
+            DIM,
+            (-2, -1),
+            HEADS * DIM_HEAD,
+            ('heads', 'kv', 'embed'),
+            use_bias=True,
+            name='to_out',
+            cfg=self,
+        )(out)
 
 
 class FeedForward(_Cfg):
@@ -205,7 +252,8 @@ class _Layer(_Cfg):
         # The residual stream stays float32 whatever the compute dtype.
         x = x + SelfAttention(name='self_attn', **kw)(x).astype(jnp.float32)
         x = x + CrossAttention(name='cross_attn', **kw)(x, context, context_valid).astype(
-            jnp.float32)
+            jnp.float32
+        )
         return x + FeedForward(name='ff', **kw)(x).astype(jnp.float32)
 
 
@@ -217,12 +265,18 @@ class TransformerDecoder(_Cfg):
         # Upstream feeds zeros(B, 1, 1) through to_token_embedding; the Linear is kept (its weight
         # is in the checkpoint though it multiplies zero) so the tree maps 1:1 to the keys.
         zeros = jnp.zeros((context.shape[0], 1, 1), self.dtype)
-        x = _dense(DIM, -1, 1, ('token_in', 'embed'), use_bias=True,
-                   name='to_token_embedding', cfg=self)(zeros)
-        pos = self.param('pos_embedding',
-                         nn.with_logical_partitioning(nn.initializers.normal(1.0),  # torch.randn
-                                                      (None, 'query', 'embed')),
-                         (1, 1, DIM), self.param_dtype)
+        x = _dense(
+            DIM, -1, 1, ('token_in', 'embed'), use_bias=True, name='to_token_embedding', cfg=self
+        )(zeros)
+        pos = self.param(
+            'pos_embedding',
+            nn.with_logical_partitioning(
+                nn.initializers.normal(1.0),  # torch.randn
+                (None, 'query', 'embed'),
+            ),
+            (1, 1, DIM),
+            self.param_dtype,
+        )
         x = x.astype(jnp.float32) + pos.astype(jnp.float32)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         for i in range(DEPTH):
@@ -251,8 +305,9 @@ def mean_constants(kind: str, mean_params=None) -> dict:
         if isinstance(mean_params, str):
             with np.load(mean_params) as f:
                 mean_params = {k: f[k] for k in ('pose', 'shape', 'cam')}
-        pose, shape, cam = (np.asarray(mean_params[k], np.float32).reshape(-1)
-                            for k in ('pose', 'shape', 'cam'))
+        pose, shape, cam = (
+            np.asarray(mean_params[k], np.float32).reshape(-1) for k in ('pose', 'shape', 'cam')
+        )
     for name, a, size in (('pose', pose, n), ('shape', shape, NUM_BETAS), ('cam', cam, 3)):
         if a.size != size:
             raise ValueError(f'{kind} mean {name}: expected {size} values, got {a.size}')
@@ -290,7 +345,9 @@ class PoseHead(_Cfg):
     def __call__(self, context, context_valid=None):
         cfg = _kind(self.kind)
         if context.shape[-1] != self.context_dim:
-            raise ValueError(f'PoseHead: context width {context.shape[-1]} != context_dim {self.context_dim}')
+            raise ValueError(
+                f'PoseHead: context width {context.shape[-1]} != context_dim {self.context_dim}'
+            )
         lead, n_ctx = context.shape[:-2], context.shape[-2]
         context = context.reshape((-1, n_ctx, self.context_dim))
         if context_valid is not None:
@@ -299,21 +356,30 @@ class PoseHead(_Cfg):
 
         def const(name):
             # Lazy: the npz is read only when the collection is created (init), never in apply.
-            return self.variable('constants', name,
-                                 lambda: jnp.asarray(mean_constants(self.kind,
-                                                                    self.mean_params_path)[name]))
+            return self.variable(
+                'constants',
+                name,
+                lambda: jnp.asarray(mean_constants(self.kind, self.mean_params_path)[name]),
+            )
 
-        init_pose, init_betas, init_cam = (const(cfg['init_pose']).value,
-                                           const('init_betas').value, const('init_cam').value)
+        init_pose, init_betas, init_cam = (
+            const(cfg['init_pose']).value,
+            const('init_betas').value,
+            const('init_cam').value,
+        )
 
-        token = TransformerDecoder(name='transformer', dtype=self.dtype,
-                                   param_dtype=self.param_dtype,
-                                   precision=self.precision)(context, context_valid)[:, 0]
+        token = TransformerDecoder(
+            name='transformer',
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+        )(context, context_valid)[:, 0]
         token = token.astype(self.dtype)
 
         def readout(features, axis_name, name, init):
-            y = _dense(features, -1, DIM, ('embed', axis_name), use_bias=True, name=name,
-                       cfg=self)(token)
+            y = _dense(features, -1, DIM, ('embed', axis_name), use_bias=True, name=name, cfg=self)(
+                token
+            )
             # Residual on the means (one IEF step) in float32.
             return y.astype(jnp.float32) + init.astype(jnp.float32)
 
@@ -341,8 +407,9 @@ def mano_head(**kwargs) -> PoseHead:
     return PoseHead(kind='mano', **kwargs)
 
 
-def select_context(rgb=None, skeleton=None, mode: str = 'both', rgb_present=None,
-                   skeleton_present=None):
+def select_context(
+    rgb=None, skeleton=None, mode: str = 'both', rgb_present=None, skeleton_present=None
+):
     """Per-frame head context from the backbone's final tokens: 'rgb', 'skeleton' or 'both'.
 
     rgb / skeleton: (..., N, C) tokens of each modality (same leading dims); *_present: optional
@@ -350,8 +417,11 @@ def select_context(rgb=None, skeleton=None, mode: str = 'both', rgb_present=None
     Returns (context, context_valid): 'both' concatenates [rgb, skeleton] on the token axis;
     context_valid is (..., N_ctx) bool, or None when no presence flag was given.
     """
-    parts = {'rgb': [(rgb, rgb_present)], 'skeleton': [(skeleton, skeleton_present)],
-             'both': [(rgb, rgb_present), (skeleton, skeleton_present)]}
+    parts = {
+        'rgb': [(rgb, rgb_present)],
+        'skeleton': [(skeleton, skeleton_present)],
+        'both': [(rgb, rgb_present), (skeleton, skeleton_present)],
+    }
     if mode not in parts:
         raise ValueError(f'mode must be rgb, skeleton or both, got {mode!r}')
     chosen = parts[mode]
@@ -360,16 +430,21 @@ def select_context(rgb=None, skeleton=None, mode: str = 'both', rgb_present=None
     context = jnp.concatenate([t for t, _ in chosen], axis=-2)
     if all(p is None for _, p in chosen):
         return context, None
-    valid = [jnp.broadcast_to(jnp.ones((), bool) if p is None else jnp.asarray(p, bool)[..., None],
-                              t.shape[:-1]) for t, p in chosen]
+    valid = [
+        jnp.broadcast_to(
+            jnp.ones((), bool) if p is None else jnp.asarray(p, bool)[..., None], t.shape[:-1]
+        )
+        for t, p in chosen
+    ]
     return context, jnp.concatenate(valid, axis=-1)
 
 
 # ------------------------------------------------------------------------------ conversion
 
 
-def head_key_map(kind: str) -> Tuple[Tuple[str, Tuple[str, ...], Tuple[int, ...],
-                                           Tuple[int, ...], str], ...]:
+def head_key_map(
+    kind: str,
+) -> Tuple[Tuple[str, Tuple[str, ...], Tuple[int, ...], Tuple[int, ...], str], ...]:
     """(torch key without prefix, Flax path (collection first), torch shape, Flax shape, rule).
 
     rule 'linear': flax = W.T.reshape(flax_shape), W = flax.reshape(torch_shape[::-1]).T;
@@ -383,8 +458,13 @@ def head_key_map(kind: str) -> Tuple[Tuple[str, Tuple[str, ...], Tuple[int, ...]
         (cfg['init_pose'], ('constants', cfg['init_pose']), (1, n), (1, n), 'copy'),
         ('init_betas', ('constants', 'init_betas'), (1, NUM_BETAS), (1, NUM_BETAS), 'copy'),
         ('init_cam', ('constants', 'init_cam'), (1, 3), (1, 3), 'copy'),
-        ('transformer.pos_embedding', ('params', 'transformer', 'pos_embedding'),
-         (1, 1, DIM), (1, 1, DIM), 'copy'),
+        (
+            'transformer.pos_embedding',
+            ('params', 'transformer', 'pos_embedding'),
+            (1, 1, DIM),
+            (1, 1, DIM),
+            'copy',
+        ),
     ]
 
     def linear(tkey, path, out_in, flax_kernel, bias=True):
@@ -396,23 +476,44 @@ def head_key_map(kind: str) -> Tuple[Tuple[str, Tuple[str, ...], Tuple[int, ...]
         rows.append((f'{tkey}.weight', path + ('scale',), (DIM,), (DIM,), 'copy'))
         rows.append((f'{tkey}.bias', path + ('bias',), (DIM,), (DIM,), 'copy'))
 
-    linear('transformer.to_token_embedding', ('params', 'transformer', 'to_token_embedding'),
-           (DIM, 1), (1, DIM))
+    linear(
+        'transformer.to_token_embedding',
+        ('params', 'transformer', 'to_token_embedding'),
+        (DIM, 1),
+        (1, DIM),
+    )
     for i in range(DEPTH):
         t, f = f'transformer.transformer.layers.{i}', ('params', 'transformer', f'layers_{i}')
         norm(f'{t}.0.norm', f + ('self_attn', 'norm'))
-        linear(f'{t}.0.fn.to_qkv', f + ('self_attn', 'to_qkv'), (3 * inner, DIM),
-               (DIM, 3, HEADS, DIM_HEAD), bias=False)
-        linear(f'{t}.0.fn.to_out.0', f + ('self_attn', 'to_out'), (DIM, inner),
-               (HEADS, DIM_HEAD, DIM))
+        linear(
+            f'{t}.0.fn.to_qkv',
+            f + ('self_attn', 'to_qkv'),
+            (3 * inner, DIM),
+            (DIM, 3, HEADS, DIM_HEAD),
+            bias=False,
+        )
+        linear(
+            f'{t}.0.fn.to_out.0', f + ('self_attn', 'to_out'), (DIM, inner), (HEADS, DIM_HEAD, DIM)
+        )
         norm(f'{t}.1.norm', f + ('cross_attn', 'norm'))
         # Upstream registers to_kv before to_q (state_dict order; VERIFIED listing).
-        linear(f'{t}.1.fn.to_kv', f + ('cross_attn', 'to_kv'), (2 * inner, CONTEXT_DIM),
-               (CONTEXT_DIM, 2, HEADS, DIM_HEAD), bias=False)
-        linear(f'{t}.1.fn.to_q', f + ('cross_attn', 'to_q'), (inner, DIM),
-               (DIM, HEADS, DIM_HEAD), bias=False)
-        linear(f'{t}.1.fn.to_out.0', f + ('cross_attn', 'to_out'), (DIM, inner),
-               (HEADS, DIM_HEAD, DIM))
+        linear(
+            f'{t}.1.fn.to_kv',
+            f + ('cross_attn', 'to_kv'),
+            (2 * inner, CONTEXT_DIM),
+            (CONTEXT_DIM, 2, HEADS, DIM_HEAD),
+            bias=False,
+        )
+        linear(
+            f'{t}.1.fn.to_q',
+            f + ('cross_attn', 'to_q'),
+            (inner, DIM),
+            (DIM, HEADS, DIM_HEAD),
+            bias=False,
+        )
+        linear(
+            f'{t}.1.fn.to_out.0', f + ('cross_attn', 'to_out'), (DIM, inner), (HEADS, DIM_HEAD, DIM)
+        )
         norm(f'{t}.2.norm', f + ('ff', 'norm'))
         linear(f'{t}.2.fn.net.0', f + ('ff', 'net_0'), (MLP_DIM, DIM), (DIM, MLP_DIM))
         linear(f'{t}.2.fn.net.3', f + ('ff', 'net_3'), (DIM, MLP_DIM), (MLP_DIM, DIM))
@@ -429,12 +530,15 @@ def _numpy(x):
 
 def _fail(what, missing, unexpected, bad_shapes):
     if missing or unexpected or bad_shapes:
-        raise ValueError(f'{what}: missing {sorted(missing)}; unexpected {sorted(unexpected)}; '
-                         f'mis-shaped {bad_shapes}')
+        raise ValueError(
+            f'{what}: missing {sorted(missing)}; unexpected {sorted(unexpected)}; '
+            f'mis-shaped {bad_shapes}'
+        )
 
 
-def from_torch_state_dict(state_dict: Mapping[str, Any], kind: str,
-                          prefix: Optional[str] = None) -> dict:
+def from_torch_state_dict(
+    state_dict: Mapping[str, Any], kind: str, prefix: Optional[str] = None
+) -> dict:
     """Upstream state_dict (numpy or torch values) -> {'params': ..., 'constants': ...} numpy.
 
     Reads the keys under `prefix` (default 'smpl_head.' / 'mano_head.'; '' for a bare head);
@@ -463,17 +567,21 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], kind: str,
     return out
 
 
-def to_torch_state_dict(variables: Mapping[str, Any], kind: str,
-                        prefix: Optional[str] = None) -> dict:
+def to_torch_state_dict(
+    variables: Mapping[str, Any], kind: str, prefix: Optional[str] = None
+) -> dict:
     """{'params', 'constants'} (boxed or plain) -> {prefix + torch key: numpy array}, in order.
 
     Fails listing missing, unexpected and mis-shaped Flax leaves.
     """
     prefix = f'{kind}_head.' if prefix is None else prefix
     variables = nn.unbox(variables)
-    flat = {tuple(getattr(k, 'key', k) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(
-                {c: variables[c] for c in ('params', 'constants') if c in variables})}
+    flat = {
+        tuple(getattr(k, 'key', k) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(
+            {c: variables[c] for c in ('params', 'constants') if c in variables}
+        )
+    }
     rows = head_key_map(kind)
     missing = {'/'.join(r[1]) for r in rows if r[1] not in flat}
     unexpected = {'/'.join(p) for p in set(flat) - {r[1] for r in rows}}
@@ -490,6 +598,18 @@ def to_torch_state_dict(variables: Mapping[str, Any], kind: str,
     return out
 
 
-__all__ = ['PoseHead', 'smpl_head', 'mano_head', 'select_context', 'mean_constants', 'npose',
-           'head_key_map', 'from_torch_state_dict', 'to_torch_state_dict',
-           'TransformerDecoder', 'SelfAttention', 'CrossAttention', 'FeedForward']
+__all__ = [
+    'PoseHead',
+    'smpl_head',
+    'mano_head',
+    'select_context',
+    'mean_constants',
+    'npose',
+    'head_key_map',
+    'from_torch_state_dict',
+    'to_torch_state_dict',
+    'TransformerDecoder',
+    'SelfAttention',
+    'CrossAttention',
+    'FeedForward',
+]

@@ -14,6 +14,7 @@ inside `nn.DenseGeneral`'s apply-time shape check, which fails for the heads' mu
 kernels (a rank-4 spec on a rank-2 array). And flax maps names without looking at the shape,
 where a mesh axis that does not divide a dimension (3 heads over tensor = 2) must be dropped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,9 @@ import jax
 from jax.sharding import NamedSharding
 
 # (mesh, names -> shape -> PartitionSpec) while a trace is being sharded; None otherwise.
-_ACTIVE: contextvars.ContextVar = contextvars.ContextVar('extpose_activation_sharding', default=None)
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar(
+    'extpose_activation_sharding', default=None
+)
 
 
 @contextlib.contextmanager
@@ -43,7 +46,8 @@ def constrain(x, names: Sequence[str | None]):
     if current is None:
         return x
     if len(names) != x.ndim:
-        raise ValueError(f'constrain: {len(names)} axis names {tuple(names)} for an array of '
-                         f'shape {x.shape}')
+        raise ValueError(
+            f'constrain: {len(names)} axis names {tuple(names)} for an array of shape {x.shape}'
+        )
     mesh, to_spec = current
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, to_spec(names, x.shape, mesh)))

@@ -42,6 +42,7 @@ Note that masks compose across blocks: under 'extpose' RGB of frame t never sees
 of frame t' != t in ONE block, but after two blocks it does (S_t' -> R_t' -> R_t). Only
 'frame', 'multimodal', windows of 0 and causality are closed under composition.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,6 +67,7 @@ class TokenLayout:
     patches: N tokens per stream (192 for a 256x192 ViTPose input);
     parts: optional part index per view (e.g. (0, 1, 2) for body, left hand, right hand).
     """
+
     frames: int = 1
     views: int = 1
     modalities: tuple[str, ...] = ('rgb',)
@@ -82,10 +84,14 @@ class TokenLayout:
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f'TokenLayout.{name} must be a positive int, got {value!r}')
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f'TokenLayout.modalities must be non-empty and unique, got {self.modalities!r}')
+            raise ValueError(
+                f'TokenLayout.modalities must be non-empty and unique, got {self.modalities!r}'
+            )
         if self.parts is not None and len(self.parts) != self.views:
-            raise ValueError(f'TokenLayout.parts has {len(self.parts)} entries for {self.views} views; '
-                             'give one part index per view')
+            raise ValueError(
+                f'TokenLayout.parts has {len(self.parts)} entries for {self.views} views; '
+                'give one part index per view'
+            )
 
     @property
     def streams(self) -> int:
@@ -145,7 +151,8 @@ def check_tokens(layout: TokenLayout, n_tokens: int) -> None:
         raise ValueError(
             f'{n_tokens} tokens do not match the layout: {layout.frames} frames x {layout.views} views x '
             f'{len(layout.modalities)} modalities {layout.modalities} x {layout.patches} patches = '
-            f'{layout.n_tokens} tokens')
+            f'{layout.n_tokens} tokens'
+        )
 
 
 # ----------------------------------------------------------------------------- mask spec
@@ -161,6 +168,7 @@ class MaskSpec:
         MaskSpec(layers=('frame',) * 16 + ('extpose',) * 16)
       Empty: every layer uses `strategy`.
     """
+
     strategy: str = 'extpose'
     window: int | None = None
     causal: bool = False
@@ -171,13 +179,19 @@ class MaskSpec:
     def __post_init__(self):
         object.__setattr__(self, 'layers', tuple(self.layers))
         _check_strategy(self.strategy, 'MaskSpec.strategy')
-        if self.window is not None and (not isinstance(self.window, (int, np.integer)) or self.window < 0):
-            raise ValueError(f'MaskSpec.window must be None or an int >= 0 (frames either side), '
-                             f'got {self.window!r}')
+        if self.window is not None and (
+            not isinstance(self.window, (int, np.integer)) or self.window < 0
+        ):
+            raise ValueError(
+                f'MaskSpec.window must be None or an int >= 0 (frames either side), '
+                f'got {self.window!r}'
+            )
         for i, entry in enumerate(self.layers):
             if isinstance(entry, MaskSpec):
                 if entry.layers:
-                    raise ValueError(f'MaskSpec.layers[{i}] has its own layers; schedules do not nest')
+                    raise ValueError(
+                        f'MaskSpec.layers[{i}] has its own layers; schedules do not nest'
+                    )
             else:
                 _check_strategy(entry, f'MaskSpec.layers[{i}]')
 
@@ -186,7 +200,9 @@ class MaskSpec:
         if not self.layers:
             return self
         if not 0 <= layer < len(self.layers):
-            raise ValueError(f'layer {layer} is outside the MaskSpec schedule of {len(self.layers)} layers')
+            raise ValueError(
+                f'layer {layer} is outside the MaskSpec schedule of {len(self.layers)} layers'
+            )
         entry = self.layers[layer]
         if isinstance(entry, MaskSpec):
             return entry
@@ -195,7 +211,9 @@ class MaskSpec:
 
 def _check_strategy(value, field):
     if not isinstance(value, str) or value not in STRATEGIES:
-        raise ValueError(f'{field}: unknown strategy {value!r}; allowed: {", ".join(map(repr, STRATEGIES))}')
+        raise ValueError(
+            f'{field}: unknown strategy {value!r}; allowed: {", ".join(map(repr, STRATEGIES))}'
+        )
 
 
 # ----------------------------------------------------------------------------- static structure
@@ -215,8 +233,12 @@ def _stream_structure(layout: TokenLayout, s: MaskSpec) -> np.ndarray:
     same_v = v[:, None] == v[None, :]
     same_m = m[:, None] == m[None, :]
     same_p = p[:, None] == p[None, :]
-    within = {'frame': same_t & same_m, 'multimodal': same_t,
-              'extpose': same_t | same_m, 'full': np.ones_like(same_t)}[s.strategy]
+    within = {
+        'frame': same_t & same_m,
+        'multimodal': same_t,
+        'extpose': same_t | same_m,
+        'full': np.ones_like(same_t),
+    }[s.strategy]
     across = np.ones_like(same_t) if s.strategy == 'full' else same_t & same_m
     switch = np.where(same_p, s.cross_view, s.cross_part)
     allowed = (same_v & within) | (~same_v & switch & across)
@@ -252,7 +274,9 @@ def block_pattern(structure: np.ndarray, block_q: int, block_k: int | None = Non
     nq, nk = structure.shape
     for name, n, b in (('query', nq, block_q), ('key', nk, block_k)):
         if b < 1 or n % b:
-            raise ValueError(f'block_pattern: {n} {name} tokens are not a multiple of block size {b}')
+            raise ValueError(
+                f'block_pattern: {n} {name} tokens are not a multiple of block size {b}'
+            )
     return structure.reshape(nq // block_q, block_q, nk // block_k, block_k).any(axis=(1, 3))
 
 
@@ -276,6 +300,7 @@ def cache_by_identity(fn):
         value = fn(array, *args)
         cache[key] = (weakref.ref(array, lambda _, key=key: cache.pop(key, None)), value)
         return value
+
     return wrapper
 
 
@@ -317,14 +342,18 @@ def key_valid(layout: TokenLayout, modality_keep=None, frame_valid=None, view_va
     frame_valid (B, T): False for padded frames. view_valid (B, V): False for missing crops.
     """
     out = None
-    for name, value, size, attr in (('modality_keep', modality_keep, len(layout.modalities), 'modality'),
-                                    ('frame_valid', frame_valid, layout.frames, 'frame'),
-                                    ('view_valid', view_valid, layout.views, 'view')):
+    for name, value, size, attr in (
+        ('modality_keep', modality_keep, len(layout.modalities), 'modality'),
+        ('frame_valid', frame_valid, layout.frames, 'frame'),
+        ('view_valid', view_valid, layout.views, 'view'),
+    ):
         if value is None:
             continue
         value = jnp.asarray(value)
         if value.ndim != 2 or value.shape[1] != size:
-            raise ValueError(f'key_valid: {name} must be (batch, {size}) for this layout, got {value.shape}')
+            raise ValueError(
+                f'key_valid: {name} must be (batch, {size}) for this layout, got {value.shape}'
+            )
         per_token = jnp.take(value.astype(bool), getattr(layout, attr), axis=1)
         out = per_token if out is None else out & per_token
     return out

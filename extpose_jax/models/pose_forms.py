@@ -20,6 +20,7 @@ of ControlNet's absolute 4 px; and edges are anti-aliased analytically so the im
 function of the keypoints. Hands use the layout's palette (OpenPose / HaMeR hand colours) rather
 than ControlNet's HSV edges and blue joints.
 """
+
 from __future__ import annotations
 
 import jax
@@ -106,10 +107,18 @@ def _coverage(dist, radius):
     return jnp.clip(radius + _EDGE - dist, 0.0, 1.0)
 
 
-def render_skeleton(keypoints, layout, height: int = 256, width: int = 192, thickness=None,
-                    joint_radius=None, conf_threshold: float = DEFAULT_CONF_THRESHOLD,
-                    limb_brightness: float = CONTROLNET_LIMB_BRIGHTNESS,
-                    conf_alpha: bool = False, draw_joints: bool = True):
+def render_skeleton(
+    keypoints,
+    layout,
+    height: int = 256,
+    width: int = 192,
+    thickness=None,
+    joint_radius=None,
+    conf_threshold: float = DEFAULT_CONF_THRESHOLD,
+    limb_brightness: float = CONTROLNET_LIMB_BRIGHTNESS,
+    conf_alpha: bool = False,
+    draw_joints: bool = True,
+):
     """ControlNet-style skeleton image: keypoints (..., J, 3) pixels (x, y, conf) -> (..., H, W, 3).
 
     Args:
@@ -165,8 +174,12 @@ def render_skeleton(keypoints, layout, height: int = 256, width: int = 192, thic
     if len(limbs):
         limb_colors = _palette(layout.limb_colors, len(limbs)) * limb_brightness
         limb_weight = jnp.minimum(weight[:, limbs[:, 0]], weight[:, limbs[:, 1]])
-        items = (jnp.moveaxis(xy[:, limbs[:, 0]], 1, 0), jnp.moveaxis(xy[:, limbs[:, 1]], 1, 0),
-                 limb_weight.T, jnp.asarray(limb_colors))
+        items = (
+            jnp.moveaxis(xy[:, limbs[:, 0]], 1, 0),
+            jnp.moveaxis(xy[:, limbs[:, 1]], 1, 0),
+            limb_weight.T,
+            jnp.asarray(limb_colors),
+        )
         image, _ = jax.lax.scan(limb_step, image, items)
     if draw_joints:
         joint_colors = _palette(layout.joint_colors, layout.num_joints)
@@ -175,8 +188,14 @@ def render_skeleton(keypoints, layout, height: int = 256, width: int = 192, thic
     return image.reshape(lead + (height, width, 3))
 
 
-def gaussian_heatmaps(keypoints, height: int = 256, width: int = 192, sigma: float = 2.0,
-                      stride: int = 1, conf_threshold: float = 0.0):
+def gaussian_heatmaps(
+    keypoints,
+    height: int = 256,
+    width: int = 192,
+    sigma: float = 2.0,
+    stride: int = 1,
+    conf_threshold: float = 0.0,
+):
     """Confidence-weighted Gaussians: (..., J, 3) -> (..., height // stride, width // stride, J).
 
     Cell (i, j) samples image point (x, y) = (j stride, i stride) (mmpose / ViTPose: keypoint /
@@ -191,10 +210,12 @@ def gaussian_heatmaps(keypoints, height: int = 256, width: int = 192, sigma: flo
     cx, cy, conf = kp[..., 0] / stride, kp[..., 1] / stride, kp[..., 2]
     gate = jax.lax.stop_gradient(conf)
     weight = jnp.where((gate >= conf_threshold) & (gate > 0), conf, 0.0)  # (M, J)
-    gx = jnp.exp(-(jnp.arange(w, dtype=jnp.float32)[None, None] - cx[..., None]) ** 2
-                 / (2.0 * sigma ** 2))  # (M, J, w)
-    gy = jnp.exp(-(jnp.arange(h, dtype=jnp.float32)[None, None] - cy[..., None]) ** 2
-                 / (2.0 * sigma ** 2))  # (M, J, h)
+    gx = jnp.exp(
+        -((jnp.arange(w, dtype=jnp.float32)[None, None] - cx[..., None]) ** 2) / (2.0 * sigma**2)
+    )  # (M, J, w)
+    gy = jnp.exp(
+        -((jnp.arange(h, dtype=jnp.float32)[None, None] - cy[..., None]) ** 2) / (2.0 * sigma**2)
+    )  # (M, J, h)
     maps = jnp.einsum('mjh,mjw,mj->mhwj', gy, gx, weight)
     return maps.reshape(lead + (h, w, kp.shape[1]))
 
@@ -210,8 +231,7 @@ def heatmap_image(heatmaps, layout):
     return jnp.max(heatmaps[..., None] * colors, axis=-2)
 
 
-def keypoint_tokens(keypoints, height: int = 256, width: int = 192,
-                    conf_threshold: float = 0.0):
+def keypoint_tokens(keypoints, height: int = 256, width: int = 192, conf_threshold: float = 0.0):
     """1D keypoint input (the array ablation): (..., J, 3) pixels -> (..., J, 3) normalised.
 
     x_n = (x - width / 2) / S, y_n = (y - height / 2) / S with S = max(height, width): one scale
@@ -232,5 +252,13 @@ def keypoint_tokens(keypoints, height: int = 256, width: int = 192,
     return out.reshape(lead + out.shape[1:])
 
 
-__all__ = ['normalize_image', 'default_thickness', 'render_skeleton', 'gaussian_heatmaps',
-           'heatmap_image', 'keypoint_tokens', 'IMAGENET_MEAN', 'IMAGENET_STD']
+__all__ = [
+    'normalize_image',
+    'default_thickness',
+    'render_skeleton',
+    'gaussian_heatmaps',
+    'heatmap_image',
+    'keypoint_tokens',
+    'IMAGENET_MEAN',
+    'IMAGENET_STD',
+]

@@ -31,6 +31,7 @@ sharding.activation_sharding): ('batch', 'seq', 'embed') on the residual stream,
 ('batch', 'seq', 'heads', 'kv') on q/k/v ('kv' = head_dim), ('batch', 'seq', 'mlp') on the MLP
 hidden activations.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,16 +62,16 @@ class ViTConfig:
     mlp_dim: int = 768
     drop_path_rate: float = 0.0
     patch: int = 16
-    padding: int = 2              # upstream: 4 + 2 * (ratio // 2 - 1) with ratio 1
+    padding: int = 2  # upstream: 4 + 2 * (ratio // 2 - 1) with ratio 1
     image_size: tuple[int, int] = (256, 192)
     channels: int = 3
     ln_eps: float = 1e-6
-    dtype: Any = jnp.float32      # compute dtype (bf16 for training)
+    dtype: Any = jnp.float32  # compute dtype (bf16 for training)
     param_dtype: Any = jnp.float32
     # Recompute each block in the backward pass (nn.remat). Measured on XLA:CPU: the compiled
     # temp memory of an unrolled stack barely changes (the CPU scheduler hoists recomputation).
     remat: bool = False
-    attention: str = 'dense'      # attention.attend impl: 'dense' | 'blockwise' | 'cudnn'
+    attention: str = 'dense'  # attention.attend impl: 'dense' | 'blockwise' | 'cudnn'
     # Blockwise block size; None = one stream's patches, which aligns blocks with the mask's
     # groups (a 128 block straddles 192-token groups and then visits every key block).
     block_size: int | None = None
@@ -78,15 +79,21 @@ class ViTConfig:
     def __post_init__(self):
         object.__setattr__(self, 'image_size', tuple(self.image_size))
         if self.width % self.heads:
-            raise ValueError(f'ViTConfig: width {self.width} is not divisible by heads {self.heads}')
+            raise ValueError(
+                f'ViTConfig: width {self.width} is not divisible by heads {self.heads}'
+            )
         if self.attention not in attention.IMPLS:
-            raise ValueError(f'ViTConfig.attention: unknown impl {self.attention!r}; '
-                             f'allowed: {", ".join(map(repr, attention.IMPLS))}')
+            raise ValueError(
+                f'ViTConfig.attention: unknown impl {self.attention!r}; '
+                f'allowed: {", ".join(map(repr, attention.IMPLS))}'
+            )
 
     @classmethod
     def of(cls, size: str, **overrides) -> ViTConfig:
         if size not in SIZES:
-            raise ValueError(f'ViTConfig.of: unknown size {size!r}; allowed: {", ".join(map(repr, SIZES))}')
+            raise ValueError(
+                f'ViTConfig.of: unknown size {size!r}; allowed: {", ".join(map(repr, SIZES))}'
+            )
         return cls(**{**SIZES[size], **overrides})
 
     @property
@@ -112,14 +119,25 @@ _TRUNC = nn.initializers.truncated_normal(0.02)  # ViTPose init_weights: trunc_n
 
 
 def _dense(features, names, config, name):
-    return nn.Dense(features, dtype=config.dtype, param_dtype=config.param_dtype, name=name,
-                    kernel_init=_logical(_TRUNC, names), bias_init=_logical(nn.initializers.zeros, names[-1:]))
+    return nn.Dense(
+        features,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        name=name,
+        kernel_init=_logical(_TRUNC, names),
+        bias_init=_logical(nn.initializers.zeros, names[-1:]),
+    )
 
 
 def _norm(config, name):
-    return nn.LayerNorm(epsilon=config.ln_eps, dtype=config.dtype, param_dtype=config.param_dtype, name=name,
-                        scale_init=_logical(nn.initializers.ones, ('embed',)),
-                        bias_init=_logical(nn.initializers.zeros, ('embed',)))
+    return nn.LayerNorm(
+        epsilon=config.ln_eps,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        name=name,
+        scale_init=_logical(nn.initializers.ones, ('embed',)),
+        bias_init=_logical(nn.initializers.zeros, ('embed',)),
+    )
 
 
 class PatchEmbed(nn.Module):
@@ -128,11 +146,17 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, x):  # (B', H, W, 3) -> (B', N, C)
         c = self.config
-        x = nn.Conv(c.width, (c.patch, c.patch), strides=(c.patch, c.patch),
-                    padding=((c.padding, c.padding), (c.padding, c.padding)),
-                    dtype=c.dtype, param_dtype=c.param_dtype, name='proj',
-                    kernel_init=_logical(nn.initializers.lecun_normal(), (None, None, None, 'embed')),
-                    bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
+        x = nn.Conv(
+            c.width,
+            (c.patch, c.patch),
+            strides=(c.patch, c.patch),
+            padding=((c.padding, c.padding), (c.padding, c.padding)),
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            name='proj',
+            kernel_init=_logical(nn.initializers.lecun_normal(), (None, None, None, 'embed')),
+            bias_init=_logical(nn.initializers.zeros, ('embed',)),
+        )(x)
         return x.reshape(x.shape[0], -1, c.width)  # row-major over the grid, as upstream
 
 
@@ -149,8 +173,15 @@ class Attention(nn.Module):
         q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, c.heads, width // c.heads), 2, 0)
         q, k, v = (logical.constrain(t, ('batch', 'seq', 'heads', 'kv')) for t in (q, k, v))
         block = layout.patches if c.block_size is None else c.block_size
-        out = attention.attend(q, k, v, structure=masks.structure(layout, mask_spec, self.layer),
-                               key_valid=key_valid, impl=c.attention, block_size=block)
+        out = attention.attend(
+            q,
+            k,
+            v,
+            structure=masks.structure(layout, mask_spec, self.layer),
+            key_valid=key_valid,
+            impl=c.attention,
+            block_size=block,
+        )
         return _dense(width, ('heads', 'embed'), c, 'proj')(out.reshape(b, n, width))
 
 
@@ -174,7 +205,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, key_valid, layout, mask_spec, deterministic=True):
         c = self.config
-        y = Attention(c, self.layer, name='attn')(_norm(c, 'norm1')(x), key_valid, layout, mask_spec)
+        y = Attention(c, self.layer, name='attn')(
+            _norm(c, 'norm1')(x), key_valid, layout, mask_spec
+        )
         x = x + self._drop_path(y, deterministic)
         x = x + self._drop_path(Mlp(c, name='mlp')(_norm(c, 'norm2')(x)), deterministic)
         return logical.constrain(x, ('batch', 'seq', 'embed'))
@@ -184,19 +217,26 @@ class Block(nn.Module):
         if deterministic or self.drop_path == 0.0:
             return y
         keep = 1.0 - self.drop_path
-        mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+        mask = jax.random.bernoulli(
+            self.make_rng('dropout'), keep, (y.shape[0],) + (1,) * (y.ndim - 1)
+        )
         return jnp.where(mask, y / keep, 0).astype(y.dtype)
 
 
 class ViT(nn.Module):
     """images (B, S, H, W, 3), S = T*V*M streams in layout order -> tokens (B, S, N, C)."""
+
     config: ViTConfig
 
     def setup(self):
         c = self.config
         self.patch_embed = PatchEmbed(c)
-        self.pos_embed = self.param('pos_embed', _logical(_TRUNC, (None, None, 'embed')),
-                                    (1, 1 + c.num_patches, c.width), c.param_dtype)
+        self.pos_embed = self.param(
+            'pos_embed',
+            _logical(_TRUNC, (None, None, 'embed')),
+            (1, 1 + c.num_patches, c.width),
+            c.param_dtype,
+        )
         # Block's call args after self: x, key_valid, layout, mask_spec, deterministic.
         block = nn.remat(Block, static_argnums=(3, 4, 5)) if c.remat else Block
         rates = drop_path_rates(c)
@@ -210,10 +250,19 @@ class ViT(nn.Module):
         x = self.patch_embed(images.reshape(b * s, *images.shape[2:]).astype(c.dtype))
         pos = self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # slot 0 goes to every token (upstream)
         x = x + pos.astype(c.dtype)
-        return logical.constrain(x.reshape(b, s * c.num_patches, c.width), ('batch', 'seq', 'embed'))
+        return logical.constrain(
+            x.reshape(b, s * c.num_patches, c.width), ('batch', 'seq', 'embed')
+        )
 
-    def __call__(self, images, layout: masks.TokenLayout, mask_spec: masks.MaskSpec, key_valid=None, *,
-                 deterministic: bool = True):
+    def __call__(
+        self,
+        images,
+        layout: masks.TokenLayout,
+        mask_spec: masks.MaskSpec,
+        key_valid=None,
+        *,
+        deterministic: bool = True,
+    ):
         self._check(images, layout, mask_spec, key_valid)
         x = self.embed(images)
         for blk in self.blocks:
@@ -228,13 +277,20 @@ class ViT(nn.Module):
             raise ValueError(
                 f'ViT: images {tuple(images.shape)} do not match the layout: expected (B, {want[0]} streams = '
                 f'{layout.frames} frames x {layout.views} views x {len(layout.modalities)} modalities, '
-                f'{want[1]}, {want[2]}, {want[3]})')
+                f'{want[1]}, {want[2]}, {want[3]})'
+            )
         if layout.patches != c.num_patches:
-            raise ValueError(f'ViT: layout.patches={layout.patches} but a {c.image_size} image gives '
-                             f'{c.grid[0]}x{c.grid[1]} = {c.num_patches} tokens')
+            raise ValueError(
+                f'ViT: layout.patches={layout.patches} but a {c.image_size} image gives '
+                f'{c.grid[0]}x{c.grid[1]} = {c.num_patches} tokens'
+            )
         if mask_spec.layers and len(mask_spec.layers) != c.depth:
-            raise ValueError(f'ViT: MaskSpec.layers has {len(mask_spec.layers)} entries for {c.depth} blocks')
+            raise ValueError(
+                f'ViT: MaskSpec.layers has {len(mask_spec.layers)} entries for {c.depth} blocks'
+            )
         if key_valid is not None:
             masks.check_tokens(layout, key_valid.shape[-1])
             if key_valid.shape[0] not in (1, images.shape[0]):
-                raise ValueError(f'ViT: key_valid batch {key_valid.shape[0]} != images batch {images.shape[0]}')
+                raise ValueError(
+                    f'ViT: key_valid batch {key_valid.shape[0]} != images batch {images.shape[0]}'
+                )

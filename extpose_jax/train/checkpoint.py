@@ -13,6 +13,7 @@ Variables directory (what convert.from_torch writes; what config.init.checkpoint
     meta.json    where they came from ({'kind': 'smpl', 'source': ...})
 written into a temporary sibling and renamed, so it exists only when complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,10 @@ def save_variables(directory: str, variables: dict, meta: Optional[dict] = None)
         raise FileExistsError(f'save_variables: {directory} exists; remove it or choose another')
     unknown = set(variables) - set(_COLLECTIONS)
     if unknown or 'params' not in variables:
-        raise ValueError(f"save_variables: expected {{'params', 'constants'[, '{DISCRIMINATOR}']}}, "
-                         f"got {sorted(variables)}")
+        raise ValueError(
+            f"save_variables: expected {{'params', 'constants'[, '{DISCRIMINATOR}']}}, "
+            f'got {sorted(variables)}'
+        )
     tmp = f'{directory}.{secrets.token_hex(4)}.tmp'
     os.makedirs(tmp)
     try:
@@ -63,8 +66,9 @@ def save_variables(directory: str, variables: dict, meta: Optional[dict] = None)
             tree[DISCRIMINATOR] = variables[DISCRIMINATOR]
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, _VARIABLES), jax.tree.map(np.asarray, tree))
-        atomic_write(os.path.join(tmp, _META),
-                     lambda f: f.write(json.dumps(meta or {}, indent=1).encode()))
+        atomic_write(
+            os.path.join(tmp, _META), lambda f: f.write(json.dumps(meta or {}, indent=1).encode())
+        )
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -72,25 +76,33 @@ def save_variables(directory: str, variables: dict, meta: Optional[dict] = None)
 
 
 def is_variables_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, _META)) and os.path.isdir(os.path.join(path, _VARIABLES))
+    return os.path.isfile(os.path.join(path, _META)) and os.path.isdir(
+        os.path.join(path, _VARIABLES)
+    )
 
 
 def load_variables(directory: str) -> Tuple[dict, dict]:
     """-> (variables of numpy arrays, meta); variables hold 'discriminator' when one was saved."""
     if not is_variables_dir(directory):
-        raise FileNotFoundError(f'load_variables: {directory} is not a variables directory '
-                                f'(needs {_VARIABLES}/ and {_META})')
+        raise FileNotFoundError(
+            f'load_variables: {directory} is not a variables directory '
+            f'(needs {_VARIABLES}/ and {_META})'
+        )
     try:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(os.path.join(os.path.abspath(directory), _VARIABLES))
     except Exception as e:  # noqa: BLE001 - orbax / tensorstore report damage as ValueError,
         # JSONDecodeError, UnicodeDecodeError, ...: any failure to read is the directory's
         reason = str(e).split(' [tensorstore_spec=')[0]  # the spec is a page of JSON
-        raise VariablesError(f'{directory}: variables/ is unreadable (truncated or damaged?): '
-                             f'{type(e).__name__}: {errors.one_line(reason)}') from e
+        raise VariablesError(
+            f'{directory}: variables/ is unreadable (truncated or damaged?): '
+            f'{type(e).__name__}: {errors.one_line(reason)}'
+        ) from e
     if not isinstance(tree, dict) or not isinstance(tree.get('params'), dict):
-        raise VariablesError(f"{directory}: variables/ holds no 'params' tree "
-                             f'(top level: {sorted(tree) if isinstance(tree, dict) else type(tree).__name__})')
+        raise VariablesError(
+            f"{directory}: variables/ holds no 'params' tree "
+            f'(top level: {sorted(tree) if isinstance(tree, dict) else type(tree).__name__})'
+        )
     tree = jax.tree.map(np.asarray, tree)
     variables = {'params': tree['params'], 'constants': tree.get('constants', {})}
     if DISCRIMINATOR in tree:
@@ -122,8 +134,9 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str, every: int, keep: int, *, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
-        options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep,
-                                               read_only=read_only, create=not read_only)
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=every, max_to_keep=keep, read_only=read_only, create=not read_only
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> Optional[int]:
@@ -135,16 +148,22 @@ class RunCheckpoints:
         return self.manager.should_save(step)
 
     def save(self, step: int, state, data_iter, cfg, *, force: bool = False) -> bool:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(data_iter),
-                                  config=ocp.args.JsonSave(cfg.to_dict()))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iter),
+            config=ocp.args.JsonSave(cfg.to_dict()),
+        )
         return self.manager.save(step, args=args, force=force)
 
     def restore(self, step: int, state_target, data_iter):
         """-> (state on the target shardings, the iterator positioned after `step` batches)."""
-        got = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(state_target),
-            data=grain.checkpoint.CheckpointRestore(data_iter)))
+        got = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(state_target),
+                data=grain.checkpoint.CheckpointRestore(data_iter),
+            ),
+        )
         return got.state, got.data
 
     def reached_preemption(self, step: int) -> bool:
@@ -162,7 +181,9 @@ def abstract_like(tree: Any, shardings: Any = None):
     """ShapeDtypeStructs (with shardings) of a tree: a restore target that allocates nothing."""
     if shardings is None:
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+    )
 
 
 def restore_variables(path: str, step: Optional[int] = None):
@@ -176,25 +197,43 @@ def restore_variables(path: str, step: Optional[int] = None):
         variables, _ = load_variables(path)
         return variables, None, None
     if not os.path.isdir(checkpoint_dir(path)):
-        raise FileNotFoundError(f'{path}: neither a training workdir (no checkpoints/) nor a '
-                                f'variables directory ({_VARIABLES}/ + {_META})')
+        raise FileNotFoundError(
+            f'{path}: neither a training workdir (no checkpoints/) nor a '
+            f'variables directory ({_VARIABLES}/ + {_META})'
+        )
     manager = ocp.CheckpointManager(
-        checkpoint_dir(path), options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_handlers={'state': ocp.PyTreeCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()})
+        checkpoint_dir(path),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={
+            'state': ocp.PyTreeCheckpointHandler(),
+            'config': ocp.JsonCheckpointHandler(),
+        },
+    )
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
-        raise FileNotFoundError(f'{checkpoint_dir(path)}: no checkpoint at step {step} '
-                                f'(have {sorted(manager.all_steps())})')
+        raise FileNotFoundError(
+            f'{checkpoint_dir(path)}: no checkpoint at step {step} '
+            f'(have {sorted(manager.all_steps())})'
+        )
     meta = manager.item_metadata(step)['state']
     wanted = {k: meta[k] for k in ('params', 'constants', 'disc_params') if k in meta}
     target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), wanted)
-    got = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                     restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)),
-        config=ocp.args.JsonRestore()))
+    got = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=target,
+                partial_restore=True,
+                restore_args=jax.tree.map(
+                    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
+                ),
+            ),
+            config=ocp.args.JsonRestore(),
+        ),
+    )
     manager.close()
     # TrainState.constants holds the non-param collections by name ({'constants': {...}}).
     variables = {'params': got.state['params'], **got.state.get('constants', {})}
-    if 'disc_params' in got.state:   # an AdversarialTrainState
+    if 'disc_params' in got.state:  # an AdversarialTrainState
         variables[DISCRIMINATOR] = got.state['disc_params']
     return variables, ml_collections.ConfigDict(got.config), step

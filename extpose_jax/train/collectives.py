@@ -14,6 +14,7 @@ choose. Processes reach their first collective at different times (imports, data
 compiles run at each host's own speed), and on CPU that first collective sets up a Gloo context
 whose rendezvous gives up after a fixed 30 s; the CI machine, loaded, was once slower than that.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,10 @@ def encode(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     """A dict of arrays -> the bytes of an .npz file, as a uint8 array."""
     for key, value in arrays.items():
         if np.asarray(value).dtype == object:
-            raise TypeError(f'collectives: {key!r} is an object array; send numbers or '
-                            'fixed-width strings (np.array(list_of_str) gives <U...)')
+            raise TypeError(
+                f'collectives: {key!r} is an object array; send numbers or '
+                'fixed-width strings (np.array(list_of_str) gives <U...)'
+            )
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     return np.frombuffer(buf.getvalue(), np.uint8)
@@ -47,12 +50,12 @@ def allgather_arrays(arrays: Mapping[str, np.ndarray]) -> list[dict]:
     if jax.process_count() == 1:
         return [dict(arrays)]
     data = encode(arrays)
-    barrier('allgather')   # processes finish their shares at different times
+    barrier('allgather')  # processes finish their shares at different times
     # int32 on purpose: without jax_enable_x64 an int64 would be narrowed anyway.
     lengths = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
     padded = np.zeros(int(lengths.max()), np.uint8)
-    padded[:data.size] = data
-    everyone = np.asarray(multihost_utils.process_allgather(padded))   # (processes, longest)
+    padded[: data.size] = data
+    everyone = np.asarray(multihost_utils.process_allgather(padded))  # (processes, longest)
     return [decode(row[:n]) for row, n in zip(everyone, lengths)]
 
 
@@ -63,7 +66,8 @@ def barrier(name: str, timeout_s: float = 600.0) -> None:
     """Returns once every process has called barrier(name); a no-op with one process."""
     if jax.process_count() == 1:
         return
-    from jax._src import distributed   # the client has no public name; initialize() fills it
+    from jax._src import distributed  # the client has no public name; initialize() fills it
+
     # A numbered id: every process calls barriers in the same order, and no id is used twice.
     barrier_id = f'extpose:{next(_barriers)}:{name}'
     distributed.global_state.client.wait_at_barrier(barrier_id, int(timeout_s * 1000))

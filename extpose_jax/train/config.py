@@ -4,6 +4,7 @@
 here with its dotted field name. The builders turn the ConfigDict into the typed configs of
 the modules that consume them (ExtPoseConfig, OptimConfig, PipelineConfig, LossWeights).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,8 @@ from extpose_jax.train import eval_protocols, optim
 VARIANTS = ('paper', 'small', 'base')  # configs/common.py's variants
 ARCHS = tuple(baselines.CONFIG_VARIANTS) + tuple(baselines.BASELINES)
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-KEYPOINT_LAYOUT = {'smpl': 'openpose18', 'mano': 'hand21'}   # what the skeleton image draws
-RECORD_LAYOUT = {'smpl': 'hmr44', 'mano': 'hand21'}          # what the records hold
+KEYPOINT_LAYOUT = {'smpl': 'openpose18', 'mano': 'hand21'}  # what the skeleton image draws
+RECORD_LAYOUT = {'smpl': 'hmr44', 'mano': 'hand21'}  # what the records hold
 
 _CHOICES = {
     'model.kind': extpose.KINDS,
@@ -40,24 +41,55 @@ _CHOICES = {
     'optim.trainable': optim.STRATEGIES,
     'loss.normalize': losses.NORMALIZATIONS,
 }
-_POSITIVE_INTS = ('data.num_frames', 'data.stride', 'data.clip_hop', 'data.batch_size',
-                  'data.num_threads', 'data.read_buffer', 'train.steps',
-                  'train.log_every', 'train.checkpoint_every', 'train.keep')
+_POSITIVE_INTS = (
+    'data.num_frames',
+    'data.stride',
+    'data.clip_hop',
+    'data.batch_size',
+    'data.num_threads',
+    'data.read_buffer',
+    'train.steps',
+    'train.log_every',
+    'train.checkpoint_every',
+    'train.keep',
+)
 _AUTO_INTS = ('train.grad_accum', 'eval.batch_size')  # None: resolved by the preflight
 # None: off / the default, named in the message; else an int >= the bound.
 _OPTIONAL_INTS = {'model.window': (0, 'the whole clip'), 'eval.hop': (1, 'data.num_frames // 2')}
 _EVALUATOR_FIELDS = ('dataset', 'split', 'every', 'max_frames')
-_EVALUATOR_NAME = re.compile(r'^[A-Za-z0-9_]+$')   # a folder name and a TensorBoard tag part
-_NON_NEGATIVE = ('optim.lr', 'optim.weight_decay', 'optim.warmup_steps', 'data.num_workers',
-                 'loss.kp3d', 'loss.kp2d', 'loss.global_orient', 'loss.body_pose', 'loss.betas',
-                 'loss.adversarial', 'eval.overlays')
+_EVALUATOR_NAME = re.compile(r'^[A-Za-z0-9_]+$')  # a folder name and a TensorBoard tag part
+_NON_NEGATIVE = (
+    'optim.lr',
+    'optim.weight_decay',
+    'optim.warmup_steps',
+    'data.num_workers',
+    'loss.kp3d',
+    'loss.kp2d',
+    'loss.global_orient',
+    'loss.body_pose',
+    'loss.betas',
+    'loss.adversarial',
+    'eval.overlays',
+)
 _INTS = ('seed', 'optim.warmup_steps', 'data.num_workers', 'eval.overlays')
-_BOOLS = ('data.pad_short', 'data.augment', 'data.skip_corrupt', 'model.causal', 'model.remat',
-          'loss.use_adversarial', 'train.skip_nonfinite', 'preflight.enabled')
-_NAMES = ('data_dir', 'data.split')    # non-empty strings
+_BOOLS = (
+    'data.pad_short',
+    'data.augment',
+    'data.skip_corrupt',
+    'model.causal',
+    'model.remat',
+    'loss.use_adversarial',
+    'train.skip_nonfinite',
+    'preflight.enabled',
+)
+_NAMES = ('data_dir', 'data.split')  # non-empty strings
 # (field, directory?) of the paths a run reads; each must exist before any data is built.
-_PATHS = (('body_models', True), ('data.root', True), ('init.checkpoint', None),
-          ('model.mean_params', False))
+_PATHS = (
+    ('body_models', True),
+    ('data.root', True),
+    ('init.checkpoint', None),
+    ('model.mean_params', False),
+)
 _MESH_AXES = ('data', 'fsdp', 'tensor')
 PREFLIGHT_COMPILE = ('auto', 'always', 'never')
 
@@ -122,7 +154,11 @@ def validate(cfg, *, check_paths: bool = True) -> None:
     for field in ('preflight.memory_gb', 'preflight.max_run_hours'):
         v = _get(cfg, field)
         if v is not None and (not _is_number(v) or not v > 0):
-            _fail(field, v, 'must be a finite number > 0' + (', or None' if field.endswith('gb') else ''))
+            _fail(
+                field,
+                v,
+                'must be a finite number > 0' + (', or None' if field.endswith('gb') else ''),
+            )
     for field in _NON_NEGATIVE:
         v = _get(cfg, field)
         if not _is_number(v) or v < 0:
@@ -133,8 +169,11 @@ def validate(cfg, *, check_paths: bool = True) -> None:
             _fail(field, v, f'must be an int >= {low}, or None for {default}')
     t = _get(cfg, 'data.num_frames')
     if cfg.eval.hop is not None and cfg.eval.hop > t:
-        _fail('eval.hop', cfg.eval.hop, f'must be at most data.num_frames={t} (every frame in '
-              'a window)')
+        _fail(
+            'eval.hop',
+            cfg.eval.hop,
+            f'must be at most data.num_frames={t} (every frame in a window)',
+        )
     p = _get(cfg, 'model.modality_dropout')
     if not _is_number(p) or not 0.0 <= p <= 1.0:
         _fail('model.modality_dropout', p, 'is a probability: use a value in [0, 1]')
@@ -154,14 +193,24 @@ def validate(cfg, *, check_paths: bool = True) -> None:
     if len(rest) > 1:
         _fail(f'mesh.{rest[1]}', -1, f'at most one axis may be -1 (mesh.{rest[0]} is -1 too)')
     if cfg.train.grad_accum is not None and cfg.data.batch_size % cfg.train.grad_accum:
-        _fail('train.grad_accum', cfg.train.grad_accum,
-              f'must divide data.batch_size={cfg.data.batch_size}')
+        _fail(
+            'train.grad_accum',
+            cfg.train.grad_accum,
+            f'must divide data.batch_size={cfg.data.batch_size}',
+        )
     if cfg.optim.schedule == 'warmup_cosine' and cfg.optim.warmup_steps >= cfg.train.steps:
-        _fail('optim.warmup_steps', cfg.optim.warmup_steps,
-              f'must be below train.steps={cfg.train.steps} for warmup_cosine')
+        _fail(
+            'optim.warmup_steps',
+            cfg.optim.warmup_steps,
+            f'must be below train.steps={cfg.train.steps} for warmup_cosine',
+        )
     if cfg.model.arch == 'temporal_head' and cfg.model.mask not in ('frame', 'multimodal'):
-        _fail('model.mask', cfg.model.mask, "temporal_head needs a within-frame mask: "
-              "'frame' or 'multimodal' (frames meet only in the temporal module)")
+        _fail(
+            'model.mask',
+            cfg.model.mask,
+            'temporal_head needs a within-frame mask: '
+            "'frame' or 'multimodal' (frames meet only in the temporal module)",
+        )
     try:
         config = model_config(cfg)
         optim_config(cfg)
@@ -182,23 +231,37 @@ def _validate_evaluators(cfg) -> None:
         if not _EVALUATOR_NAME.match(name):
             _fail(field, name, 'an evaluator name uses letters, digits and _ only')
         if not hasattr(e, 'keys') or sorted(e.keys()) != sorted(_EVALUATOR_FIELDS):
-            _fail(field, e, f'must have exactly the fields {_EVALUATOR_FIELDS} '
-                  '(configs/common.py: evaluator())')
+            _fail(
+                field,
+                e,
+                f'must have exactly the fields {_EVALUATOR_FIELDS} '
+                '(configs/common.py: evaluator())',
+            )
         protocol = eval_protocols.PROTOCOLS.get(e.dataset)
         if protocol is None:
             _fail(f'{field}.dataset', e.dataset, f'use one of {tuple(eval_protocols.PROTOCOLS)}')
         if protocol.kind != cfg.model.kind:
-            _fail(f'{field}.dataset', e.dataset, f'scores {protocol.kind} models; '
-                  f'model.kind={cfg.model.kind!r} needs one of '
-                  f'{[n for n, p in eval_protocols.PROTOCOLS.items() if p.kind == cfg.model.kind]}')
+            _fail(
+                f'{field}.dataset',
+                e.dataset,
+                f'scores {protocol.kind} models; '
+                f'model.kind={cfg.model.kind!r} needs one of '
+                f'{[n for n, p in eval_protocols.PROTOCOLS.items() if p.kind == cfg.model.kind]}',
+            )
         if not isinstance(e.split, str) or not e.split:
             _fail(f'{field}.split', e.split, 'must be a non-empty string')
         if e.every is not None and (not _is_int(e.every) or e.every < 0):
-            _fail(f'{field}.every', e.every, 'must be an int >= 0 (0: never), or None for the '
-                  'start and the end of the run')
+            _fail(
+                f'{field}.every',
+                e.every,
+                'must be an int >= 0 (0: never), or None for the start and the end of the run',
+            )
         if e.max_frames is not None and (not _is_int(e.max_frames) or e.max_frames < 1):
-            _fail(f'{field}.max_frames', e.max_frames, 'must be an int >= 1, or None for the '
-                  'whole split')
+            _fail(
+                f'{field}.max_frames',
+                e.max_frames,
+                'must be an int >= 1, or None for the whole split',
+            )
 
 
 def _validate_data(cfg) -> None:
@@ -206,8 +269,13 @@ def _validate_data(cfg) -> None:
         _fail('data.datasets', cfg.data.datasets, 'the mixture needs at least one (name, weight)')
     names = []
     for i, entry in enumerate(cfg.data.datasets):
-        if (len(entry) != 2 or not isinstance(entry[0], str) or not entry[0]
-                or not _is_number(entry[1]) or not entry[1] > 0):
+        if (
+            len(entry) != 2
+            or not isinstance(entry[0], str)
+            or not entry[0]
+            or not _is_number(entry[1])
+            or not entry[1] > 0
+        ):
             _fail(f'data.datasets[{i}]', entry, 'must be a (name, finite weight > 0) pair')
         names.append(entry[0])
     if len(set(names)) != len(names):
@@ -218,10 +286,13 @@ def _validate_data(cfg) -> None:
 
 
 # What each config-rewrite arch sets (baselines.CONFIG_VARIANTS), by the config field it owns.
-_ARCH_FIELDS = (('model.mask', lambda c: c.mask.strategy), ('model.window', lambda c: c.mask.window),
-                ('model.causal', lambda c: c.mask.causal),
-                ('model.head_context', lambda c: c.head_context),
-                ('model.pose_form', lambda c: c.pose_form))
+_ARCH_FIELDS = (
+    ('model.mask', lambda c: c.mask.strategy),
+    ('model.window', lambda c: c.mask.window),
+    ('model.causal', lambda c: c.mask.causal),
+    ('model.head_context', lambda c: c.head_context),
+    ('model.pose_form', lambda c: c.pose_form),
+)
 
 
 def _check_arch(cfg, config: extpose.ExtPoseConfig) -> None:
@@ -234,8 +305,12 @@ def _check_arch(cfg, config: extpose.ExtPoseConfig) -> None:
     implied = rewrite(config)
     for field, get in _ARCH_FIELDS:
         if get(implied) != get(config) and get(config) != get(default):
-            _fail(field, _get(cfg, field), f'conflicts with model.arch={cfg.model.arch!r}, which '
-                  f'sets it to {_shown(field, get(implied))}; leave {field} at its default')
+            _fail(
+                field,
+                _get(cfg, field),
+                f'conflicts with model.arch={cfg.model.arch!r}, which '
+                f'sets it to {_shown(field, get(implied))}; leave {field} at its default',
+            )
 
 
 def _shown(field: str, value):
@@ -245,9 +320,15 @@ def _shown(field: str, value):
 def check_paths_exist(cfg) -> None:
     """Every path field names something that exists (cheap; run before any data is built)."""
     if bool(cfg.body_models) != bool(cfg.data.root):
-        have, missing = ('body_models', 'data.root') if cfg.body_models else ('data.root', 'body_models')
-        _fail(missing, _get(cfg, missing), f'set both body_models and data.root, or neither '
-              f'for the synthetic default (config.{have} is set)')
+        have, missing = (
+            ('body_models', 'data.root') if cfg.body_models else ('data.root', 'body_models')
+        )
+        _fail(
+            missing,
+            _get(cfg, missing),
+            f'set both body_models and data.root, or neither '
+            f'for the synthetic default (config.{have} is set)',
+        )
     for field, is_dir in _PATHS:
         path = _get(cfg, field)
         if path is None:
@@ -292,9 +373,14 @@ def model_config(cfg) -> extpose.ExtPoseConfig:
     if m.drop_path_rate is not None:
         overrides['drop_path_rate'] = float(m.drop_path_rate)
     return extpose.ExtPoseConfig(
-        vit=vit.ViTConfig.of(m.size, **overrides), kind=m.kind, mask=_mask_spec(cfg),
-        head_context=m.head_context, pose_form=m.pose_form,
-        keypoint_layout=KEYPOINT_LAYOUT[m.kind], mean_params_path=m.mean_params)
+        vit=vit.ViTConfig.of(m.size, **overrides),
+        kind=m.kind,
+        mask=_mask_spec(cfg),
+        head_context=m.head_context,
+        pose_form=m.pose_form,
+        keypoint_layout=KEYPOINT_LAYOUT[m.kind],
+        mean_params_path=m.mean_params,
+    )
 
 
 def build_model(cfg):
@@ -305,10 +391,15 @@ def build_model(cfg):
 def optim_config(cfg) -> optim.OptimConfig:
     o = cfg.optim
     return optim.OptimConfig(
-        lr=float(o.lr), weight_decay=float(o.weight_decay), schedule=o.schedule,
-        warmup_steps=int(o.warmup_steps), total_steps=int(cfg.train.steps),
-        clip_norm=None if o.clip_norm is None else float(o.clip_norm), trainable=o.trainable,
-        extra_trainable=tuple(_new_param_patterns(cfg)))
+        lr=float(o.lr),
+        weight_decay=float(o.weight_decay),
+        schedule=o.schedule,
+        warmup_steps=int(o.warmup_steps),
+        total_steps=int(cfg.train.steps),
+        clip_norm=None if o.clip_norm is None else float(o.clip_norm),
+        trainable=o.trainable,
+        extra_trainable=tuple(_new_param_patterns(cfg)),
+    )
 
 
 def disc_optim_config(cfg) -> optim.OptimConfig:
@@ -317,7 +408,9 @@ def disc_optim_config(cfg) -> optim.OptimConfig:
     It always trains fully and is never clipped: the trainable strategy and clip_norm describe
     the pose model. The schedule is shared, so both learning rates move together.
     """
-    return dataclasses.replace(optim_config(cfg), clip_norm=None, trainable='full', extra_trainable=())
+    return dataclasses.replace(
+        optim_config(cfg), clip_norm=None, trainable='full', extra_trainable=()
+    )
 
 
 def new_param_prefixes(arch: str) -> tuple:
@@ -338,10 +431,11 @@ def loss_weights(cfg) -> losses.LossWeights:
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
     """One entry of cfg.evaluators: a protocol's dataset / split scored at a cadence."""
+
     name: str
     dataset: str
     split: str
-    every: Optional[int]         # None: the start and the end; n: also every n steps; 0: never
+    every: Optional[int]  # None: the start and the end; n: also every n steps; 0: never
     max_frames: Optional[int]
 
     def due(self, step: int, total_steps: int) -> bool:
@@ -358,13 +452,15 @@ class Evaluator:
     def tag(self, key: str) -> str:
         """A metrics key as a TensorBoard tag: eval/<evaluator name>/<metric>."""
         prefix = f'{self.dataset}/'
-        return f'eval/{self.name}/{key[len(prefix):] if key.startswith(prefix) else key}'
+        return f'eval/{self.name}/{key[len(prefix) :] if key.startswith(prefix) else key}'
 
 
 def evaluators(cfg, *, active_only: bool = True) -> list[Evaluator]:
     """cfg.evaluators in config order; active_only drops those with every == 0."""
-    out = [Evaluator(name, e.dataset, e.split, e.every, e.max_frames)
-           for name, e in cfg.evaluators.items()]
+    out = [
+        Evaluator(name, e.dataset, e.split, e.every, e.max_frames)
+        for name, e in cfg.evaluators.items()
+    ]
     return [e for e in out if e.every != 0] if active_only else out
 
 
@@ -372,40 +468,62 @@ def evaluator(cfg, name: Optional[str] = None) -> Evaluator:
     """The named evaluator (any cadence), or the config's first one when name is None."""
     every = evaluators(cfg, active_only=False)
     if not every:
-        raise ConfigError('config.evaluators: empty; name a held-out evaluation '
-                          '(configs/common.py: evaluator())')
+        raise ConfigError(
+            'config.evaluators: empty; name a held-out evaluation (configs/common.py: evaluator())'
+        )
     if name is None:
         return every[0]
     for e in every:
         if e.name == name:
             return e
-    raise ConfigError(f'config.evaluators.{name}: no such evaluator; the config has '
-                      f'{[e.name for e in every]}')
+    raise ConfigError(
+        f'config.evaluators.{name}: no such evaluator; the config has {[e.name for e in every]}'
+    )
 
 
-def eval_kwargs(cfg, ev: Evaluator, *, max_frames: Optional[int] = None,
-                pose_source: Optional[str] = None) -> dict:
+def eval_kwargs(
+    cfg, ev: Evaluator, *, max_frames: Optional[int] = None, pose_source: Optional[str] = None
+) -> dict:
     """evaluate.evaluate's window and input settings from cfg.eval / the evaluator / cfg.data,
     for every entry point alike (a command-line max_frames / pose_source overrides the config's)."""
-    return dict(num_frames=cfg.data.num_frames, hop=cfg.eval.hop,
-                max_frames=max_frames or ev.max_frames,
-                pose_source=pose_source or cfg.data.pose_source,
-                skip_corrupt=bool(cfg.data.skip_corrupt))
+    return dict(
+        num_frames=cfg.data.num_frames,
+        hop=cfg.eval.hop,
+        max_frames=max_frames or ev.max_frames,
+        pose_source=pose_source or cfg.data.pose_source,
+        skip_corrupt=bool(cfg.data.skip_corrupt),
+    )
 
 
-def pipeline_config(cfg, data_root: str, *, process_count: int = 1, train: bool = True,
-                    seed: Optional[int] = None) -> pipeline.PipelineConfig:
+def pipeline_config(
+    cfg, data_root: str, *, process_count: int = 1, train: bool = True, seed: Optional[int] = None
+) -> pipeline.PipelineConfig:
     """This process's PipelineConfig: the global batch split evenly over processes."""
     d = cfg.data
     if d.batch_size % process_count:
-        raise ConfigError(f'config.data.batch_size={d.batch_size}: must be divisible by the '
-                          f'{process_count} processes (it is the global batch)')
-    specs = tuple(pipeline.DatasetSpec(name, float(w), split=d.split, as_images=name in d.as_images)
-                  for name, w in d.datasets)
+        raise ConfigError(
+            f'config.data.batch_size={d.batch_size}: must be divisible by the '
+            f'{process_count} processes (it is the global batch)'
+        )
+    specs = tuple(
+        pipeline.DatasetSpec(name, float(w), split=d.split, as_images=name in d.as_images)
+        for name, w in d.datasets
+    )
     return pipeline.PipelineConfig(
-        data_root=data_root, datasets=specs, num_frames=d.num_frames, stride=d.stride,
-        clip_hop=d.clip_hop, pad_short=d.pad_short, image_fill=d.image_fill,
+        data_root=data_root,
+        datasets=specs,
+        num_frames=d.num_frames,
+        stride=d.stride,
+        clip_hop=d.clip_hop,
+        pad_short=d.pad_short,
+        image_fill=d.image_fill,
         augment=augment.AugmentConfig(enabled=bool(d.augment) and train),
-        pose_source=d.pose_source, batch_size=d.batch_size // process_count,
-        seed=cfg.seed if seed is None else seed, shuffle=train, num_workers=d.num_workers,
-        num_threads=d.num_threads, read_buffer=d.read_buffer, skip_corrupt=d.skip_corrupt)
+        pose_source=d.pose_source,
+        batch_size=d.batch_size // process_count,
+        seed=cfg.seed if seed is None else seed,
+        shuffle=train,
+        num_workers=d.num_workers,
+        num_threads=d.num_threads,
+        read_buffer=d.read_buffer,
+        skip_corrupt=d.skip_corrupt,
+    )

@@ -14,6 +14,7 @@ JAX's default precision; the same on TPUs, whose default fp32 matmul is one bf16
 nothing is nominal: a short matmul in the run's dtype is timed (about 0.3 s) and its rate shared
 by the CPU devices, which all run on the same cores.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-GIB = 2 ** 30
+GIB = 2**30
 # name: (substrings of jax's device_kind, nominal memory in bytes, dense bf16 TFLOP/s, 'gpu'|'tpu')
 CHIPS = {
     'h100': (('H100',), 80 * GIB, 989.0, 'gpu'),
-    'h200': (('H200',), 141 * 10 ** 9, 989.0, 'gpu'),
+    'h200': (('H200',), 141 * 10**9, 989.0, 'gpu'),
     'a100': (('A100',), 80 * GIB, 312.0, 'gpu'),
     'v4': (('TPU v4',), 32 * GIB, 275.0, 'tpu'),
     'v5e': (('TPU v5 lite', 'TPU v5e'), 16 * GIB, 197.0, 'tpu'),
@@ -43,13 +44,13 @@ CPU_EFFICIENCY = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class DeviceInfo:
-    name: str                 # 'cpu', 'h100', ... or jax's device_kind when not in the table
-    platform: str             # 'cpu' | 'gpu' | 'tpu'
+    name: str  # 'cpu', 'h100', ... or jax's device_kind when not in the table
+    platform: str  # 'cpu' | 'gpu' | 'tpu'
     memory_bytes: float | None
-    memory_source: str        # where memory_bytes came from
+    memory_source: str  # where memory_bytes came from
     peak_flops: float | None  # per device, in the run's dtype
     peak_source: str
-    efficiency: float         # fraction of peak_flops assumed for time estimates
+    efficiency: float  # fraction of peak_flops assumed for time estimates
 
     @classmethod
     def detect(cls, devices, dtype: str = 'float32') -> DeviceInfo:
@@ -58,8 +59,15 @@ class DeviceInfo:
         if dev.platform == 'cpu':
             memory, source = host_memory_bytes()
             rate = cpu_matmul_flops(dtype)
-            return cls('cpu', 'cpu', memory / local, f'{source} / {local} CPU devices',
-                       rate / local, f'timed {dtype} matmul / {local} CPU devices', CPU_EFFICIENCY)
+            return cls(
+                'cpu',
+                'cpu',
+                memory / local,
+                f'{source} / {local} CPU devices',
+                rate / local,
+                f'timed {dtype} matmul / {local} CPU devices',
+                CPU_EFFICIENCY,
+            )
         chip = _chip_of(dev.device_kind)
         stats = _memory_stats(dev)
         if stats and stats.get('bytes_limit'):
@@ -69,8 +77,15 @@ class DeviceInfo:
         else:
             memory, source = None, 'unknown'
         peak = _peak(chip, dtype) if chip else None
-        return cls(chip or dev.device_kind, dev.platform, memory, source, peak,
-                   'nominal dense' if peak else 'unknown', ACCELERATOR_MFU)
+        return cls(
+            chip or dev.device_kind,
+            dev.platform,
+            memory,
+            source,
+            peak,
+            'nominal dense' if peak else 'unknown',
+            ACCELERATOR_MFU,
+        )
 
     @classmethod
     def target(cls, name: str, dtype: str = 'bfloat16') -> DeviceInfo:
@@ -78,17 +93,30 @@ class DeviceInfo:
         if name not in CHIPS:
             raise ValueError(f'unknown device {name!r}; known: {", ".join(CHIPS)}')
         _, memory, _, platform = CHIPS[name]
-        return cls(name, platform, float(memory), 'nominal HBM', _peak(name, dtype),
-                   'nominal dense', ACCELERATOR_MFU)
+        return cls(
+            name,
+            platform,
+            float(memory),
+            'nominal HBM',
+            _peak(name, dtype),
+            'nominal dense',
+            ACCELERATOR_MFU,
+        )
 
     def with_memory(self, memory_bytes: float, source: str) -> DeviceInfo:
         return dataclasses.replace(self, memory_bytes=float(memory_bytes), memory_source=source)
 
     def describe(self) -> str:
-        mem = 'memory unknown' if self.memory_bytes is None else \
-            f'{self.memory_bytes / GIB:.1f} GiB ({self.memory_source})'
-        peak = 'peak unknown' if self.peak_flops is None else \
-            f'{self.peak_flops / 1e12:.3g} TFLOP/s ({self.peak_source})'
+        mem = (
+            'memory unknown'
+            if self.memory_bytes is None
+            else f'{self.memory_bytes / GIB:.1f} GiB ({self.memory_source})'
+        )
+        peak = (
+            'peak unknown'
+            if self.peak_flops is None
+            else f'{self.peak_flops / 1e12:.3g} TFLOP/s ({self.peak_source})'
+        )
         return f'{self.name}: {mem}, {peak}'
 
 
@@ -116,6 +144,7 @@ def host_memory_bytes() -> tuple[float, str]:
     """(bytes this process can use, where the figure came from): psutil's available RAM,
     capped by the container's cgroup limit when one is set."""
     import psutil
+
     available = float(psutil.virtual_memory().available)
     for path in ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes'):
         try:
@@ -146,5 +175,5 @@ def cpu_matmul_flops(dtype: str, size: int = 1024, seconds: float = 0.3) -> floa
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             break
-    _CPU_RATE[dtype] = 2 * size ** 3 * n / elapsed
+    _CPU_RATE[dtype] = 2 * size**3 * n / elapsed
     return _CPU_RATE[dtype]

@@ -27,6 +27,7 @@ projections and the MLP, 4 K C for attention over the K keys the mask lets it se
 from the mask), the patch embedding, the head's decoder per frame, the body model per frame;
 training is 3x the forward (backward = 2x), remat re-runs the backbone's forward once more.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,45 +48,60 @@ _BODY = {'smpl': (6890, 24, 207), 'mano': (778, 16, 135)}
 @dataclasses.dataclass(frozen=True)
 class Dims:
     """What the formulas need of a config."""
+
     width: int
     depth: int
     heads: int
     mlp: int
-    patches: int            # N tokens per image
-    patch_pixels: int       # patch * patch * channels
-    image_pixels: int       # H * W
-    frames: int             # T
-    modalities: int         # M streams per frame (views are 1 in training)
-    head_modalities: int    # streams the head reads per frame
+    patches: int  # N tokens per image
+    patch_pixels: int  # patch * patch * channels
+    image_pixels: int  # H * W
+    frames: int  # T
+    modalities: int  # M streams per frame (views are 1 in training)
+    head_modalities: int  # streams the head reads per frame
     kind: str
-    value_bytes: int        # compute dtype
+    value_bytes: int  # compute dtype
     remat: bool
     attention: str
-    block_keys: int         # blockwise key block
-    keys_per_query: float   # tokens a query may attend to, averaged over queries and layers
-    dense_keys: int         # keys a dense kernel computes per query (all of them)
-    limbs: int              # skeleton strokes drawn per frame
-    overhead: float = 1.0   # activation bytes actually kept / the formula's (XLA:CPU: see on_platform)
+    block_keys: int  # blockwise key block
+    keys_per_query: float  # tokens a query may attend to, averaged over queries and layers
+    dense_keys: int  # keys a dense kernel computes per query (all of them)
+    limbs: int  # skeleton strokes drawn per frame
+    overhead: float = (
+        1.0  # activation bytes actually kept / the formula's (XLA:CPU: see on_platform)
+    )
 
     @classmethod
     def of(cls, cfg) -> Dims:
         mc = config_lib.model_config(cfg)
         v = mc.vit
         layout = mc.layout(cfg.data.num_frames)
-        per_stream = masks.TokenLayout(frames=layout.frames, views=layout.views,
-                                       modalities=layout.modalities, patches=1)
+        per_stream = masks.TokenLayout(
+            frames=layout.frames, views=layout.views, modalities=layout.modalities, patches=1
+        )
         counts = [masks.structure(per_stream, mc.mask, i).sum(1).mean() for i in range(v.depth)]
         head_modalities = 2 if mc.head_context == 'both' else 1
         kp_layout = skeletons.get_layout(mc.keypoint_layout)
-        return cls(width=v.width, depth=v.depth, heads=v.heads, mlp=v.mlp_dim,
-                   patches=v.num_patches, patch_pixels=v.patch * v.patch * v.channels,
-                   image_pixels=v.image_size[0] * v.image_size[1], frames=cfg.data.num_frames,
-                   modalities=len(mc.modalities), head_modalities=min(head_modalities, len(mc.modalities)),
-                   kind=mc.kind, value_bytes=DTYPE_BYTES[cfg.model.dtype], remat=bool(cfg.model.remat),
-                   attention=cfg.model.attention, block_keys=v.block_size or v.num_patches,
-                   keys_per_query=float(np.mean(counts)) * v.num_patches,
-                   dense_keys=layout.streams * v.num_patches,
-                   limbs=len(kp_layout.limbs) + kp_layout.num_joints)
+        return cls(
+            width=v.width,
+            depth=v.depth,
+            heads=v.heads,
+            mlp=v.mlp_dim,
+            patches=v.num_patches,
+            patch_pixels=v.patch * v.patch * v.channels,
+            image_pixels=v.image_size[0] * v.image_size[1],
+            frames=cfg.data.num_frames,
+            modalities=len(mc.modalities),
+            head_modalities=min(head_modalities, len(mc.modalities)),
+            kind=mc.kind,
+            value_bytes=DTYPE_BYTES[cfg.model.dtype],
+            remat=bool(cfg.model.remat),
+            attention=cfg.model.attention,
+            block_keys=v.block_size or v.num_patches,
+            keys_per_query=float(np.mean(counts)) * v.num_patches,
+            dense_keys=layout.streams * v.num_patches,
+            limbs=len(kp_layout.limbs) + kp_layout.num_joints,
+        )
 
     @property
     def tokens_per_clip(self) -> int:
@@ -114,7 +130,9 @@ def shard_bytes(tree) -> int:
     """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (or arrays)."""
     total = 0
     for x in jax.tree.leaves(tree):
-        shape = x.sharding.shard_shape(x.shape) if getattr(x, 'sharding', None) is not None else x.shape
+        shape = (
+            x.sharding.shard_shape(x.shape) if getattr(x, 'sharding', None) is not None else x.shape
+        )
         total += math.prod(shape) * np.dtype(x.dtype).itemsize
     return total
 
@@ -155,8 +173,9 @@ def block_param_bytes(d: Dims) -> float:
     return 4 * (4 * c * c + 2 * c * d.mlp + 9 * c + d.mlp)
 
 
-def memory(d: Dims, abstract_state, abstract_batch, mesh_shape: dict, batch_size: int,
-           grad_accum: int) -> dict:
+def memory(
+    d: Dims, abstract_state, abstract_batch, mesh_shape: dict, batch_size: int, grad_accum: int
+) -> dict:
     """Per-device bytes by part; 'total' is their sum. batch_size: the global batch (clips);
     abstract_batch: the step's batch as sharded ShapeDtypeStructs (setup.abstract_batch)."""
     shards = mesh_shape['data'] * mesh_shape['fsdp']
@@ -170,8 +189,13 @@ def memory(d: Dims, abstract_state, abstract_batch, mesh_shape: dict, batch_size
     if mesh_shape['fsdp'] > 1:
         activations += 3 * block_param_bytes(d)
     inputs = shard_bytes(abstract_batch)
-    out = {'params': params, 'optimizer': optimizer, 'gradients': grads,
-           'activations': activations, 'inputs': inputs}
+    out = {
+        'params': params,
+        'optimizer': optimizer,
+        'gradients': grads,
+        'activations': activations,
+        'inputs': inputs,
+    }
     out['total'] = sum(out.values())
     return out
 
@@ -188,9 +212,15 @@ def forward_flops(d: Dims, clips: float) -> dict:
     embed = tokens * 2 * d.patch_pixels * c + frames * d.limbs * d.image_pixels * 20
     ctx = d.head_modalities * d.patches
     inner = heads.HEADS * heads.DIM_HEAD
-    layer = (2 * heads.DIM * 3 * inner + 2 * inner * heads.DIM            # self-attention, 1 query
-             + 2 * heads.DIM * inner + 2 * ctx * c * 2 * inner + 4 * ctx * inner  # cross-attention
-             + 2 * inner * heads.DIM + 4 * heads.DIM * heads.MLP_DIM)       # out, feed-forward
+    layer = (
+        2 * heads.DIM * 3 * inner
+        + 2 * inner * heads.DIM  # self-attention, 1 query
+        + 2 * heads.DIM * inner
+        + 2 * ctx * c * 2 * inner
+        + 4 * ctx * inner  # cross-attention
+        + 2 * inner * heads.DIM
+        + 4 * heads.DIM * heads.MLP_DIM
+    )  # out, feed-forward
     head = frames * heads.DEPTH * layer
     v, j, p = _BODY[d.kind]
     body = frames * (2 * v * 3 * (p + 10) + 2 * v * j * 16 + 2 * v * 16)

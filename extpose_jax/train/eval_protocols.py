@@ -26,6 +26,7 @@ for 3DPW's acceleration error, which needs consecutive frames that may sit on di
 processes, the per-frame 14 joints); `merge_states(states)` replaces the accumulators by the
 combination of several such states. Sums and counts travel, never per-process means.
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,8 +38,8 @@ from data_pipelines import augment
 from extpose_jax import metrics
 from extpose_jax.skeletons import HMR44_EVAL14, HMR44_PELVIS
 
-FOCAL_LENGTH = 5000.0   # HMR 2.0 / HaMeR crop camera, for a crop of UPSTREAM_CROP pixels
-F_SCORE_CHUNK = 8       # frames per step of the (778 x 778) F-score distance matrices
+FOCAL_LENGTH = 5000.0  # HMR 2.0 / HaMeR crop camera, for a crop of UPSTREAM_CROP pixels
+F_SCORE_CHUNK = 8  # frames per step of the (778 x 778) F-score distance matrices
 
 
 def project_to_window(points, cam_t, focal_length: float = FOCAL_LENGTH):
@@ -79,9 +80,11 @@ class _Means:
 
     def state(self) -> dict:
         names = sorted(self.total)
-        return {'means/names': np.array(names, str),
-                'means/total': np.array([self.total[n] for n in names], np.float64),
-                'means/count': np.array([self.count[n] for n in names], np.int64)}
+        return {
+            'means/names': np.array(names, str),
+            'means/total': np.array([self.total[n] for n in names], np.float64),
+            'means/count': np.array([self.count[n] for n in names], np.int64),
+        }
 
     def merge_states(self, states) -> None:
         self.total.clear()
@@ -98,8 +101,9 @@ class _Means:
 @jax.jit
 def _body_frame_metrics(pred_kp, gt_kp, pred_verts, gt_verts, gt_model_kp):
     scores = metrics.hmr2_3dpw_eval(pred_kp, gt_kp)
-    pve = 1000.0 * metrics.pve(pred_verts, gt_verts, pred_kp[:, HMR44_PELVIS],
-                               gt_model_kp[:, HMR44_PELVIS])
+    pve = 1000.0 * metrics.pve(
+        pred_verts, gt_verts, pred_kp[:, HMR44_PELVIS], gt_model_kp[:, HMR44_PELVIS]
+    )
     eval14 = lambda kp: metrics.center(kp, HMR44_PELVIS)[:, HMR44_EVAL14]
     return scores['mpjpe'], scores['pa_mpjpe'], pve, eval14(pred_kp), eval14(gt_kp)
 
@@ -109,13 +113,18 @@ class ThreeDPW:
     come from the gendered model at the record's pose and betas (`gt_mesh`), predictions from
     the neutral model, as HMR 2.0 evaluates. The acceleration error is averaged over every
     frame whose two neighbours are consecutive frames of the same track with GT joints."""
+
     name = '3dpw'
-    kind = 'smpl'              # the model kind it scores
-    headline = 'pa_mpjpe'      # the one number a run's summary line shows (<name>/<headline>)
+    kind = 'smpl'  # the model kind it scores
+    headline = 'pa_mpjpe'  # the one number a run's summary line shows (<name>/<headline>)
     needs_gt_mesh = True
     record_fields = ('gender',)
-    _ROWS = {'accel/track': ((2,), np.int64), 'accel/frame': ((), np.int64),
-             'accel/pred14': ((14, 3), np.float32), 'accel/gt14': ((14, 3), np.float32)}
+    _ROWS = {
+        'accel/track': ((2,), np.int64),
+        'accel/frame': ((), np.int64),
+        'accel/pred14': ((14, 3), np.float32),
+        'accel/gt14': ((14, 3), np.float32),
+    }
 
     def __init__(self):
         self.means = _Means()
@@ -127,20 +136,30 @@ class ThreeDPW:
         joints = count & batch['has_kp3d']
         mesh = count & batch['has_pose'] & batch['has_betas']
         mpjpe, pa, pve, pred14, gt14 = _body_frame_metrics(
-            _flat(pred['keypoints_3d']), _flat(batch['kp3d']), _flat(pred['vertices']),
-            _flat(gt_mesh['vertices']), _flat(gt_mesh['keypoints']))
+            _flat(pred['keypoints_3d']),
+            _flat(batch['kp3d']),
+            _flat(pred['vertices']),
+            _flat(gt_mesh['vertices']),
+            _flat(gt_mesh['keypoints']),
+        )
         self.means.add('mpjpe', mpjpe, _flat(joints))
         self.means.add('pa_mpjpe', pa, _flat(joints))
         self.means.add('pve', pve, _flat(mesh))
         keep = _flat(joints)
         track = np.stack([_flat(batch['sequence_id']), _flat(batch['track'])], -1)
-        for key, value in (('accel/track', track), ('accel/frame', _flat(batch['frame'])),
-                           ('accel/pred14', pred14), ('accel/gt14', gt14)):
+        for key, value in (
+            ('accel/track', track),
+            ('accel/frame', _flat(batch['frame'])),
+            ('accel/pred14', pred14),
+            ('accel/gt14', gt14),
+        ):
             self.rows[key].append(np.asarray(value)[keep].astype(self._ROWS[key][1]))
 
     def state(self) -> dict:
-        rows = {k: (np.concatenate(v) if v else np.zeros((0,) + self._ROWS[k][0], self._ROWS[k][1]))
-                for k, v in self.rows.items()}
+        rows = {
+            k: (np.concatenate(v) if v else np.zeros((0,) + self._ROWS[k][0], self._ROWS[k][1]))
+            for k, v in self.rows.items()
+        }
         return {**self.means.state(), **rows}
 
     def merge_states(self, states) -> None:
@@ -170,10 +189,15 @@ class ThreeDPW:
     def result(self) -> dict[str, float]:
         accel, n_accel = self._accel()
         m = self.means
-        return {'3dpw/mpjpe': m.mean('mpjpe'), '3dpw/pa_mpjpe': m.mean('pa_mpjpe'),
-                '3dpw/pve': m.mean('pve'), '3dpw/accel': accel,
-                '3dpw/num_frames_joints': m.count['mpjpe'], '3dpw/num_frames_mesh': m.count['pve'],
-                '3dpw/num_frames_accel': n_accel}
+        return {
+            '3dpw/mpjpe': m.mean('mpjpe'),
+            '3dpw/pa_mpjpe': m.mean('pa_mpjpe'),
+            '3dpw/pve': m.mean('pve'),
+            '3dpw/accel': accel,
+            '3dpw/num_frames_joints': m.count['mpjpe'],
+            '3dpw/num_frames_mesh': m.count['pve'],
+            '3dpw/num_frames_accel': n_accel,
+        }
 
 
 # ------------------------------------------------------------------------------ FreiHAND
@@ -186,13 +210,16 @@ def _hand_frame_metrics(pred_kp, gt_kp, pred_verts, gt_verts):
     # One frame at a time in chunks: the nearest-neighbour matrices are 778 x 778 per frame.
     f = jax.lax.map(
         lambda pg: metrics.f_score(pg[0], pg[1], metrics.FREIHAND_F_THRESHOLDS, align=True).f,
-        (pred_verts, gt_verts), batch_size=F_SCORE_CHUNK)
+        (pred_verts, gt_verts),
+        batch_size=F_SCORE_CHUNK,
+    )
     return pa_joints, pa_verts, f
 
 
 class FreiHAND:
     """FreiHAND. GT joints are the records' kp3d (21, OpenPose order); GT vertices come from the
     right MANO at the record's pose and betas (left hands arrive mirrored, as predicted)."""
+
     name = 'freihand'
     kind = 'mano'
     headline = 'pa_mpjpe'
@@ -206,8 +233,11 @@ class FreiHAND:
         joints = _flat(count & batch['has_kp3d'])
         mesh = _flat(count & batch['has_pose'] & batch['has_betas'])
         pa_j, pa_v, f = _hand_frame_metrics(
-            _flat(pred['keypoints_3d']), _flat(batch['kp3d']), _flat(pred['vertices']),
-            _flat(gt_mesh['vertices']))
+            _flat(pred['keypoints_3d']),
+            _flat(batch['kp3d']),
+            _flat(pred['vertices']),
+            _flat(gt_mesh['vertices']),
+        )
         self.means.add('pa_mpjpe', pa_j, joints)
         self.means.add('pa_mpvpe', pa_v, mesh)
         f = np.asarray(f)
@@ -243,6 +273,7 @@ class HInt:
     so distances and the threshold (t x the annotated box's longer side, carried through the
     batch's affine) keep their ratio. VIS: keypoints with visible GT (kp2d conf > 0.5); OCC:
     annotated but occluded (kp2d_occluded > 0.5); ALL: either."""
+
     name = 'hint'
     kind = 'mano'
     headline = 'pck@0.1/all'
@@ -252,7 +283,7 @@ class HInt:
 
     def __init__(self, thresholds=metrics.HINT_PCK_THRESHOLDS):
         self.thresholds = tuple(thresholds)
-        self.counts = {}      # (source, subset) -> [correct (T, J), counted (J,)]
+        self.counts = {}  # (source, subset) -> [correct (T, J), counted (J,)]
         self.frames = collections.Counter()
 
     def update(self, batch, pred, gt_mesh, count, fields) -> None:
@@ -269,8 +300,9 @@ class HInt:
             self.frames[source] += int(frames.sum())
             for subset, joints in (('all', vis | occ), ('vis', vis), ('occ', occ)):
                 mask = (joints & frames[..., None]).astype(np.float32)
-                correct, counted = metrics.pck_counts(pred2d[frames], gt[frames], mask[frames],
-                                                      side[frames], self.thresholds)
+                correct, counted = metrics.pck_counts(
+                    pred2d[frames], gt[frames], mask[frames], side[frames], self.thresholds
+                )
                 acc = self.counts.setdefault((source, subset), [0, 0])
                 acc[0] = acc[0] + np.asarray(correct, np.int64)
                 acc[1] = acc[1] + np.asarray(counted, np.int64)
@@ -279,11 +311,15 @@ class HInt:
         """Per source (the sources differ between processes): frames, and per subset the PCK
         counts: correct (S, subsets, thresholds, J), counted (S, subsets, J)."""
         sources = sorted(self.frames)
-        pick = lambda i: np.array([[self.counts[(s, sub)][i] for sub in self.subsets]
-                                   for s in sources], np.int64)
-        return {'hint/sources': np.array(sources, str),
-                'hint/frames': np.array([self.frames[s] for s in sources], np.int64),
-                'hint/correct': pick(0), 'hint/counted': pick(1)}
+        pick = lambda i: np.array(
+            [[self.counts[(s, sub)][i] for sub in self.subsets] for s in sources], np.int64
+        )
+        return {
+            'hint/sources': np.array(sources, str),
+            'hint/frames': np.array([self.frames[s] for s in sources], np.int64),
+            'hint/correct': pick(0),
+            'hint/counted': pick(1),
+        }
 
     def merge_states(self, states) -> None:
         self.counts, self.frames = {}, collections.Counter()
@@ -320,5 +356,7 @@ PROTOCOLS = {p.name: p for p in (ThreeDPW, FreiHAND, HInt)}
 def make(dataset: str):
     """The protocol object of a dataset name (the records' dataset_info name)."""
     if dataset not in PROTOCOLS:
-        raise ValueError(f'no evaluation protocol for dataset {dataset!r}; known: {sorted(PROTOCOLS)}')
+        raise ValueError(
+            f'no evaluation protocol for dataset {dataset!r}; known: {sorted(PROTOCOLS)}'
+        )
     return PROTOCOLS[dataset]()

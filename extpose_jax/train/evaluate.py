@@ -27,6 +27,7 @@ Several processes: the plan is global and the same everywhere; process p scores 
 p, p + P, ... (process_share), and the protocols' sums are combined at the end (see evaluate).
 With a model sharded like training, predict_fn is train/task.make_sharded_predict_fn.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -73,6 +74,7 @@ def window_starts(n: int, num_frames: int, hop: int):
 @dataclasses.dataclass
 class WindowPlan:
     """The windows of a split: pipeline units (`source`) and which of their frames count."""
+
     source: pipeline.Source
     owned: np.ndarray  # (W, T) bool: frame k of window w is scored from window w
 
@@ -80,8 +82,13 @@ class WindowPlan:
         return len(self.owned)
 
 
-def plan_windows(reader: record_reader.RecordReader, spec: pipeline.DatasetSpec, num_frames: int,
-                 hop: int, max_frames: int | None = None) -> WindowPlan:
+def plan_windows(
+    reader: record_reader.RecordReader,
+    spec: pipeline.DatasetSpec,
+    num_frames: int,
+    hop: int,
+    max_frames: int | None = None,
+) -> WindowPlan:
     """Every frame of `reader` once, in (sequence, track, frame) order; with max_frames, only
     the first max_frames of that order (a quick evaluation during training)."""
     flat, offsets, counts, owned = [], [], [], []
@@ -98,7 +105,7 @@ def plan_windows(reader: record_reader.RecordReader, spec: pipeline.DatasetSpec,
                 for w, start in enumerate(starts):
                     mine = np.zeros(num_frames, bool)
                     positions = np.flatnonzero(owner == w)
-                    positions = positions[:int(min(len(positions), budget))]
+                    positions = positions[: int(min(len(positions), budget))]
                     mine[positions - start] = True
                     budget -= len(positions)
                     offsets.append(base + start)
@@ -106,11 +113,19 @@ def plan_windows(reader: record_reader.RecordReader, spec: pipeline.DatasetSpec,
                     owned.append(mine)
                 base += len(run)
     if not offsets:
-        raise ValueError(f'{reader!r}: nothing to evaluate (no records, or max_frames={max_frames})')
+        raise ValueError(
+            f'{reader!r}: nothing to evaluate (no records, or max_frames={max_frames})'
+        )
     keep = np.array([m.any() for m in owned])  # a capped run may leave windows with no frame
     source = pipeline.Source(
-        spec, reader, np.concatenate(flat).astype(np.int64), np.asarray(offsets, np.int64)[keep],
-        np.asarray(counts, np.int32)[keep], 1, {s: i for i, s in enumerate(reader.sequences())})
+        spec,
+        reader,
+        np.concatenate(flat).astype(np.int64),
+        np.asarray(offsets, np.int64)[keep],
+        np.asarray(counts, np.int32)[keep],
+        1,
+        {s: i for i, s in enumerate(reader.sequences())},
+    )
     return WindowPlan(source, np.stack(owned)[keep])
 
 
@@ -131,8 +146,14 @@ def process_share(num_windows: int, process_index: int, process_count: int) -> n
     return np.arange(process_index, num_windows, process_count)
 
 
-def iter_batches(plan: WindowPlan, loader: pipeline.ClipLoader, batch_size: int,
-                 pool: concurrent.futures.Executor, units=None, num_batches: int | None = None):
+def iter_batches(
+    plan: WindowPlan,
+    loader: pipeline.ClipLoader,
+    batch_size: int,
+    pool: concurrent.futures.Executor,
+    units=None,
+    num_batches: int | None = None,
+):
     """Yields (batch, owned (B, T), how many owned frames were skipped corrupt records) over
     `units` (global window indices; default: the whole plan), padded with empty windows to
     `num_batches` batches (default: as many as the units fill); the next batch loads while one
@@ -143,18 +164,18 @@ def iter_batches(plan: WindowPlan, loader: pipeline.ClipLoader, batch_size: int,
     empty = None
 
     def submit(lo):  # element = (position, dataset, unit); the GLOBAL index seeds 'noisy_gt'
-        return [pool.submit(loader, (int(u), 0, int(u))) for u in units[lo:lo + batch_size]]
+        return [pool.submit(loader, (int(u), 0, int(u))) for u in units[lo : lo + batch_size]]
 
     pending = submit(0)
     for lo in range(0, num_batches * batch_size, batch_size):
         windows = [f.result() for f in pending]
         pending = submit(lo + batch_size)
-        if empty is None:   # a share may have no window at all: take the shapes from window 0
+        if empty is None:  # a share may have no window at all: take the shapes from window 0
             empty = _empty_window(windows[0] if windows else loader((0, 0, 0)))
-        mine = units[lo:lo + batch_size]
+        mine = units[lo : lo + batch_size]
         windows += [empty] * (batch_size - len(windows))
         owned = np.zeros((batch_size, plan.owned.shape[1]), bool)
-        owned[:len(mine)] = plan.owned[mine]
+        owned[: len(mine)] = plan.owned[mine]
         batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
         # A frame owned here whose record was corrupt (skip_corrupt) is counted, not scored.
         yield batch, owned & batch['frame_valid'], int((owned & batch['record_skipped']).sum())
@@ -197,17 +218,21 @@ class JaxBodies:
         betas = betas.reshape(-1, betas.shape[-1])
         if self.kind == 'mano':
             out = _forward(self.model, pose, betas)
-            return {k: np.asarray(out[k]).reshape(lead + out[k].shape[1:])
-                    for k in ('vertices', 'keypoints')}
+            return {
+                k: np.asarray(out[k]).reshape(lead + out[k].shape[1:])
+                for k in ('vertices', 'keypoints')
+            }
         genders = np.asarray(genders if genders is not None else [], object).reshape(-1)
         if not (genders != '').any():
-            raise ValueError('ground_truth: SMPL needs each frame\'s gender, none given')
+            raise ValueError("ground_truth: SMPL needs each frame's gender, none given")
         result = {}
         for gender in sorted(set(genders) - {''}):
             out = _forward(self._model(gender), pose, betas)
             pick = genders == gender
             for k in ('vertices', 'keypoints'):
-                result.setdefault(k, np.zeros(out[k].shape, np.float32))[pick] = np.asarray(out[k])[pick]
+                result.setdefault(k, np.zeros(out[k].shape, np.float32))[pick] = np.asarray(out[k])[
+                    pick
+                ]
         return {k: v.reshape(lead + v.shape[1:]) for k, v in result.items()}
 
 
@@ -218,8 +243,10 @@ def _check_outputs(outputs, kind: str, lead: tuple) -> dict:
         raise TypeError(f'predict_fn must return a dict of arrays, got {type(outputs).__name__}')
     for key, tail in list(expected.items()) + [('betas', None)]:
         if key not in outputs:
-            raise KeyError(f'predict_fn output lacks {key!r} (has {sorted(outputs)}); a '
-                           f'{kind} model returns {sorted(expected) + ["betas"]}')
+            raise KeyError(
+                f'predict_fn output lacks {key!r} (has {sorted(outputs)}); a '
+                f'{kind} model returns {sorted(expected) + ["betas"]}'
+            )
         shape = np.shape(outputs[key])
         if shape[:2] != lead or (tail is not None and shape[2:] != tail):
             want = lead + (tail if tail is not None else ('n_betas',))
@@ -238,8 +265,11 @@ def _record_fields(reader, batch, count, names) -> dict:
         for name in names:
             value = rec[name]
             if name not in out:
-                out[name] = (np.full(count.shape, '', object) if isinstance(value, str) else
-                             np.zeros(count.shape + np.shape(value), np.asarray(value).dtype))
+                out[name] = (
+                    np.full(count.shape, '', object)
+                    if isinstance(value, str)
+                    else np.zeros(count.shape + np.shape(value), np.asarray(value).dtype)
+                )
             out[name][b, t] = value
     return out
 
@@ -252,19 +282,39 @@ def _overlay_name(i: int, sequence: str, track: int, frame: int) -> str:
 def _write_overlay(path, batch, pred, b, t, limbs, faces) -> None:
     """Frame (b, t): GT 2D, the predicted keypoints and mesh through the predicted crop camera."""
     to_window = lambda points: eval_protocols.project_to_window(points, pred['cam_t'][b, t])
-    overlays_lib.write_overlay(path, batch['image'][b, t], batch['kp2d'][b, t],
-                               to_window(pred['keypoints_3d'][b, t]), limbs,
-                               to_window(pred['vertices'][b, t]), faces)
+    overlays_lib.write_overlay(
+        path,
+        batch['image'][b, t],
+        batch['kp2d'][b, t],
+        to_window(pred['keypoints_3d'][b, t]),
+        limbs,
+        to_window(pred['vertices'][b, t]),
+        faces,
+    )
 
 
-def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str,
-             body_models_dir: str | None = None, num_frames: int, batch_size: int,
-             hop: int | None = None, max_frames: int | None = None,
-             pose_source: str = 'gt', seed: int = 0, overlays: int = 0,
-             overlay_dir: str | None = None, bodies=None, num_threads: int = 2,
-             process_index: int | None = None, process_count: int | None = None,
-             skip_corrupt: bool = False, allgather: Callable[[dict], list] | None = None,
-             log: Callable[[str], None] | None = None) -> dict:
+def evaluate(
+    predict_fn: Callable[[dict], dict],
+    *,
+    records_dir: str,
+    split: str,
+    body_models_dir: str | None = None,
+    num_frames: int,
+    batch_size: int,
+    hop: int | None = None,
+    max_frames: int | None = None,
+    pose_source: str = 'gt',
+    seed: int = 0,
+    overlays: int = 0,
+    overlay_dir: str | None = None,
+    bodies=None,
+    num_threads: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    skip_corrupt: bool = False,
+    allgather: Callable[[dict], list] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Scores predict_fn on one split of a records dataset (3dpw, freihand or hint).
 
     Returns flat metrics {'<dataset>/<metric>': float, ..., 'num_frames': frames scored,
@@ -286,7 +336,9 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
             raise ValueError(f'{name} must be an int >= 1, got {value!r}')
     hop = max(1, num_frames // 2) if hop is None else hop
     if not 1 <= hop <= num_frames:
-        raise ValueError(f'hop must be in [1, num_frames={num_frames}] (every frame covered), got {hop}')
+        raise ValueError(
+            f'hop must be in [1, num_frames={num_frames}] (every frame covered), got {hop}'
+        )
     if pose_source not in pipeline.POSE_SOURCES:
         raise ValueError(f'unknown pose_source {pose_source!r}; use one of {pipeline.POSE_SOURCES}')
     if overlays and not overlay_dir:
@@ -294,8 +346,10 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if allgather is None and count != jax.process_count():
-        raise ValueError(f'evaluate: process_count={count} but JAX runs {jax.process_count()} '
-                         'processes; simulating processes needs your own allgather')
+        raise ValueError(
+            f'evaluate: process_count={count} but JAX runs {jax.process_count()} '
+            'processes; simulating processes needs your own allgather'
+        )
     if not 0 <= index < count:
         raise ValueError(f'evaluate: process_index={index} is not in [0, {count})')
     reader = record_reader.RecordReader(records_dir, split, skip_corrupt=skip_corrupt)
@@ -307,18 +361,25 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
     spec = pipeline.DatasetSpec(reader.name, split=split, path=records_dir)
     plan = plan_windows(reader, spec, num_frames, hop, max_frames)
     cfg = pipeline.PipelineConfig(
-        data_root=os.path.dirname(os.path.abspath(records_dir)), datasets=(spec,),
-        num_frames=num_frames, batch_size=batch_size, augment=augment.AugmentConfig(enabled=False),
-        pose_source=pose_source, seed=seed, shuffle=False)
+        data_root=os.path.dirname(os.path.abspath(records_dir)),
+        datasets=(spec,),
+        num_frames=num_frames,
+        batch_size=batch_size,
+        augment=augment.AugmentConfig(enabled=False),
+        pose_source=pose_source,
+        seed=seed,
+        shuffle=False,
+    )
     loader = pipeline.ClipLoader([plan.source], cfg)
     sequences = reader.sequences()
     units = process_share(len(plan), index, count)
-    num_batches = math.ceil(math.ceil(len(plan) / count) / batch_size)   # the largest share's
+    num_batches = math.ceil(math.ceil(len(plan) / count) / batch_size)  # the largest share's
     scored, drawn, skipped = 0, 0, 0
     overlays = overlays if index == 0 else 0
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-        for batch, owned, n_skipped in iter_batches(plan, loader, batch_size, pool, units,
-                                                    num_batches):
+        for batch, owned, n_skipped in iter_batches(
+            plan, loader, batch_size, pool, units, num_batches
+        ):
             outputs = _check_outputs(predict_fn(batch), reader.body_model, owned.shape)
             skipped += n_skipped
             if not owned.any():
@@ -330,22 +391,41 @@ def evaluate(predict_fn: Callable[[dict], dict], *, records_dir: str, split: str
                 gt_mesh = bodies.ground_truth(batch['pose'], batch['betas'], fields.get('gender'))
             protocol.update(batch, pred, gt_mesh, owned, fields)
             scored += int(owned.sum())
-            for b, t in list(zip(*np.nonzero(owned)))[:max(0, overlays - drawn)]:
-                name = _overlay_name(drawn, sequences[batch['sequence_id'][b, t]],
-                                     batch['track'][b, t], batch['frame'][b, t])
-                _write_overlay(os.path.join(overlay_dir, name), batch, pred, b, t,
-                               loader.layout.limbs, bodies.faces)
+            for b, t in list(zip(*np.nonzero(owned)))[: max(0, overlays - drawn)]:
+                name = _overlay_name(
+                    drawn,
+                    sequences[batch['sequence_id'][b, t]],
+                    batch['track'][b, t],
+                    batch['frame'][b, t],
+                )
+                _write_overlay(
+                    os.path.join(overlay_dir, name),
+                    batch,
+                    pred,
+                    b,
+                    t,
+                    loader.layout.limbs,
+                    bodies.faces,
+                )
                 drawn += 1
     if log is not None:
-        log(f'evaluation: process {index} of {count} scored {len(units)} of {len(plan)} windows '
-            f'({scored} frames) in {num_batches} batches of {batch_size}')
+        log(
+            f'evaluation: process {index} of {count} scored {len(units)} of {len(plan)} windows '
+            f'({scored} frames) in {num_batches} batches of {batch_size}'
+        )
     # One process too goes through state() / merge_states(): a single code path.
-    state = {**protocol.state(), 'evaluate/num_frames': np.int64(scored),
-             'evaluate/skipped_records': np.int64(skipped)}
+    state = {
+        **protocol.state(),
+        'evaluate/num_frames': np.int64(scored),
+        'evaluate/skipped_records': np.int64(skipped),
+    }
     states = [state] if count == 1 else (allgather or collectives.allgather_arrays)(state)
     protocol.merge_states(states)
-    out = {**protocol.result(), 'num_frames': sum(int(s['evaluate/num_frames']) for s in states),
-           'num_windows': len(plan)}
+    out = {
+        **protocol.result(),
+        'num_frames': sum(int(s['evaluate/num_frames']) for s in states),
+        'num_windows': len(plan),
+    }
     if skip_corrupt:
         out['skipped_records'] = sum(int(s['evaluate/skipped_records']) for s in states)
     return out

@@ -6,6 +6,7 @@ fails with one line naming the config field and the path.
 
     inputs.check(cfg, body_models_dir, records_root)   # raises InputError
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ def check_body_models(cfg, body_models_dir: str) -> None:
         try:
             body_models.find_model_file(body_models_dir, name)
         except body_models.ModelFileNotFound as e:
-            raise InputError(f'config.{field}={body_models_dir!r}: {e}; '
-                             f'model.kind={cfg.model.kind!r} needs it') from None
+            raise InputError(
+                f'config.{field}={body_models_dir!r}: {e}; model.kind={cfg.model.kind!r} needs it'
+            ) from None
 
 
 def check_split(records_root: str, name: str, split: str, field: str) -> int:

@@ -7,6 +7,7 @@ s + 1 updates, iterator after s + 1 batches) -> stop on SIGTERM / preemption -> 
 A resumed run restores the latest checkpoint and continues; its losses and final params equal
 the uninterrupted run's (test_train_loop.py checks this bit for bit on CPU).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,10 +21,8 @@ from data_pipelines import pipeline
 from extpose_jax import errors
 from extpose_jax.models.discriminator import DISCRIMINATOR
 from extpose_jax.train import checkpoint as ckpt_lib
-from extpose_jax.train import collectives
+from extpose_jax.train import collectives, inputs, optim, writers
 from extpose_jax.train import config as config_lib
-from extpose_jax.train import inputs
-from extpose_jax.train import optim, writers
 from extpose_jax.train import setup as setup_lib
 from extpose_jax.train import sharding as shd
 from extpose_jax.train import state as state_lib
@@ -58,7 +57,7 @@ class _Divergence:
 
     def __init__(self, skip: bool, checkpoints):
         self.skip, self.checkpoints = skip, checkpoints
-        self.skipped = 0   # since the last take()
+        self.skipped = 0  # since the last take()
         self._pending = None
 
     def add(self, step: int, metrics: dict) -> None:
@@ -87,7 +86,8 @@ class _Divergence:
             f'step {step}: the loss or a gradient is not finite (loss {loss}, grad_norm {norm}); '
             f'stopped without saving it. Last good checkpoint: step {last} in '
             f'{self.checkpoints.directory} (rerun to resume from it). Lower optim.lr, set '
-            'optim.clip_norm, or set train.skip_nonfinite=True to skip such steps')
+            'optim.clip_norm, or set train.skip_nonfinite=True to skip such steps'
+        )
 
 
 def _flat(tree) -> dict:
@@ -111,24 +111,33 @@ def init_from(state, shardings, path: str, new_param_prefixes=(), log: Callable 
     loaded, _, _ = ckpt_lib.restore_variables(path)
     disc = loaded.pop(DISCRIMINATOR, None)
     keep_init = [f'params/{p}' for p in new_param_prefixes]
-    if ckpt_lib.is_variables_dir(path) and 'head' not in ckpt_lib.load_meta(path).get('parts', ['head']):
+    if ckpt_lib.is_variables_dir(path) and 'head' not in ckpt_lib.load_meta(path).get(
+        'parts', ['head']
+    ):
         keep_init += ['params/head/', 'constants/head/']  # a backbone-only import (ViTPose)
     have = _flat(model_variables(state))
     got = _flat(loaded)
     missing = [k for k in have if k not in got and not k.startswith(tuple(keep_init))]
     unexpected = [k for k in got if k not in have]
-    shapes = [f'{k}: {got[k].shape} vs model {have[k].shape}' for k in got
-              if k in have and tuple(got[k].shape) != tuple(have[k].shape)]
+    shapes = [
+        f'{k}: {got[k].shape} vs model {have[k].shape}'
+        for k in got
+        if k in have and tuple(got[k].shape) != tuple(have[k].shape)
+    ]
     if missing or unexpected or shapes:
-        raise ValueError(f'config.init.checkpoint={path}: its variables do not match the model: '
-                         f'missing {missing[:8]} ({len(missing)}), unexpected {unexpected[:8]} '
-                         f'({len(unexpected)}), mis-shaped {shapes[:8]} ({len(shapes)})')
+        raise ValueError(
+            f'config.init.checkpoint={path}: its variables do not match the model: '
+            f'missing {missing[:8]} ({len(missing)}), unexpected {unexpected[:8]} '
+            f'({len(unexpected)}), mis-shaped {shapes[:8]} ({len(shapes)})'
+        )
 
     def merge(tree, prefix):
         def one(path, x):
             k = prefix + optim.path_str(path)
             return np.asarray(got[k], x.dtype) if k in got else x
+
         return jax.tree_util.tree_map_with_path(one, tree)
+
     params = jax.device_put(merge(state.params, 'params/'), shardings.params)
     constants = jax.device_put(merge(state.constants, ''), shardings.constants)
     # The optimizer state was built for the init params; Adam moments are zeros either way.
@@ -141,50 +150,81 @@ def init_from(state, shardings, path: str, new_param_prefixes=(), log: Callable 
         log(f'{path}: no discriminator in it; the discriminator starts from its init')
         return state
     have, got = _flat(state.disc_params), _flat(disc)
-    shapes = [f'{k}: {got[k].shape} vs {have[k].shape}' for k in got
-              if k in have and tuple(got[k].shape) != tuple(have[k].shape)]
+    shapes = [
+        f'{k}: {got[k].shape} vs {have[k].shape}'
+        for k in got
+        if k in have and tuple(got[k].shape) != tuple(have[k].shape)
+    ]
     if have.keys() != got.keys() or shapes:
-        raise ValueError(f'config.init.checkpoint={path}: its discriminator does not match the '
-                         f'run\'s: missing {sorted(set(have) - set(got))[:8]}, '
-                         f'unexpected {sorted(set(got) - set(have))[:8]}, mis-shaped {shapes[:8]}')
-    disc_params = jax.device_put(jax.tree_util.tree_map_with_path(
-        lambda p, x: np.asarray(got[optim.path_str(p)], x.dtype), state.disc_params), shardings.disc_params)
+        raise ValueError(
+            f'config.init.checkpoint={path}: its discriminator does not match the '
+            f"run's: missing {sorted(set(have) - set(got))[:8]}, "
+            f'unexpected {sorted(set(got) - set(have))[:8]}, mis-shaped {shapes[:8]}'
+        )
+    disc_params = jax.device_put(
+        jax.tree_util.tree_map_with_path(
+            lambda p, x: np.asarray(got[optim.path_str(p)], x.dtype), state.disc_params
+        ),
+        shardings.disc_params,
+    )
     log(f'{path}: discriminator loaded')
     return state.replace(disc_params=disc_params)
 
 
-def run_eval(cfg, ev: config_lib.Evaluator, task, state, step: int, workdir: str,
-             body_models_dir: str, records_root: str, writer, log: Callable) -> dict:
+def run_eval(
+    cfg,
+    ev: config_lib.Evaluator,
+    task,
+    state,
+    step: int,
+    workdir: str,
+    body_models_dir: str,
+    records_root: str,
+    writer,
+    log: Callable,
+) -> dict:
     """Evaluator `ev` on every process, the model sharded as the state is (nothing is
     gathered): each process scores its share of the windows and every process returns the same
     metrics; process 0 writes eval/<name>/step_<n>/metrics.json and the overlays (its share)."""
     from extpose_jax.train import evaluate
+
     variables = model_variables(state)
     shardings = jax.tree.map(lambda x: x.sharding, variables)
     mesh = jax.tree.leaves(shardings)[0].mesh
     out_dir = os.path.join(workdir, 'eval', ev.name, f'step_{step}')
     metrics = evaluate.evaluate(
         task_lib.make_sharded_predict_fn(cfg, variables, shardings, mesh, task),
-        records_dir=os.path.join(records_root, ev.dataset), split=ev.split,
+        records_dir=os.path.join(records_root, ev.dataset),
+        split=ev.split,
         body_models_dir=body_models_dir,
         batch_size=task_lib.eval_batch_size(cfg.eval.batch_size, mesh, log),
-        overlays=cfg.eval.overlays, overlay_dir=os.path.join(out_dir, 'overlays'), log=log,
-        **config_lib.eval_kwargs(cfg, ev))
+        overlays=cfg.eval.overlays,
+        overlay_dir=os.path.join(out_dir, 'overlays'),
+        log=log,
+        **config_lib.eval_kwargs(cfg, ev),
+    )
     if jax.process_index() != 0:
         return metrics
     evaluate.write_metrics_json(os.path.join(out_dir, 'metrics.json'), metrics)
-    evaluate.write_metrics_json(os.path.join(workdir, 'eval', ev.name, 'metrics.json'),
-                                {'step': step, **metrics})
-    writer.write_scalars(step, {ev.tag(k): v for k, v in metrics.items()
-                                if isinstance(v, (int, float))})
+    evaluate.write_metrics_json(
+        os.path.join(workdir, 'eval', ev.name, 'metrics.json'), {'step': step, **metrics}
+    )
+    writer.write_scalars(
+        step, {ev.tag(k): v for k, v in metrics.items() if isinstance(v, (int, float))}
+    )
     # The overall numbers only ('hint/pck@0.1/all', not per source); metrics.json has them all.
-    log(f'eval {ev.name} at step {step}: ' + ', '.join(
-        f'{k} {v:.2f}' for k, v in metrics.items() if isinstance(v, float) and k.count('/') <= 2))
+    log(
+        f'eval {ev.name} at step {step}: '
+        + ', '.join(
+            f'{k} {v:.2f}' for k, v in metrics.items() if isinstance(v, float) and k.count('/') <= 2
+        )
+    )
     return metrics
 
 
-def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
-          log: Callable = print) -> dict:
+def train(
+    cfg, workdir: str, body_models_dir: str, records_root: str, *, log: Callable = print
+) -> dict:
     """Runs (or resumes) the config's training in workdir. Returns {'step', 'eval': {evaluator
     name: {step: metrics}}, 'stopped_early'}; on SIGTERM / preemption it checkpoints the current step and returns."""
     config_lib.validate(cfg)
@@ -192,29 +232,43 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
     cfg = config_lib.resolved(cfg)  # grad_accum / eval batch: run_train passes the preflight's
     os.makedirs(workdir, exist_ok=True)
     mesh = shd.make_mesh({a: cfg.mesh[a] for a in ('data', 'fsdp', 'tensor')})
-    log(f'devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: '
-        f'{jax.process_count()}, mesh: {dict(mesh.shape)}')
+    log(
+        f'devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: '
+        f'{jax.process_count()}, mesh: {dict(mesh.shape)}'
+    )
 
     task = task_lib.Task(cfg, body_models_dir)
     setup = setup_lib.TrainSetup.build(task, mesh)
-    state, shardings, step_fn, rng_train = setup.create_state(), setup.shardings, setup.step, setup.rng_train
+    state, shardings, step_fn, rng_train = (
+        setup.create_state(),
+        setup.shardings,
+        setup.step,
+        setup.rng_train,
+    )
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    log(f'model: {cfg.model.arch} ViT-{cfg.model.size} ({n_params / 1e6:.1f}M params), '
+    log(
+        f'model: {cfg.model.arch} ViT-{cfg.model.size} ({n_params / 1e6:.1f}M params), '
         f'T={cfg.data.num_frames}, global batch {cfg.data.batch_size} clips'
-        + (f' in {setup.grad_accum} micro-batches' if setup.grad_accum > 1 else ''))
+        + (f' in {setup.grad_accum} micro-batches' if setup.grad_accum > 1 else '')
+    )
     if state_lib.has_discriminator(state):
         n_disc = sum(x.size for x in jax.tree.leaves(state.disc_params))
-        log(f'adversarial prior: discriminator {n_disc / 1e6:.1f}M params, weight '
-            f'{cfg.loss.adversarial} (real samples: the batch\'s GT pose / betas)')
+        log(
+            f'adversarial prior: discriminator {n_disc / 1e6:.1f}M params, weight '
+            f"{cfg.loss.adversarial} (real samples: the batch's GT pose / betas)"
+        )
 
-    data_iter = pipeline.make_iterator(config_lib.pipeline_config(
-        cfg, records_root, process_count=jax.process_count()))
-    collectives.barrier('train-start')   # before the first collective (orbax's directory sync)
+    data_iter = pipeline.make_iterator(
+        config_lib.pipeline_config(cfg, records_root, process_count=jax.process_count())
+    )
+    collectives.barrier('train-start')  # before the first collective (orbax's directory sync)
     checkpoints = ckpt_lib.RunCheckpoints(workdir, cfg.train.checkpoint_every, cfg.train.keep)
     start = checkpoints.latest_step()
     resumed = start is not None
     if resumed:
-        state, data_iter = checkpoints.restore(start, ckpt_lib.abstract_like(state, shardings), data_iter)
+        state, data_iter = checkpoints.restore(
+            start, ckpt_lib.abstract_like(state, shardings), data_iter
+        )
         log(f'resumed from {checkpoints.directory} at step {start}')
     else:
         start = 0
@@ -224,7 +278,9 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
             log(f'initialised from {cfg.init.checkpoint}')
 
     # Logs past the restored step came from the killed run's lost steps: writers drop them.
-    writer = writers.MetricWriter(workdir, jax.process_index(), start_step=start if resumed else None)
+    writer = writers.MetricWriter(
+        workdir, jax.process_index(), start_step=start if resumed else None
+    )
     evals = config_lib.evaluators(cfg)
     result = {'step': start, 'eval': {e.name: {} for e in evals}, 'stopped_early': False}
 
@@ -232,7 +288,9 @@ def train(cfg, workdir: str, body_models_dir: str, records_root: str, *,
         for ev in evals:
             if ev.due(step, cfg.train.steps):
                 result['eval'][ev.name][step] = run_eval(
-                    cfg, ev, task, state, step, workdir, body_models_dir, records_root, writer, log)
+                    cfg, ev, task, state, step, workdir, body_models_dir, records_root, writer, log
+                )
+
     if not resumed:
         evaluate_due(0)
         checkpoints.save(0, state, data_iter, cfg, force=True)

@@ -18,6 +18,7 @@ Trainable strategies (paths are '/'-joined keys of the params tree, e.g. backbon
 strategy, e.g. ('^head/',) for 'first_half + head'. Frozen leaves go through optax.set_to_zero,
 so they carry no Adam moments and stay bit-identical.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,15 +37,15 @@ _BLOCK = re.compile(r'^backbone/blocks_(\d+)/')
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-5                  # HMR 2.0 fine-tuning value
-    weight_decay: float = 1e-4        # applied to every trainable leaf, as torch AdamW upstream
+    lr: float = 1e-5  # HMR 2.0 fine-tuning value
+    weight_decay: float = 1e-4  # applied to every trainable leaf, as torch AdamW upstream
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
-    schedule: str = 'constant'        # 'constant' | 'warmup_cosine'
+    schedule: str = 'constant'  # 'constant' | 'warmup_cosine'
     warmup_steps: int = 0
-    total_steps: int = 1              # cosine length (warmup included)
-    end_lr_factor: float = 0.0        # cosine ends at lr * end_lr_factor
+    total_steps: int = 1  # cosine length (warmup included)
+    end_lr_factor: float = 0.0  # cosine ends at lr * end_lr_factor
     clip_norm: Optional[float] = None  # global-norm clipping over the trainable gradients
     trainable: str = 'full'
     extra_trainable: Tuple[str, ...] = ()
@@ -56,8 +57,10 @@ class OptimConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f'OptimConfig.schedule: {self.schedule!r}; allowed: {SCHEDULES}')
         if self.schedule == 'warmup_cosine' and self.total_steps <= self.warmup_steps:
-            raise ValueError(f'OptimConfig.total_steps={self.total_steps} must exceed '
-                             f'warmup_steps={self.warmup_steps} for warmup_cosine')
+            raise ValueError(
+                f'OptimConfig.total_steps={self.total_steps} must exceed '
+                f'warmup_steps={self.warmup_steps} for warmup_cosine'
+            )
 
 
 def path_str(path) -> str:
@@ -85,8 +88,10 @@ def trainable_kind(path: str, cfg: OptimConfig, depth: int) -> str:
 def param_labels(params, cfg: OptimConfig):
     """Tree of 'train' / 'frozen' labels for optax.multi_transform ('qk' leaves count as train)."""
     depth = _depth(params)
+
     def one(path, _):
         return 'frozen' if trainable_kind(path_str(path), cfg, depth) == 'frozen' else 'train'
+
     return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -95,7 +100,7 @@ def v_slice_mask(path: str, shape) -> jnp.ndarray | None:
     if not _QKV.match(path):
         return None
     n = shape[-1] // 3
-    return (jnp.arange(shape[-1]) < 2 * n)  # broadcasts over the kernel's input axis
+    return jnp.arange(shape[-1]) < 2 * n  # broadcasts over the kernel's input axis
 
 
 def _zero_v(cfg: OptimConfig) -> optax.GradientTransformation:
@@ -108,12 +113,14 @@ def _zero_v(cfg: OptimConfig) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
+
         def one(path, u):
             p = path_str(path)
             if any(re.search(r, p) for r in cfg.extra_trainable):
                 return u
             m = v_slice_mask(p, u.shape)
             return u if m is None else jnp.where(m, u, jnp.zeros_like(u))
+
         return jax.tree_util.tree_map_with_path(one, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
@@ -122,18 +129,22 @@ def _zero_v(cfg: OptimConfig) -> optax.GradientTransformation:
 def make_schedule(cfg: OptimConfig):
     if cfg.schedule == 'constant':
         return optax.constant_schedule(cfg.lr)
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, cfg.total_steps,
-                                              end_value=cfg.lr * cfg.end_lr_factor)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, cfg.warmup_steps, cfg.total_steps, end_value=cfg.lr * cfg.end_lr_factor
+    )
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    chain = [_zero_v(cfg)]                     # before clipping: v's gradient is not in the norm
+    chain = [_zero_v(cfg)]  # before clipping: v's gradient is not in the norm
     if cfg.clip_norm is not None:
         chain.append(optax.clip_by_global_norm(cfg.clip_norm))
-    chain += [optax.adamw(make_schedule(cfg), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay),
-              _zero_v(cfg)]                    # after AdamW: weight decay must not move v either
+    chain += [
+        optax.adamw(make_schedule(cfg), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay),
+        _zero_v(cfg),
+    ]  # after AdamW: weight decay must not move v either
     train = optax.chain(*chain)
     if cfg.trainable == 'full' and not cfg.extra_trainable:
         return train
-    return optax.multi_transform({'train': train, 'frozen': optax.set_to_zero()},
-                                 lambda params: param_labels(params, cfg))
+    return optax.multi_transform(
+        {'train': train, 'frozen': optax.set_to_zero()}, lambda params: param_labels(params, cfg)
+    )

@@ -5,6 +5,7 @@ predicted skeleton (its 3D keypoints through the predicted crop camera) and the 
 predicted mesh's silhouette, in fixed colours named by a legend. Colours mark the source, not
 the limb: a palette per limb would make GT and prediction hard to tell apart.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,11 @@ import numpy as np
 
 from data_pipelines.atomic_file import atomic_write
 
-GT_COLOR = (40, 220, 40)       # RGB
+GT_COLOR = (40, 220, 40)  # RGB
 PRED_COLOR = (255, 60, 60)
 MESH_COLOR = (255, 210, 0)
-_SHIFT = 4                     # fixed-point bits for sub-pixel triangle fills
-_FAR = 1e4                     # pixel coordinates are clipped here (int overflow in cv2)
+_SHIFT = 4  # fixed-point bits for sub-pixel triangle fills
+_FAR = 1e4  # pixel coordinates are clipped here (int overflow in cv2)
 
 
 def mesh_silhouette(points_2d: np.ndarray, faces: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -30,7 +31,7 @@ def mesh_silhouette(points_2d: np.ndarray, faces: np.ndarray, hw: tuple[int, int
     project (behind the camera: non-finite) are left out.
     """
     mask = np.zeros(hw, np.uint8)
-    tri = np.asarray(points_2d, np.float64)[np.asarray(faces)]          # (F, 3, 2)
+    tri = np.asarray(points_2d, np.float64)[np.asarray(faces)]  # (F, 3, 2)
     tri = tri[np.isfinite(tri).all(axis=(1, 2))]
     fixed = np.round(np.clip(tri, -_FAR, _FAR) * (1 << _SHIFT)).astype(np.int32)
     for t in fixed:
@@ -43,8 +44,13 @@ def _point(xy) -> tuple[int, int]:
     return round(x), round(y)
 
 
-def draw_skeleton(image: np.ndarray, kp2d: np.ndarray, visible: np.ndarray,
-                  limbs: Sequence[tuple[int, int]], color) -> None:
+def draw_skeleton(
+    image: np.ndarray,
+    kp2d: np.ndarray,
+    visible: np.ndarray,
+    limbs: Sequence[tuple[int, int]],
+    color,
+) -> None:
     """Draws limbs between visible joints and the visible joints, in place."""
     ok = np.asarray(visible, bool) & np.isfinite(kp2d[:, :2]).all(-1)
     for a, b in limbs:
@@ -62,13 +68,26 @@ def draw_legend(image: np.ndarray, entries: Sequence[tuple[str, tuple]]) -> None
     for i, (name, color) in enumerate(entries):
         y = 2 + i * line_h
         cv2.rectangle(image, (x0, y + 2), (x0 + 8, y + 9), color, -1)
-        cv2.putText(image, name, (x0 + 12, y + 9), cv2.FONT_HERSHEY_SIMPLEX, 0.32,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            image,
+            name,
+            (x0 + 12, y + 9),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.32,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
 
 
-def render_overlay(image: np.ndarray, gt_kp2d: np.ndarray, pred_kp2d: np.ndarray,
-                   limbs: Sequence[tuple[int, int]], mesh_2d: np.ndarray | None = None,
-                   faces: np.ndarray | None = None) -> np.ndarray:
+def render_overlay(
+    image: np.ndarray,
+    gt_kp2d: np.ndarray,
+    pred_kp2d: np.ndarray,
+    limbs: Sequence[tuple[int, int]],
+    mesh_2d: np.ndarray | None = None,
+    faces: np.ndarray | None = None,
+) -> np.ndarray:
     """The RGB crop (H, W, 3) with GT (gt_kp2d (J, 3): x, y, conf; conf > 0 drawn) and predicted
     (pred_kp2d (J, 2)) skeletons, and the predicted mesh outline (mesh_2d (V, 2) + faces)."""
     out = np.ascontiguousarray(image, np.uint8).copy()

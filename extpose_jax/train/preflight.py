@@ -21,6 +21,7 @@ Caveats: compiled on CPU (the what-if tables, --target) the buffer sizes are XLA
 fusion and scheduling differ from GPU/TPU; XLA's cost analysis counts a loop body once (the
 blockwise attention scan, gradient accumulation), so the analytic FLOPs are the ones used.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,10 @@ import sys
 if __name__ == '__main__':  # simulated devices must be set before jax is imported
     for _arg in sys.argv[1:]:
         if _arg.startswith('--devices='):
-            os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                                       f' --xla_force_host_platform_device_count={_arg.split("=", 1)[1]}')
+            os.environ['XLA_FLAGS'] = (
+                os.environ.get('XLA_FLAGS', '')
+                + f' --xla_force_host_platform_device_count={_arg.split("=", 1)[1]}'
+            )
             os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import dataclasses  # noqa: E402
@@ -47,7 +50,7 @@ from extpose_jax.train import estimate  # noqa: E402
 from extpose_jax.train import sharding as shd  # noqa: E402
 
 GIB = devices_lib.GIB
-USABLE = 0.92        # of a device's memory: headroom for the runtime, fragmentation, collectives
+USABLE = 0.92  # of a device's memory: headroom for the runtime, fragmentation, collectives
 FAR, NEAR = 1.6, 0.5  # analytic / usable above FAR: over without compiling; below NEAR: fits
 
 
@@ -58,16 +61,16 @@ class Refusal(Exception):
 @dataclasses.dataclass
 class Report:
     label: str
-    config: object                 # the resolved config (grad_accum, eval.batch_size set)
+    config: object  # the resolved config (grad_accum, eval.batch_size set)
     device: devices_lib.DeviceInfo
     num_devices: int
     processes: int
     mesh: dict
-    params: int                    # parameter count
-    analytic: dict                 # per-device bytes by part (estimate.memory)
-    compiled: dict | None          # per-device bytes from XLA, when compiled
-    flops: dict                    # estimate.flops (global per step)
-    xla_flops: float | None        # compiled cost analysis, per device
+    params: int  # parameter count
+    analytic: dict  # per-device bytes by part (estimate.memory)
+    compiled: dict | None  # per-device bytes from XLA, when compiled
+    flops: dict  # estimate.flops (global per step)
+    xla_flops: float | None  # compiled cost analysis, per device
     step_seconds: float | None
     run_hours: float | None
     eval_bytes: float | None = None  # analytic, per device, while evaluating
@@ -104,7 +107,11 @@ class Report:
             f'batch      {b} clips per step = {self.grad_accum} micro-batch(es) x '
             f'{b // self.grad_accum // shards} clip(s) per data x fsdp shard; eval {c.eval.batch_size} '
             f'windows per step (~{self.eval_bytes / GIB:.2f} GiB per device with the train state'
-            + (f'; compiled {self.eval_compiled["total"] / GIB:.2f} GiB)' if self.eval_compiled else ')'),
+            + (
+                f'; compiled {self.eval_compiled["total"] / GIB:.2f} GiB)'
+                if self.eval_compiled
+                else ')'
+            ),
             'per device            analytic' + ('      compiled (XLA)' if comp else ''),
             f'  parameters      {gb(a["params"])}' + xla('arguments', 'argument'),
             f'  optimizer state {gb(a["optimizer"])}' + xla('outputs', 'output'),
@@ -114,33 +121,57 @@ class Report:
             f'  total           {gb(a["total"])}' + xla('total', 'total'),
         ]
         if self.usable_bytes:
-            rows.append(f'  limit           {gb(self.usable_bytes)} usable ({USABLE:.0%} of '
-                        f'{self.device.memory_bytes / GIB:.1f} GiB): '
-                        f'{self.peak_bytes() / self.usable_bytes:.0%} used')
+            rows.append(
+                f'  limit           {gb(self.usable_bytes)} usable ({USABLE:.0%} of '
+                f'{self.device.memory_bytes / GIB:.1f} GiB): '
+                f'{self.peak_bytes() / self.usable_bytes:.0%} used'
+            )
         f = self.flops
-        xla = '' if self.xla_flops is None else \
-            f'; XLA cost analysis {self.xla_flops:.3g} per device (loop bodies counted once)'
-        executed = f', {f["executed"]:.3g} executed with the remat recompute' if c.model.remat else ''
-        rows.append(f'FLOPs/step {f["model"]:.3g} model (3 x forward){executed}; analytic, global{xla}')
+        xla = (
+            ''
+            if self.xla_flops is None
+            else f'; XLA cost analysis {self.xla_flops:.3g} per device (loop bodies counted once)'
+        )
+        executed = (
+            f', {f["executed"]:.3g} executed with the remat recompute' if c.model.remat else ''
+        )
+        rows.append(
+            f'FLOPs/step {f["model"]:.3g} model (3 x forward){executed}; analytic, global{xla}'
+        )
         if self.step_seconds is not None:
-            rows.append(f'time       ~{_duration(self.step_seconds)} per step at '
-                        f'{self.device.efficiency:.0%} of peak; {c.train.steps} steps: '
-                        f'~{_duration(self.run_hours * 3600)}')
+            rows.append(
+                f'time       ~{_duration(self.step_seconds)} per step at '
+                f'{self.device.efficiency:.0%} of peak; {c.train.steps} steps: '
+                f'~{_duration(self.run_hours * 3600)}'
+            )
         rows += [f'note       {n}' for n in self.notes]
         return '\n'.join(rows)
 
     def as_dict(self) -> dict:
-        return {'label': self.label, 'device': dataclasses.asdict(self.device),
-                'num_devices': self.num_devices, 'processes': self.processes, 'mesh': self.mesh,
-                'batch_size': self.config.data.batch_size, 'grad_accum': self.grad_accum,
-                'eval_batch_size': self.config.eval.batch_size, 'eval_bytes': self.eval_bytes,
-                'eval_compiled': self.eval_compiled, 'analytic_host': self.analytic_host,
-                'params': self.params,
-                'analytic': self.analytic, 'compiled': self.compiled,
-                'flops_model': self.flops['model'], 'flops_executed': self.flops['executed'],
-                'xla_flops_per_device': self.xla_flops, 'step_seconds': self.step_seconds,
-                'run_hours': self.run_hours, 'compile_seconds': self.compile_seconds,
-                'usable_bytes': self.usable_bytes, 'notes': self.notes}
+        return {
+            'label': self.label,
+            'device': dataclasses.asdict(self.device),
+            'num_devices': self.num_devices,
+            'processes': self.processes,
+            'mesh': self.mesh,
+            'batch_size': self.config.data.batch_size,
+            'grad_accum': self.grad_accum,
+            'eval_batch_size': self.config.eval.batch_size,
+            'eval_bytes': self.eval_bytes,
+            'eval_compiled': self.eval_compiled,
+            'analytic_host': self.analytic_host,
+            'params': self.params,
+            'analytic': self.analytic,
+            'compiled': self.compiled,
+            'flops_model': self.flops['model'],
+            'flops_executed': self.flops['executed'],
+            'xla_flops_per_device': self.xla_flops,
+            'step_seconds': self.step_seconds,
+            'run_hours': self.run_hours,
+            'compile_seconds': self.compile_seconds,
+            'usable_bytes': self.usable_bytes,
+            'notes': self.notes,
+        }
 
 
 def _duration(seconds: float) -> str:
@@ -161,8 +192,16 @@ def _divisors(n: int):
 # ------------------------------------------------------------------------------ the check
 
 
-def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.DeviceInfo | None = None,
-          compile: str | None = None, force: bool = False, log=lambda _: None) -> Report:
+def check(
+    cfg,
+    *,
+    label: str = 'config',
+    devices=None,
+    device: devices_lib.DeviceInfo | None = None,
+    compile: str | None = None,
+    force: bool = False,
+    log=lambda _: None,
+) -> Report:
     """The per-device budget of cfg's training on `devices` (default: all); raises Refusal.
 
     device: what one device is (default: detected; DeviceInfo.target for what-if tables).
@@ -184,16 +223,20 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
     batch = cfg.data.batch_size
     shards = mesh_sizes['data'] * mesh_sizes['fsdp']
     if batch % shards:
-        raise Refusal(f'{label}: config.data.batch_size={batch} does not split over the mesh\'s '
-                      f'data x fsdp = {shards} devices; use a multiple of {shards} or change config.mesh')
+        raise Refusal(
+            f"{label}: config.data.batch_size={batch} does not split over the mesh's "
+            f'data x fsdp = {shards} devices; use a multiple of {shards} or change config.mesh'
+        )
     if cfg.train.grad_accum is None:
         accums = [g for g in _divisors(batch) if (batch // g) % shards == 0]
     else:
         accums = [cfg.train.grad_accum]
         if (batch // cfg.train.grad_accum) % shards:
-            raise Refusal(f'{label}: config.train.grad_accum={cfg.train.grad_accum} leaves micro-batches '
-                          f'of {batch // cfg.train.grad_accum} clips, which do not split over data x fsdp '
-                          f'= {shards} devices; use one of {[g for g in _divisors(batch) if (batch // g) % shards == 0]}')
+            raise Refusal(
+                f'{label}: config.train.grad_accum={cfg.train.grad_accum} leaves micro-batches '
+                f'of {batch // cfg.train.grad_accum} clips, which do not split over data x fsdp '
+                f'= {shards} devices; use one of {[g for g in _divisors(batch) if (batch // g) % shards == 0]}'
+            )
 
     mesh = shd.make_mesh(mesh_shape(cfg), devices)
     dims = estimate.Dims.of(cfg)
@@ -205,7 +248,9 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
         step_seconds = fl['executed'] / (len(devices) * info.peak_flops * info.efficiency)
         run_hours = cfg.train.steps * step_seconds / 3600
         if run_hours > cfg.preflight.max_run_hours and not force:
-            raise Refusal(_time_message(label, cfg, info, fl, len(devices), step_seconds, run_hours))
+            raise Refusal(
+                _time_message(label, cfg, info, fl, len(devices), step_seconds, run_hours)
+            )
     stand_in = body_models.stand_in(cfg.model.kind)
     setups = {}
 
@@ -213,6 +258,7 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
         if g not in setups:
             from extpose_jax.train import setup as setup_lib
             from extpose_jax.train import task as task_lib
+
             cfg_g = config_lib.resolved(cfg, grad_accum=g)
             setups[g] = setup_lib.TrainSetup.build(task_lib.Task(cfg_g, body_model=stand_in), mesh)
         return setups[g]
@@ -226,7 +272,14 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
     def analytic(g, d=mem_dims):
         return estimate.memory(d, abstract, abstract_batch, mesh_sizes, batch, g)
 
-    chosen, compiled, compiled_for, xla_flops, compile_seconds, notes = None, None, None, None, None, []
+    chosen, compiled, compiled_for, xla_flops, compile_seconds, notes = (
+        None,
+        None,
+        None,
+        None,
+        None,
+        [],
+    )
     for g in accums:
         a = analytic(g)
         if usable is None or compile == 'never':
@@ -247,8 +300,11 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
             chosen = g
             break
     if chosen is None:
-        raise Refusal(_memory_message(label, cfg, info, usable, accums[-1], dims, analytic,
-                                      mesh_sizes, len(devices)))
+        raise Refusal(
+            _memory_message(
+                label, cfg, info, usable, accums[-1], dims, analytic, mesh_sizes, len(devices)
+            )
+        )
     if compiled_for != chosen:  # figures of a rejected accumulation describe another program
         compiled = xla_flops = None
     if compile == 'always' and compiled is None:
@@ -259,27 +315,59 @@ def check(cfg, *, label: str = 'config', devices=None, device: devices_lib.Devic
     if not info.peak_flops:
         notes.append('no peak FLOP/s known for this device: no time estimate')
     if info.platform == 'cpu':
-        notes.append('analytic memory uses the XLA:CPU model (activations fp32, every block kept, '
-                     f'x{estimate.XLA_CPU_OVERHEAD:g}): estimate.on_platform')
-    eval_batch, eval_bytes = _eval_batch(cfg, label, mem_dims, analytic(chosen), batch // chosen,
-                                         shards, mesh_sizes['tensor'], usable)
+        notes.append(
+            'analytic memory uses the XLA:CPU model (activations fp32, every block kept, '
+            f'x{estimate.XLA_CPU_OVERHEAD:g}): estimate.on_platform'
+        )
+    eval_batch, eval_bytes = _eval_batch(
+        cfg,
+        label,
+        mem_dims,
+        analytic(chosen),
+        batch // chosen,
+        shards,
+        mesh_sizes['tensor'],
+        usable,
+    )
     resolved = config_lib.resolved(cfg, grad_accum=chosen, eval_batch_size=eval_batch)
     eval_compiled, analytic_host = None, None
     if compiled is not None:  # compiled the train step: the eval step too, for the same table
         eval_compiled = compiled_eval_memory(setup_for(chosen), eval_batch)
         host = devices[0].platform
         if host != info.platform:  # a what-if compiled here: what this platform's model predicts
-            analytic_host = estimate.memory(estimate.on_platform(dims, host), abstract,
-                                            abstract_batch, mesh_sizes, batch, chosen)
-            notes.append(f'compiled by XLA:{host.upper()}, not for {info.name}: its buffers follow '
-                         f'{host}\'s memory model (analytic for {host}: '
-                         f'{analytic_host["total"] / GIB:.1f} GiB)')
-    report = Report(label=label, config=resolved, device=info, num_devices=len(devices),
-                    processes=jax.process_count(), mesh=mesh_sizes, params=n_params,
-                    analytic=analytic(chosen), compiled=compiled, flops=fl, xla_flops=xla_flops,
-                    step_seconds=step_seconds, run_hours=run_hours,
-                    eval_bytes=eval_bytes, eval_compiled=eval_compiled, analytic_host=analytic_host,
-                    compile_seconds=compile_seconds, notes=notes)
+            analytic_host = estimate.memory(
+                estimate.on_platform(dims, host),
+                abstract,
+                abstract_batch,
+                mesh_sizes,
+                batch,
+                chosen,
+            )
+            notes.append(
+                f'compiled by XLA:{host.upper()}, not for {info.name}: its buffers follow '
+                f"{host}'s memory model (analytic for {host}: "
+                f'{analytic_host["total"] / GIB:.1f} GiB)'
+            )
+    report = Report(
+        label=label,
+        config=resolved,
+        device=info,
+        num_devices=len(devices),
+        processes=jax.process_count(),
+        mesh=mesh_sizes,
+        params=n_params,
+        analytic=analytic(chosen),
+        compiled=compiled,
+        flops=fl,
+        xla_flops=xla_flops,
+        step_seconds=step_seconds,
+        run_hours=run_hours,
+        eval_bytes=eval_bytes,
+        eval_compiled=eval_compiled,
+        analytic_host=analytic_host,
+        compile_seconds=compile_seconds,
+        notes=notes,
+    )
     return report
 
 
@@ -303,9 +391,11 @@ def _eval_batch(cfg, label, dims, train_mem, micro_batch, shards, tensor, usable
     while not explicit and usable is not None and windows > shards and need(windows) > usable:
         windows = max(shards, (windows // 2) // shards * shards)
     if usable is not None and need(windows) > usable:
-        raise Refusal(f'{label}: evaluation with config.eval.batch_size={windows} windows needs '
-                      f'~{need(windows) / GIB:.1f} GiB per device beside the train state, '
-                      f'{usable / GIB:.1f} GiB usable; use a smaller eval.batch_size (e.g. {shards})')
+        raise Refusal(
+            f'{label}: evaluation with config.eval.batch_size={windows} windows needs '
+            f'~{need(windows) / GIB:.1f} GiB per device beside the train state, '
+            f'{usable / GIB:.1f} GiB usable; use a smaller eval.batch_size (e.g. {shards})'
+        )
     return windows, need(windows)
 
 
@@ -314,17 +404,26 @@ def compiled_eval_memory(setup, eval_batch: int) -> dict:
     state (parameters + optimizer) + the eval batch + its outputs + XLA's temporaries."""
     from extpose_jax.train import setup as setup_lib
     from extpose_jax.train import task as task_lib
+
     state, sh = setup.abstract_state(), setup.shardings
     variables = {'params': state.params, **state.constants}
     shardings = {'params': sh.params, **sh.constants}
     batch = setup_lib.abstract_batch(setup.cfg, setup.mesh, eval_batch, task_lib.PREDICT_KEYS)
     with shd.activation_sharding(setup.mesh):
-        exe = task_lib.sharded_predict(setup.task, shardings, setup.mesh).lower(variables, batch).compile()
+        exe = (
+            task_lib.sharded_predict(setup.task, shardings, setup.mesh)
+            .lower(variables, batch)
+            .compile()
+        )
     ma = exe.memory_analysis()
     resident = estimate.shard_bytes((state.params, state.constants, state.opt_state))
     batch_bytes = estimate.shard_bytes(batch)
-    out = {'argument': ma.argument_size_in_bytes, 'output': ma.output_size_in_bytes,
-           'temp': ma.temp_size_in_bytes, 'resident_state': resident}
+    out = {
+        'argument': ma.argument_size_in_bytes,
+        'output': ma.output_size_in_bytes,
+        'temp': ma.temp_size_in_bytes,
+        'resident_state': resident,
+    }
     out['total'] = resident + batch_bytes + out['output'] + out['temp']
     return out
 
@@ -334,8 +433,12 @@ def compiled_step_memory(setup) -> tuple[dict, float | None]:
     lowered = setup.step.lower(setup.abstract_state(), setup.abstract_batch(), setup.rng_train)
     exe = lowered.compile()
     ma = exe.memory_analysis()
-    out = {'argument': ma.argument_size_in_bytes, 'output': ma.output_size_in_bytes,
-           'alias': ma.alias_size_in_bytes, 'temp': ma.temp_size_in_bytes}
+    out = {
+        'argument': ma.argument_size_in_bytes,
+        'output': ma.output_size_in_bytes,
+        'alias': ma.alias_size_in_bytes,
+        'temp': ma.temp_size_in_bytes,
+    }
     out['total'] = out['argument'] + out['output'] - out['alias'] + out['temp']
     cost = exe.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -366,8 +469,10 @@ def _memory_message(label, cfg, info, usable, g, dims, analytic, mesh_sizes, n_d
             if a > g and (batch // a) % shards == 0:
                 candidates.append((f'--config.train.grad_accum={a}', total(accum=a)))
     lean, combo = dims, []
-    for flag, change in (('--config.model.remat=True', {'remat': True}),
-                         ('--config.model.dtype=bfloat16', {'value_bytes': 2})):
+    for flag, change in (
+        ('--config.model.remat=True', {'remat': True}),
+        ('--config.model.dtype=bfloat16', {'value_bytes': 2}),
+    ):
         if any(getattr(dims, k) != v for k, v in change.items()):
             t = total(d=dataclasses.replace(dims, **change))
             if t < worst['total']:
@@ -382,8 +487,14 @@ def _memory_message(label, cfg, info, usable, g, dims, analytic, mesh_sizes, n_d
         candidates.append((flag, total(state_scale=scale)))
         combo.append(flag)
     if len(combo) > 1 or (combo and most_accum != g and cfg.train.grad_accum is not None):
-        flags = ' '.join(combo + ([f'--config.train.grad_accum={most_accum}']
-                                  if cfg.train.grad_accum is not None and most_accum != g else []))
+        flags = ' '.join(
+            combo
+            + (
+                [f'--config.train.grad_accum={most_accum}']
+                if cfg.train.grad_accum is not None and most_accum != g
+                else []
+            )
+        )
         candidates.append((flags, total(d=lean, accum=most_accum, state_scale=scale)))
     fits = [(c, t) for c, t in candidates if t <= usable]
     need = f'needs ~{worst["total"] / GIB:.1f} GiB per device ({_parts(worst)})'
@@ -393,24 +504,34 @@ def _memory_message(label, cfg, info, usable, g, dims, analytic, mesh_sizes, n_d
         change, t = fits[0]
         return f'{where} {need}, {have}: smallest change that fits: {change} (~{t / GIB:.1f} GiB)'
     if info.platform == 'cpu':
-        return f'{where} {need}, {have}: too large for this machine; use the small variant ' \
-               f'(--config={label.split(":")[0]}:small) on a CPU'
-    return f'{where} {need}, {have}: does not fit even fully sharded; use more devices ' \
-           f'(--config.mesh.fsdp) or a smaller model (--config={label.split(":")[0]}:base)'
+        return (
+            f'{where} {need}, {have}: too large for this machine; use the small variant '
+            f'(--config={label.split(":")[0]}:small) on a CPU'
+        )
+    return (
+        f'{where} {need}, {have}: does not fit even fully sharded; use more devices '
+        f'(--config.mesh.fsdp) or a smaller model (--config={label.split(":")[0]}:base)'
+    )
 
 
 def _parts(m: dict) -> str:
-    return ', '.join(f'{k} {m[k] / GIB:.1f}' for k in ('params', 'optimizer', 'gradients', 'activations'))
+    return ', '.join(
+        f'{k} {m[k] / GIB:.1f}' for k in ('params', 'optimizer', 'gradients', 'activations')
+    )
 
 
 def _time_message(label, cfg, info, fl, n_devices, step_seconds, run_hours) -> str:
-    alt = (f'use the small variant (--config={label.split(":")[0]}:small) on a CPU'
-           if info.platform == 'cpu' and cfg.variant != 'small'
-           else 'use more devices, fewer train.steps or a smaller variant')
-    return (f'{label} would take ~{_duration(step_seconds)} per step ({fl["executed"]:.2g} FLOPs '
-            f'at {info.efficiency:.0%} of {n_devices} x {info.peak_flops / 1e12:.3g} TFLOP/s '
-            f'{info.name}), ~{_duration(run_hours * 3600)} for {cfg.train.steps} steps (limit '
-            f'config.preflight.max_run_hours={cfg.preflight.max_run_hours:g}): {alt}, or pass --force')
+    alt = (
+        f'use the small variant (--config={label.split(":")[0]}:small) on a CPU'
+        if info.platform == 'cpu' and cfg.variant != 'small'
+        else 'use more devices, fewer train.steps or a smaller variant'
+    )
+    return (
+        f'{label} would take ~{_duration(step_seconds)} per step ({fl["executed"]:.2g} FLOPs '
+        f'at {info.efficiency:.0%} of {n_devices} x {info.peak_flops / 1e12:.3g} TFLOP/s '
+        f'{info.name}), ~{_duration(run_hours * 3600)} for {cfg.train.steps} steps (limit '
+        f'config.preflight.max_run_hours={cfg.preflight.max_run_hours:g}): {alt}, or pass --force'
+    )
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -420,6 +541,7 @@ def main(argv):
     del argv
     from absl import flags
     from ml_collections import config_flags
+
     f = flags.FLAGS
     if f.json and not os.path.isdir(os.path.dirname(f.json) or '.'):  # not after the compile
         raise FileNotFoundError(f'--json={f.json}: no such directory {os.path.dirname(f.json)!r}')
@@ -449,12 +571,19 @@ if __name__ == '__main__':
     from ml_collections import config_flags
 
     from extpose_jax import errors
+
     _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.')
     flags.DEFINE_integer('devices', None, 'Simulate this many CPU devices (set before JAX starts).')
-    flags.DEFINE_enum('target', None, list(devices_lib.CHIPS),
-                      'Compare with this chip instead of the local device.')
+    flags.DEFINE_enum(
+        'target',
+        None,
+        list(devices_lib.CHIPS),
+        'Compare with this chip instead of the local device.',
+    )
     flags.DEFINE_enum('compile', 'always', config_lib.PREFLIGHT_COMPILE, 'Compile the step.')
     flags.DEFINE_string('json', None, 'Append the report as one JSON line to this file.')
-    flags.DEFINE_string('tag', None, 'Stored with the JSON line (bench/scaling.py names its cases).')
+    flags.DEFINE_string(
+        'tag', None, 'Stored with the JSON line (bench/scaling.py names its cases).'
+    )
     flags.mark_flags_as_required(['config'])
     errors.run(main)

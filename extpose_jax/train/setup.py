@@ -12,6 +12,7 @@ The loop and the preflight must compile the same program, or the preflight's per
 figures describe another run: both go through here (optimizer, state initialisation, the
 adversarial prior, the step with its gradient accumulation and activation constraints).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,12 +36,12 @@ class TrainSetup:
     mesh: Any
     task: task_lib.Task
     tx: Any
-    shardings: Any              # TrainState (or AdversarialTrainState) of NamedShardings
-    step: Callable              # state_lib.make_train_step's run(state, batch, rng), with .lower
+    shardings: Any  # TrainState (or AdversarialTrainState) of NamedShardings
+    step: Callable  # state_lib.make_train_step's run(state, batch, rng), with .lower
     grad_accum: int
     rng_train: jax.Array
-    _init: Callable             # () -> sharded TrainState
-    _abstract: Callable         # () -> abstract TrainState
+    _init: Callable  # () -> sharded TrainState
+    _abstract: Callable  # () -> abstract TrainState
 
     @classmethod
     def build(cls, task: task_lib.Task, mesh) -> TrainSetup:
@@ -59,8 +60,12 @@ class TrainSetup:
             disc_tx = optim.make_optimizer(config_lib.disc_optim_config(cfg))
             adversarial = {'disc_loss_fn': task.disc_loss_fn, 'disc_tx': disc_tx}
             # Its own key: the pose model's init stays the same with the prior on or off.
-            disc = (task.discriminator, disc_tx, jax.random.fold_in(rng_init, 1),
-                    task.disc_example_inputs())
+            disc = (
+                task.discriminator,
+                disc_tx,
+                jax.random.fold_in(rng_init, 1),
+                task.disc_example_inputs(),
+            )
 
         def with_disc(state, sh):
             if disc is None:
@@ -68,13 +73,28 @@ class TrainSetup:
             return state_lib.add_discriminator(state, sh, disc[0], disc[1], disc[2], disc[3], mesh)
 
         _, shardings = with_disc(jax.eval_shape(init, rng_init), shardings)
-        step = state_lib.make_train_step(task.loss_fn, tx, mesh, shardings, shd.batch_sharding(mesh),
-                                         grad_accum=grad_accum,
-                                         skip_nonfinite=cfg.train.skip_nonfinite, **adversarial)
-        return cls(cfg=cfg, mesh=mesh, task=task, tx=tx, shardings=shardings, step=step,
-                   grad_accum=grad_accum, rng_train=rng_train,
-                   _init=lambda: with_disc(init(rng_init), shardings)[0],
-                   _abstract=lambda: with_disc(jax.eval_shape(init, rng_init), shardings)[0])
+        step = state_lib.make_train_step(
+            task.loss_fn,
+            tx,
+            mesh,
+            shardings,
+            shd.batch_sharding(mesh),
+            grad_accum=grad_accum,
+            skip_nonfinite=cfg.train.skip_nonfinite,
+            **adversarial,
+        )
+        return cls(
+            cfg=cfg,
+            mesh=mesh,
+            task=task,
+            tx=tx,
+            shardings=shardings,
+            step=step,
+            grad_accum=grad_accum,
+            rng_train=rng_train,
+            _init=lambda: with_disc(init(rng_init), shardings)[0],
+            _abstract=lambda: with_disc(jax.eval_shape(init, rng_init), shardings)[0],
+        )
 
     def create_state(self):
         return self._init()
@@ -84,8 +104,9 @@ class TrainSetup:
 
     def abstract_batch(self, batch_size: int | None = None) -> dict:
         """The step's global batch as ShapeDtypeStructs sharded like training's."""
-        return abstract_batch(self.cfg, self.mesh, batch_size or self.cfg.data.batch_size,
-                              task_lib.TRAIN_KEYS)
+        return abstract_batch(
+            self.cfg, self.mesh, batch_size or self.cfg.data.batch_size, task_lib.TRAIN_KEYS
+        )
 
 
 def abstract_batch(cfg, mesh, batch_size: int, keys) -> dict:
@@ -96,5 +117,6 @@ def abstract_batch(cfg, mesh, batch_size: int, keys) -> dict:
     joints = skeletons.get_layout(config_lib.RECORD_LAYOUT[kind]).num_joints
     spec = pipeline.batch_spec(pcfg, joints, kind)
     sharding = shd.batch_sharding(mesh)
-    return {k: jax.ShapeDtypeStruct(spec[k][0], np.dtype(spec[k][1]), sharding=sharding)
-            for k in keys}
+    return {
+        k: jax.ShapeDtypeStruct(spec[k][0], np.dtype(spec[k][1]), sharding=sharding) for k in keys
+    }

@@ -10,6 +10,7 @@ Meshes always have the three axes ('data', 'fsdp', 'tensor') (size 1 where not a
 that RULES never names a missing axis, and are built with AxisType.Auto because linen's
 logical constraints assert under Explicit axes (init then fails with an AssertionError).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,11 +37,11 @@ BATCH_AXES = ('data', 'fsdp')  # the batch is split over every non-tensor device
 RULES = (
     ('batch', BATCH_AXES),
     ('embed', 'fsdp'),
-    ('context', 'fsdp'),      # head cross-attention input = backbone width
+    ('context', 'fsdp'),  # head cross-attention input = backbone width
     ('heads', 'tensor'),
     ('mlp', 'tensor'),
     ('qkv', None),
-    ('kv', None),             # head_dim: small, and attention kernels want it whole
+    ('kv', None),  # head_dim: small, and attention kernels want it whole
     ('seq', None),
     ('query', None),
     ('token_in', None),
@@ -51,7 +52,9 @@ RULES = (
 _RULES = dict(RULES)
 
 
-def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]], devices: Sequence[Any] | None = None):
+def make_mesh(
+    shape: Mapping[str, int] | Sequence[tuple[str, int]], devices: Sequence[Any] | None = None
+):
     """{'data': 2, 'fsdp': -1} or (('data', 2), ('fsdp', 4)) -> Mesh over ('data', 'fsdp', 'tensor').
 
     Missing axes get size 1; at most one axis may be -1 (the devices left). Errors name the field.
@@ -80,13 +83,17 @@ def mesh_sizes(shape: Mapping[str, int] | Sequence[tuple[str, int]], n: int) -> 
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if n % fixed:
         bad = ', '.join(f'{k}={v}' for k, v in sizes.items() if v != -1 and n % v)
-        raise ValueError(f'make_mesh: {bad or sizes} does not divide the {n} devices '
-                         f'(product of fixed sizes {fixed})')
+        raise ValueError(
+            f'make_mesh: {bad or sizes} does not divide the {n} devices '
+            f'(product of fixed sizes {fixed})'
+        )
     if rest:
         sizes[rest[0]] = n // fixed
     elif fixed != n:
-        raise ValueError(f'make_mesh: {sizes} uses {fixed} devices but {n} are present; '
-                         f'set one axis to -1 or change the sizes')
+        raise ValueError(
+            f'make_mesh: {sizes} uses {fixed} devices but {n} are present; '
+            f'set one axis to -1 or change the sizes'
+        )
     return {a: sizes.get(a, 1) for a in AXES}
 
 
@@ -100,7 +107,9 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh) -> 
     used, spec = set(), []
     for name, dim in zip(names, shape):
         if name is not None and name not in _RULES:
-            raise ValueError(f'sharding: logical axis {name!r} is not in RULES; add it to train/sharding.py')
+            raise ValueError(
+                f'sharding: logical axis {name!r} is not in RULES; add it to train/sharding.py'
+            )
         target = _RULES.get(name) if name is not None else None
         axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
         keep, size = [], 1
@@ -134,10 +143,12 @@ def param_shardings(boxed_tree, mesh):
 
     Leaves without logical names (e.g. the 'constants' buffers, counters) are replicated.
     """
+
     def one(x):
         if _is_box(x):
             return NamedSharding(mesh, logical_to_spec(x.names, x.value.shape, mesh))
         return NamedSharding(mesh, P())
+
     return jax.tree.map(one, boxed_tree, is_leaf=_is_box)
 
 
@@ -158,10 +169,14 @@ def global_batch(local_batch: Mapping[str, Any], mesh):
     """
     sharding = batch_sharding(mesh)
     shards = mesh.shape['data'] * mesh.shape['fsdp'] // jax.process_count()
+
     def one(x):
         x = np.asarray(x)
         if x.ndim == 0 or x.shape[0] % max(shards, 1):
-            raise ValueError(f'global_batch: local batch dimension {x.shape[:1]} must divide over '
-                             f'{shards} local data x fsdp shards')
+            raise ValueError(
+                f'global_batch: local batch dimension {x.shape[:1]} must divide over '
+                f'{shards} local data x fsdp shards'
+            )
         return jax.make_array_from_process_local_data(sharding, x)
+
     return jax.tree.map(one, dict(local_batch))

@@ -28,6 +28,7 @@ with respect to disc_params only. Both networks see the same pre-update paramete
 upstream's generator-then-discriminator order. metrics gain 'loss_disc', 'disc_grad_norm'
 and disc_loss_fn's aux; with grad_accum both gradients are averaged over micro-batches.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,10 +46,11 @@ from extpose_jax.train import sharding as shd
 
 class TrainState(flax.struct.PyTreeNode):
     """Plain (unboxed) arrays only, so checkpoints restore into it directly."""
+
     step: jax.Array
     params: Any
     opt_state: Any
-    constants: Any   # every non-'params' collection, e.g. {'constants': {'head': {...}}}
+    constants: Any  # every non-'params' collection, e.g. {'constants': {'head': {...}}}
 
 
 class AdversarialTrainState(TrainState):
@@ -58,6 +60,7 @@ class AdversarialTrainState(TrainState):
     which would change the checkpoint tree of runs without the prior and stop their older
     checkpoints from restoring. Here a run without it keeps exactly TrainState's tree.
     """
+
     disc_params: Any
     disc_opt_state: Any
 
@@ -88,11 +91,18 @@ def _opt_shardings(opt_shapes, params, param_sh, repl):
             if hit is not None and hit[0] == x.shape:
                 return hit[1]
         return repl
+
     return jax.tree_util.tree_map_with_path(one, opt_shapes)
 
 
-def state_initializer(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                      init_args: Sequence[Any], mesh, **init_kwargs):
+def state_initializer(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    init_args: Sequence[Any],
+    mesh,
+    **init_kwargs,
+):
     """-> (init, shardings): init(rng) is jitted straight onto the mesh and returns a TrainState
     of sharded arrays; `shardings` is a TrainState of NamedShardings.
 
@@ -116,26 +126,47 @@ def state_initializer(model: nn.Module, tx: optax.GradientTransformation, rng: j
     opt_shapes = jax.eval_shape(tx.init, plain_params)
     repl = shd.replicated(mesh)
     opt_sh = _opt_shardings(opt_shapes, plain_params, param_sh, repl)
-    shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh,
-                           constants=jax.tree.map(lambda _: repl, nn.unbox(boxed_constants)))
+    shardings = TrainState(
+        step=repl,
+        params=param_sh,
+        opt_state=opt_sh,
+        constants=jax.tree.map(lambda _: repl, nn.unbox(boxed_constants)),
+    )
 
     def init(rng):
         params, constants = nn.unbox(init_boxed(rng))  # unbox once, here
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          constants=constants)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            constants=constants,
+        )
 
     return jax.jit(init, in_shardings=repl, out_shardings=shardings), shardings
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       init_args: Sequence[Any], mesh, **init_kwargs):
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    init_args: Sequence[Any],
+    mesh,
+    **init_kwargs,
+):
     """Initialises straight into the mesh: (TrainState of sharded arrays, TrainState of shardings)."""
     init, shardings = state_initializer(model, tx, rng, init_args, mesh, **init_kwargs)
     return init(rng), shardings
 
 
-def add_discriminator(state: TrainState, shardings: TrainState, disc: nn.Module,
-                      tx: optax.GradientTransformation, rng: jax.Array, init_args: Sequence[Any], mesh):
+def add_discriminator(
+    state: TrainState,
+    shardings: TrainState,
+    disc: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    init_args: Sequence[Any],
+    mesh,
+):
     """-> (AdversarialTrainState, its shardings): `state` plus a freshly initialised `disc`.
 
     init_args: example inputs of disc.init (arrays or ShapeDtypeStructs). The discriminator is
@@ -154,12 +185,15 @@ def add_discriminator(state: TrainState, shardings: TrainState, disc: nn.Module,
     out_sh = jax.tree.map(lambda _: repl, jax.eval_shape(init, rng))
     jitted = jax.jit(init, in_shardings=repl, out_shardings=out_sh)
     abstract = isinstance(state.params, jax.ShapeDtypeStruct) or any(
-        isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.params))
+        isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.params)
+    )
     params, opt_state = jax.eval_shape(jitted, rng) if abstract else jitted(rng)
     fields = {f: getattr(state, f) for f in TrainState.__dataclass_fields__}
     sh_fields = {f: getattr(shardings, f) for f in TrainState.__dataclass_fields__}
-    return (AdversarialTrainState(**fields, disc_params=params, disc_opt_state=opt_state),
-            AdversarialTrainState(**sh_fields, disc_params=out_sh[0], disc_opt_state=out_sh[1]))
+    return (
+        AdversarialTrainState(**fields, disc_params=params, disc_opt_state=opt_state),
+        AdversarialTrainState(**sh_fields, disc_params=out_sh[0], disc_opt_state=out_sh[1]),
+    )
 
 
 def _split_micro(batch, n: int):
@@ -169,17 +203,30 @@ def _split_micro(batch, n: int):
     strided split keeps every micro-batch spread over all devices (a contiguous one would put
     micro-batch 0 on the first devices only and force a reshuffle).
     """
+
     def one(x):
         if x.shape[0] % n:
-            raise ValueError(f'train step: batch dimension {x.shape[0]} is not divisible by grad_accum={n}')
+            raise ValueError(
+                f'train step: batch dimension {x.shape[0]} is not divisible by grad_accum={n}'
+            )
         return jnp.moveaxis(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 1, 0)
+
     return jax.tree.map(one, batch)
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, state_shardings,
-                    batch_sharding, grad_accum: int = 1, constrain_activations: bool = True, *,
-                    skip_nonfinite: bool = False, disc_loss_fn: Callable | None = None,
-                    disc_tx: optax.GradientTransformation | None = None):
+def make_train_step(
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    mesh,
+    state_shardings,
+    batch_sharding,
+    grad_accum: int = 1,
+    constrain_activations: bool = True,
+    *,
+    skip_nonfinite: bool = False,
+    disc_loss_fn: Callable | None = None,
+    disc_tx: optax.GradientTransformation | None = None,
+):
     """-> step(state, batch, rng) -> (state, metrics); the state argument is donated.
 
     metrics: 'loss', 'grad_norm' (global norm of the full-batch gradient, before any clipping or
@@ -200,9 +247,11 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
         raise ValueError('make_train_step: pass both disc_loss_fn and disc_tx, or neither')
     adversarial = disc_tx is not None
     if adversarial != has_discriminator(state_shardings):
-        raise ValueError(f'make_train_step: disc_tx is {"set" if adversarial else "None"} but the '
-                         f'state {"lacks" if adversarial else "has"} a discriminator '
-                         '(build it with add_discriminator)')
+        raise ValueError(
+            f'make_train_step: disc_tx is {"set" if adversarial else "None"} but the '
+            f'state {"lacks" if adversarial else "has"} a discriminator '
+            '(build it with add_discriminator)'
+        )
     repl = shd.replicated(mesh)
     micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(shd.BATCH_AXES))
 
@@ -212,17 +261,21 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
 
         def f(p):
             return loss_fn({'params': p, **state.constants, **extra}, batch, rng)
+
         (loss, aux), grads = jax.value_and_grad(f, has_aux=True)(state.params)
         if not adversarial:
             return loss, aux, grads
         aux = dict(aux)
         if 'disc_inputs' not in aux:
-            raise KeyError("make_train_step: with a discriminator, loss_fn's aux must hold "
-                           f"'disc_inputs'; it has {sorted(aux)}")
+            raise KeyError(
+                "make_train_step: with a discriminator, loss_fn's aux must hold "
+                f"'disc_inputs'; it has {sorted(aux)}"
+            )
         # The discriminator learns to tell predictions from real samples; it must not move them.
         disc_inputs = jax.lax.stop_gradient(aux.pop('disc_inputs'))
         (d_loss, d_aux), d_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(
-            state.disc_params, disc_inputs)
+            state.disc_params, disc_inputs
+        )
         return loss, {**aux, **d_aux, 'loss_disc': d_loss}, (grads, d_grads)
 
     def step(state: TrainState, batch, rng):
@@ -239,12 +292,19 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
                 return jax.tree.map(jnp.add, carry, out), None
 
             zero = jax.eval_shape(grads_of, state, jax.tree.map(lambda x: x[0], micro), rng)
-            zero = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32 if jnp.issubdtype(s.dtype, jnp.floating)
-                                                     else s.dtype), zero)
+            zero = jax.tree.map(
+                lambda s: jnp.zeros(
+                    s.shape, jnp.float32 if jnp.issubdtype(s.dtype, jnp.floating) else s.dtype
+                ),
+                zero,
+            )
             (loss, aux, grads), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
             loss, aux, grads = jax.tree.map(lambda x: x / grad_accum, (loss, aux, grads))
-            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads,
-                                 (state.params, state.disc_params) if adversarial else state.params)
+            grads = jax.tree.map(
+                lambda g, p: g.astype(p.dtype),
+                grads,
+                (state.params, state.disc_params) if adversarial else state.params,
+            )
         if adversarial:
             grads, d_grads = grads
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -252,7 +312,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
         metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), **aux}
         new = dict(params=params, opt_state=opt_state)
         if adversarial:
-            d_updates, new['disc_opt_state'] = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+            d_updates, new['disc_opt_state'] = disc_tx.update(
+                d_grads, state.disc_opt_state, state.disc_params
+            )
             new['disc_params'] = optax.apply_updates(state.disc_params, d_updates)
             metrics['disc_grad_norm'] = optax.global_norm(d_grads)
         # A global norm is finite only if every gradient entry is: one scalar test per model.
@@ -261,15 +323,22 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, mesh, s
             finite &= jnp.isfinite(metrics['disc_grad_norm'])
         metrics['finite'] = finite
         if skip_nonfinite:
-            new = {k: jax.tree.map(lambda n, o: jnp.where(finite, n, o), v, getattr(state, k))
-                   for k, v in new.items()}
+            new = {
+                k: jax.tree.map(lambda n, o: jnp.where(finite, n, o), v, getattr(state, k))
+                for k, v in new.items()
+            }
         return state.replace(step=state.step + 1, **new), metrics
 
-    jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding, repl),
-                     out_shardings=(state_shardings, repl), donate_argnums=0)
+    jitted = jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding, repl),
+        out_shardings=(state_shardings, repl),
+        donate_argnums=0,
+    )
 
-    trace_context = shd.activation_sharding if constrain_activations else (
-        lambda _: contextlib.nullcontext())
+    trace_context = (
+        shd.activation_sharding if constrain_activations else (lambda _: contextlib.nullcontext())
+    )
 
     def run(state, batch, rng):
         # The rules must be active while the step is traced (its first call), or the model's

@@ -21,6 +21,7 @@ FreiHAND mocap for HaMeR); we have no MoCap files, so the real samples are the g
 pose and betas of the batch's own frames that have both (has_pose & has_betas & frame_valid),
 the honest substitute: real parameters, but only as many and as varied as the batch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,19 @@ from extpose_jax.train import optim
 from extpose_jax.train import sharding as shd
 
 # Batch keys the step reads; the rest (ids, affine, K, ...) stay on the host.
-TRAIN_KEYS = ('image', 'kp2d_input', 'kp2d', 'kp3d', 'pose', 'betas', 'has_kp2d', 'has_kp3d',
-              'has_pose', 'has_betas', 'frame_valid')
+TRAIN_KEYS = (
+    'image',
+    'kp2d_input',
+    'kp2d',
+    'kp3d',
+    'pose',
+    'betas',
+    'has_kp2d',
+    'has_kp3d',
+    'has_pose',
+    'has_betas',
+    'frame_valid',
+)
 PREDICT_KEYS = ('image', 'kp2d_input', 'frame_valid')
 
 
@@ -89,8 +101,10 @@ class Task:
         if self.cfg.loss.normalize != 'sum':
             return 1.0
         if self.cfg.train.grad_accum is None:
-            raise ValueError('Task: config.train.grad_accum is unresolved (None); pass the config '
-                             'through preflight.check or config.resolved first')
+            raise ValueError(
+                'Task: config.train.grad_accum is unresolved (None); pass the config '
+                'through preflight.check or config.resolved first'
+            )
         return float(self.cfg.train.grad_accum)
 
     @functools.cached_property
@@ -103,43 +117,67 @@ class Task:
     def inputs(self, batch):
         """(frames (B, T, 1, H, W, 3), keypoints (B, T, 1, J, 3) in the model's layout)."""
         frames = batch['image'][:, :, None]
-        kp = skeletons.convert(batch['kp2d_input'], config_lib.RECORD_LAYOUT[self.kind],
-                               self.model_config.keypoint_layout)
+        kp = skeletons.convert(
+            batch['kp2d_input'],
+            config_lib.RECORD_LAYOUT[self.kind],
+            self.model_config.keypoint_layout,
+        )
         return frames, kp[:, :, None]
 
     def example_inputs(self, batch_size: int, num_frames: int):
         """ShapeDtypeStructs of the model's inputs, for create_train_state."""
         h, w = self.model_config.vit.image_size
         j = skeletons.get_layout(self.model_config.keypoint_layout).num_joints
-        return (jax.ShapeDtypeStruct((batch_size, num_frames, 1, h, w, 3), jnp.uint8),
-                jax.ShapeDtypeStruct((batch_size, num_frames, 1, j, 3), jnp.float32))
+        return (
+            jax.ShapeDtypeStruct((batch_size, num_frames, 1, h, w, 3), jnp.uint8),
+            jax.ShapeDtypeStruct((batch_size, num_frames, 1, j, 3), jnp.float32),
+        )
 
     def disc_example_inputs(self, batch_size: int = 1):
         """ShapeDtypeStructs (rotmats (B, J, 3, 3), betas (B, 10)) for the discriminator's init."""
         j = disc_lib.num_joints(self.kind)
-        return (jax.ShapeDtypeStruct((batch_size, j, 3, 3), jnp.float32),
-                jax.ShapeDtypeStruct((batch_size, disc_lib.NUM_BETAS), jnp.float32))
+        return (
+            jax.ShapeDtypeStruct((batch_size, j, 3, 3), jnp.float32),
+            jax.ShapeDtypeStruct((batch_size, disc_lib.NUM_BETAS), jnp.float32),
+        )
 
     def apply(self, variables, batch, *, rng=None, modality_keep=None):
         # A checkpoint's discriminator may ride along (restore_variables); the model has no use for it.
         variables = {k: v for k, v in variables.items() if k != DISCRIMINATOR}
         frames, kp = self.inputs(batch)
         kwargs = {'rngs': {'dropout': rng}} if rng is not None else {}
-        return self.model.apply(variables, frames, kp, modality_keep=modality_keep,
-                                frame_valid=batch['frame_valid'],
-                                deterministic=rng is None, **kwargs)
+        return self.model.apply(
+            variables,
+            frames,
+            kp,
+            modality_keep=modality_keep,
+            frame_valid=batch['frame_valid'],
+            deterministic=rng is None,
+            **kwargs,
+        )
 
     def loss_fn(self, variables, batch, rng):
         r_keep, r_drop = jax.random.split(rng)
-        keep = draw_modality_keep(r_keep, batch['image'].shape[0], len(self.model_config.modalities),
-                                  self.cfg.model.modality_dropout)
+        keep = draw_modality_keep(
+            r_keep,
+            batch['image'].shape[0],
+            len(self.model_config.modalities),
+            self.cfg.model.modality_dropout,
+        )
         out = self.apply(variables, batch, rng=r_drop, modality_keep=keep)
         disc_params = variables.get(DISCRIMINATOR)
         disc = None
         if disc_params is not None:
             disc = functools.partial(self.discriminator.apply, {'params': disc_params})
-        loss, terms = losses.total_loss(out, batch, self.body_model, self.weights, self.kind,
-                                        discriminator=disc, normalize=self.cfg.loss.normalize)
+        loss, terms = losses.total_loss(
+            out,
+            batch,
+            self.body_model,
+            self.weights,
+            self.kind,
+            discriminator=disc,
+            normalize=self.cfg.loss.normalize,
+        )
         aux = {k: v for k, v in terms.items() if k != 'loss'}
         if self.loss_scale != 1.0:
             # The adversarial term is already a mean over frames: only the sums are scaled up.
@@ -162,19 +200,29 @@ class Task:
             fake_pose, fake_betas = fake_pose[:, :, 0], fake_betas[:, :, 0]
         j = disc_lib.num_joints(self.kind)
         # GT pose is axis-angle with the global orient first; the discriminator sees the rest.
-        real_pose = geometry.axis_angle_to_matrix(batch['pose'].reshape(lead + (-1, 3))[..., 1:1 + j, :])
-        return {'fake_pose': fake_pose.astype(jnp.float32), 'fake_betas': fake_betas.astype(jnp.float32),
-                'fake_mask': valid, 'real_pose': real_pose.astype(jnp.float32),
-                'real_betas': batch['betas'].astype(jnp.float32),
-                'real_mask': valid & flag('has_pose') & flag('has_betas')}
+        real_pose = geometry.axis_angle_to_matrix(
+            batch['pose'].reshape(lead + (-1, 3))[..., 1 : 1 + j, :]
+        )
+        return {
+            'fake_pose': fake_pose.astype(jnp.float32),
+            'fake_betas': fake_betas.astype(jnp.float32),
+            'fake_mask': valid,
+            'real_pose': real_pose.astype(jnp.float32),
+            'real_betas': batch['betas'].astype(jnp.float32),
+            'real_mask': valid & flag('has_pose') & flag('has_betas'),
+        }
 
     def disc_loss_fn(self, disc_params, inputs):
         """LSGAN discriminator loss (weighted by loss.adversarial) -> (loss, aux): the step's
         disc_loss_fn. N = the number of valid fake frames, as upstream's image batch size."""
         d = functools.partial(self.discriminator.apply, {'params': disc_params})
         return losses.discriminator_loss(
-            d(inputs['fake_pose'], inputs['fake_betas']), d(inputs['real_pose'], inputs['real_betas']),
-            inputs['fake_mask'], self.weights.adversarial, real_mask=inputs['real_mask'])
+            d(inputs['fake_pose'], inputs['fake_betas']),
+            d(inputs['real_pose'], inputs['real_betas']),
+            inputs['fake_mask'],
+            self.weights.adversarial,
+            real_mask=inputs['real_mask'],
+        )
 
     def predict(self, variables, batch):
         """Deterministic head outputs with the view axis dropped: (B, T, ...)."""
@@ -188,20 +236,34 @@ class Task:
         discriminator is dropped; keys or shapes that do not fit the model fail naming `source`.
         """
         frames, kp = self.example_inputs(1, self.cfg.data.num_frames)
-        boxed = jax.eval_shape(lambda rng: self.model.init(
-            rng, jnp.zeros(frames.shape, frames.dtype), jnp.zeros(kp.shape, kp.dtype)), jax.random.key(0))
+        boxed = jax.eval_shape(
+            lambda rng: self.model.init(
+                rng, jnp.zeros(frames.shape, frames.dtype), jnp.zeros(kp.shape, kp.dtype)
+            ),
+            jax.random.key(0),
+        )
         shardings = shd.param_shardings(boxed, mesh)
-        want = {optim.path_str(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(nn.unbox(boxed))}
+        want = {
+            optim.path_str(p): x.shape
+            for p, x in jax.tree_util.tree_leaves_with_path(nn.unbox(boxed))
+        }
         variables = {k: v for k, v in variables.items() if k != DISCRIMINATOR}
-        got = {optim.path_str(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(variables)}
+        got = {
+            optim.path_str(p): np.shape(x)
+            for p, x in jax.tree_util.tree_leaves_with_path(variables)
+        }
         bad = sorted(k for k in got if k in want and tuple(got[k]) != tuple(want[k]))
         if want.keys() != got.keys() or bad:
-            raise ValueError(f'{source}: its variables do not fit config.model: missing '
-                             f'{sorted(want.keys() - got.keys())[:8]}, unexpected '
-                             f'{sorted(got.keys() - want.keys())[:8]}, mis-shaped '
-                             f'{[(k, got[k], want[k]) for k in bad[:8]]}')
+            raise ValueError(
+                f'{source}: its variables do not fit config.model: missing '
+                f'{sorted(want.keys() - got.keys())[:8]}, unexpected '
+                f'{sorted(got.keys() - want.keys())[:8]}, mis-shaped '
+                f'{[(k, got[k], want[k]) for k in bad[:8]]}'
+            )
         # From every process's identical host copy, each process fills its own shards.
-        put = lambda x, sh: jax.make_array_from_callback(np.shape(x), sh, lambda i: np.asarray(x)[i])
+        put = lambda x, sh: jax.make_array_from_callback(
+            np.shape(x), sh, lambda i: np.asarray(x)[i]
+        )
         return jax.tree.map(put, variables, shardings), shardings
 
 
@@ -215,6 +277,7 @@ def make_predict_fn(cfg, variables, task: Task | None = None):
     def predict_fn(batch):
         out = jitted(variables, device_batch(batch, PREDICT_KEYS))
         return {k: np.asarray(v) for k, v in out.items()}
+
     return predict_fn
 
 
@@ -227,12 +290,16 @@ def eval_batch_size(batch_size: int, mesh, log=None) -> int:
     """
     shards, processes = mesh.shape['data'] * mesh.shape['fsdp'], jax.process_count()
     if shards % processes:
-        raise ValueError(f'mesh: data x fsdp = {shards} devices do not split over {processes} '
-                         'processes; the evaluation batch is split over processes along them')
+        raise ValueError(
+            f'mesh: data x fsdp = {shards} devices do not split over {processes} '
+            'processes; the evaluation batch is split over processes along them'
+        )
     total = -(-batch_size // shards) * shards
     if total != batch_size and log is not None and jax.process_index() == 0:
-        log(f'eval.batch_size {batch_size} -> {total}: a multiple of the mesh\'s data x fsdp = '
-            f'{shards} devices')
+        log(
+            f"eval.batch_size {batch_size} -> {total}: a multiple of the mesh's data x fsdp = "
+            f'{shards} devices'
+        )
     return total // processes
 
 
@@ -250,12 +317,16 @@ def sharded_predict(task: Task, variable_shardings, mesh):
     """task.predict jitted for the mesh: (variables on variable_shardings, a global batch over
     data x fsdp) -> outputs over data x fsdp. The preflight lowers it from abstract inputs."""
     batch_sharding = shd.batch_sharding(mesh)
-    return jax.jit(task.predict, in_shardings=(variable_shardings, batch_sharding),
-                   out_shardings=batch_sharding)
+    return jax.jit(
+        task.predict,
+        in_shardings=(variable_shardings, batch_sharding),
+        out_shardings=batch_sharding,
+    )
 
 
-def make_sharded_predict_fn(cfg, variables, variable_shardings, mesh, task: Task | None = None,
-                            trace_context=None):
+def make_sharded_predict_fn(
+    cfg, variables, variable_shardings, mesh, task: Task | None = None, trace_context=None
+):
     """Evaluation's predict_fn with the model sharded as in training; run it on every process.
 
     variables: {'params': ..., **constants}, jax.Arrays already laid out as variable_shardings
@@ -279,4 +350,5 @@ def make_sharded_predict_fn(cfg, variables, variable_shardings, mesh, task: Task
         with trace_context(mesh):
             out = jitted(variables, batch)
         return {k: local_rows(v) for k, v in out.items()}
+
     return predict_fn

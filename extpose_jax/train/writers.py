@@ -15,6 +15,7 @@ that died before its next checkpoint; they are stale. The event file starts with
 purge marker (a SessionLog START at start_step + 1, what tensorboardX's `purge_step` writes), so
 TensorBoard drops them on its own, and JsonlWriter removes them from metrics.jsonl when it opens it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,8 +54,9 @@ def _tbx() -> SimpleNamespace:
     finally:
         if hide_torch:
             del sys.modules['torch']
-    return SimpleNamespace(summary=summary, Event=Event, SessionLog=SessionLog,
-                           RecordWriter=RecordWriter)
+    return SimpleNamespace(
+        summary=summary, Event=Event, SessionLog=SessionLog, RecordWriter=RecordWriter
+    )
 
 
 def _finite_or_none(value: float):
@@ -98,7 +100,8 @@ class TensorBoardWriter:
         stamps = [int(m.group(1)) for m in map(_EVENT_FILE.match, os.listdir(self.logdir)) if m]
         stamp = max([int(time.time())] + [s + 1 for s in stamps])
         self.path = os.path.join(
-            self.logdir, f'events.out.tfevents.{stamp:010d}.{socket.gethostname()}')
+            self.logdir, f'events.out.tfevents.{stamp:010d}.{socket.gethostname()}'
+        )
         # RecordWriter opens with 'wb': claim the name first so no earlier file is truncated.
         with open(self.path, 'xb'):
             pass
@@ -123,8 +126,10 @@ class TensorBoardWriter:
         if self._records is None:
             raise ValueError(f'TensorBoardWriter for {self.path} is closed')
         # One event for all of them, so a kill cannot leave half of one step's scalars.
-        values = [_tbx().summary.scalar(_check_tag(k), _as_float(k, v)).value[0]
-                  for k, v in scalars.items()]
+        values = [
+            _tbx().summary.scalar(_check_tag(k), _as_float(k, v)).value[0]
+            for k, v in scalars.items()
+        ]
         if values:
             self._write_summary(step, _tbx().summary.Summary(value=values))
 
@@ -137,8 +142,10 @@ class TensorBoardWriter:
         if img.ndim == 2:
             img = img[..., None]
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-            raise ValueError(f'image {tag!r} must be uint8 HxWx3 RGB, HxW grey or HxWx4 RGBA, '
-                             f'got {img.dtype} {np.shape(image)}')
+            raise ValueError(
+                f'image {tag!r} must be uint8 HxWx3 RGB, HxW grey or HxWx4 RGBA, '
+                f'got {img.dtype} {np.shape(image)}'
+            )
         if self._records is None:
             raise ValueError(f'TensorBoardWriter for {self.path} is closed')
         self._write_summary(step, _tbx().summary.image(_check_tag(tag), img, dataformats='HWC'))
@@ -157,6 +164,8 @@ class TensorBoardWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
 # ---------------------------------------------------------------- JSONL
 
 
@@ -169,7 +178,7 @@ def _parse_lines(path: str, data: bytes) -> tuple[list[dict], bool]:
         try:
             entry = json.loads(line)
         except ValueError as e:
-            if i == len(lines) - 1:   # no newline after it: a run killed mid-write
+            if i == len(lines) - 1:  # no newline after it: a run killed mid-write
                 return entries, True
             raise ValueError(f'{path}: line {i + 1} is not JSON: {e}') from e
         if not isinstance(entry, dict) or not isinstance(entry.get('step'), int):
@@ -222,8 +231,10 @@ class JsonlWriter:
             raise ValueError(f'JsonlWriter for {self.path} is closed')
         if 'step' in scalars:
             raise ValueError(f"metric key 'step' is reserved (writing {self.path})")
-        entry = {'step': int(step), **{_check_tag(k): _finite_or_none(_as_float(k, v))
-                                       for k, v in scalars.items()}}
+        entry = {
+            'step': int(step),
+            **{_check_tag(k): _finite_or_none(_as_float(k, v)) for k, v in scalars.items()},
+        }
         # One write call: a kill tears at most this line.
         self._f.write(json.dumps(entry, allow_nan=False) + '\n')
         self._f.flush()
@@ -254,7 +265,7 @@ class MetricWriter:
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         if self.active:
-            scalars = {k: _as_float(k, v) for k, v in scalars.items()}   # one device fetch each
+            scalars = {k: _as_float(k, v) for k, v in scalars.items()}  # one device fetch each
             self._jsonl.write(step, scalars)
             self._tb.scalars(step, scalars)
 
@@ -293,7 +304,7 @@ class _LineStream:
         self._last = None
 
     def write(self, text: str) -> None:
-        text = text.replace('\r', '').rstrip()   # tqdm pads with spaces over a longer old line
+        text = text.replace('\r', '').rstrip()  # tqdm pads with spaces over a longer old line
         # close() redraws the last report; on a terminal that overwrites it, here it would repeat.
         if text and text != self._last:
             self.stream.write(text + '\n')
@@ -312,9 +323,16 @@ class Progress:
     place; in a log file each report is its own line.
     """
 
-    def __init__(self, total_steps: int, start_step: int = 0, *, every_s: float = 10.0,
-                 smoothing_s: float = 30.0, stream=None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int = 0,
+        *,
+        every_s: float = 10.0,
+        smoothing_s: float = 30.0,
+        stream=None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total, self.every_s = int(total_steps), every_s
         self.smoothing = 1.0 - math.exp(-every_s / smoothing_s) if smoothing_s > 0 else 1.0
         self.stream = sys.stderr if stream is None else stream
@@ -348,11 +366,20 @@ class Progress:
             self.close()
 
     def _start_bar(self) -> tqdm:
-        bar = tqdm(total=self.total, initial=self.step, desc='train', unit='step',
-                   file=self.stream if self._tty else _LineStream(self.stream),
-                   mininterval=self.every_s, miniters=1, smoothing=self.smoothing,
-                   dynamic_ncols=self._tty, delay=0, leave=True,
-                   postfix=None if self.loss is None else f'loss {self.loss:.4g}')
+        bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            desc='train',
+            unit='step',
+            file=self.stream if self._tty else _LineStream(self.stream),
+            mininterval=self.every_s,
+            miniters=1,
+            smoothing=self.smoothing,
+            dynamic_ncols=self._tty,
+            delay=0,
+            leave=True,
+            postfix=None if self.loss is None else f'loss {self.loss:.4g}',
+        )
         # tqdm reads the time through `_time` (what tqdm's own tests replace); an injected clock
         # makes rates reproducible. Its timer starts now, after the compiling step.
         bar._time = self.clock
@@ -407,8 +434,15 @@ def moving_metrics(entries: list[dict]) -> list[str]:
     return [k for k, v in values.items() if len(v) and v.max() > v.min()]
 
 
-def plot_curves(jsonl_path, png_path, keys: Iterable[str] | None = None, *, log_y='auto',
-                cols: int = 3, panel_size: tuple[int, int] = (420, 260)) -> tuple[int, int]:
+def plot_curves(
+    jsonl_path,
+    png_path,
+    keys: Iterable[str] | None = None,
+    *,
+    log_y='auto',
+    cols: int = 3,
+    panel_size: tuple[int, int] = (420, 260),
+) -> tuple[int, int]:
     """Plots metrics of a metrics.jsonl file against the step into a PNG, one panel per metric,
     written atomically; returns the image's (height, width): panel_size times the grid.
 
@@ -443,7 +477,7 @@ def plot_curves(jsonl_path, png_path, keys: Iterable[str] | None = None, *, log_
     for i, key in enumerate(keys):
         steps, values = series[key].T
         ax = fig.add_subplot(rows, cols, i + 1)
-        sparse = len(steps) <= 40   # eval metrics: mark each measurement
+        sparse = len(steps) <= 40  # eval metrics: mark each measurement
         ax.plot(steps, values, color='tab:blue', lw=1.2, marker='o' if sparse else None, ms=3)
         if _use_log(key, values, log_y):
             ax.set_yscale('log')
@@ -452,7 +486,7 @@ def plot_curves(jsonl_path, png_path, keys: Iterable[str] | None = None, *, log_
         ax.set_xlabel('step', fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    if not keys:   # a run too short for any metric to change: say so instead of failing
+    if not keys:  # a run too short for any metric to change: say so instead of failing
         note = f'no metric changed over {len(entries)} logged step(s)\n({", ".join(known)})'
         fig.text(0.5, 0.5, note, ha='center', va='center', fontsize=9, wrap=True)
     buf = io.BytesIO()

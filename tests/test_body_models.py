@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import smplx
+import torch
 
 from extpose_jax import body_models, errors, skeletons
-
-torch = pytest.importorskip('torch')
-smplx = pytest.importorskip('smplx')
 
 TOL = 1e-5  # metres
 

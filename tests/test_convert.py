@@ -10,11 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from extpose_jax.convert import from_torch, keymap, to_torch
 from extpose_jax.models import discriminator, extpose, vit
-
-torch = pytest.importorskip('torch')
 
 # The upstream checkpoints' layouts (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')

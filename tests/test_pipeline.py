@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from data_pipelines import augment as aug
+from data_pipelines import convert_3dpw
 from data_pipelines import pipeline as pl
 from data_pipelines import record_reader, records, shards
+from data_pipelines.synthetic import raw_3dpw
 from test_augment import synthetic_track  # tests/ is on sys.path (pytest's rootdir-less import)
 
 # sequence -> [(track, first frame, number of frames)]; s1's track 0 has a gap at frames 6-7.
@@ -253,8 +255,6 @@ def test_end_to_end_on_converted_3dpw(body_model_dir, tmp_path):
     """Smoke: synthetic raw 3DPW -> convert_3dpw records -> clips. The augmented 3D joints,
     projected with the batch's K, land on the augmented 2D joints (the converter's conventions
     and ours agree)."""
-    raw_3dpw = pytest.importorskip('data_pipelines.synthetic.raw_3dpw')
-    convert_3dpw = pytest.importorskip('data_pipelines.convert_3dpw')
     raw = str(tmp_path / '3DPW')
     raw_3dpw.write_3dpw(raw, str(body_model_dir), seed=0,
                         sequences={'train': 1, 'validation': 0, 'test': 0}, frames=8)

@@ -154,7 +154,6 @@ def _good_files(tmp_path) -> dict:
 
 
 def test_every_loader_refuses_hostile_globals_without_importing_or_running_anything(tmp_path):
-    pytest.importorskip('torch')
     marker = str(tmp_path / 'MARKER')
     cases = _write_hostile_files(tmp_path, marker)
     proc = subprocess.run([sys.executable, '-c', _ATTEMPTS, json.dumps(cases), json.dumps(_good_files(tmp_path))],
@@ -341,7 +340,8 @@ def test_3dpw_sequence_reads_in_both_encodings(tmp_path):
 
 
 def test_checkpoint_config_classes_are_inert_stand_ins(tmp_path):
-    torch = pytest.importorskip('torch')
+    import torch
+
     from extpose_jax.convert import from_torch
     cfg = _Call('yacs.config', 'CfgNode', state={'__immutable__': True})
     args = _Call('argparse', 'Namespace', state={'lr': 1e-4})

@@ -1,21 +1,22 @@
 """The PyTorch mirror against the JAX model: exported weights, same inputs, same outputs (fp32).
 
-The mirror shares only the attention mask with the JAX code (masks.py); its ViT, head, 6D
-rotations and skeleton drawing are written separately in torch, so agreement checks both the
-model and the converter that carried the weights across.
+The mirror's ViT, head, 6D rotations and skeleton drawing are written separately in torch, so
+agreement checks both the model and the converter that carried the weights across. It takes
+from the JAX code the attention mask as masks.py builds it, the keypoint layouts
+(skeletons.py), the skeleton image's limb brightness and default thickness (pose_forms.py) and
+the checkpoint key names (keymap.py). A mistake in those would be on both sides and pass here;
+test_masks_attention, test_skeletons, test_pose_forms and test_convert check them on their own.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from extpose_jax import geometry
-from extpose_jax.convert import keymap, to_torch
+from extpose_jax.convert import keymap, to_torch, torch_model
 from extpose_jax.models import extpose, masks, pose_forms, vit
 from extpose_jax.models.masks import MaskSpec
-
-torch = pytest.importorskip('torch')
-from extpose_jax.convert import torch_model  # after the skip: it imports torch
 
 SMALL = vit.ViTConfig.of('tiny', image_size=(64, 48))  # 4 x 3 patches per stream: fast on CPU
 TOL = 1e-4

@@ -10,18 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import traverse_util
+from torch.nn import functional as F
 
 from extpose_jax.convert import keymap
 from extpose_jax.models import masks, vit
 from extpose_jax.models.masks import MaskSpec, TokenLayout
-
-try:
-    import torch
-    F = torch.nn.functional
-except ImportError:  # only the PyTorch cross-checks skip (tests/run.sh installs it)
-    torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason='PyTorch is not installed')
 
 # HMR 2.0's checkpoint layout (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
@@ -117,7 +112,6 @@ def torch_tokens(model, images):
     return out.reshape(b, s, *out.shape[1:])
 
 
-@needs_torch
 def test_single_image_frame_mask_is_the_upstream_vit(tiny_params):
     layout = TokenLayout()
     images = _images(TINY, layout, batch=2)
@@ -126,7 +120,6 @@ def test_single_image_frame_mask_is_the_upstream_vit(tiny_params):
     np.testing.assert_allclose(got, torch_tokens(torch_model(TINY, tiny_params), images), atol=2e-5, rtol=1e-4)
 
 
-@needs_torch
 def test_frame_mask_keeps_every_stream_alone(tiny_params):
     layout = TokenLayout(frames=2, modalities=TWO)
     images = _images(TINY, layout, batch=1)

@@ -10,9 +10,11 @@ transformer.transformer.layers.0.1.fn.to_kv.weight, ...), so an exported checkpo
 load_state_dict as HMR 2.0 / HaMeR load it. Everything that computes is written here again in
 torch from upstream's design, not translated from the Flax code: patch embedding, blocks, masked
 attention, the decoder head, 6D rotations and the skeleton image. That makes it a check on the
-JAX model and on the converter. Only the attention mask itself -- which token sees which, a
-property of the token layout, not of either framework -- comes from masks.py, so both sides
-attend under the same mask by construction.
+JAX model and on the converter. It takes from the JAX code only what is not arithmetic: the
+attention mask as masks.py builds it (which token sees which is a property of the token
+layout, not of either framework, so both sides attend under the same mask by construction),
+the keypoint layouts (skeletons.py: joint order, limbs, colours), the skeleton image's limb
+brightness and default thickness (pose_forms.py) and the checkpoint key names (keymap.py).
 
 The mask semantics matter where rows go empty (modality dropout under 'frame'): a query with no
 visible key outputs zeros, in the ViT and in the head's cross-attention.

@@ -6,6 +6,7 @@
 Process 1 arrives --late_s seconds after process 0 at its first collective (a slow host); each
 then gathers a dict whose shape differs by process. Prints `RESULT {json}`.
 """
+
 import argparse
 import json
 import time
@@ -25,8 +26,17 @@ from extpose_jax.train import collectives  # noqa: E402
 if jax.process_index() == 1:
     time.sleep(args.late_s)
 rank = jax.process_index()
-rows = collectives.allgather_arrays({'rows': np.arange(rank + 2, dtype=np.float32),
-                                     'name': np.array([f'p{rank}'])})
+rows = collectives.allgather_arrays(
+    {'rows': np.arange(rank + 2, dtype=np.float32), 'name': np.array([f'p{rank}'])}
+)
 total = collectives.process_sum(rank + 5)
-print('RESULT', json.dumps({'rows': [r['rows'].tolist() for r in rows],
-                            'names': [r['name'].tolist() for r in rows], 'sum': total}))
+print(
+    'RESULT',
+    json.dumps(
+        {
+            'rows': [r['rows'].tolist() for r in rows],
+            'names': [r['name'].tolist() for r in rows],
+            'sum': total,
+        }
+    ),
+)

@@ -1,4 +1,5 @@
 """Shared fixtures: everything a test needs is generated here, nothing is downloaded."""
+
 import pytest
 
 
@@ -6,6 +7,7 @@ import pytest
 def body_model_dir(tmp_path_factory):
     """Procedural SMPL/MANO-format model files in the official layout (synthetic/body_files.py)."""
     from data_pipelines.synthetic import body_files
+
     out = tmp_path_factory.mktemp('body_models')
     body_files.write_body_models(str(out), seed=0)
     return out
@@ -20,6 +22,8 @@ def synthetic_default(tmp_path_factory):
     import os
 
     from data_pipelines.synthetic import default_data
-    paths = default_data.ensure(str(tmp_path_factory.mktemp('synthetic_default')), seed=0,
-                                log=lambda *_: None)
+
+    paths = default_data.ensure(
+        str(tmp_path_factory.mktemp('synthetic_default')), seed=0, log=lambda *_: None
+    )
     return {**paths, 'root': os.path.dirname(paths['3dpw'])}

@@ -14,6 +14,7 @@ Prints one line per evaluation, `RESULT {json}`: the metrics, this process's ind
 window indices its predict_fn was given (the padding left out), the log lines and the seconds
 the evaluation took (with --repeat 2, the second one runs compiled code only).
 """
+
 import argparse
 import json
 import os
@@ -47,7 +48,7 @@ cfg = video.get_config('small')
 cfg.eval.batch_size, cfg.eval.overlays = args.batch_size, args.overlays
 cfg.evaluators['3dpw'].max_frames = args.max_frames if args.max_frames > 0 else None
 cfg.data.pose_source = 'noisy_gt'
-cfg.train.grad_accum = 1   # Task wants it set; evaluation has no use for it
+cfg.train.grad_accum = 1  # Task wants it set; evaluation has no use for it
 task = task_lib.Task(cfg)
 rows = keymap.model_rows('smpl', keymap.vit_dims(vit.ViTConfig.of(cfg.model.size)))
 host_variables = keymap.from_torch(keymap.random_state_dict(rows, seed=0), rows)
@@ -63,6 +64,7 @@ def recording_predict_fn(*a, **k):
     def predict_fn(batch):
         seen.extend(int(u) for u in batch['position'] if u >= 0)
         return predict(batch)
+
     return predict_fn
 
 
@@ -70,20 +72,45 @@ task_lib.make_sharded_predict_fn = recording_predict_fn
 
 for m, spec in enumerate(args.meshes):
     count, axes = spec.split(':')
-    devices = jax.devices()[:int(count)] if int(count) else jax.devices()
+    devices = jax.devices()[: int(count)] if int(count) else jax.devices()
     mesh = shd.make_mesh({k: int(v) for k, v in (kv.split('=') for kv in axes.split(','))}, devices)
     variables, _ = task.place_variables(host_variables, mesh)
-    state = state_lib.TrainState(step=0, params=variables['params'], opt_state=None,
-                                 constants={k: v for k, v in variables.items() if k != 'params'})
+    state = state_lib.TrainState(
+        step=0,
+        params=variables['params'],
+        opt_state=None,
+        constants={k: v for k, v in variables.items() if k != 'params'},
+    )
     workdir = os.path.join(args.workdir, str(m))
     with writers.MetricWriter(workdir, jax.process_index()) as writer:
         for step in range(args.repeat):
             seen.clear()
             lines = []
             start = time.perf_counter()
-            metrics = loop.run_eval(cfg, config_lib.evaluator(cfg), task, state, step, workdir,
-                                    args.body_models, args.data, writer, lines.append)
+            metrics = loop.run_eval(
+                cfg,
+                config_lib.evaluator(cfg),
+                task,
+                state,
+                step,
+                workdir,
+                args.body_models,
+                args.data,
+                writer,
+                lines.append,
+            )
             seconds = time.perf_counter() - start
-            print('RESULT ' + json.dumps({
-                'mesh': spec, 'process': jax.process_index(), 'metrics': metrics,
-                'windows': list(seen), 'log': lines, 'seconds': seconds}), flush=True)
+            print(
+                'RESULT '
+                + json.dumps(
+                    {
+                        'mesh': spec,
+                        'process': jax.process_index(),
+                        'metrics': metrics,
+                        'windows': list(seen),
+                        'log': lines,
+                        'seconds': seconds,
+                    }
+                ),
+                flush=True,
+            )

@@ -6,6 +6,7 @@
 --devices N fake CPU devices (XLA reads the count when jax is imported, so start() sets it
 first), --coordinator host:port --num_processes P --process_id I for jax.distributed.
 """
+
 import os
 import sys
 
@@ -24,7 +25,9 @@ def start(args):
     os.environ['JAX_PLATFORMS'] = 'cpu'
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax
+
     if args.coordinator:
-        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                                   process_id=args.process_id)
+        jax.distributed.initialize(
+            args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        )
     return jax

@@ -4,6 +4,7 @@ Records are made in memory: 3D joints in front of a camera, their exact projecti
 cropping.crop_person's affine, and crops with bright dots at the 2D joints, so every check can go
 through the keypoints, the 3D projection and the pixels alike.
 """
+
 import dataclasses
 
 import cv2
@@ -18,8 +19,17 @@ K_FULL = np.array([[1100.0, 0, 960], [0, 1120.0, 540], [0, 0, 1]], np.float32)  
 CROP = 384
 
 
-def synthetic_track(rng, num_frames, *, body_model='smpl', hand_side='right', sequence='seq',
-                    track=0, first_frame=0, dots=True):
+def synthetic_track(
+    rng,
+    num_frames,
+    *,
+    body_model='smpl',
+    hand_side='right',
+    sequence='seq',
+    track=0,
+    first_frame=0,
+    dots=True,
+):
     """num_frames consecutive records of one moving person; returns (record dicts, RGB crops).
 
     Record dicts carry exactly the fields RecordWriter.write takes. kp2d are exact projections
@@ -48,13 +58,32 @@ def synthetic_track(rng, num_frames, *, body_model='smpl', hand_side='right', se
         if dots:
             for x, y, c in kp2d:
                 if c > 0:
-                    cv2.circle(crop, (int(round(x)), int(round(y))), 3, (255, 255, 255), -1,
-                               lineType=cv2.LINE_AA)
-        recs.append(dict(
-            image=crop, crop_affine=affine, image_size=np.array([1080, 1920]), K=K_FULL, box=box,
-            kp2d=kp2d, kp2d_det=kp2d + np.float32(0.5) * (kp2d[:, 2:] > 0), kp3d=kp3d,
-            pose=pose, betas=betas, sequence=sequence, track=track, frame=first_frame + t,
-            **({'gender': 'neutral'} if body_model == 'smpl' else {'hand_side': hand_side})))
+                    cv2.circle(
+                        crop,
+                        (int(round(x)), int(round(y))),
+                        3,
+                        (255, 255, 255),
+                        -1,
+                        lineType=cv2.LINE_AA,
+                    )
+        recs.append(
+            dict(
+                image=crop,
+                crop_affine=affine,
+                image_size=np.array([1080, 1920]),
+                K=K_FULL,
+                box=box,
+                kp2d=kp2d,
+                kp2d_det=kp2d + np.float32(0.5) * (kp2d[:, 2:] > 0),
+                kp3d=kp3d,
+                pose=pose,
+                betas=betas,
+                sequence=sequence,
+                track=track,
+                frame=first_frame + t,
+                **({'gender': 'neutral'} if body_model == 'smpl' else {'hand_side': hand_side}),
+            )
+        )
         crops.append(crop)
     return recs, crops
 
@@ -106,9 +135,10 @@ def test_same_affine_on_every_frame(flip):
     assert out['flipped'].all() == flip and out['frame_valid'].all()
 
 
-@pytest.mark.parametrize('body_model,side,flip', [('smpl', '', False), ('smpl', '', True),
-                                                  ('mano', 'right', False),
-                                                  ('mano', 'left', False)])
+@pytest.mark.parametrize(
+    'body_model,side,flip',
+    [('smpl', '', False), ('smpl', '', True), ('mano', 'right', False), ('mano', 'left', False)],
+)
 def test_rotated_3d_projects_onto_rotated_2d(body_model, side, flip):
     """The sign convention: K_out projects the augmented kp3d onto the augmented kp2d."""
     rng = np.random.default_rng(1)
@@ -120,8 +150,9 @@ def test_rotated_3d_projects_onto_rotated_2d(body_model, side, flip):
         ok = out['kp2d'][t][:, 2] > 0
         np.testing.assert_allclose(proj[ok], out['kp2d'][t][ok, :2], atol=0.02)
         # Rotation about the optical axis keeps depth; the window centre stays the box centre.
-        np.testing.assert_allclose(np.sort(out['kp3d'][t][:, 2]), np.sort(recs[t]['kp3d'][:, 2]),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.sort(out['kp3d'][t][:, 2]), np.sort(recs[t]['kp3d'][:, 2]), atol=1e-5
+        )
     assert out['flipped'].all() == (flip or side == 'left')
     assert out['is_right'].all() == (side != 'left')
 
@@ -172,14 +203,17 @@ def test_flip_twice_is_identity():
     recs, crops = synthetic_track(rng, 2)
     plain = _run(recs, crops, aug.IDENTITY)
     flipped = _run(recs, crops, dataclasses.replace(aug.IDENTITY, flip=True))
-    mirror = aug.crop_to_output((96, 128), 0, 0, 256, dataclasses.replace(aug.IDENTITY, flip=True),
-                                True)  # the output-window mirror about the centre column
+    mirror = aug.crop_to_output(
+        (96, 128), 0, 0, 256, dataclasses.replace(aug.IDENTITY, flip=True), True
+    )  # the output-window mirror about the centre column
     again = aug.transform_keypoints_2d(flipped['kp2d'], mirror, skeletons.HMR44.flip_array)
     np.testing.assert_allclose(again, plain['kp2d'], atol=1e-4)
-    np.testing.assert_allclose(flipped['kp3d'][..., skeletons.HMR44.flip_array, :]
-                               * [-1, 1, 1], plain['kp3d'], atol=1e-6)
-    np.testing.assert_allclose(aug.mirror_pose(flipped['pose'][0], 'smpl'), plain['pose'][0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        flipped['kp3d'][..., skeletons.HMR44.flip_array, :] * [-1, 1, 1], plain['kp3d'], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        aug.mirror_pose(flipped['pose'][0], 'smpl'), plain['pose'][0], atol=1e-6
+    )
 
 
 def _rodrigues(aa):
@@ -191,7 +225,7 @@ def _smpl_fk(pose, rest):
     rot = [None] * 24
     pos = np.zeros((24, 3))
     for k, parent in enumerate(skeletons.SMPL24_PARENTS):
-        local = _rodrigues(pose[3 * k:3 * k + 3])
+        local = _rodrigues(pose[3 * k : 3 * k + 3])
         if parent < 0:
             rot[k], pos[k] = local, rest[k]
         else:
@@ -238,8 +272,9 @@ def test_padding_frames_are_zero():
     rng = np.random.default_rng(8)
     recs, crops = synthetic_track(rng, 2)
     frames, images = _decoded(recs, crops)
-    out = aug.augment_clip(frames + [None], images + [None], STRONG, body_model='smpl',
-                           layout=skeletons.HMR44)
+    out = aug.augment_clip(
+        frames + [None], images + [None], STRONG, body_model='smpl', layout=skeletons.HMR44
+    )
     assert out['frame_valid'].tolist() == [True, True, False]
     for k, v in out.items():
         assert not np.any(v[2]), k
@@ -257,12 +292,12 @@ def test_extreme_crop_zooms_on_the_part():
     head = _run(recs, crops, dataclasses.replace(aug.IDENTITY, extreme_part='head'))
     spread = lambda o: np.ptp(o['kp2d'][0][idx, :2], axis=0).max()
     assert spread(head) > 1.5 * spread(plain)
-    assert np.allclose(head['box_size'], plain['box_size'] * (spread(head) / spread(plain)),
-                       rtol=1e-3)  # box_size stays the person's box, in output pixels
+    assert np.allclose(
+        head['box_size'], plain['box_size'] * (spread(head) / spread(plain)), rtol=1e-3
+    )  # box_size stays the person's box, in output pixels
 
 
 def test_detector_noise():
-    rng = np.random.default_rng(10)
     t, j = 400, 44
     kp = np.zeros((t, j, 3), np.float32)
     kp[..., :2] = 100.0
@@ -274,18 +309,28 @@ def test_detector_noise():
     assert not kept[:, 1].any()  # absent stays absent
     assert 0.07 < 1 - kept[:, 2:].mean() < 0.13
     np.testing.assert_allclose(np.std(out[kept][:, :2] - 100), 0.02 * 250, rtol=0.05)
-    again = aug.detector_noise(kp, np.random.default_rng(0), cfg, skeletons.HMR44.flip_array, 250.)
+    again = aug.detector_noise(kp, np.random.default_rng(0), cfg, skeletons.HMR44.flip_array, 250.0)
     np.testing.assert_array_equal(out, again)
     # swaps exchange a left/right pair; outliers leave the jitter scale
     kp2 = kp.copy()
     kp2[..., 0] = np.arange(j)
     kp2[:, 1] = 0.0
-    swapped = aug.detector_noise(kp2, np.random.default_rng(1), aug.NoiseConfig(
-        jitter=0, drop_prob=0, swap_prob=1, outlier_prob=0), skeletons.HMR44.flip_array, 250.0)
+    swapped = aug.detector_noise(
+        kp2,
+        np.random.default_rng(1),
+        aug.NoiseConfig(jitter=0, drop_prob=0, swap_prob=1, outlier_prob=0),
+        skeletons.HMR44.flip_array,
+        250.0,
+    )
     changed = (swapped[..., 0] != kp2[..., 0]).sum(1)
     assert np.all(changed == 2)
-    wild = aug.detector_noise(kp, np.random.default_rng(2), aug.NoiseConfig(
-        jitter=0, drop_prob=0, swap_prob=0, outlier_prob=0.5), skeletons.HMR44.flip_array, 250.0)
+    wild = aug.detector_noise(
+        kp,
+        np.random.default_rng(2),
+        aug.NoiseConfig(jitter=0, drop_prob=0, swap_prob=0, outlier_prob=0.5),
+        skeletons.HMR44.flip_array,
+        250.0,
+    )
     moved = np.abs(wild[..., :2] - 100).max(-1) > 1
     assert 0.4 < moved[:, 2:].mean() < 0.6
 

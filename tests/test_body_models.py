@@ -1,4 +1,5 @@
 """The JAX body models against smplx's PyTorch layers (the independent reference)."""
+
 import os
 import pickle
 import shutil
@@ -19,6 +20,7 @@ TOL = 1e-5  # metres
 
 def _random_rotmats(rng, n, joints, scale=0.6):
     from scipy.spatial.transform import Rotation
+
     aa = rng.normal(scale=scale, size=(n * joints, 3))
     return Rotation.from_rotvec(aa).as_matrix().reshape(n, joints, 3, 3).astype(np.float32)
 
@@ -26,6 +28,7 @@ def _random_rotmats(rng, n, joints, scale=0.6):
 def _struct(npz):
     """smplx reads only pickles from a path; the clean .npz goes in as its data struct."""
     from smplx.utils import Struct
+
     with np.load(npz) as z:
         return Struct(**{k: z[k] for k in z.files})
 
@@ -37,8 +40,11 @@ def _smplx_smpl(npz, n_betas=10):
 def _torch_smpl_keypoints(layer, rotmats, betas, j19):
     """HMR 2.0's 44 keypoints, assembled independently in PyTorch from smplx's 45 joints."""
     with torch.no_grad():
-        out = layer(global_orient=torch.from_numpy(rotmats[:, :1]),
-                    body_pose=torch.from_numpy(rotmats[:, 1:]), betas=torch.from_numpy(betas))
+        out = layer(
+            global_orient=torch.from_numpy(rotmats[:, :1]),
+            body_pose=torch.from_numpy(rotmats[:, 1:]),
+            betas=torch.from_numpy(betas),
+        )
         joints45 = out.joints
         op25 = joints45[:, list(skeletons.SMPL_TO_OPENPOSE25)]
         extra = torch.einsum('ev,nvk->nek', torch.from_numpy(j19).float(), out.vertices)
@@ -73,20 +79,31 @@ def test_axis_angle_input_and_fewer_betas(body_model_dir):
     npz = body_model_dir / 'smpl' / 'SMPL_NEUTRAL.npz'
     layer = smplx.SMPL(model_path=str(npz), data_struct=_struct(npz), num_betas=4)
     with torch.no_grad():
-        ref = layer(global_orient=torch.from_numpy(aa[:, :3]), body_pose=torch.from_numpy(aa[:, 3:]),
-                    betas=torch.from_numpy(betas))
+        ref = layer(
+            global_orient=torch.from_numpy(aa[:, :3]),
+            body_pose=torch.from_numpy(aa[:, 3:]),
+            betas=torch.from_numpy(betas),
+        )
     np.testing.assert_allclose(out['vertices'], ref.vertices.numpy(), atol=TOL, rtol=0)
     assert out['keypoints'].shape == (5, 25, 3)  # no extra regressor: OpenPose-25 only
-    np.testing.assert_allclose(out['keypoints'], ref.joints[:, list(skeletons.SMPL_TO_OPENPOSE25)].numpy(),
-                               atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        out['keypoints'],
+        ref.joints[:, list(skeletons.SMPL_TO_OPENPOSE25)].numpy(),
+        atol=TOL,
+        rtol=0,
+    )
 
 
 def _torch_mano(npz, rotmats, betas, is_rhand=True):
-    layer = smplx.MANOLayer(model_path=str(npz), data_struct=_struct(npz), is_rhand=is_rhand,
-                            use_pca=False)
+    layer = smplx.MANOLayer(
+        model_path=str(npz), data_struct=_struct(npz), is_rhand=is_rhand, use_pca=False
+    )
     with torch.no_grad():
-        out = layer(global_orient=torch.from_numpy(rotmats[:, :1]),
-                    hand_pose=torch.from_numpy(rotmats[:, 1:]), betas=torch.from_numpy(betas))
+        out = layer(
+            global_orient=torch.from_numpy(rotmats[:, :1]),
+            hand_pose=torch.from_numpy(rotmats[:, 1:]),
+            betas=torch.from_numpy(betas),
+        )
     tips = out.vertices[:, list(body_models.MANO_TIP_VERTICES)]
     kp21 = torch.cat([out.joints, tips], 1)[:, list(skeletons.MANO_TO_OPENPOSE21)]
     return out.vertices.numpy(), out.joints.numpy(), kp21.numpy()
@@ -141,14 +158,20 @@ def test_pkl_equals_npz(body_model_dir):
 def test_pkl_loads_where_chumpy_cannot_be_imported(body_model_dir):
     code = (
         "import sys; sys.modules['chumpy'] = None\n"
-        "try:\n    import chumpy\nexcept ImportError:\n    pass\n"
+        'try:\n    import chumpy\nexcept ImportError:\n    pass\n'
         "else:\n    raise SystemExit('chumpy importable')\n"
-        "from extpose_jax import body_models\n"
-        f"m = body_models.load_smpl({str(body_model_dir)!r})\n"
-        "print(m.v_template.shape, m.shapedirs.shape)\n")
+        'from extpose_jax import body_models\n'
+        f'm = body_models.load_smpl({str(body_model_dir)!r})\n'
+        'print(m.v_template.shape, m.shapedirs.shape)\n'
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=root,
-                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    res = subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    )
     assert res.returncode == 0, res.stderr
     assert '(6890, 3) (6890, 3, 10)' in res.stdout
 
@@ -195,7 +218,9 @@ def test_truncated_pkl_names_file(body_model_dir, tmp_path):
 def test_foreign_pkl_names_missing_keys(tmp_path):
     bad = tmp_path / 'foreign.pkl'
     bad.write_bytes(pickle.dumps({'v_template': np.zeros((5, 3)), 'weights': np.zeros((5, 2))}))
-    with pytest.raises(body_models.BodyModelFileError, match=r"foreign\.pkl.*missing keys.*'shapedirs'"):
+    with pytest.raises(
+        body_models.BodyModelFileError, match=r"foreign\.pkl.*missing keys.*'shapedirs'"
+    ):
         body_models.load_model_file(str(bad))
     bad.write_bytes(pickle.dumps([1, 2, 3]))
     with pytest.raises(body_models.BodyModelFileError, match='expected a dict'):
@@ -206,6 +231,7 @@ def test_pkl_with_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
             return (os.system, ('echo pwned',))
+
     bad = tmp_path / 'evil.pkl'
     bad.write_bytes(pickle.dumps({'v_template': Evil()}))
     with pytest.raises(body_models.BodyModelFileError, match=r'evil\.pkl.*refusing.*system'):
@@ -218,7 +244,9 @@ def test_misshaped_key_is_named(body_model_dir, tmp_path):
     arrays['posedirs'] = arrays['posedirs'][..., :100]
     bad = tmp_path / 'MANO_RIGHT.npz'
     np.savez(bad, **arrays)
-    with pytest.raises(body_models.BodyModelFileError, match=r"MANO_RIGHT\.npz: key 'posedirs' has shape"):
+    with pytest.raises(
+        body_models.BodyModelFileError, match=r"MANO_RIGHT\.npz: key 'posedirs' has shape"
+    ):
         body_models.load_mano(str(bad))
 
 
@@ -230,19 +258,22 @@ def test_missing_model_names_path(tmp_path):
 # ----------------------------------------------------------------------------- finding files
 
 
-@pytest.mark.parametrize('name, stored', [
-    ('SMPL_NEUTRAL', 'SMPL_NEUTRAL.pkl'),
-    ('SMPL_NEUTRAL', 'smpl/basicModel_neutral_lbs_10_207_0_v1.0.0.pkl'),
-    ('SMPL_NEUTRAL', 'smpl/basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl'),
-    ('SMPL_MALE', 'smpl/basicmodel_m_lbs_10_207_0_v1.0.0.pkl'),
-    ('SMPL_FEMALE', 'basicModel_f_lbs_10_207_0_v1.0.0.pkl'),
-    ('SMPL_FEMALE', 'smpl/BASICMODEL_F_LBS_10_207_0_V1.1.0.PKL'),
-    ('SMPL_FEMALE', 'smpl/SMPL_FEMALE.npz'),
-    ('MANO_RIGHT', 'mano/MANO_RIGHT.pkl'),
-    ('MANO_RIGHT', 'MANO_RIGHT.npz'),
-    ('SMPL_to_J19', 'SMPL_to_J19.pkl'),
-    ('SMPL_to_J19', 'smpl/SMPL_to_J19.pkl'),
-])
+@pytest.mark.parametrize(
+    'name, stored',
+    [
+        ('SMPL_NEUTRAL', 'SMPL_NEUTRAL.pkl'),
+        ('SMPL_NEUTRAL', 'smpl/basicModel_neutral_lbs_10_207_0_v1.0.0.pkl'),
+        ('SMPL_NEUTRAL', 'smpl/basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl'),
+        ('SMPL_MALE', 'smpl/basicmodel_m_lbs_10_207_0_v1.0.0.pkl'),
+        ('SMPL_FEMALE', 'basicModel_f_lbs_10_207_0_v1.0.0.pkl'),
+        ('SMPL_FEMALE', 'smpl/BASICMODEL_F_LBS_10_207_0_V1.1.0.PKL'),
+        ('SMPL_FEMALE', 'smpl/SMPL_FEMALE.npz'),
+        ('MANO_RIGHT', 'mano/MANO_RIGHT.pkl'),
+        ('MANO_RIGHT', 'MANO_RIGHT.npz'),
+        ('SMPL_to_J19', 'SMPL_to_J19.pkl'),
+        ('SMPL_to_J19', 'smpl/SMPL_to_J19.pkl'),
+    ],
+)
 def test_finder_takes_the_names_people_have(tmp_path, name, stored):
     path = tmp_path / stored
     path.parent.mkdir(exist_ok=True)
@@ -252,8 +283,11 @@ def test_finder_takes_the_names_people_have(tmp_path, name, stored):
 
 def test_finder_prefers_smplx_names_then_the_top_folder(tmp_path):
     (tmp_path / 'smpl').mkdir()
-    for stored in ('smpl/basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl', 'smpl/SMPL_NEUTRAL.pkl',
-                   'SMPL_NEUTRAL.npz'):
+    for stored in (
+        'smpl/basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl',
+        'smpl/SMPL_NEUTRAL.pkl',
+        'SMPL_NEUTRAL.npz',
+    ):
         (tmp_path / stored).touch()
     find = lambda: body_models.find_model_file(tmp_path, 'SMPL_NEUTRAL')
     assert find() == str(tmp_path / 'SMPL_NEUTRAL.npz')
@@ -268,14 +302,18 @@ def test_finder_error_names_the_folder_and_every_name(tmp_path):
     with pytest.raises(body_models.ModelFileNotFound) as err:
         body_models.find_model_file(str(tmp_path), 'MANO_RIGHT')
     message = str(err.value)
-    assert message == (f'no MANO_RIGHT.pkl / MANO_RIGHT.npz in {tmp_path} '
-                       'nor in its smpl/ or mano/ folder')
+    assert message == (
+        f'no MANO_RIGHT.pkl / MANO_RIGHT.npz in {tmp_path} nor in its smpl/ or mano/ folder'
+    )
     # Callers that catch a missing file, and the command lines' exit codes, see what they did.
     assert isinstance(err.value, FileNotFoundError)
     assert isinstance(err.value, body_models.BodyModelFileError)
     assert errors.exit_code(err.value) == 2
-    with pytest.raises(body_models.ModelFileNotFound, match=r'SMPL_FEMALE\.pkl / .*'
-                       r'basicModel_f_lbs_10_207_0_v1\.0\.0\.pkl in .* nor in its smpl/'):
+    with pytest.raises(
+        body_models.ModelFileNotFound,
+        match=r'SMPL_FEMALE\.pkl / .*'
+        r'basicModel_f_lbs_10_207_0_v1\.0\.0\.pkl in .* nor in its smpl/',
+    ):
         body_models.load_smpl(str(tmp_path), gender='female')
     with pytest.raises(body_models.ModelFileNotFound, match=f'folder {tmp_path / "nope"} does not'):
         body_models.find_model_file(str(tmp_path / 'nope'), 'SMPL_to_J19')
@@ -286,8 +324,9 @@ def test_finder_error_names_the_folder_and_every_name(tmp_path):
 def test_load_from_dir_finds_official_names_and_loads_once(body_model_dir, tmp_path):
     smpl = tmp_path / 'smpl'
     smpl.mkdir()
-    shutil.copy(body_model_dir / 'smpl' / 'SMPL_MALE.pkl',
-                smpl / 'basicmodel_m_lbs_10_207_0_v1.0.0.pkl')
+    shutil.copy(
+        body_model_dir / 'smpl' / 'SMPL_MALE.pkl', smpl / 'basicmodel_m_lbs_10_207_0_v1.0.0.pkl'
+    )
     shutil.copy(body_model_dir / 'SMPL_to_J19.pkl', tmp_path / 'SMPL_to_J19.pkl')
     male = body_models.load_from_dir(str(tmp_path), 'smpl', 'male')
     assert male.extra_regressor.shape[0] == 19  # HMR 2.0's 44 keypoints, the J19 found beside it

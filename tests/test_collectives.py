@@ -1,4 +1,5 @@
 """train/collectives: the host-side gathers of evaluation, in one process and in two."""
+
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ def test_one_process_needs_no_collective():
     arrays = {'x': np.ones(3)}
     assert collectives.allgather_arrays(arrays) == [arrays]
     assert collectives.process_sum(7) == 7
-    collectives.barrier('alone')   # returns at once
+    collectives.barrier('alone')  # returns at once
 
 
 def _free_port():
@@ -42,13 +43,32 @@ def test_a_process_arriving_40s_late_still_gathers():
     # a loaded CI machine once started one training process that much later than the other.
     # collectives.barrier waits on the coordination service first, with our own timeout.
     port = _free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, JOB, '--coordinator', f'localhost:{port}', '--num_processes', '2',
-         '--process_id', str(i), '--late_s', '40'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                JOB,
+                '--coordinator',
+                f'localhost:{port}',
+                '--num_processes',
+                '2',
+                '--process_id',
+                str(i),
+                '--late_s',
+                '40',
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out
         result = json.loads(next(l for l in out.splitlines() if l.startswith('RESULT '))[7:])
-        assert result == {'rows': [[0.0, 1.0], [0.0, 1.0, 2.0]], 'names': [['p0'], ['p1']],
-                          'sum': 11}
+        assert result == {
+            'rows': [[0.0, 1.0], [0.0, 1.0, 2.0]],
+            'names': [['p0'], ['p1']],
+            'sum': 11,
+        }

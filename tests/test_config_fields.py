@@ -4,6 +4,7 @@ arch refuses a conflicting explicit setting, and every field is read by somethin
 The tables must list every field: adding a field to configs/common.py without a bad-value case
 here (and a reader in the code) fails these tests.
 """
+
 import dataclasses
 import importlib
 import os
@@ -93,7 +94,7 @@ BAD = {
 
 # More bad values of fields above: edges of a range, and values that only clash with another.
 MORE = [
-    ('eval.hop', 5, {}, 'at most data.num_frames=4'),       # the small video config has T = 4
+    ('eval.hop', 5, {}, 'at most data.num_frames=4'),  # the small video config has T = 4
     ('evaluators.3dpw.max_frames', -2, {}, '>= 1, or None'),
     ('evaluators.3dpw.dataset', 'coco', {}, 'use one of'),
     ('optim.clip_norm', 0.0, {}, '> 0, or None'),
@@ -101,9 +102,9 @@ MORE = [
     ('model.drop_path_rate', NAN, {}, 'rate in [0, 1)'),
     ('data.datasets', (('3dpw', NAN),), {}, 'finite weight'),
     ('data.datasets', (('3dpw', 1.0), ('3dpw', 2.0)), {}, 'twice'),
-    ('mesh.fsdp', -1, {}, 'at most one axis'),               # mesh.data is -1 already
+    ('mesh.fsdp', -1, {}, 'at most one axis'),  # mesh.data is -1 already
     ('optim.warmup_steps', 160, {'optim.schedule': 'warmup_cosine'}, 'below train.steps'),
-    ('body_models', '<tmp>', {}, 'set both'),                # data.root left empty
+    ('body_models', '<tmp>', {}, 'set both'),  # data.root left empty
     ('evaluators.3dpw.dataset', '3dpw', {'model.kind': 'mano'}, 'scores smpl models'),
 ]
 
@@ -151,8 +152,10 @@ def _fails(cfg, field, why, tmp_path):
 
 def test_every_field_has_a_bad_value_case():
     fields = set(leaves(_small()))
-    assert fields == set(BAD), (f'fields without a case: {sorted(fields - set(BAD))}; '
-                                f'cases without a field: {sorted(set(BAD) - fields)}')
+    assert fields == set(BAD), (
+        f'fields without a case: {sorted(fields - set(BAD))}; '
+        f'cases without a field: {sorted(set(BAD) - fields)}'
+    )
 
 
 @pytest.mark.parametrize('field', sorted(BAD))
@@ -180,7 +183,7 @@ def test_arch_refuses_a_conflicting_explicit_setting(arch, field, value):
     cfg = _small()
     _set(cfg, 'model.arch', arch)
     if arch == 'temporal_head':
-        _fails(cfg, field, 'within-frame mask', None)   # temporal_head's own rule
+        _fails(cfg, field, 'within-frame mask', None)  # temporal_head's own rule
         return
     config_lib.validate(cfg)  # the arch with defaults is fine
     _set(cfg, field, value)
@@ -203,7 +206,8 @@ def test_preflight_may_describe_paths_of_another_machine():
 
 # Fields read by name through a loop rather than an attribute access.
 _DYNAMIC = {f'loss.{f.name}' for f in dataclasses.fields(losses.LossWeights)} | {
-    f'mesh.{a}' for a in ('data', 'fsdp', 'tensor')}
+    f'mesh.{a}' for a in ('data', 'fsdp', 'tensor')
+}
 _SOURCES = ('extpose_jax', 'data_pipelines', 'run_train.py', 'run_eval.py', 'eval_torch.py')
 
 
@@ -212,22 +216,32 @@ def _runtime_source() -> str:
     texts = []
     for top in _SOURCES:
         path = os.path.join(REPO, top)
-        files = [path] if path.endswith('.py') else [
-            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith('.py')]
+        files = (
+            [path]
+            if path.endswith('.py')
+            else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith('.py')]
+        )
         for f in files:
             with open(f) as fh:
                 text = fh.read()
             if f.endswith(os.path.join('train', 'config.py')):
-                text = text[text.index('# ---------------------------------------------------------'
-                                       '--------------------- builders'):]
+                text = text[
+                    text.index(
+                        '# ---------------------------------------------------------'
+                        '--------------------- builders'
+                    ) :
+                ]
             texts.append(text)
     return '\n'.join(texts)
 
 
 def test_every_field_is_read_by_something():
     source = _runtime_source()
-    unread = [f for f in leaves(_small()) if f not in _DYNAMIC
-              and not re.search(rf'\.{re.escape(f.split(".")[-1])}\b', source)]
+    unread = [
+        f
+        for f in leaves(_small())
+        if f not in _DYNAMIC and not re.search(rf'\.{re.escape(f.split(".")[-1])}\b', source)
+    ]
     assert not unread, f'config fields nothing reads (remove them or use them): {unread}'
     for field in _DYNAMIC:
         assert field in leaves(_small()), field

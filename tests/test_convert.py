@@ -1,4 +1,5 @@
 """PyTorch <-> JAX conversion: upstream key sets, exact round trips, the CLIs, bad input."""
+
 import collections
 import json
 import os
@@ -30,28 +31,50 @@ def reference():
 def _abstract_variables(kind, config, with_discriminator=True):
     """ShapeDtypeStructs of an ExtPose model (+ discriminator): nothing is allocated."""
     j = 18 if kind == 'smpl' else 21
-    model = extpose.ExtPose(extpose.ExtPoseConfig(vit=config, kind=kind,
-                                                  keypoint_layout='openpose18' if kind == 'smpl' else 'hand21'))
+    model = extpose.ExtPose(
+        extpose.ExtPoseConfig(
+            vit=config, kind=kind, keypoint_layout='openpose18' if kind == 'smpl' else 'hand21'
+        )
+    )
     h, w = config.image_size
-    variables = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1, 1, h, w, 3)),
-                                        jnp.zeros((1, 1, 1, j, 3))))
+    variables = nn.unbox(
+        jax.eval_shape(
+            model.init,
+            jax.random.PRNGKey(0),
+            jnp.zeros((1, 1, 1, h, w, 3)),
+            jnp.zeros((1, 1, 1, j, 3)),
+        )
+    )
     if with_discriminator:
         n = discriminator.num_joints(kind)
-        disc = jax.eval_shape(discriminator.Discriminator(kind).init, jax.random.PRNGKey(0),
-                              jnp.zeros((1, n, 3, 3)), jnp.zeros((1, 10)))
+        disc = jax.eval_shape(
+            discriminator.Discriminator(kind).init,
+            jax.random.PRNGKey(0),
+            jnp.zeros((1, n, 3, 3)),
+            jnp.zeros((1, 10)),
+        )
         variables[discriminator.DISCRIMINATOR] = nn.unbox(disc)['params']
     return variables
 
 
 def _state_dict(kind, config=TINY, discriminator=True, seed=0):
-    return keymap.random_state_dict(keymap.model_rows(kind, keymap.vit_dims(config), discriminator), seed)
+    return keymap.random_state_dict(
+        keymap.model_rows(kind, keymap.vit_dims(config), discriminator), seed
+    )
 
 
 def _lightning(state_dict, extra=None):
     """What a Lightning .ckpt holds around the weights (plus optimiser states, not needed here)."""
-    sd = collections.OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in state_dict.items())
+    sd = collections.OrderedDict(
+        (k, torch.from_numpy(np.asarray(v))) for k, v in state_dict.items()
+    )
     sd.update(extra or {})
-    return {'state_dict': sd, 'epoch': 35, 'global_step': 1_000_000, 'pytorch-lightning_version': '2.0.0'}
+    return {
+        'state_dict': sd,
+        'epoch': 35,
+        'global_step': 1_000_000,
+        'pytorch-lightning_version': '2.0.0',
+    }
 
 
 def _assert_trees_equal(a, b):
@@ -59,10 +82,13 @@ def _assert_trees_equal(a, b):
     assert fa.keys() == fb.keys()
     for k in fa:
         x, y = np.asarray(fa[k]), np.asarray(fb[k])
-        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), jax.tree_util.keystr(k)
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), (
+            jax.tree_util.keystr(k)
+        )
 
 
 # ----------------------------------------------------------------------------- upstream layout
+
 
 @pytest.mark.parametrize('kind,name', [('smpl', 'hmr2'), ('mano', 'hamer')])
 def test_vit_h_export_has_exactly_the_upstream_keys_and_shapes(reference, kind, name):
@@ -82,18 +108,22 @@ def test_import_of_the_reference_layout_builds_the_flax_tree_of_the_model(refere
     got, meta = from_torch.import_state_dict(sd, 'hmr2')
     assert meta['vit_size'] == 'huge' and meta['parts'] == ['backbone', 'head', 'discriminator']
     want = _abstract_variables('smpl', vit.ViTConfig.of('huge'))
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), got) == jax.tree.map(lambda x: (x.shape, x.dtype), want)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), got) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), want
+    )
 
 
 # ----------------------------------------------------------------------------- exact round trips
+
 
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_jax_torch_jax_is_bit_identical(tmp_path, kind):
     """Random Flax values -> .ckpt on disk -> back: every leaf equal bit for bit (qkv, convs,
     per-head kernels, the discriminator's 1x1 convs, the init_* buffers)."""
     rng = np.random.default_rng(1)
-    variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
-                             _abstract_variables(kind, TINY))
+    variables = jax.tree.map(
+        lambda s: rng.standard_normal(s.shape).astype(np.float32), _abstract_variables(kind, TINY)
+    )
     path = str(tmp_path / 'x.ckpt')
     to_torch.write_checkpoint(path, to_torch.export_state_dict(variables), {'kind': kind})
     back, meta = from_torch.import_checkpoint(path, {'smpl': 'hmr2', 'mano': 'hamer'}[kind])
@@ -114,16 +144,27 @@ def test_linear_rule_matches_the_pytorch_layer():
     """The numbers behind the rules: a torch Linear / Conv2d and its converted Flax kernel agree."""
     lin, conv = torch.nn.Linear(6, 9), torch.nn.Conv2d(3, 4, 2, stride=2)
     x, img = torch.randn(5, 6), torch.randn(1, 3, 4, 4)
-    rows = (keymap.Row('w', ('k',), (9, 6), (6, 9), 'linear'), keymap.Row('c', ('c',), (4, 3, 2, 2), (2, 2, 3, 4), 'conv'))
+    rows = (
+        keymap.Row('w', ('k',), (9, 6), (6, 9), 'linear'),
+        keymap.Row('c', ('c',), (4, 3, 2, 2), (2, 2, 3, 4), 'conv'),
+    )
     flax = keymap.from_torch({'w': lin.weight, 'c': conv.weight}, rows)
-    np.testing.assert_allclose(x.numpy() @ flax['k'] + lin.bias.detach().numpy(), lin(x).detach().numpy(), atol=1e-6)
-    out = jax.lax.conv_general_dilated(img.numpy().transpose(0, 2, 3, 1), flax['c'], (2, 2), 'VALID',
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    np.testing.assert_allclose(
+        x.numpy() @ flax['k'] + lin.bias.detach().numpy(), lin(x).detach().numpy(), atol=1e-6
+    )
+    out = jax.lax.conv_general_dilated(
+        img.numpy().transpose(0, 2, 3, 1),
+        flax['c'],
+        (2, 2),
+        'VALID',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
     want = (conv(img) - conv.bias[:, None, None]).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(out, want, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- importing files
+
 
 def _stand_in_module():
     """A class from a library this machine does not have (Lightning pickles its cfg: yacs)."""
@@ -131,6 +172,7 @@ def _stand_in_module():
 
     class CfgNode(dict):
         pass
+
     CfgNode.__module__, CfgNode.__qualname__ = 'fake_yacs_config', 'CfgNode'
     mod.CfgNode = CfgNode
     return mod
@@ -138,8 +180,11 @@ def _stand_in_module():
 
 def test_cli_imports_hmr2_ckpt_and_exports_it_back(tmp_path, capsys):
     sd = _state_dict('smpl', seed=3)
-    extra = {'smpl.shapedirs': torch.zeros(6890, 3, 10), 'smpl.faces_tensor': torch.zeros(13776, 3, dtype=torch.long),
-             'initialized': torch.tensor(True)}
+    extra = {
+        'smpl.shapedirs': torch.zeros(6890, 3, 10),
+        'smpl.faces_tensor': torch.zeros(13776, 3, dtype=torch.long),
+        'initialized': torch.tensor(True),
+    }
     ckpt = _lightning(sd, extra)
     mod = _stand_in_module()
     sys.modules[mod.__name__] = mod
@@ -150,18 +195,32 @@ def test_cli_imports_hmr2_ckpt_and_exports_it_back(tmp_path, capsys):
         del sys.modules[mod.__name__]  # reading must not need the class
 
     out = tmp_path / 'vars'
-    meta = from_torch.main(['--ckpt', str(tmp_path / 'hmr2.ckpt'), '--kind', 'hmr2', '--out', str(out)])
-    assert 'discriminator' in capsys.readouterr().out  # written, for runs with the adversarial prior
+    meta = from_torch.main(
+        ['--ckpt', str(tmp_path / 'hmr2.ckpt'), '--kind', 'hmr2', '--out', str(out)]
+    )
+    assert (
+        'discriminator' in capsys.readouterr().out
+    )  # written, for runs with the adversarial prior
     assert meta['parts'] == ['backbone', 'head', 'discriminator'] and meta['kind'] == 'smpl'
 
     from extpose_jax.train import checkpoint
+
     variables, saved_meta = checkpoint.load_variables(str(out))
-    assert saved_meta['source'] == str(tmp_path / 'hmr2.ckpt') and saved_meta['vit']['width'] == TINY.width
-    np.testing.assert_array_equal(variables['constants']['head']['init_body_pose'], sd['smpl_head.init_body_pose'])
-    np.testing.assert_array_equal(variables['params']['backbone']['blocks_1']['attn']['qkv']['kernel'],
-                                  sd['backbone.blocks.1.attn.qkv.weight'].T)
-    np.testing.assert_array_equal(variables['discriminator']['D_alljoints_out']['kernel'],
-                                  sd['discriminator.D_alljoints_out.weight'].T)
+    assert (
+        saved_meta['source'] == str(tmp_path / 'hmr2.ckpt')
+        and saved_meta['vit']['width'] == TINY.width
+    )
+    np.testing.assert_array_equal(
+        variables['constants']['head']['init_body_pose'], sd['smpl_head.init_body_pose']
+    )
+    np.testing.assert_array_equal(
+        variables['params']['backbone']['blocks_1']['attn']['qkv']['kernel'],
+        sd['backbone.blocks.1.attn.qkv.weight'].T,
+    )
+    np.testing.assert_array_equal(
+        variables['discriminator']['D_alljoints_out']['kernel'],
+        sd['discriminator.D_alljoints_out.weight'].T,
+    )
 
     to_torch.main(['--workdir', str(out), '--out', str(tmp_path / 'back.ckpt')])
     back = torch.load(tmp_path / 'back.ckpt', weights_only=True)
@@ -176,17 +235,21 @@ def test_vitpose_checkpoints(tmp_path):
     rows = keymap.vit_rows(**keymap.vit_dims(TINY))
     sd = keymap.random_state_dict(rows, seed=4)
     want = keymap.from_torch(sd, rows)
-    head = {'keypoint_head.deconv_layers.0.weight': np.zeros((192, 256, 4, 4), np.float32),
-            'keypoint_head.deconv_layers.1.num_batches_tracked': np.zeros((), np.int64),
-            'keypoint_head.final_layer.weight': np.zeros((17, 256, 1, 1), np.float32)}
+    head = {
+        'keypoint_head.deconv_layers.0.weight': np.zeros((192, 256, 4, 4), np.float32),
+        'keypoint_head.deconv_layers.1.num_batches_tracked': np.zeros((), np.int64),
+        'keypoint_head.final_layer.weight': np.zeros((17, 256, 1, 1), np.float32),
+    }
     # mmpose TopDown checkpoint: backbone.* + the heatmap head (dropped).
-    torch.save({'state_dict': {k: torch.from_numpy(v) for k, v in {**sd, **head}.items()}, 'meta': {}},
-               tmp_path / 'vitpose.pth')
+    torch.save(
+        {'state_dict': {k: torch.from_numpy(v) for k, v in {**sd, **head}.items()}, 'meta': {}},
+        tmp_path / 'vitpose.pth',
+    )
     got, meta = from_torch.import_checkpoint(str(tmp_path / 'vitpose.pth'), 'vitpose')
     _assert_trees_equal(got, want)
     assert meta['parts'] == ['backbone'] and meta['kind'] is None
     # HMR 2.0's vitpose_backbone.pth: the same without the prefix.
-    bare = {k[len('backbone.'):]: v for k, v in sd.items()}
+    bare = {k[len('backbone.') :]: v for k, v in sd.items()}
     _assert_trees_equal(from_torch.import_state_dict(bare, 'vitpose')[0], want)
 
     # ViTPose+: fc2 holds C - P outputs, each expert P more; the plain ViT joins fc2 with one.
@@ -196,17 +259,22 @@ def test_vitpose_checkpoints(tmp_path):
             full = bare[f'blocks.{i}.mlp.fc2.{leaf}']
             moe[f'blocks.{i}.mlp.fc2.{leaf}'] = full[:-part]
             for e in range(3):
-                moe[f'blocks.{i}.mlp.experts.{e}.{leaf}'] = full[-part:] if e == 1 else full[-part:] + 1
+                moe[f'blocks.{i}.mlp.experts.{e}.{leaf}'] = (
+                    full[-part:] if e == 1 else full[-part:] + 1
+                )
     got, meta = from_torch.import_state_dict(moe, 'vitpose', expert=1)
     _assert_trees_equal(got, want)
     assert meta['vitpose_expert'] == 1
-    with pytest.raises(from_torch.CheckpointError, match=r'3 experts per block: pass --expert 0..2'):
+    with pytest.raises(
+        from_torch.CheckpointError, match=r'3 experts per block: pass --expert 0..2'
+    ):
         from_torch.import_state_dict(moe, 'vitpose')
     with pytest.raises(from_torch.CheckpointError, match='not a ViTPose\\+ mixture'):
         from_torch.import_state_dict(bare, 'vitpose', expert=0)
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def _cli_fails(tmp_path, ckpt_obj, kind, match, raw=None):
     path = tmp_path / 'in.ckpt'
@@ -222,8 +290,12 @@ def _cli_fails(tmp_path, ckpt_obj, kind, match, raw=None):
 
 def test_checkpoint_of_another_architecture_lists_what_is_wrong(tmp_path):
     resnet = {'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(1000, 2048)}
-    _cli_fails(tmp_path, _lightning(resnet), 'hmr2',
-               r'--kind hmr2: \d+ missing: backbone\.blocks\.0\.attn.*2 unexpected: conv1\.weight, fc\.weight')
+    _cli_fails(
+        tmp_path,
+        _lightning(resnet),
+        'hmr2',
+        r'--kind hmr2: \d+ missing: backbone\.blocks\.0\.attn.*2 unexpected: conv1\.weight, fc\.weight',
+    )
 
 
 def test_mis_shaped_and_partial_checkpoints_fail_listing_the_keys(tmp_path):
@@ -233,24 +305,38 @@ def test_mis_shaped_and_partial_checkpoints_fail_listing_the_keys(tmp_path):
     with pytest.raises(keymap.ConversionError) as err:
         from_torch.import_state_dict(sd, 'hmr2')
     assert err.value.missing == ['smpl_head.deccam.bias']
-    assert err.value.mis_shaped == [('backbone.blocks.2.attn.qkv.weight', (10, 10), (3 * TINY.width, TINY.width))]
-    assert 'mis-shaped: backbone.blocks.2.attn.qkv.weight (10, 10) != expected (576, 192)' in str(err.value)
+    assert err.value.mis_shaped == [
+        ('backbone.blocks.2.attn.qkv.weight', (10, 10), (3 * TINY.width, TINY.width))
+    ]
+    assert 'mis-shaped: backbone.blocks.2.attn.qkv.weight (10, 10) != expected (576, 192)' in str(
+        err.value
+    )
 
 
 def test_truncated_file(tmp_path):
     torch.save(_lightning(_state_dict('smpl', discriminator=False)), tmp_path / 'full.ckpt')
     raw = (tmp_path / 'full.ckpt').read_bytes()
     (tmp_path / 'full.ckpt').unlink()
-    _cli_fails(tmp_path, None, 'hmr2', 'not a readable PyTorch checkpoint', raw=raw[:len(raw) // 2])
+    _cli_fails(
+        tmp_path, None, 'hmr2', 'not a readable PyTorch checkpoint', raw=raw[: len(raw) // 2]
+    )
 
 
-@pytest.mark.parametrize('given,kind,hint', [('mano', 'hmr2', 'use --kind hamer'),
-                                             ('smpl', 'hamer', 'use --kind hmr2'),
-                                             ('smpl', 'vitpose', 'use --kind hmr2'),
-                                             ('vitpose', 'hamer', 'use --kind vitpose')])
+@pytest.mark.parametrize(
+    'given,kind,hint',
+    [
+        ('mano', 'hmr2', 'use --kind hamer'),
+        ('smpl', 'hamer', 'use --kind hmr2'),
+        ('smpl', 'vitpose', 'use --kind hmr2'),
+        ('vitpose', 'hamer', 'use --kind vitpose'),
+    ],
+)
 def test_wrong_kind_says_which_kind_it_looks_like(tmp_path, given, kind, hint):
-    sd = (keymap.random_state_dict(keymap.vit_rows(**keymap.vit_dims(TINY))) if given == 'vitpose'
-          else _state_dict(given, discriminator=False))
+    sd = (
+        keymap.random_state_dict(keymap.vit_rows(**keymap.vit_dims(TINY)))
+        if given == 'vitpose'
+        else _state_dict(given, discriminator=False)
+    )
     _cli_fails(tmp_path, _lightning(sd), kind, hint)
 
 
@@ -268,10 +354,14 @@ def test_export_of_an_incomplete_tree_fails_and_writes_nothing(tmp_path):
     variables, _ = from_torch.import_state_dict(sd, 'hmr2')
     del variables['params']['head']['decshape']
     variables['params']['backbone']['extra'] = {'kernel': np.zeros((2, 2), np.float32)}
-    with pytest.raises(keymap.ConversionError, match=r'missing: params/head/decshape/bias, '
-                                                     r'params/head/decshape/kernel.*unexpected: params/backbone/extra/kernel'):
+    with pytest.raises(
+        keymap.ConversionError,
+        match=r'missing: params/head/decshape/bias, '
+        r'params/head/decshape/kernel.*unexpected: params/backbone/extra/kernel',
+    ):
         to_torch.export_state_dict(variables)
     from extpose_jax.train import checkpoint
+
     checkpoint.save_variables(str(tmp_path / 'vars'), variables, {})
     with pytest.raises(keymap.ConversionError):
         to_torch.main(['--workdir', str(tmp_path / 'vars'), '--out', str(tmp_path / 'out.ckpt')])
@@ -281,14 +371,22 @@ def test_export_of_an_incomplete_tree_fails_and_writes_nothing(tmp_path):
 def test_imported_variables_initialise_training(tmp_path):
     """What run_train.py does with --config.init.checkpoint=DIR: every key lands in the model."""
     import optax
-    from extpose_jax.train import checkpoint, loop, sharding, state as state_lib
+
+    from extpose_jax.train import checkpoint, loop, sharding
+    from extpose_jax.train import state as state_lib
+
     sd = _state_dict('smpl', discriminator=False, seed=9)
     variables, meta = from_torch.import_state_dict(sd, 'hmr2')
     checkpoint.save_variables(str(tmp_path / 'vars'), variables, meta)
     model = extpose.ExtPose(extpose.ExtPoseConfig(vit=TINY))
-    args = (jax.ShapeDtypeStruct((1, 1, 1, 256, 192, 3), jnp.uint8), jax.ShapeDtypeStruct((1, 1, 1, 18, 3), jnp.float32))
+    args = (
+        jax.ShapeDtypeStruct((1, 1, 1, 256, 192, 3), jnp.uint8),
+        jax.ShapeDtypeStruct((1, 1, 1, 18, 3), jnp.float32),
+    )
     mesh = sharding.make_mesh({'data': 1, 'fsdp': -1})
-    state, shardings = state_lib.create_train_state(model, optax.adamw(1e-4), jax.random.PRNGKey(0), args, mesh)
+    state, shardings = state_lib.create_train_state(
+        model, optax.adamw(1e-4), jax.random.PRNGKey(0), args, mesh
+    )
     state = loop.init_from(state, shardings, str(tmp_path / 'vars'))
     _assert_trees_equal(loop.model_variables(state), variables)
 
@@ -309,17 +407,38 @@ def test_reading_never_runs_code_from_the_file(tmp_path):
     ckpt = _lightning(_state_dict('smpl', discriminator=False))
     ckpt['hyper_parameters'] = _Exploit(str(marker))
     torch.save(ckpt, tmp_path / 'x.ckpt')
-    with pytest.raises(from_torch.CheckpointError, match=r'x\.ckpt: refusing to unpickle __builtin__\.exec'):
+    with pytest.raises(
+        from_torch.CheckpointError, match=r'x\.ckpt: refusing to unpickle __builtin__\.exec'
+    ):
         from_torch.import_checkpoint(str(tmp_path / 'x.ckpt'), 'hmr2')
     assert not marker.exists()
 
 
 def test_cli_process_exits_with_a_one_line_error(tmp_path):
     import subprocess
+
     (tmp_path / 'bad.ckpt').write_bytes(b'PK\x03\x04 not really a zip')
-    proc = subprocess.run([sys.executable, '-m', 'extpose_jax.convert.from_torch', '--ckpt', str(tmp_path / 'bad.ckpt'),
-                           '--kind', 'hmr2', '--out', str(tmp_path / 'out')], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'extpose_jax.convert.from_torch',
+            '--ckpt',
+            str(tmp_path / 'bad.ckpt'),
+            '--kind',
+            'hmr2',
+            '--out',
+            str(tmp_path / 'out'),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    )
     # A malformed file is a data error (exit 1), one line naming the program and the file.
-    assert proc.returncode == 1 and proc.stderr.startswith('from_torch.py: ') and 'Traceback' not in proc.stderr
+    assert (
+        proc.returncode == 1
+        and proc.stderr.startswith('from_torch.py: ')
+        and 'Traceback' not in proc.stderr
+    )
     assert 'not a readable PyTorch checkpoint' in proc.stderr and not (tmp_path / 'out').exists()

@@ -7,6 +7,7 @@ parameters (looked up by its record key) then reproduces its 3D joints, mesh and
 exactly, so every metric has a known value; perturbed predictions are checked against an
 independent computation (smplx meshes, scipy Procrustes and nearest neighbours, numpy).
 """
+
 import concurrent.futures
 import json
 import os
@@ -25,18 +26,19 @@ from data_pipelines import augment as aug
 from data_pipelines import convert_common, cropping, record_reader, records, shards
 from data_pipelines import pipeline as pl
 from extpose_jax import body_models, geometry, skeletons
-from extpose_jax.train import collectives
+from extpose_jax.train import collectives, overlays
 from extpose_jax.train import evaluate as ev
-from extpose_jax.train import overlays
 
 K_CROP = np.array([[5000.0, 0, aug.OUT_W / 2], [0, 5000.0, aug.OUT_H / 2], [0, 0, 1]])
 IMAGE_HW = (480, 640)
 CROP = 64
-HINT_BOX = [250.0, 150, 390, 330]   # every hand's annotated box: 140 x 180 px
-T, B = 4, 2   # clip length and batch size of the video tests
+HINT_BOX = [250.0, 150, 390, 330]  # every hand's annotated box: 140 x 180 px
+T, B = 4, 2  # clip length and batch size of the video tests
 # 3DPW-style tracks: sequence -> [(track, frames)]: a long track, a short one (< T), a gap.
-BODY_TRACKS = {'seq_a': [(0, range(10)), (1, range(3))],
-               'seq_b': [(0, list(range(5)) + list(range(7, 13)))]}
+BODY_TRACKS = {
+    'seq_a': [(0, range(10)), (1, range(3))],
+    'seq_b': [(0, list(range(5)) + list(range(7, 13)))],
+}
 
 
 def _camera(box, mirror=False):
@@ -64,21 +66,38 @@ def _record(kp_model, pose, betas, transl, box, kind_field, key, mirror=False, o
     uvw = kp3d @ K.T
     kp2d = np.ones((len(kp3d), 3), np.float32)
     kp2d[:, :2] = cropping.apply_affine(crop_affine, uvw[:, :2] / uvw[:, 2:])
-    rec = dict(image=np.full((CROP, CROP, 3), 90, np.uint8), crop_affine=crop_affine,
-               image_size=np.array(IMAGE_HW), K=K.astype(np.float32), box=np.float32(box),
-               kp2d=kp2d, kp3d=kp3d.astype(np.float32), pose=pose, betas=betas,
-               sequence=key[0], track=key[1], frame=key[2], **kind_field)
-    if occluded is not None:   # HInt: occluded keypoints keep their position with conf 0
+    rec = dict(
+        image=np.full((CROP, CROP, 3), 90, np.uint8),
+        crop_affine=crop_affine,
+        image_size=np.array(IMAGE_HW),
+        K=K.astype(np.float32),
+        box=np.float32(box),
+        kp2d=kp2d,
+        kp3d=kp3d.astype(np.float32),
+        pose=pose,
+        betas=betas,
+        sequence=key[0],
+        track=key[1],
+        frame=key[2],
+        **kind_field,
+    )
+    if occluded is not None:  # HInt: occluded keypoints keep their position with conf 0
         kp2d[occluded > 0, 2] = 0.0
-        kp2d[-1] = 0.0         # one keypoint not annotated at all
+        kp2d[-1] = 0.0  # one keypoint not annotated at all
         rec['kp2d_occluded'] = occluded
     return rec
 
 
 def _write(out, name, split, kind, recs):
-    with shards.RecordWriter(out, name, split, num_shards=2,
-                             num_joints=44 if kind == 'smpl' else 21,
-                             body_model=kind, fsync=False) as w:
+    with shards.RecordWriter(
+        out,
+        name,
+        split,
+        num_shards=2,
+        num_joints=44 if kind == 'smpl' else 21,
+        body_model=kind,
+        fsync=False,
+    ) as w:
         for r in recs:
             w.write(r)
 
@@ -102,11 +121,13 @@ def data(body_model_dir, tmp_path_factory):
             for track, frames in tracks:
                 gender = genders[(s + track) % len(genders)]
                 pose0, vel = rng.normal(0, 0.2, 72), rng.normal(0, 0.03, 72)
-                pose0[:3] = [np.pi, 0, 0]   # upright in the camera frame (y down)
+                pose0[:3] = [np.pi, 0, 0]  # upright in the camera frame (y down)
                 betas = rng.normal(0, 1, 10).astype(np.float32)
                 box = np.array([220.0, 60, 420, 420]) + 20 * track
-                poses = [(pose0 + f * vel + 0.02 * rng.normal(size=72)).astype(np.float32)
-                         for f in frames]
+                poses = [
+                    (pose0 + f * vel + 0.02 * rng.normal(size=72)).astype(np.float32)
+                    for f in frames
+                ]
                 model = body_models.load_from_dir(bm, 'smpl', gender)
                 kps = _keypoints(model, poses, [betas] * len(poses))
                 for f, pose, kp in zip(frames, poses, kps):
@@ -116,12 +137,15 @@ def data(body_model_dir, tmp_path_factory):
                     remember(f'3dpw/{split}', key, (pose, betas, transl, gender))
         _write(str(root / split / '3dpw'), '3dpw', split, 'smpl', recs)
 
-    models = {'right': body_models.load_from_dir(bm, 'mano'),
-              'left': body_models.load_mano(os.path.join(bm, 'mano'), is_right=False)}
+    models = {
+        'right': body_models.load_from_dir(bm, 'mano'),
+        'left': body_models.load_mano(os.path.join(bm, 'mano'), is_right=False),
+    }
     hand_sets = {
         'freihand': [(f'test_{i:08d}', 0, i, 'right') for i in range(5)],
         'hint': [(f'newdays_img/ND_v{i}_frame{i:06d}', 1, 0, 'right') for i in range(3)]
-                + [('epick_img/EK_0001_P01_frame_0000000100', 0, 0, 'left')]}
+        + [('epick_img/EK_0001_P01_frame_0000000100', 0, 0, 'left')],
+    }
     for name, keys in hand_sets.items():
         recs = []
         for seq, track, frame, side in keys:
@@ -133,19 +157,38 @@ def data(body_model_dir, tmp_path_factory):
                 occ = np.zeros(21, np.float32)
                 occ[rng.choice(np.arange(1, 20), 5, replace=False)] = 1.0
             kp = _keypoints(models[side], [pose], [betas])[0]
-            recs.append(_record(kp, pose, betas, transl, HINT_BOX, {'hand_side': side},
-                                (seq, track, frame), mirror=side == 'left', occluded=occ))
+            recs.append(
+                _record(
+                    kp,
+                    pose,
+                    betas,
+                    transl,
+                    HINT_BOX,
+                    {'hand_side': side},
+                    (seq, track, frame),
+                    mirror=side == 'left',
+                    occluded=occ,
+                )
+            )
             remember(name, (seq, track, frame), (pose, betas, transl, side))
         _write(str(root / name), name, 'test', 'mano', recs)
-    return {'root': root, 'bm': bm, 'truth': truth,
-            'dirs': {'3dpw/test': str(root / 'test' / '3dpw'),
-                     '3dpw/gendered': str(root / 'gendered' / '3dpw'),
-                     'freihand': str(root / 'freihand'), 'hint': str(root / 'hint')}}
+    return {
+        'root': root,
+        'bm': bm,
+        'truth': truth,
+        'dirs': {
+            '3dpw/test': str(root / 'test' / '3dpw'),
+            '3dpw/gendered': str(root / 'gendered' / '3dpw'),
+            'freihand': str(root / 'freihand'),
+            'hint': str(root / 'hint'),
+        },
+    }
 
 
 def truth_predictor(truth, kind, perturb=None, calls=None):
     """predict_fn returning each frame's true parameters (by its record key), optionally
     perturb(key, pose, betas, transl) -> (pose, betas, transl); records the batches in calls."""
+
     def predict_fn(batch):
         if calls is not None:
             calls.append(batch)
@@ -154,41 +197,57 @@ def truth_predictor(truth, kind, perturb=None, calls=None):
         betas = np.zeros(lead + (10,), np.float32)
         cam = np.tile(np.float32([1.0, 0.0, 0.0]), lead + (1,))
         for b, t in zip(*np.nonzero(batch['frame_valid'])):
-            key = (int(batch['sequence_hash'][b, t]), int(batch['track'][b, t]),
-                   int(batch['frame'][b, t]))
+            key = (
+                int(batch['sequence_hash'][b, t]),
+                int(batch['track'][b, t]),
+                int(batch['frame'][b, t]),
+            )
             p, be, tr = truth[key][:3]
             if perturb is not None:
                 p, be, tr = perturb(key, p, be, tr)
-            if batch['flipped'][b, t]:   # the model sees (and predicts) the mirrored subject
+            if batch['flipped'][b, t]:  # the model sees (and predicts) the mirrored subject
                 p, tr = aug.mirror_pose(p, kind), tr * np.array([-1.0, 1.0, 1.0])
             pose[b, t], betas[b, t] = p, be
-            cam[b, t] = [2 * K_CROP[0, 0] / (256 * tr[2]), tr[0], tr[1]]   # inverts cam_t
+            cam[b, t] = [2 * K_CROP[0, 0] / (256 * tr[2]), tr[0], tr[1]]  # inverts cam_t
         rot = np.asarray(geometry.axis_angle_to_matrix(pose.reshape(lead + (-1, 3))))
         out = {'global_orient': rot[:, :, :1], 'betas': betas, 'pred_cam': cam}
         out['body_pose' if kind == 'smpl' else 'hand_pose'] = rot[:, :, 1:]
         return out
+
     return predict_fn
 
 
 def _evaluate(data, name, predict_fn, **kw):
     kw = {'num_frames': T if name.startswith('3dpw') else 1, 'batch_size': B, **kw}
-    return ev.evaluate(predict_fn, records_dir=data['dirs'][name], split=name.split('/')[-1]
-                       if name.startswith('3dpw') else 'test', body_models_dir=data['bm'], **kw)
+    return ev.evaluate(
+        predict_fn,
+        records_dir=data['dirs'][name],
+        split=name.split('/')[-1] if name.startswith('3dpw') else 'test',
+        body_models_dir=data['bm'],
+        **kw,
+    )
 
 
 def _noise(scale, seed=0):
     def perturb(key, pose, betas, transl):
         rng = np.random.default_rng([seed, key[1], key[2], key[0] % 1000])
-        return (pose + np.float32(scale) * rng.normal(size=pose.shape).astype(np.float32),
-                betas, transl)
+        return (
+            pose + np.float32(scale) * rng.normal(size=pose.shape).astype(np.float32),
+            betas,
+            transl,
+        )
+
     return perturb
 
 
 def _rotate_root(deg):
     def perturb(key, pose, betas, transl):
         p = pose.copy()
-        p[:3] = (Rotation.from_euler('y', deg, degrees=True) * Rotation.from_rotvec(pose[:3])).as_rotvec()
+        p[:3] = (
+            Rotation.from_euler('y', deg, degrees=True) * Rotation.from_rotvec(pose[:3])
+        ).as_rotvec()
         return p, betas, transl
+
     return perturb
 
 
@@ -197,13 +256,13 @@ def _rotate_root(deg):
 
 def test_window_starts_cover_every_frame_from_its_most_central_window():
     starts, owner = ev.window_starts(7, 4, 2)
-    assert starts.tolist() == [0, 2, 3]              # the last window ends at the run's end
-    assert owner.tolist() == [0, 0, 0, 1, 1, 2, 2]   # frame 4: tie between windows 1, 2 -> 1
+    assert starts.tolist() == [0, 2, 3]  # the last window ends at the run's end
+    assert owner.tolist() == [0, 0, 0, 1, 1, 2, 2]  # frame 4: tie between windows 1, 2 -> 1
     for n, t, hop in [(1, 4, 2), (3, 4, 2), (4, 4, 2), (16, 4, 1), (17, 5, 5), (9, 1, 1)]:
         starts, owner = ev.window_starts(n, t, hop)
         assert starts[-1] == max(0, n - t) and np.all(np.diff(starts) <= hop)
         pos = np.arange(n) - starts[owner]
-        assert np.all((pos >= 0) & (pos < t))          # scored from a window holding it
+        assert np.all((pos >= 0) & (pos < t))  # scored from a window holding it
         centre_dist = np.abs(np.arange(n)[:, None] - (starts[None] + (t - 1) / 2))
         contains = (np.arange(n)[:, None] >= starts) & (np.arange(n)[:, None] < starts + t)
         best = np.where(contains, centre_dist, np.inf).min(1)
@@ -213,10 +272,14 @@ def test_window_starts_cover_every_frame_from_its_most_central_window():
 def test_plan_scores_every_record_once(data):
     reader = record_reader.RecordReader(data['dirs']['3dpw/test'], 'test')
     plan = ev.plan_windows(reader, pl.DatasetSpec('3dpw', split='test'), T, 2)
-    scored = np.concatenate([plan.source.unit_records(u)[plan.owned[u, :plan.source.count[u]]]
-                             for u in range(len(plan))])
+    scored = np.concatenate(
+        [
+            plan.source.unit_records(u)[plan.owned[u, : plan.source.count[u]]]
+            for u in range(len(plan))
+        ]
+    )
     assert sorted(scored.tolist()) == list(range(len(reader)))
-    for u in range(len(plan)):   # clips never cross the gap; the short track is one padded window
+    for u in range(len(plan)):  # clips never cross the gap; the short track is one padded window
         recs = [reader[int(i)] for i in plan.source.unit_records(u)]
         assert len({(r['sequence'], r['track']) for r in recs}) == 1
         assert np.all(np.diff([r['frame'] for r in recs]) == 1)
@@ -230,15 +293,16 @@ def test_plan_scores_every_record_once(data):
 
 def test_3dpw_ground_truth_scores_zero_and_batches_match_the_pipeline(data):
     calls = []
-    m = _evaluate(data, '3dpw/test', truth_predictor(data['truth']['3dpw/test'], 'smpl',
-                                                     calls=calls))
+    m = _evaluate(
+        data, '3dpw/test', truth_predictor(data['truth']['3dpw/test'], 'smpl', calls=calls)
+    )
     n = sum(len(f) for tracks in BODY_TRACKS.values() for _, f in tracks)
     assert m['num_frames'] == m['3dpw/num_frames_joints'] == m['3dpw/num_frames_mesh'] == n
     assert m['3dpw/num_frames_accel'] == (10 - 2) + (3 - 2) + (5 - 2) + (6 - 2)
     for k in ('mpjpe', 'pa_mpjpe', 'pve', 'accel'):
         assert abs(m[f'3dpw/{k}']) < 0.01, (k, m)
     spec = pl.batch_spec(pl.PipelineConfig(data_root='', num_frames=T, batch_size=B), 44, 'smpl')
-    for batch in calls:    # every call has the same shapes: a jitted predict_fn compiles once
+    for batch in calls:  # every call has the same shapes: a jitted predict_fn compiles once
         assert {k: (v.shape, v.dtype) for k, v in batch.items()} == spec
     assert len(calls) == -(-m['num_windows'] // B)
 
@@ -272,20 +336,28 @@ def test_3dpw_matches_an_independent_computation_with_gendered_ground_truth(data
     keys = sorted(truth)
     pose, betas, transl = (np.stack([truth[k][i] for k in keys]) for i in range(3))
     genders = np.array([truth[k][3] for k in keys])
-    pred_kp, pred_v = _smpl_reference(data['bm'], 'neutral',
-                                      np.stack([perturb(k, *truth[k][:3])[0] for k in keys]), betas)
+    pred_kp, pred_v = _smpl_reference(
+        data['bm'], 'neutral', np.stack([perturb(k, *truth[k][:3])[0] for k in keys]), betas
+    )
     gt_kp, gt_v = np.zeros_like(pred_kp), np.zeros_like(pred_v)
     for g in set(genders):
         gt_kp[genders == g], gt_v[genders == g] = _smpl_reference(
-            data['bm'], g, pose[genders == g], betas[genders == g])
+            data['bm'], g, pose[genders == g], betas[genders == g]
+        )
     centred = lambda kp: kp - kp[:, skeletons.HMR44_PELVIS, None]
     p14 = centred(pred_kp)[:, skeletons.HMR44_EVAL14]
     g14 = centred(gt_kp + transl[:, None])[:, skeletons.HMR44_EVAL14]
-    err = {'mpjpe': np.linalg.norm(p14 - g14, axis=-1).mean(-1),
-           'pa_mpjpe': [np.linalg.norm(_similarity_aligned(p, g) - g, axis=-1).mean()
-                        for p, g in zip(p14, g14)],
-           'pve': np.linalg.norm((pred_v - pred_kp[:, skeletons.HMR44_PELVIS, None])
-                                 - (gt_v - gt_kp[:, skeletons.HMR44_PELVIS, None]), axis=-1).mean(-1)}
+    err = {
+        'mpjpe': np.linalg.norm(p14 - g14, axis=-1).mean(-1),
+        'pa_mpjpe': [
+            np.linalg.norm(_similarity_aligned(p, g) - g, axis=-1).mean() for p, g in zip(p14, g14)
+        ],
+        'pve': np.linalg.norm(
+            (pred_v - pred_kp[:, skeletons.HMR44_PELVIS, None])
+            - (gt_v - gt_kp[:, skeletons.HMR44_PELVIS, None]),
+            axis=-1,
+        ).mean(-1),
+    }
     per_track = {}
     for k, p, g in zip(keys, p14, g14):
         per_track.setdefault(k[:2], []).append((k[2], p, g))
@@ -304,8 +376,9 @@ def test_3dpw_matches_an_independent_computation_with_gendered_ground_truth(data
 
 
 def test_3dpw_root_rotation_moves_mpjpe_but_not_pa_mpjpe(data):
-    m = _evaluate(data, '3dpw/test', truth_predictor(data['truth']['3dpw/test'], 'smpl',
-                                                     _rotate_root(10.0)))
+    m = _evaluate(
+        data, '3dpw/test', truth_predictor(data['truth']['3dpw/test'], 'smpl', _rotate_root(10.0))
+    )
     assert m['3dpw/pa_mpjpe'] < 0.05
     assert m['3dpw/mpjpe'] > 10 and m['3dpw/pve'] > 10
 
@@ -337,8 +410,13 @@ def test_freihand_ground_truth_and_an_independent_computation(data):
             precision = (cKDTree(gv).query(av)[0] < th).mean()
             recall = (cKDTree(av).query(gv)[0] < th).mean()
             f.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-        rows.append([np.linalg.norm(ak - gk, axis=-1).mean() * 1000,
-                     np.linalg.norm(av - gv, axis=-1).mean() * 1000] + f)
+        rows.append(
+            [
+                np.linalg.norm(ak - gk, axis=-1).mean() * 1000,
+                np.linalg.norm(av - gv, axis=-1).mean() * 1000,
+            ]
+            + f
+        )
     want = np.mean(rows, 0)
     assert m['freihand/pa_mpjpe'] == pytest.approx(want[0], abs=0.02)
     assert m['freihand/pa_mpvpe'] == pytest.approx(want[1], abs=0.02)
@@ -372,7 +450,11 @@ def test_hint_pck_ground_truth_and_a_known_shift(data):
     # < 1 % over a hand): wrong at 0.05, right at 0.1 and 0.15. Boxes are 140 x 180 px in the
     # full image; the window scales them by 256 / side of the 3:4 box.
     box_side_window = 180.0 * 256 / 180
-    shift = lambda key, p, b, tr: (p, b, tr + np.array([0.075 * box_side_window * tr[2] / 5000, 0, 0]))
+    shift = lambda key, p, b, tr: (
+        p,
+        b,
+        tr + np.array([0.075 * box_side_window * tr[2] / 5000, 0, 0]),
+    )
     m = _evaluate(data, 'hint', truth_predictor(truth, 'mano', shift))
     for subset in ('all', 'vis', 'occ'):
         assert [m[f'hint/pck@{th:g}/{subset}'] for th in (0.05, 0.1, 0.15)] == [0.0, 1.0, 1.0]
@@ -391,18 +473,26 @@ def _simulated_processes(n, run):
             slots[i] = collectives.encode(arrays)
             barrier.wait()
             out = [collectives.decode(x) for x in slots]
-            barrier.wait()   # nobody overwrites a slot before everyone has read it
+            barrier.wait()  # nobody overwrites a slot before everyone has read it
             return out
+
         return allgather
+
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
         return list(pool.map(lambda i: run(i, allgather_of(i)), range(n)))
 
 
-@pytest.mark.parametrize('name, perturb, kw', [
-    ('3dpw/gendered', _noise(0.05), {'hop': 1, 'pose_source': 'noisy_gt'}),
-    ('freihand', _noise(0.15, seed=1), {}),
-    ('hint', _noise(0.3, seed=2), {})])
-def test_processes_share_the_windows_and_merge_to_the_single_process_result(data, name, perturb, kw):
+@pytest.mark.parametrize(
+    'name, perturb, kw',
+    [
+        ('3dpw/gendered', _noise(0.05), {'hop': 1, 'pose_source': 'noisy_gt'}),
+        ('freihand', _noise(0.15, seed=1), {}),
+        ('hint', _noise(0.3, seed=2), {}),
+    ],
+)
+def test_processes_share_the_windows_and_merge_to_the_single_process_result(
+    data, name, perturb, kw
+):
     """3 simulated processes: each scores only its share (p, p + 3, ...) with the same 2D
     input per window as one process; merged sums (3DPW's accel across the shares' frames, HInt's
     per-source counts with sources that differ between processes) give one process's metrics."""
@@ -418,26 +508,37 @@ def test_processes_share_the_windows_and_merge_to_the_single_process_result(data
                 if position >= 0:
                     seen[int(position)] = kp
             return predict(batch)
+
         lines = []
-        metrics = _evaluate(data, name, predict_fn, process_index=index, process_count=count,
-                            allgather=allgather, log=lines.append, **kw)
+        metrics = _evaluate(
+            data,
+            name,
+            predict_fn,
+            process_index=index,
+            process_count=count,
+            allgather=allgather,
+            log=lines.append,
+            **kw,
+        )
         return metrics, seen, lines
 
     want, want_seen, _ = run()
     results = _simulated_processes(3, lambda i, allgather: run(i, allgather, 3))
     for i, (got, seen, lines) in enumerate(results):
         assert sorted(seen) == list(range(i, want['num_windows'], 3)), lines
-        for position, kp in seen.items():   # 'noisy_gt' is seeded by the global window index
+        for position, kp in seen.items():  # 'noisy_gt' is seeded by the global window index
             np.testing.assert_array_equal(kp, want_seen[position])
         assert got.keys() == want.keys()
-        for key, value in want.items():     # float64 sums in another order: ~1e-16 relative
+        for key, value in want.items():  # float64 sums in another order: ~1e-16 relative
             if isinstance(value, float) and 'pck' not in key:
                 assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
             else:
                 assert got[key] == value, key
     if name == 'hint':
-        assert {k for k in want if k.endswith('/num_frames')} >= {'hint/epick/num_frames',
-                                                                  'hint/newdays/num_frames'}
+        assert {k for k in want if k.endswith('/num_frames')} >= {
+            'hint/epick/num_frames',
+            'hint/newdays/num_frames',
+        }
 
 
 # ------------------------------------------------------------------------------ files, errors
@@ -445,8 +546,13 @@ def test_processes_share_the_windows_and_merge_to_the_single_process_result(data
 
 def test_overlays_and_metrics_json(data, tmp_path):
     out = tmp_path / 'overlays'
-    m = _evaluate(data, '3dpw/test', truth_predictor(data['truth']['3dpw/test'], 'smpl'),
-                  overlays=3, overlay_dir=str(out))
+    m = _evaluate(
+        data,
+        '3dpw/test',
+        truth_predictor(data['truth']['3dpw/test'], 'smpl'),
+        overlays=3,
+        overlay_dir=str(out),
+    )
     pngs = sorted(os.listdir(out))
     assert len(pngs) == 3 and pngs[0].startswith('0000_seq_a_t0_f0')
     img = cv2.cvtColor(cv2.imread(str(out / pngs[0])), cv2.COLOR_BGR2RGB)
@@ -459,7 +565,7 @@ def test_overlays_and_metrics_json(data, tmp_path):
     back = json.loads(path.read_text())
     assert back['hint/pck@0.05/occ'] is None and back['step'] == 3
     assert back['3dpw/num_frames_joints'] == m['3dpw/num_frames_joints']
-    assert os.listdir(path.parent) == ['metrics.json']   # no temporary file left behind
+    assert os.listdir(path.parent) == ['metrics.json']  # no temporary file left behind
 
 
 def test_mesh_silhouette_is_the_union_of_triangles():
@@ -467,7 +573,7 @@ def test_mesh_silhouette_is_the_union_of_triangles():
     pts = np.array([[10, 10], [60, 10], [10, 60], [30, 30], [80, 30], [30, 80]], np.float64)
     mask = overlays.mesh_silhouette(pts, np.array([[0, 1, 2], [3, 4, 5]]), (100, 100))
     assert mask[35, 35] == 255 and mask[15, 15] == 255 and mask[90, 90] == 0
-    pts[0] = np.nan    # a vertex behind the camera drops its triangle, not the image
+    pts[0] = np.nan  # a vertex behind the camera drops its triangle, not the image
     assert overlays.mesh_silhouette(pts, np.array([[0, 1, 2], [3, 4, 5]]), (100, 100))[15, 15] == 0
 
 
@@ -475,8 +581,13 @@ def test_noisy_gt_input_is_deterministic(data):
     runs = []
     for _ in range(2):
         calls = []
-        _evaluate(data, '3dpw/test', truth_predictor(data['truth']['3dpw/test'], 'smpl', calls=calls),
-                  pose_source='noisy_gt', max_frames=6)
+        _evaluate(
+            data,
+            '3dpw/test',
+            truth_predictor(data['truth']['3dpw/test'], 'smpl', calls=calls),
+            pose_source='noisy_gt',
+            max_frames=6,
+        )
         runs.append(np.stack([c['kp2d_input'] for c in calls]))
         assert not np.allclose(runs[-1], np.stack([c['kp2d'] for c in calls]))
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -494,12 +605,25 @@ def test_bad_input_is_a_clear_error(data, tmp_path):
         _evaluate(data, '3dpw/test', good, hop=T + 1)
     with pytest.raises(ValueError, match='pose_source'):
         _evaluate(data, '3dpw/test', good, pose_source='oracle')
-    rec = _record(np.zeros((21, 3)), np.zeros(48, np.float32), np.zeros(10, np.float32),
-                  np.array([0, 0, 7.0]), HINT_BOX, {'hand_side': 'right'}, ('s', 0, 0))
+    rec = _record(
+        np.zeros((21, 3)),
+        np.zeros(48, np.float32),
+        np.zeros(10, np.float32),
+        np.array([0, 0, 7.0]),
+        HINT_BOX,
+        {'hand_side': 'right'},
+        ('s', 0, 0),
+    )
     _write(str(tmp_path / 'body'), 'body', 'test', 'mano', [rec])
     with pytest.raises(ValueError, match="no evaluation protocol for dataset 'body'"):
-        ev.evaluate(good, records_dir=str(tmp_path / 'body'), split='test',
-                    body_models_dir=data['bm'], num_frames=1, batch_size=1)
+        ev.evaluate(
+            good,
+            records_dir=str(tmp_path / 'body'),
+            split='test',
+            body_models_dir=data['bm'],
+            num_frames=1,
+            batch_size=1,
+        )
 
 
 # ------------------------------------------------------------------------------ run_eval.py
@@ -510,20 +634,27 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     import run_train
     from configs import video
     from extpose_jax.train import checkpoint, task
+
     cfg = video.get_config('small')
     cfg.eval.overlays, cfg.eval.batch_size = 2, B
     cfg.data.pose_source = 'gt'
     restored = []
 
-    def restore(path, step=None):   # a training workdir has steps, a variables directory none
+    def restore(path, step=None):  # a training workdir has steps, a variables directory none
         restored.append(path)
         return {}, None, (None if path.endswith('converted') else 7)
+
     monkeypatch.setattr(checkpoint, 'restore_variables', restore)
     # No model: the variables stay as restored and predictions are the truth.
     monkeypatch.setattr(task.Task, 'place_variables', lambda self, v, mesh, source: (v, None))
-    monkeypatch.setattr(task, 'make_sharded_predict_fn', lambda *args: truth_predictor(
-        data['truth']['3dpw/test'], 'smpl'))
-    monkeypatch.setattr(run_train, 'prepare_data', lambda cfg: (data['bm'], str(data['root'] / 'test')))
+    monkeypatch.setattr(
+        task,
+        'make_sharded_predict_fn',
+        lambda *args: truth_predictor(data['truth']['3dpw/test'], 'smpl'),
+    )
+    monkeypatch.setattr(
+        run_train, 'prepare_data', lambda cfg: (data['bm'], str(data['root'] / 'test'))
+    )
     lines = []
     res = run_eval.run(cfg, str(tmp_path), max_frames=6, log=lines.append)
     step_dir = tmp_path / 'eval' / '3dpw' / 'step_7'
@@ -534,11 +665,24 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     assert len(os.listdir(step_dir / 'overlays')) == 2
     assert any('3dpw/mpjpe' in line for line in lines)
 
-    res = run_eval.run(cfg, str(tmp_path), checkpoint_path='/x/converted', max_frames=2,
-                       overlays=0, log=lines.append)
+    res = run_eval.run(
+        cfg,
+        str(tmp_path),
+        checkpoint_path='/x/converted',
+        max_frames=2,
+        overlays=0,
+        log=lines.append,
+    )
     assert res['out_dir'] == str(tmp_path / 'eval' / '3dpw' / 'variables')
-    assert json.loads((tmp_path / 'eval' / '3dpw' / 'variables' / 'metrics.json').read_text())['num_frames'] == 2
-    assert json.loads((tmp_path / 'eval' / '3dpw' / 'metrics.json').read_text()) == latest   # untouched
+    assert (
+        json.loads((tmp_path / 'eval' / '3dpw' / 'variables' / 'metrics.json').read_text())[
+            'num_frames'
+        ]
+        == 2
+    )
+    assert (
+        json.loads((tmp_path / 'eval' / '3dpw' / 'metrics.json').read_text()) == latest
+    )  # untouched
 
 
 def test_corrupt_record_is_named_or_skipped_and_counted(data, tmp_path):
@@ -549,7 +693,7 @@ def test_corrupt_record_is_named_or_skipped_and_counted(data, tmp_path):
     reader = record_reader.RecordReader(records_dir, 'test')
     shard = next(k for k, o in enumerate(reader._offsets) if len(o) > 3)
     with open(reader.paths[shard], 'r+b') as f:
-        f.seek(int(reader._offsets[shard][2]) + 20)   # inside record 2's payload
+        f.seek(int(reader._offsets[shard][2]) + 20)  # inside record 2's payload
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))

@@ -5,6 +5,7 @@ share. The jobs (tests/eval_job.py) run at once, in subprocesses: XLA's device c
 when jax is imported. The merge of every protocol's sums (3DPW, FreiHAND, HInt) with simulated
 processes is in test_evaluate.py.
 """
+
 import json
 import os
 import subprocess
@@ -21,9 +22,9 @@ from extpose_jax.train import task as task_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = '1:data=1'
 ONE_PROCESS = ('8:data=2,fsdp=4', '8:data=2,fsdp=2,tensor=2')
-TWO_PROCESSES = '0:fsdp=2,tensor=2'   # 2 x 2 devices: the batch split over the processes, each
-                                      # process's rows held twice (tensor)
-MAX_FRAMES = 16                       # of the 3DPW test split: 8 windows, one global batch
+TWO_PROCESSES = '0:fsdp=2,tensor=2'  # 2 x 2 devices: the batch split over the processes, each
+# process's rows held twice (tensor)
+MAX_FRAMES = 16  # of the 3DPW test split: 8 windows, one global batch
 
 # Tolerance, mm. The model runs in fp32 and on another mesh its matmuls are split differently
 # (fsdp all-gathers, tensor-parallel partial sums all-reduced, other per-device batch blocks),
@@ -38,7 +39,11 @@ TOL_MM = 5e-4
 
 
 def _results(text: str) -> list:
-    return [json.loads(line[len('RESULT '):]) for line in text.splitlines() if line.startswith('RESULT ')]
+    return [
+        json.loads(line[len('RESULT ') :])
+        for line in text.splitlines()
+        if line.startswith('RESULT ')
+    ]
 
 
 @pytest.fixture(scope='module')
@@ -48,15 +53,46 @@ def jobs(synthetic_default, tmp_path_factory):
     data = synthetic_default
 
     def start(workdir, *extra):
-        cmd = [sys.executable, os.path.join(REPO, 'tests', 'eval_job.py'), '--workdir', str(workdir),
-               '--data', data['root'], '--body_models', data['body_models'],
-               '--max_frames', str(MAX_FRAMES), *extra]
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=REPO, env=job_env(data))
+        cmd = [
+            sys.executable,
+            os.path.join(REPO, 'tests', 'eval_job.py'),
+            '--workdir',
+            str(workdir),
+            '--data',
+            data['root'],
+            '--body_models',
+            data['body_models'],
+            '--max_frames',
+            str(MAX_FRAMES),
+            *extra,
+        ]
+        return subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env=job_env(data),
+        )
+
     port = _free_port()
     one = start(root / 'one', '--devices', '8', '--meshes', REFERENCE, *ONE_PROCESS)
-    two = [start(root / 'two', '--devices', '2', '--meshes', TWO_PROCESSES, '--coordinator',
-                 f'localhost:{port}', '--num_processes', '2', '--process_id', str(i)) for i in range(2)]
+    two = [
+        start(
+            root / 'two',
+            '--devices',
+            '2',
+            '--meshes',
+            TWO_PROCESSES,
+            '--coordinator',
+            f'localhost:{port}',
+            '--num_processes',
+            '2',
+            '--process_id',
+            str(i),
+        )
+        for i in range(2)
+    ]
     out = {}
     for name, procs in (('one', [one]), ('two', two)):
         out[name] = []
@@ -74,7 +110,7 @@ def _assert_close(got: dict, want: dict, what: str):
         if isinstance(value, float):
             assert abs(got[key] - value) <= TOL_MM, (what, key, got[key], value)
         else:
-            assert got[key] == value, (what, key)   # counts: exactly
+            assert got[key] == value, (what, key)  # counts: exactly
 
 
 def test_eight_devices_in_one_process_match_one_device(jobs):
@@ -98,7 +134,9 @@ def test_two_processes_score_their_shares_and_match_one(jobs):
     for i, r in enumerate((p0, p1)):
         assert any(f'process {i} of 2 scored 4 of 8 windows' in line for line in r['log']), r['log']
     # Only process 0 writes, the merged metrics; overlays come from its share.
-    written = json.loads((jobs['workdir'] / 'eval' / '3dpw' / 'step_0' / 'metrics.json').read_text())
+    written = json.loads(
+        (jobs['workdir'] / 'eval' / '3dpw' / 'step_0' / 'metrics.json').read_text()
+    )
     assert written == p0['metrics']
     assert len(os.listdir(jobs['workdir'] / 'eval' / '3dpw' / 'step_0' / 'overlays')) == 2
     assert any('eval 3dpw at step 0' in line for line in p0['log'])
@@ -108,6 +146,7 @@ def test_two_processes_score_their_shares_and_match_one(jobs):
 def test_allgather_with_one_process_runs_no_collective(monkeypatch):
     def refuse(*_):
         raise AssertionError('a collective with one process')
+
     monkeypatch.setattr(collectives.multihost_utils, 'process_allgather', refuse)
     arrays = {'a/b': np.arange(3), 'names': np.array(['x', 'yz'])}
     assert collectives.allgather_arrays(arrays) == [arrays]

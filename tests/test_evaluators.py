@@ -1,5 +1,6 @@
 """Named evaluators (config.evaluators): cadence, TensorBoard tags, and a run that scores two
 hand datasets at their own cadences."""
+
 import json
 import os
 
@@ -33,23 +34,29 @@ def test_active_evaluators_and_lookup():
     assert [e.name for e in config_lib.evaluators(cfg)] == ['freihand', 'hint']
     cfg.evaluators.hint.every = 0
     assert [e.name for e in config_lib.evaluators(cfg)] == ['freihand']
-    assert config_lib.evaluator(cfg, 'hint').every == 0       # explicit use still finds it
+    assert config_lib.evaluator(cfg, 'hint').every == 0  # explicit use still finds it
     assert config_lib.evaluator(cfg).name == 'freihand'
-    with pytest.raises(config_lib.ConfigError, match=r"config\.evaluators\.coco: no such"):
+    with pytest.raises(config_lib.ConfigError, match=r'config\.evaluators\.coco: no such'):
         config_lib.evaluator(cfg, 'coco')
 
 
 @pytest.mark.slow
 def test_two_evaluators_write_at_their_own_cadences(synthetic_default, tmp_path):
     from extpose_jax.train import loop
+
     cfg = hand.get_config('small')
     cfg.train.steps, cfg.train.log_every, cfg.train.checkpoint_every = 4, 2, 4
     cfg.data.batch_size, cfg.eval.overlays = 2, 1
     cfg.evaluators.freihand.every, cfg.evaluators.freihand.max_frames = 2, 2
     cfg.evaluators.hint = common.evaluator('hint', every=3)
     cfg.evaluators.hint.max_frames = 2
-    result = loop.train(cfg, str(tmp_path), synthetic_default['body_models'],
-                        synthetic_default['root'], log=lambda *_: None)
+    result = loop.train(
+        cfg,
+        str(tmp_path),
+        synthetic_default['body_models'],
+        synthetic_default['root'],
+        log=lambda *_: None,
+    )
     want = {'freihand': [0, 2, 4], 'hint': [0, 3, 4]}
     assert {k: sorted(v) for k, v in result['eval'].items()} == want
     for name, steps in want.items():

@@ -1,4 +1,5 @@
 """ExtPose end to end: no new parameters, what the mask isolates, modality dropout."""
+
 import json
 import os
 
@@ -15,8 +16,9 @@ TINY = vit.ViTConfig.of('tiny', image_size=(64, 48))  # 4 x 3 patches: fast on C
 
 
 def _model(strategy='extpose', modalities=('rgb', 'skeleton'), context='both', size=TINY):
-    cfg = extpose.ExtPoseConfig(vit=size, modalities=modalities, mask=masks.MaskSpec(strategy),
-                                head_context=context)
+    cfg = extpose.ExtPoseConfig(
+        vit=size, modalities=modalities, mask=masks.MaskSpec(strategy), head_context=context
+    )
     return extpose.ExtPose(cfg)
 
 
@@ -52,7 +54,10 @@ def test_vit_h_parameter_count_equals_hmr2_and_needs_no_new_parameters():
     assert _count(shapes[('rgb', 'skeleton')]) == want
     mano = extpose.ExtPose(extpose.ExtPoseConfig(vit=huge, kind='mano', keypoint_layout='hand21'))
     kp21 = jax.ShapeDtypeStruct((1, 2, 1, 21, 3), jnp.float32)
-    assert _count(jax.eval_shape(mano.init, jax.random.PRNGKey(0), frames, kp21)) == 630_912_000 + 39_497_946
+    assert (
+        _count(jax.eval_shape(mano.init, jax.random.PRNGKey(0), frames, kp21))
+        == 630_912_000 + 39_497_946
+    )
 
 
 def test_output_shapes(tiny_variables):
@@ -69,7 +74,7 @@ def test_frame_strategy_equals_independent_single_frame_runs(tiny_variables):
     model = _model('frame')
     clip = model.apply(tiny_variables, frames, kp)
     for t in range(3):
-        single = model.apply(tiny_variables, frames[:, t:t + 1], kp[:, t:t + 1])
+        single = model.apply(tiny_variables, frames[:, t : t + 1], kp[:, t : t + 1])
         np.testing.assert_allclose(clip['pred_cam'][:, t], single['pred_cam'][:, 0], atol=2e-5)
         np.testing.assert_allclose(clip['body_pose'][:, t], single['body_pose'][:, 0], atol=2e-5)
 
@@ -77,7 +82,10 @@ def test_frame_strategy_equals_independent_single_frame_runs(tiny_variables):
 def _grad_wrt(model, variables, frames, kp, wrt, frame_out=0, **kw):
     def f(frames, kp):
         out = model.apply(variables, frames, kp, **kw)
-        return jnp.sum(out['pred_cam'][:, frame_out] ** 2) + jnp.sum(out['betas'][:, frame_out] ** 2)
+        return jnp.sum(out['pred_cam'][:, frame_out] ** 2) + jnp.sum(
+            out['betas'][:, frame_out] ** 2
+        )
+
     return jax.grad(f, argnums={'frames': 0, 'keypoints': 1}[wrt])(frames, kp)
 
 
@@ -85,9 +93,9 @@ def test_cross_frame_influence_follows_the_mask(tiny_variables):
     frames, kp = _inputs(t=2)
     g_frame = _grad_wrt(_model('frame'), tiny_variables, frames, kp, 'frames')
     g_ext = _grad_wrt(_model('extpose'), tiny_variables, frames, kp, 'frames')
-    assert float(jnp.abs(g_frame[:, 1]).max()) == 0.0        # frame 1 invisible to frame 0
+    assert float(jnp.abs(g_frame[:, 1]).max()) == 0.0  # frame 1 invisible to frame 0
     assert float(jnp.abs(g_frame[:, 0]).max()) > 0.0
-    assert float(jnp.abs(g_ext[:, 1]).max()) > 0.0           # cross-frame attention reaches it
+    assert float(jnp.abs(g_ext[:, 1]).max()) > 0.0  # cross-frame attention reaches it
 
 
 def test_rgb_head_under_frame_mask_never_sees_the_skeleton(tiny_variables):
@@ -101,7 +109,7 @@ def test_rgb_head_under_frame_mask_never_sees_the_skeleton(tiny_variables):
 def test_modality_dropout_removes_the_skeleton_everywhere(tiny_variables):
     frames, kp = _inputs(t=2)
     model = _model('extpose')
-    drop = jnp.array([[True, False]])                        # keep rgb, drop skeleton
+    drop = jnp.array([[True, False]])  # keep rgb, drop skeleton
     g = _grad_wrt(model, tiny_variables, frames, kp, 'keypoints', modality_keep=drop)
     assert float(jnp.abs(g).max()) == 0.0
     a = model.apply(tiny_variables, frames, kp, modality_keep=drop)
@@ -113,8 +121,14 @@ def test_modality_dropout_removes_the_skeleton_everywhere(tiny_variables):
 
 def test_padded_frame_is_invisible(tiny_variables):
     frames, kp = _inputs(t=2)
-    g = _grad_wrt(_model('extpose'), tiny_variables, frames, kp, 'frames',
-                  frame_valid=jnp.array([[True, False]]))
+    g = _grad_wrt(
+        _model('extpose'),
+        tiny_variables,
+        frames,
+        kp,
+        'frames',
+        frame_valid=jnp.array([[True, False]]),
+    )
     assert float(jnp.abs(g[:, 1]).max()) == 0.0
 
 
@@ -132,10 +146,17 @@ def test_bad_config_and_inputs_fail_before_tracing(tiny_variables):
 
 def test_posed_keypoints_project_like_the_weak_perspective_camera(body_model_dir):
     from extpose_jax import body_models
-    smpl = body_models.load_smpl(str(body_model_dir), j19_path=str(body_model_dir / 'SMPL_to_J19.pkl'))
+
+    smpl = body_models.load_smpl(
+        str(body_model_dir), j19_path=str(body_model_dir / 'SMPL_to_J19.pkl')
+    )
     eye = jnp.broadcast_to(jnp.eye(3), (2, 1, 3, 3))
-    out = {'global_orient': eye, 'body_pose': jnp.broadcast_to(jnp.eye(3), (2, 23, 3, 3)),
-           'betas': jnp.zeros((2, 10)), 'pred_cam': jnp.array([[0.9, 0.0, 0.1], [1.2, -0.1, 0.0]])}
+    out = {
+        'global_orient': eye,
+        'body_pose': jnp.broadcast_to(jnp.eye(3), (2, 23, 3, 3)),
+        'betas': jnp.zeros((2, 10)),
+        'pred_cam': jnp.array([[0.9, 0.0, 0.1], [1.2, -0.1, 0.0]]),
+    }
     res = extpose.posed_keypoints(out, smpl)
     assert res['keypoints_3d'].shape == (2, 44, 3) and res['keypoints_2d'].shape == (2, 44, 2)
     # HMR 2.0's camera written out: depth 2 f / (256 s), focal f / 256, normalised crop units;
@@ -143,7 +164,11 @@ def test_posed_keypoints_project_like_the_weak_perspective_camera(body_model_dir
     cam = np.asarray(out['pred_cam'], np.float64)[:, None]
     kp = np.asarray(res['keypoints_3d'], np.float64)
     depth = kp[..., 2] + 2 * 5000 / (256 * cam[..., 0])
-    exact = np.stack([(kp[..., 0] + cam[..., 1]), (kp[..., 1] + cam[..., 2])], -1) * (5000 / 256) / depth[..., None]
+    exact = (
+        np.stack([(kp[..., 0] + cam[..., 1]), (kp[..., 1] + cam[..., 2])], -1)
+        * (5000 / 256)
+        / depth[..., None]
+    )
     np.testing.assert_allclose(res['keypoints_2d'], exact, atol=1e-5)
     weak = np.stack([kp[..., 0] + cam[..., 1], kp[..., 1] + cam[..., 2]], -1) * cam[..., :1] / 2
     np.testing.assert_allclose(res['keypoints_2d'], weak, atol=1e-2)

@@ -21,10 +21,24 @@ from extpose_jax import geometry as g
 # Eager JAX compiles every primitive separately, which makes op-heavy tests
 # slow on CPU; the numerical tests call jitted wrappers instead (the batching
 # test below still checks eager == jit).
-jg = SimpleNamespace(**{name: jax.jit(getattr(g, name)) for name in (
-    "axis_angle_to_matrix", "matrix_to_axis_angle", "axis_angle_to_quaternion", "quaternion_to_axis_angle",
-    "quaternion_to_matrix", "matrix_to_quaternion", "rot6d_to_matrix", "matrix_to_rot6d",
-    "perspective_projection", "cam_crop_to_translation", "cam_crop_to_full")})
+jg = SimpleNamespace(
+    **{
+        name: jax.jit(getattr(g, name))
+        for name in (
+            'axis_angle_to_matrix',
+            'matrix_to_axis_angle',
+            'axis_angle_to_quaternion',
+            'quaternion_to_axis_angle',
+            'quaternion_to_matrix',
+            'matrix_to_quaternion',
+            'rot6d_to_matrix',
+            'matrix_to_rot6d',
+            'perspective_projection',
+            'cam_crop_to_translation',
+            'cam_crop_to_full',
+        )
+    }
+)
 
 ATOL = 2e-5  # a few fp32 ulps on O(1) quantities
 
@@ -39,8 +53,22 @@ def _rotvecs(seed=0, n=200):
     rng = np.random.default_rng(seed)
     axes = rng.normal(size=(n, 3))
     axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    special = np.array([1e-8, 1e-6, 1e-4, 1e-3, 9.999e-3, 1e-2, 1.0001e-2, 3e-2,
-                        np.pi - 1e-2, np.pi - 1e-3, np.pi - 1e-4, np.pi])
+    special = np.array(
+        [
+            1e-8,
+            1e-6,
+            1e-4,
+            1e-3,
+            9.999e-3,
+            1e-2,
+            1.0001e-2,
+            3e-2,
+            np.pi - 1e-2,
+            np.pi - 1e-3,
+            np.pi - 1e-4,
+            np.pi,
+        ]
+    )
     generic = rng.uniform(0.0, np.pi, size=n - len(special) - 1)
     angles = np.concatenate([[0.0], special, generic])
     return axes * angles[:, None]
@@ -53,11 +81,14 @@ def _wxyz(r):
 
 def _skew_generators():
     """G_k = d/dt expm(t skew(e_k)) at t = 0, written out by hand."""
-    return np.array([
-        [[0, 0, 0], [0, 0, -1], [0, 1, 0]],
-        [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
-        [[0, -1, 0], [1, 0, 0], [0, 0, 0]],
-    ], dtype=np.float32)
+    return np.array(
+        [
+            [[0, 0, 0], [0, 0, -1], [0, 1, 0]],
+            [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
+            [[0, -1, 0], [1, 0, 0], [0, 0, 0]],
+        ],
+        dtype=np.float32,
+    )
 
 
 def _assert_same_rotvec(actual, expected, atol):
@@ -97,8 +128,9 @@ def test_small_angle_matrix_to_axis_angle_keeps_relative_precision():
 
 def test_axis_angle_to_quaternion_matches_scipy():
     aa = _rotvecs(seed=2)
-    np.testing.assert_allclose(jg.axis_angle_to_quaternion(_f32(aa)), _wxyz(Rotation.from_rotvec(aa)),
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        jg.axis_angle_to_quaternion(_f32(aa)), _wxyz(Rotation.from_rotvec(aa)), atol=ATOL
+    )
 
 
 def test_quaternion_to_matrix_and_axis_angle_match_scipy_for_unnormalised_input():
@@ -183,7 +215,9 @@ def test_matrix_to_rot6d_layout_and_inverse():
 def test_rot6d_outputs_proper_rotations_for_arbitrary_inputs():
     x = np.random.default_rng(6).normal(size=(500, 6)) * 3.0
     R = np.asarray(jg.rot6d_to_matrix(_f32(x)), dtype=np.float64)
-    np.testing.assert_allclose(R.swapaxes(-1, -2) @ R, np.broadcast_to(np.eye(3), R.shape), atol=1e-5)
+    np.testing.assert_allclose(
+        R.swapaxes(-1, -2) @ R, np.broadcast_to(np.eye(3), R.shape), atol=1e-5
+    )
     np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-5)
     np.testing.assert_allclose(R, [_gram_schmidt_columns(v[:3], v[3:]) for v in x], atol=1e-5)
 
@@ -220,7 +254,7 @@ def test_rodrigues_gradient_at_zero_is_the_skew_generator():
     weights = jnp.arange(9.0).reshape(3, 3)
     loss = lambda aa: jnp.sum(weights * g.axis_angle_to_matrix(aa))  # noqa: E731
     grad, hess = jax.jit(lambda aa: (jax.grad(loss)(aa), jax.hessian(loss)(aa)))(zero)
-    np.testing.assert_allclose(grad, np.einsum("kij,ij->k", generators, weights), atol=0)
+    np.testing.assert_allclose(grad, np.einsum('kij,ij->k', generators, weights), atol=0)
     assert _all_finite(hess)
     # Just past the Taylor switch the closed form takes over smoothly.
     J_small, _ = _both_jacobians(g.axis_angle_to_matrix)(jnp.array([1e-5, 0.0, 0.0]))
@@ -232,35 +266,43 @@ def test_matrix_to_axis_angle_gradient_at_identity():
     for J in jacobians:
         assert _all_finite(J)
         # Moving R along exp(t G_k) from I moves aa along e_k at unit speed.
-        np.testing.assert_allclose(np.einsum("kij,mij->mk", J, _skew_generators()), np.eye(3), atol=1e-6)
+        np.testing.assert_allclose(
+            np.einsum('kij,mij->mk', J, _skew_generators()), np.eye(3), atol=1e-6
+        )
 
 
-@pytest.mark.parametrize("fn, x", [
-    (g.axis_angle_to_quaternion, np.zeros(3)),
-    (g.quaternion_to_axis_angle, np.array([1.0, 0.0, 0.0, 0.0])),
-    (g.quaternion_to_axis_angle, np.array([0.0, 1.0, 0.0, 0.0])),  # angle pi
-    (g.matrix_to_quaternion, np.eye(3)),
-    (g.matrix_to_axis_angle, np.diag([1.0, -1.0, -1.0])),  # angle pi
-    (g.rot6d_to_matrix, np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])),  # identity
-    (g.rot6d_to_matrix, np.array([0.3, -1.2, 0.8, 0.9, 0.4, -0.5])),
-    (g.rot6d_to_matrix, np.array([1.0, 0.0, 0.0, 2.0, 0.0, 0.0])),  # a2 parallel to a1
-])
+@pytest.mark.parametrize(
+    'fn, x',
+    [
+        (g.axis_angle_to_quaternion, np.zeros(3)),
+        (g.quaternion_to_axis_angle, np.array([1.0, 0.0, 0.0, 0.0])),
+        (g.quaternion_to_axis_angle, np.array([0.0, 1.0, 0.0, 0.0])),  # angle pi
+        (g.matrix_to_quaternion, np.eye(3)),
+        (g.matrix_to_axis_angle, np.diag([1.0, -1.0, -1.0])),  # angle pi
+        (g.rot6d_to_matrix, np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])),  # identity
+        (g.rot6d_to_matrix, np.array([0.3, -1.2, 0.8, 0.9, 0.4, -0.5])),
+        (g.rot6d_to_matrix, np.array([1.0, 0.0, 0.0, 2.0, 0.0, 0.0])),  # a2 parallel to a1
+    ],
+)
 def test_jacobians_finite_at_special_points(fn, x):
     assert _all_finite(_both_jacobians(fn)(_f32(x)))
 
 
-@pytest.mark.parametrize("fn, x", [
-    (g.axis_angle_to_matrix, [0.4, -0.7, 1.1]),
-    (g.axis_angle_to_matrix, [0.004, -0.007, 0.001]),  # Taylor branch
-    (g.matrix_to_axis_angle, Rotation.from_rotvec([0.4, -0.7, 1.1]).as_matrix()),
-    (g.matrix_to_quaternion, Rotation.from_rotvec([2.5, 1.0, -1.0]).as_matrix()),
-    (g.quaternion_to_axis_angle, [0.9, 0.1, -0.3, 0.2]),
-    (g.rot6d_to_matrix, [0.3, -1.2, 0.8, 0.9, 0.4, -0.5]),
-])
+@pytest.mark.parametrize(
+    'fn, x',
+    [
+        (g.axis_angle_to_matrix, [0.4, -0.7, 1.1]),
+        (g.axis_angle_to_matrix, [0.004, -0.007, 0.001]),  # Taylor branch
+        (g.matrix_to_axis_angle, Rotation.from_rotvec([0.4, -0.7, 1.1]).as_matrix()),
+        (g.matrix_to_quaternion, Rotation.from_rotvec([2.5, 1.0, -1.0]).as_matrix()),
+        (g.quaternion_to_axis_angle, [0.9, 0.1, -0.3, 0.2]),
+        (g.rot6d_to_matrix, [0.3, -1.2, 0.8, 0.9, 0.4, -0.5]),
+    ],
+)
 def test_gradients_match_finite_differences(fn, x):
     # Reverse mode is what training uses; check_grads validates it against
     # central finite differences (fp32, hence the loose tolerance).
-    check_grads(jax.jit(fn), (_f32(x),), order=1, modes=("rev",), atol=1e-2, rtol=1e-2, eps=1e-3)
+    check_grads(jax.jit(fn), (_f32(x),), order=1, modes=('rev',), atol=1e-2, rtol=1e-2, eps=1e-3)
 
 
 # --------------------------------------------------------------------------- cameras
@@ -272,15 +314,23 @@ def test_perspective_projection_by_hand():
     R = Rotation.from_rotvec([0.1, 0.2, -0.3]).as_matrix()
     focal, center = np.array([1000.0, 1100.0]), np.array([320.0, 240.0])
     cam = points @ R.T + t
-    expected = np.stack([focal[0] * cam[:, 0] / cam[:, 2] + center[0],
-                         focal[1] * cam[:, 1] / cam[:, 2] + center[1]], axis=-1)
-    actual = jg.perspective_projection(_f32(points), _f32(t), _f32(focal), _f32(center), rotation=_f32(R))
+    expected = np.stack(
+        [
+            focal[0] * cam[:, 0] / cam[:, 2] + center[0],
+            focal[1] * cam[:, 1] / cam[:, 2] + center[1],
+        ],
+        axis=-1,
+    )
+    actual = jg.perspective_projection(
+        _f32(points), _f32(t), _f32(focal), _f32(center), rotation=_f32(R)
+    )
     np.testing.assert_allclose(actual, expected, atol=1e-3)
     # Scalar focal, no rotation.
     cam = points + t
     expected = 500.0 * cam[:, :2] / cam[:, 2:] + center
-    np.testing.assert_allclose(jg.perspective_projection(_f32(points), _f32(t), 500.0, _f32(center)),
-                               expected, atol=1e-3)
+    np.testing.assert_allclose(
+        jg.perspective_projection(_f32(points), _f32(t), 500.0, _f32(center)), expected, atol=1e-3
+    )
 
 
 def test_cam_crop_to_translation_by_hand():
@@ -294,10 +344,14 @@ def test_cam_crop_to_translation_by_hand():
 def _crop_vs_full(points, cam, box_center, box_size, image_size):
     """Project with the crop camera, map crop pixels into the image through the
     box, and project with the full-image camera; return both."""
-    crop_px = jg.perspective_projection(points, jg.cam_crop_to_translation(cam), 5000.0, jnp.full(2, 128.0))
+    crop_px = jg.perspective_projection(
+        points, jg.cam_crop_to_translation(cam), 5000.0, jnp.full(2, 128.0)
+    )
     via_crop = box_center[:, None, :] + (crop_px - 128.0) * (box_size / 256.0)[:, None, None]
     t_full, f_full = jg.cam_crop_to_full(cam, box_center, box_size, image_size)
-    np.testing.assert_allclose(f_full, 5000.0 / 256.0 * np.max(np.asarray(image_size), axis=-1), rtol=1e-6)
+    np.testing.assert_allclose(
+        f_full, 5000.0 / 256.0 * np.max(np.asarray(image_size), axis=-1), rtol=1e-6
+    )
     direct = jg.perspective_projection(points, t_full, f_full[:, None], image_size / 2.0)
     return np.asarray(via_crop), np.asarray(direct)
 
@@ -308,11 +362,15 @@ def test_cam_crop_to_full_agrees_with_crop_camera():
     image_size = np.where(rng.random((n, 1)) < 0.5, [1920.0, 1080.0], [720.0, 1280.0])  # (W, H)
     box_size = rng.uniform(80.0, 600.0, size=n)
     box_center = rng.uniform(0.1, 0.9, size=(n, 2)) * image_size
-    cam = np.stack([rng.uniform(0.5, 1.3, n), rng.uniform(-0.3, 0.3, n), rng.uniform(-0.3, 0.3, n)], axis=-1)
+    cam = np.stack(
+        [rng.uniform(0.5, 1.3, n), rng.uniform(-0.3, 0.3, n), rng.uniform(-0.3, 0.3, n)], axis=-1
+    )
     # The identity is exact only on the model-frame plane z = 0: off that
     # plane the two cameras (different distance and optical axis) differ by a
     # perspective term, a few pixels for |z| <= 0.3 m in this setup.
-    points = np.concatenate([rng.uniform(-1.0, 1.0, size=(n, 30, 2)), np.zeros((n, 30, 1))], axis=-1)
+    points = np.concatenate(
+        [rng.uniform(-1.0, 1.0, size=(n, 30, 2)), np.zeros((n, 30, 1))], axis=-1
+    )
     via_crop, direct = _crop_vs_full(*map(_f32, (points, cam, box_center, box_size, image_size)))
     assert np.abs(via_crop - direct).max() < 1e-3
 
@@ -322,10 +380,13 @@ def test_cam_crop_to_full_is_exact_at_all_depths_when_box_is_the_image():
     rng = np.random.default_rng(8)
     n, side = 8, 512.0
     image_size = np.full((n, 2), side)
-    cam = np.stack([rng.uniform(0.5, 1.3, n), rng.uniform(-0.3, 0.3, n), rng.uniform(-0.3, 0.3, n)], axis=-1)
+    cam = np.stack(
+        [rng.uniform(0.5, 1.3, n), rng.uniform(-0.3, 0.3, n), rng.uniform(-0.3, 0.3, n)], axis=-1
+    )
     points = rng.uniform(-1.0, 1.0, size=(n, 30, 3))
-    via_crop, direct = _crop_vs_full(_f32(points), _f32(cam), _f32(image_size / 2), _f32(np.full(n, side)),
-                                     _f32(image_size))
+    via_crop, direct = _crop_vs_full(
+        _f32(points), _f32(cam), _f32(image_size / 2), _f32(np.full(n, side)), _f32(image_size)
+    )
     assert np.abs(via_crop - direct).max() < 1e-3
 
 
@@ -336,22 +397,31 @@ _rng = np.random.default_rng(9)
 _R = Rotation.from_rotvec(_rng.normal(size=(6, 3))).as_matrix().reshape(LEAD + (3, 3))
 
 
-@pytest.mark.parametrize("fn, args, out_shape", [
-    (g.axis_angle_to_matrix, (_rng.normal(size=LEAD + (3,)),), LEAD + (3, 3)),
-    (g.matrix_to_axis_angle, (_R,), LEAD + (3,)),
-    (g.axis_angle_to_quaternion, (_rng.normal(size=LEAD + (3,)),), LEAD + (4,)),
-    (g.quaternion_to_axis_angle, (_rng.normal(size=LEAD + (4,)),), LEAD + (3,)),
-    (g.quaternion_to_matrix, (_rng.normal(size=LEAD + (4,)),), LEAD + (3, 3)),
-    (g.matrix_to_quaternion, (_R,), LEAD + (4,)),
-    (g.rot6d_to_matrix, (_rng.normal(size=LEAD + (6,)),), LEAD + (3, 3)),
-    (g.matrix_to_rot6d, (_R,), LEAD + (6,)),
-    (g.perspective_projection, (_rng.normal(size=LEAD + (5, 3)),
-                                _rng.normal(size=LEAD + (3,)) + [0, 0, 10],
-                                _rng.uniform(900, 1100, size=LEAD + (2,)),
-                                _rng.uniform(100, 200, size=LEAD + (2,)),
-                                _R), LEAD + (5, 2)),
-    (g.cam_crop_to_translation, (_rng.uniform(0.5, 1.5, size=LEAD + (3,)),), LEAD + (3,)),
-])
+@pytest.mark.parametrize(
+    'fn, args, out_shape',
+    [
+        (g.axis_angle_to_matrix, (_rng.normal(size=LEAD + (3,)),), LEAD + (3, 3)),
+        (g.matrix_to_axis_angle, (_R,), LEAD + (3,)),
+        (g.axis_angle_to_quaternion, (_rng.normal(size=LEAD + (3,)),), LEAD + (4,)),
+        (g.quaternion_to_axis_angle, (_rng.normal(size=LEAD + (4,)),), LEAD + (3,)),
+        (g.quaternion_to_matrix, (_rng.normal(size=LEAD + (4,)),), LEAD + (3, 3)),
+        (g.matrix_to_quaternion, (_R,), LEAD + (4,)),
+        (g.rot6d_to_matrix, (_rng.normal(size=LEAD + (6,)),), LEAD + (3, 3)),
+        (g.matrix_to_rot6d, (_R,), LEAD + (6,)),
+        (
+            g.perspective_projection,
+            (
+                _rng.normal(size=LEAD + (5, 3)),
+                _rng.normal(size=LEAD + (3,)) + [0, 0, 10],
+                _rng.uniform(900, 1100, size=LEAD + (2,)),
+                _rng.uniform(100, 200, size=LEAD + (2,)),
+                _R,
+            ),
+            LEAD + (5, 2),
+        ),
+        (g.cam_crop_to_translation, (_rng.uniform(0.5, 1.5, size=LEAD + (3,)),), LEAD + (3,)),
+    ],
+)
 def test_batched_shapes_and_jit(fn, args, out_shape):
     args = tuple(_f32(a) for a in args)
     eager = fn(*args)

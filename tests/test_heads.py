@@ -6,6 +6,7 @@ CrossAttention, FeedForward, one query token, one IEF step, HMR 2.0 6D). Its mod
 upstream key names, so its state_dict must equal reference_state_dicts.json key for key, and the
 weights reach JAX only through `from_torch_state_dict` (transpose / copy), which is tested with it.
 """
+
 import json
 import os
 
@@ -21,8 +22,10 @@ from extpose_jax.models import heads
 
 # The upstream checkpoints' layouts (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
-KINDS = {'smpl': ('hmr2', 'smpl_head.', 24, 'body_pose'), 'mano': ('hamer', 'mano_head.', 16,
-                                                                    'hand_pose')}
+KINDS = {
+    'smpl': ('hmr2', 'smpl_head.', 24, 'body_pose'),
+    'mano': ('hamer', 'mano_head.', 16, 'hand_pose'),
+}
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -52,7 +55,7 @@ def _merge_heads(t):
 class Attention(tnn.Module):
     def __init__(self, dim, heads=8, dim_head=64):
         super().__init__()
-        self.heads, self.scale = heads, dim_head ** -0.5
+        self.heads, self.scale = heads, dim_head**-0.5
         self.to_qkv = tnn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = tnn.Sequential(tnn.Linear(heads * dim_head, dim), tnn.Dropout(0.0))
 
@@ -65,7 +68,7 @@ class Attention(tnn.Module):
 class CrossAttention(tnn.Module):
     def __init__(self, dim, context_dim, heads=8, dim_head=64):
         super().__init__()
-        self.heads, self.scale = heads, dim_head ** -0.5
+        self.heads, self.scale = heads, dim_head**-0.5
         # to_kv is created first, as upstream (the state_dict order in the json shows it).
         self.to_kv = tnn.Linear(context_dim, 2 * heads * dim_head, bias=False)
         self.to_q = tnn.Linear(dim, heads * dim_head, bias=False)
@@ -81,8 +84,13 @@ class CrossAttention(tnn.Module):
 class FeedForward(tnn.Module):
     def __init__(self, dim, hidden):
         super().__init__()
-        self.net = tnn.Sequential(tnn.Linear(dim, hidden), tnn.GELU(), tnn.Dropout(0.0),
-                                  tnn.Linear(hidden, dim), tnn.Dropout(0.0))
+        self.net = tnn.Sequential(
+            tnn.Linear(dim, hidden),
+            tnn.GELU(),
+            tnn.Dropout(0.0),
+            tnn.Linear(hidden, dim),
+            tnn.Dropout(0.0),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -91,10 +99,18 @@ class FeedForward(tnn.Module):
 class TransformerCrossAttn(tnn.Module):
     def __init__(self, dim, depth, context_dim, mlp_dim):
         super().__init__()
-        self.layers = tnn.ModuleList([tnn.ModuleList([
-            PreNorm(dim, Attention(dim)),
-            PreNorm(dim, CrossAttention(dim, context_dim)),
-            PreNorm(dim, FeedForward(dim, mlp_dim))]) for _ in range(depth)])
+        self.layers = tnn.ModuleList(
+            [
+                tnn.ModuleList(
+                    [
+                        PreNorm(dim, Attention(dim)),
+                        PreNorm(dim, CrossAttention(dim, context_dim)),
+                        PreNorm(dim, FeedForward(dim, mlp_dim)),
+                    ]
+                )
+                for _ in range(depth)
+            ]
+        )
 
     def forward(self, x, context):
         for self_attn, cross_attn, ff in self.layers:
@@ -113,7 +129,7 @@ class TransformerDecoder(tnn.Module):
 
     def forward(self, inp, context):
         x = self.to_token_embedding(inp)
-        x = x + self.pos_embedding[:, :x.shape[1]]
+        x = x + self.pos_embedding[:, : x.shape[1]]
         return self.transformer(x, context)
 
 
@@ -146,8 +162,13 @@ class TorchHead(tnn.Module):
         betas = self.decshape(token) + self.init_betas
         cam = self.deccam(token) + self.init_cam
         rot = torch_rot6d(pose).view(b, self.num_joints, 3, 3)
-        return dict(global_orient=rot[:, :1], pose=rot[:, 1:], betas=betas, pred_cam=cam,
-                    pose_6d=pose.view(b, self.num_joints, 6))
+        return dict(
+            global_orient=rot[:, :1],
+            pose=rot[:, 1:],
+            betas=betas,
+            pred_cam=cam,
+            pose_6d=pose.view(b, self.num_joints, 6),
+        )
 
 
 def make_torch_head(kind, seed=0):
@@ -172,8 +193,9 @@ def smpl_torch():
 
 @pytest.fixture(scope='module')
 def smpl_vars(smpl_torch):
-    return jax.tree.map(jnp.asarray, heads.from_torch_state_dict(
-        smpl_torch.state_dict(), 'smpl', prefix=''))
+    return jax.tree.map(
+        jnp.asarray, heads.from_torch_state_dict(smpl_torch.state_dict(), 'smpl', prefix='')
+    )
 
 
 @pytest.fixture(scope='module')
@@ -191,18 +213,22 @@ def _ctx(shape, seed=0):
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_keys_and_shapes_match_reference(kind, reference):
     model_name, prefix, _, _ = KINDS[kind]
-    ref = {k[len(prefix):]: tuple(v) for k, v in reference[model_name].items()
-           if k.startswith(prefix)}
+    ref = {
+        k[len(prefix) :]: tuple(v) for k, v in reference[model_name].items() if k.startswith(prefix)
+    }
     rows = heads.head_key_map(kind)
     assert len(ref) == len(rows) == 114
     assert [r[0] for r in rows] == list(ref)  # same keys, same (registration) order
     assert {r[0]: r[2] for r in rows} == ref
 
     # The Flax tree, built abstractly, has exactly the mapped leaves and shapes (conversion rules).
-    boxed = jax.eval_shape(heads.PoseHead(kind=kind).init, jax.random.key(0),
-                           jnp.zeros((1, 192, 1280)))
-    flat = {tuple(k.key for k in p): leaf.shape
-            for p, leaf in jax.tree_util.tree_leaves_with_path(nn.unbox(boxed))}
+    boxed = jax.eval_shape(
+        heads.PoseHead(kind=kind).init, jax.random.key(0), jnp.zeros((1, 192, 1280))
+    )
+    flat = {
+        tuple(k.key for k in p): leaf.shape
+        for p, leaf in jax.tree_util.tree_leaves_with_path(nn.unbox(boxed))
+    }
     assert flat == {r[1]: r[3] for r in rows}
     for _, _, tshape, fshape, rule in rows:  # linear: flax kernel == W.T up to a reshape
         assert int(np.prod(tshape)) == int(np.prod(fshape))
@@ -222,8 +248,11 @@ def test_keys_and_shapes_match_reference(kind, reference):
 
 
 def test_torch_reference_state_dict_matches_json(smpl_torch, reference):
-    ref = {k[len('smpl_head.'):]: v for k, v in reference['hmr2'].items()
-           if k.startswith('smpl_head.')}
+    ref = {
+        k[len('smpl_head.') :]: v
+        for k, v in reference['hmr2'].items()
+        if k.startswith('smpl_head.')
+    }
     got = {k: list(v.shape) for k, v in smpl_torch.state_dict().items()}
     assert list(got) == list(ref) and got == ref
 
@@ -235,8 +264,9 @@ def test_matches_pytorch_reference(kind, smpl_torch, smpl_vars, smpl_apply):
         th, variables, apply = smpl_torch, smpl_vars, smpl_apply
     else:
         th = make_torch_head('mano', seed=1)
-        variables = jax.tree.map(jnp.asarray,
-                                 heads.from_torch_state_dict(th.state_dict(), 'mano', prefix=''))
+        variables = jax.tree.map(
+            jnp.asarray, heads.from_torch_state_dict(th.state_dict(), 'mano', prefix='')
+        )
         apply = jax.jit(heads.PoseHead(kind='mano').apply)
     ctx = np.random.default_rng(3).normal(size=(2, 192, 1280)).astype(np.float32)
     with torch.no_grad():
@@ -247,8 +277,13 @@ def test_matches_pytorch_reference(kind, smpl_torch, smpl_vars, smpl_apply):
     assert got['global_orient'].shape == (2, 1, 3, 3)
     assert got[pose_key].shape == (2, KINDS[kind][2] - 1, 3, 3)
     assert got['betas'].shape == (2, 10) and got['pred_cam'].shape == (2, 3)
-    for ours, theirs in (('global_orient', 'global_orient'), (pose_key, 'pose'),
-                         ('betas', 'betas'), ('pred_cam', 'pred_cam'), ('pose_6d', 'pose_6d')):
+    for ours, theirs in (
+        ('global_orient', 'global_orient'),
+        (pose_key, 'pose'),
+        ('betas', 'betas'),
+        ('pred_cam', 'pred_cam'),
+        ('pose_6d', 'pose_6d'),
+    ):
         np.testing.assert_allclose(np.asarray(got[ours]), want[theirs], **TOL, err_msg=ours)
 
 
@@ -335,8 +370,9 @@ def test_all_masked_gradient_is_finite():
     assert np.abs(g_ctx[1, 0::2]).sum() > 0
     # The all-masked sample's block output is exactly to_out's bias.
     out = mod.apply(params, x, ctx, valid)
-    np.testing.assert_allclose(out[0], jnp.broadcast_to(
-        nn.unbox(params)['params']['to_out']['bias'], (1, 1024)), atol=1e-6)
+    np.testing.assert_allclose(
+        out[0], jnp.broadcast_to(nn.unbox(params)['params']['to_out']['bias'], (1, 1024)), atol=1e-6
+    )
 
 
 def test_per_frame_equals_loop(smpl_vars, smpl_apply):
@@ -365,13 +401,13 @@ def test_select_context():
     rgb, sk = _ctx((2, 3, 4, 1280), 9), _ctx((2, 3, 4, 1280), 10)
     ctx, valid = heads.select_context(rgb, sk, 'rgb')
     assert ctx.shape == (2, 3, 4, 1280) and valid is None
-    ctx, valid = heads.select_context(rgb, sk, 'both', rgb_present=jnp.array([[1, 0, 1]] * 2,
-                                                                             bool))
+    ctx, valid = heads.select_context(rgb, sk, 'both', rgb_present=jnp.array([[1, 0, 1]] * 2, bool))
     assert ctx.shape == (2, 3, 8, 1280) and valid.shape == (2, 3, 8)
     np.testing.assert_array_equal(ctx[..., 4:, :], sk)
     assert valid[:, 1, :4].sum() == 0 and valid[:, 1, 4:].all() and valid[:, 0].all()
-    ctx, valid = heads.select_context(None, sk, 'skeleton', skeleton_present=jnp.zeros((2, 3),
-                                                                                       bool))
+    ctx, valid = heads.select_context(
+        None, sk, 'skeleton', skeleton_present=jnp.zeros((2, 3), bool)
+    )
     assert not valid.any()
     with pytest.raises(ValueError):
         heads.select_context(rgb, None, 'both')
@@ -383,19 +419,31 @@ def test_mean_constants(kind, tmp_path):
     name = heads._KINDS[kind]['init_pose']
     joints = KINDS[kind][2]
     assert c[name].shape == (1, 6 * joints)
-    np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(lambda p: heads.geometry.rot6d_to_matrix(
-        p.reshape(-1, 6))))(c[name])[0]), np.broadcast_to(np.eye(3), (joints, 3, 3)))
+    np.testing.assert_allclose(
+        np.asarray(
+            jax.jit(jax.vmap(lambda p: heads.geometry.rot6d_to_matrix(p.reshape(-1, 6))))(c[name])[
+                0
+            ]
+        ),
+        np.broadcast_to(np.eye(3), (joints, 3, 3)),
+    )
     np.testing.assert_array_equal(c['init_cam'], np.float32([[0.9, 0, 0]]))
     # From an npz (the mean-params file layout), also via the module at init.
     rng = np.random.default_rng(0)
     path = os.path.join(tmp_path, 'mean.npz')
-    np.savez(path, pose=rng.normal(size=6 * joints), shape=rng.normal(size=10),
-             cam=np.array([1.0, 0.1, 0.2]))
-    shapes = jax.eval_shape(heads.PoseHead(kind=kind, mean_params_path=path).init,
-                            jax.random.key(0), jnp.zeros((1, 4, 1280)))
+    np.savez(
+        path,
+        pose=rng.normal(size=6 * joints),
+        shape=rng.normal(size=10),
+        cam=np.array([1.0, 0.1, 0.2]),
+    )
+    shapes = jax.eval_shape(
+        heads.PoseHead(kind=kind, mean_params_path=path).init,
+        jax.random.key(0),
+        jnp.zeros((1, 4, 1280)),
+    )
     assert set(shapes['constants']) == {name, 'init_betas', 'init_cam'}
     consts = heads.mean_constants(kind, path)
     np.testing.assert_allclose(consts['init_cam'], [[1.0, 0.1, 0.2]])
     with pytest.raises(ValueError):
-        heads.mean_constants(kind, {'pose': np.zeros(5), 'shape': np.zeros(10),
-                                    'cam': np.zeros(3)})
+        heads.mean_constants(kind, {'pose': np.zeros(5), 'shape': np.zeros(10), 'cam': np.zeros(3)})

@@ -1,4 +1,5 @@
 """HMR 2.0 / HaMeR losses and discriminator: shapes, PyTorch parity, hand-made values."""
+
 import json
 import math
 from pathlib import Path
@@ -44,7 +45,9 @@ class TorchDisc(torch.nn.Module):
         pose = torch.cat([self.pose_out[i](x[:, :, i, 0]) for i in range(self.j)], 1)
         b = self.betas_out(torch.relu(self.betas_fc2(torch.relu(self.betas_fc1(betas)))))
         a = x.reshape(bn, -1)
-        a = self.D_alljoints_out(torch.relu(self.D_alljoints_fc2(torch.relu(self.D_alljoints_fc1(a)))))
+        a = self.D_alljoints_out(
+            torch.relu(self.D_alljoints_fc2(torch.relu(self.D_alljoints_fc1(a))))
+        )
         return torch.cat([pose, b, a], 1)
 
 
@@ -57,27 +60,41 @@ def _rand_rotmats(rng, *shape):
 def test_discriminator_shapes_match_reference(kind):
     j = D.num_joints(kind)
     layout = json.loads(UPSTREAM_LAYOUT.read_text())[REF[kind]]
-    ref = {k[len('discriminator.'):]: tuple(v) for k, v in layout.items()
-           if k.startswith('discriminator.')}
+    ref = {
+        k[len('discriminator.') :]: tuple(v)
+        for k, v in layout.items()
+        if k.startswith('discriminator.')
+    }
     kmap = D.discriminator_key_map(kind)
     assert [m[0] for m in kmap] == list(ref)  # same keys, same registration order
-    variables = jax.eval_shape(D.Discriminator(kind).init, jax.random.PRNGKey(0),
-                               jnp.zeros((2, j, 3, 3)), jnp.zeros((2, 10)))
+    variables = jax.eval_shape(
+        D.Discriminator(kind).init,
+        jax.random.PRNGKey(0),
+        jnp.zeros((2, j, 3, 3)),
+        jnp.zeros((2, 10)),
+    )
     params = nn.unbox(variables['params'])
-    flat = {'/'.join(k.key for k in path): leaf.shape
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat = {
+        '/'.join(k.key for k in path): leaf.shape
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
     assert len(flat) == len(ref)
     for tkey, (mod, leaf), tshape, fshape, rule in kmap:
         assert ref[tkey] == tshape, tkey
         assert flat[f'{mod}/{leaf}'] == fshape, tkey
         # conversion rules: Linear transpose; 1x1 conv (O, I, 1, 1) -> Dense (I, O)
-        expect = {'copy': lambda: tshape, 'linear': lambda: tshape[::-1],
-                  'conv1x1': lambda: (tshape[1], tshape[0])}[rule]()
+        expect = {
+            'copy': lambda: tshape,
+            'linear': lambda: tshape[::-1],
+            'conv1x1': lambda: (tshape[1], tshape[0]),
+        }[rule]()
         assert fshape == expect
     n = sum(math.prod(s) for s in flat.values())
     assert n == sum(math.prod(s) for s in ref.values()) == {'smpl': 1807619, 'mano': 1545211}[kind]
     # logical axis names on every leaf
-    boxed = jax.tree_util.tree_leaves(variables['params'], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    boxed = jax.tree_util.tree_leaves(
+        variables['params'], is_leaf=lambda x: isinstance(x, nn.Partitioned)
+    )
     assert all(isinstance(b, nn.Partitioned) and len(b.names) == len(b.value.shape) for b in boxed)
 
 
@@ -97,16 +114,18 @@ def test_discriminator_matches_torch(kind):
     assert out.shape == (5, j + 2)
     np.testing.assert_allclose(np.asarray(out), want, atol=1e-5, rtol=1e-5)
     # leading dims pass through
-    out2 = D.Discriminator(kind).apply(variables, jnp.asarray(rot).reshape(1, 5, j, 3, 3),
-                                       jnp.asarray(betas)[None])
+    out2 = D.Discriminator(kind).apply(
+        variables, jnp.asarray(rot).reshape(1, 5, j, 3, 3), jnp.asarray(betas)[None]
+    )
     np.testing.assert_allclose(np.asarray(out2[0]), np.asarray(out), atol=1e-6)
     back = D.to_torch_state_dict(variables, kind, prefix='discriminator.')
     assert list(back) == list(state)
     for k in state:
         np.testing.assert_array_equal(back[k], state[k].numpy())
     with pytest.raises(KeyError):
-        D.from_torch_state_dict({k: v for k, v in state.items() if 'betas_out' not in k}, kind,
-                                prefix='discriminator.')
+        D.from_torch_state_dict(
+            {k: v for k, v in state.items() if 'betas_out' not in k}, kind, prefix='discriminator.'
+        )
 
 
 # ------------------------------------------------------------------------------ single terms
@@ -114,47 +133,54 @@ def test_discriminator_matches_torch(kind):
 
 def test_keypoint_2d_loss_units():
     # window pixel (x=96, y=128) is the centre of the 256 crop -> normalised (0, 0)
-    gt = jnp.array([[96., 128., 1.], [224., 0., 0.5], [0., 0., 0.]])
-    pred = jnp.array([[0.1, -0.2], [0.0, 0.0], [5., 5.]])
+    gt = jnp.array([[96.0, 128.0, 1.0], [224.0, 0.0, 0.5], [0.0, 0.0, 0.0]])
+    pred = jnp.array([[0.1, -0.2], [0.0, 0.0], [5.0, 5.0]])
     # joint 1: x_norm = (224 + 32) / 256 - 0.5 = 0.5, y_norm = -0.5 -> |.|_1 = 1.0, conf 0.5
     assert float(losses.keypoint_2d_loss(pred, gt)) == pytest.approx(0.3 + 0.5)
     # 256x256-crop GT: no offset
-    assert float(losses.keypoint_2d_loss(pred[:1], jnp.array([[128., 128., 2.]]), x_offset=0.)) \
-        == pytest.approx(2 * 0.3)
+    assert float(
+        losses.keypoint_2d_loss(pred[:1], jnp.array([[128.0, 128.0, 2.0]]), x_offset=0.0)
+    ) == pytest.approx(2 * 0.3)
 
 
 def test_keypoint_3d_loss_root_centred():
-    pred = jnp.array([[1., 1., 1.], [2., 1., 1.], [1., 3., 1.]])
-    gt = jnp.array([[10., 0., 0.], [11., 0., 0.], [10., 1., 0.]])  # same up to translation but j2
+    pred = jnp.array([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0], [1.0, 3.0, 1.0]])
+    gt = jnp.array(
+        [[10.0, 0.0, 0.0], [11.0, 0.0, 0.0], [10.0, 1.0, 0.0]]
+    )  # same up to translation but j2
     # centred on root 0: pred j2 = (0, 2, 0), gt j2 = (0, 1, 0) -> 1
     assert float(losses.keypoint_3d_loss(pred, gt, root=0)) == pytest.approx(1.0)
-    conf = jnp.array([[1.], [1.], [0.25]])
-    assert float(losses.keypoint_3d_loss(pred, jnp.concatenate([gt, conf], -1), root=0)) \
-        == pytest.approx(0.25)
+    conf = jnp.array([[1.0], [1.0], [0.25]])
+    assert float(
+        losses.keypoint_3d_loss(pred, jnp.concatenate([gt, conf], -1), root=0)
+    ) == pytest.approx(0.25)
     # root 1: pred centred = [(-1,0,0),(0,0,0),(-1,2,0)], gt = [(-1,0,0),(0,0,0),(-1,1,0)] -> 1
     assert float(losses.keypoint_3d_loss(pred, gt, root=1)) == pytest.approx(1.0)
 
 
 def test_parameter_and_betas_loss():
-    rz90 = jnp.array([[0., -1., 0.], [1., 0., 0.], [0., 0., 1.]])
-    pred = jnp.stack([rz90, jnp.eye(3)])[None]                      # (1, 2, 3, 3)
-    gt = jnp.zeros((1, 6))                                           # identity, flat axis-angle
+    rz90 = jnp.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    pred = jnp.stack([rz90, jnp.eye(3)])[None]  # (1, 2, 3, 3)
+    gt = jnp.zeros((1, 6))  # identity, flat axis-angle
     assert float(losses.parameter_loss(pred, gt)[0]) == pytest.approx(4.0)
-    gt_rz = jnp.array([[[0., 0., math.pi / 2], [0., 0., 0.]]])
+    gt_rz = jnp.array([[[0.0, 0.0, math.pi / 2], [0.0, 0.0, 0.0]]])
     assert float(losses.parameter_loss(pred, gt_rz)[0]) == pytest.approx(0.0, abs=1e-6)
     assert float(losses.parameter_loss(pred, gt, jnp.array([False]))[0]) == 0.0
-    b = losses.betas_loss(jnp.array([[1., 2.], [0., 0.]]), jnp.array([[0., 0.], [3., 0.]]),
-                          jnp.array([True, False]))
-    np.testing.assert_allclose(np.asarray(b), [5., 0.])
+    b = losses.betas_loss(
+        jnp.array([[1.0, 2.0], [0.0, 0.0]]),
+        jnp.array([[0.0, 0.0], [3.0, 0.0]]),
+        jnp.array([True, False]),
+    )
+    np.testing.assert_allclose(np.asarray(b), [5.0, 0.0])
 
 
 def test_adversarial_losses():
-    fake = jnp.array([[0., 1., 2.], [1., 1., 1.], [9., 9., 9.]])
+    fake = jnp.array([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0], [9.0, 9.0, 9.0]])
     # (1 + 0 + 1) + 0 over N = 3 samples
     assert float(losses.generator_adv_loss(fake)) == pytest.approx((2 + 0 + 3 * 64) / 3)
     mask = jnp.array([True, True, False])
     assert float(losses.generator_adv_loss(fake, mask)) == pytest.approx(2 / 2)
-    real = jnp.array([[1., 1., 1.], [0., 2., 1.], [1., 1., 1.], [1., 1., 3.]])
+    real = jnp.array([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 3.0]])
     loss, t = losses.discriminator_loss(fake, real, mask, weight=0.5)
     assert float(t['loss_disc_fake']) == pytest.approx((0 + 1 + 4 + 3) / 2)
     assert float(t['loss_disc_real']) == pytest.approx((1 + 1 + 4) / 2)
@@ -167,7 +193,9 @@ def test_adversarial_losses():
 
 @pytest.fixture(scope='module')
 def smpl_model(body_model_dir):
-    return body_models.load_smpl(str(body_model_dir), j19_path=str(body_model_dir / 'SMPL_to_J19.pkl'))
+    return body_models.load_smpl(
+        str(body_model_dir), j19_path=str(body_model_dir / 'SMPL_to_J19.pkl')
+    )
 
 
 @pytest.fixture(scope='module')
@@ -182,21 +210,34 @@ def _synthetic(kind, model, b=2, t=3, seed=0):
     aa = (0.3 * rng.normal(size=(b, t, nj + 1, 3))).astype(np.float32)
     rot = geometry.axis_angle_to_matrix(jnp.asarray(aa))
     key = losses.POSE_KEY[kind]
-    cam = np.stack([rng.uniform(0.8, 1.2, (b, t)), rng.normal(0, .05, (b, t)),
-                    rng.normal(0, .05, (b, t))], -1).astype(np.float32)
-    out = {'global_orient': rot[..., :1, :, :], key: rot[..., 1:, :, :],
-           'betas': jnp.asarray(rng.normal(size=(b, t, 10)).astype(np.float32)),
-           'pred_cam': jnp.asarray(cam)}
+    cam = np.stack(
+        [rng.uniform(0.8, 1.2, (b, t)), rng.normal(0, 0.05, (b, t)), rng.normal(0, 0.05, (b, t))],
+        -1,
+    ).astype(np.float32)
+    out = {
+        'global_orient': rot[..., :1, :, :],
+        key: rot[..., 1:, :, :],
+        'betas': jnp.asarray(rng.normal(size=(b, t, 10)).astype(np.float32)),
+        'pred_cam': jnp.asarray(cam),
+    }
     from extpose_jax.models import extpose
+
     posed = jax.jit(extpose.posed_keypoints)(out, model)
     kp2 = np.asarray(posed['keypoints_2d'])
-    px = np.stack([(kp2[..., 0] + 0.5) * 256 - 32, (kp2[..., 1] + 0.5) * 256,
-                   np.ones(kp2.shape[:-1])], -1).astype(np.float32)
+    px = np.stack(
+        [(kp2[..., 0] + 0.5) * 256 - 32, (kp2[..., 1] + 0.5) * 256, np.ones(kp2.shape[:-1])], -1
+    ).astype(np.float32)
     kp3 = np.asarray(posed['keypoints_3d']) + rng.normal(size=(b, t, 1, 3)).astype(np.float32)
-    batch = {'kp2d': jnp.asarray(px), 'kp3d': jnp.asarray(kp3), 'pose': jnp.asarray(aa.reshape(b, t, -1)),
-             'betas': out['betas'],
-             **{k: jnp.ones((b, t), bool) for k in ('has_kp2d', 'has_kp3d', 'has_pose', 'has_betas',
-                                                    'frame_valid')}}
+    batch = {
+        'kp2d': jnp.asarray(px),
+        'kp3d': jnp.asarray(kp3),
+        'pose': jnp.asarray(aa.reshape(b, t, -1)),
+        'betas': out['betas'],
+        **{
+            k: jnp.ones((b, t), bool)
+            for k in ('has_kp2d', 'has_kp3d', 'has_pose', 'has_betas', 'frame_valid')
+        },
+    }
     return out, batch
 
 
@@ -206,13 +247,20 @@ _JIT = {}
 def _total(model, kind, normalize='sum'):
     """jit-compiled total_loss (eager op-by-op dispatch is several times slower on CPU)."""
     key = (kind, normalize)
-    if key not in _JIT:  # the model is an argument: closed-over arrays become slow-to-fold constants
-        _JIT[key] = jax.jit(lambda o, b, m: losses.total_loss(o, b, m, kind=kind, normalize=normalize))
+    if (
+        key not in _JIT
+    ):  # the model is an argument: closed-over arrays become slow-to-fold constants
+        _JIT[key] = jax.jit(
+            lambda o, b, m: losses.total_loss(o, b, m, kind=kind, normalize=normalize)
+        )
     return lambda o, b: _JIT[key](o, b, model)
 
 
 def _perturb(out, rng, scale=0.05):
-    return {k: v + scale * jnp.asarray(rng.normal(size=v.shape).astype(np.float32)) for k, v in out.items()}
+    return {
+        k: v + scale * jnp.asarray(rng.normal(size=v.shape).astype(np.float32))
+        for k, v in out.items()
+    }
 
 
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
@@ -232,14 +280,24 @@ def test_total_loss_terms_masks_and_padding(smpl_model):
     loss, terms = _total(model, 'smpl')(out, batch)
     names = ['loss_kp2d', 'loss_kp3d', 'loss_global_orient', 'loss_body_pose', 'loss_betas']
     assert all(float(terms[k]) > 0 for k in names)
-    expect = (w.kp2d * terms['loss_kp2d'] + w.kp3d * terms['loss_kp3d'] + w.global_orient
-              * terms['loss_global_orient'] + w.body_pose * terms['loss_body_pose'] + w.betas * terms['loss_betas'])
+    expect = (
+        w.kp2d * terms['loss_kp2d']
+        + w.kp3d * terms['loss_kp3d']
+        + w.global_orient * terms['loss_global_orient']
+        + w.body_pose * terms['loss_body_pose']
+        + w.betas * terms['loss_betas']
+    )
     assert float(loss) == pytest.approx(float(expect), rel=1e-6)
     # hand check of the betas term: summed over frames and coefficients
     assert float(terms['loss_betas']) == pytest.approx(
-        float(jnp.sum((out['betas'] - batch['betas']) ** 2)), rel=1e-5)
+        float(jnp.sum((out['betas'] - batch['betas']) ** 2)), rel=1e-5
+    )
     # has_* flags zero their own term only
-    for flag, term in (('has_kp2d', 'loss_kp2d'), ('has_kp3d', 'loss_kp3d'), ('has_betas', 'loss_betas')):
+    for flag, term in (
+        ('has_kp2d', 'loss_kp2d'),
+        ('has_kp3d', 'loss_kp3d'),
+        ('has_betas', 'loss_betas'),
+    ):
         _, t2 = _total(model, 'smpl')(out, {**batch, flag: jnp.zeros((2, 3), bool)})
         assert float(t2[term]) == 0.0
         assert float(t2['loss_global_orient']) == pytest.approx(float(terms['loss_global_orient']))
@@ -249,11 +307,17 @@ def test_total_loss_terms_masks_and_padding(smpl_model):
     # padded frames: garbage GT and predictions there change nothing, and get zero gradient
     valid = jnp.array([[True, True, False], [True, False, False]])
     padded = {**batch, 'frame_valid': valid}
-    garbage = {k: jnp.where(valid.reshape(valid.shape + (1,) * (v.ndim - 2)), v, 7.) if v.dtype != bool else v
-               for k, v in batch.items()}
+    garbage = {
+        k: jnp.where(valid.reshape(valid.shape + (1,) * (v.ndim - 2)), v, 7.0)
+        if v.dtype != bool
+        else v
+        for k, v in batch.items()
+    }
     garbage['frame_valid'] = valid
-    out_g = {k: jnp.where(valid.reshape(valid.shape + (1,) * (v.ndim - 2)), v, v * 1.5)
-             for k, v in out.items()}
+    out_g = {
+        k: jnp.where(valid.reshape(valid.shape + (1,) * (v.ndim - 2)), v, v * 1.5)
+        for k, v in out.items()
+    }
 
     def f(o, bt, normalize='sum'):
         return _total(model, 'smpl', normalize)(o, bt)[0]
@@ -263,13 +327,17 @@ def test_total_loss_terms_masks_and_padding(smpl_model):
     # the same loss as the valid frames alone (as a (1, 3) batch)
     # the same loss as the valid frames alone, packed into the same (2, 3) batch shape
     idx = np.array([[0, 0], [0, 1], [1, 0]])
-    packed = lambda tree: {k: v.at[0].set(v[idx[:, 0], idx[:, 1]])  # noqa: E731
-                           for k, v in tree.items() if k != 'frame_valid'}
+    packed = lambda tree: {
+        k: v.at[0].set(v[idx[:, 0], idx[:, 1]])  # noqa: E731
+        for k, v in tree.items()
+        if k != 'frame_valid'
+    }
     packed_batch = {**packed(batch), 'frame_valid': jnp.array([[True] * 3, [False] * 3])}
     assert float(f(packed(out), packed_batch)) == pytest.approx(float(l_pad), rel=1e-5)
     assert float(f(out, padded, 'mean_per_frame')) == pytest.approx(float(l_pad) / 3, rel=1e-5)
     grads = jax.jit(jax.grad(lambda o, bt, m: losses.total_loss(o, bt, m, w, 'smpl')[0]))(
-        out_g, garbage, model)
+        out_g, garbage, model
+    )
     for k, g in grads.items():
         g = np.asarray(g)
         assert np.all(np.isfinite(g)), k
@@ -291,17 +359,21 @@ def test_total_loss_with_discriminator(kind, smpl_model, mano_model):
     batch = {**batch, 'frame_valid': valid}
 
     def f(o, bt, m, dv):
-        return losses.total_loss(o, bt, m, kind=kind, discriminator=lambda r, b: disc.apply(dv, r, b))
+        return losses.total_loss(
+            o, bt, m, kind=kind, discriminator=lambda r, b: disc.apply(dv, r, b)
+        )
 
     # gradients through SMPL are checked in test_total_loss_terms_masks_and_padding; here only
     # through MANO (compiling the SMPL gradient twice costs ~10 s of test time)
     if kind == 'mano':
-        (loss, terms), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(out_v, batch, model, dvars)
+        (loss, terms), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(
+            out_v, batch, model, dvars
+        )
     else:
         (loss, terms), grads = jax.jit(f)(out_v, batch, model, dvars), {}
     key = losses.POSE_KEY[kind]
     d_out = jax.jit(disc.apply)(dvars, out[key], out['betas'])
-    want_adv = float(jnp.sum(jnp.where(valid[..., None], (d_out - 1) ** 2, 0.)) / 5)
+    want_adv = float(jnp.sum(jnp.where(valid[..., None], (d_out - 1) ** 2, 0.0)) / 5)
     assert float(terms['loss_adv']) == pytest.approx(want_adv, rel=1e-5)
     _, no_adv = _total(model, kind)(out, batch)
     assert float(loss) == pytest.approx(float(no_adv['loss']) + 0.0005 * want_adv, rel=1e-5)
@@ -310,7 +382,10 @@ def test_total_loss_with_discriminator(kind, smpl_model, mano_model):
         assert np.all(np.isfinite(np.asarray(g))), k
         assert np.all(np.asarray(g)[1, 2] == 0.0), k
     # discriminator step on stop-gradient fakes and "MoCap" reals
-    real = jax.jit(disc.apply)(dvars, jnp.asarray(_rand_rotmats(np.random.default_rng(4), 4, j)),
-                      jnp.zeros((4, 10)))
+    real = jax.jit(disc.apply)(
+        dvars, jnp.asarray(_rand_rotmats(np.random.default_rng(4), 4, j)), jnp.zeros((4, 10))
+    )
     dl, dt = losses.discriminator_loss(jax.lax.stop_gradient(d_out), real, valid)
-    assert float(dl) == pytest.approx(0.0005 * (float(dt['loss_disc_fake']) + float(dt['loss_disc_real'])))
+    assert float(dl) == pytest.approx(
+        0.0005 * (float(dt['loss_disc_fake']) + float(dt['loss_disc_real']))
+    )

@@ -1,4 +1,5 @@
 """Mask structures against hand-written expectations; blockwise attention against the dense reference."""
+
 import itertools
 
 import jax
@@ -28,19 +29,10 @@ def test_layout_token_attributes():
 
 # T=2, M=2, streams in order R0, S0, R1, S1 (R = rgb, S = skeleton).
 EXPECTED_T2M2 = {
-    'frame': [[1, 0, 0, 0],
-              [0, 1, 0, 0],
-              [0, 0, 1, 0],
-              [0, 0, 0, 1]],
-    'multimodal': [[1, 1, 0, 0],
-                   [1, 1, 0, 0],
-                   [0, 0, 1, 1],
-                   [0, 0, 1, 1]],
+    'frame': [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+    'multimodal': [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]],
     # R0 sees R0, S0 (same frame) and R1 (same modality), not S1.
-    'extpose': [[1, 1, 1, 0],
-                [1, 1, 0, 1],
-                [1, 0, 1, 1],
-                [0, 1, 1, 1]],
+    'extpose': [[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]],
     'full': [[1, 1, 1, 1]] * 4,
 }
 
@@ -51,7 +43,9 @@ def test_strategies_small_layout(strategy):
     want = np.array(EXPECTED_T2M2[strategy], bool)
     np.testing.assert_array_equal(masks.stream_structure(lay, MaskSpec(strategy)), want)
     # Token level: constant over each 3 x 3 patch block.
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec(strategy)), np.kron(want, np.ones((3, 3), bool)))
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec(strategy)), np.kron(want, np.ones((3, 3), bool))
+    )
 
 
 def test_window_and_causal():
@@ -60,8 +54,12 @@ def test_window_and_causal():
     lower = np.tril(np.ones((4, 4), bool))
     np.testing.assert_array_equal(masks.structure(lay, MaskSpec('extpose', window=1)), band)
     np.testing.assert_array_equal(masks.structure(lay, MaskSpec('full', causal=True)), lower)
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec('extpose', window=1, causal=True)), band & lower)
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec('extpose', window=0)), np.eye(4, dtype=bool))
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec('extpose', window=1, causal=True)), band & lower
+    )
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec('extpose', window=0)), np.eye(4, dtype=bool)
+    )
     # With two modalities: window restricts the cross-frame (same-modality) pairs only.
     lay = TokenLayout(frames=3, modalities=('rgb', 'skeleton'), patches=1)  # R0 S0 R1 S1 R2 S2
     got = masks.structure(lay, MaskSpec('extpose', window=1))
@@ -72,17 +70,25 @@ def test_window_and_causal():
 
 
 def test_cross_view():
-    lay = TokenLayout(frames=1, views=2, modalities=('rgb', 'skeleton'), patches=1)  # v0R v0S v1R v1S
+    lay = TokenLayout(
+        frames=1, views=2, modalities=('rgb', 'skeleton'), patches=1
+    )  # v0R v0S v1R v1S
     off = masks.structure(lay, MaskSpec('extpose'))
     np.testing.assert_array_equal(off, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]])
     on = masks.structure(lay, MaskSpec('extpose', cross_view=True))  # + same (t, m) across views
     np.testing.assert_array_equal(on, [[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]])
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec('full', cross_view=True)), np.ones((4, 4)))
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec('full')), off)  # full within views only
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec('full', cross_view=True)), np.ones((4, 4))
+    )
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec('full')), off
+    )  # full within views only
     # Cross-view pairs need the same frame.
     lay = TokenLayout(frames=2, views=2, modalities=('rgb',), patches=1)  # t0v0 t0v1 t1v0 t1v1
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec('extpose', cross_view=True)),
-                                  [[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]])
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec('extpose', cross_view=True)),
+        [[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]],
+    )
 
 
 def test_cross_part():
@@ -90,14 +96,20 @@ def test_cross_part():
     lay = TokenLayout(frames=1, views=4, modalities=('rgb',), patches=1, parts=(0, 1, 0, 1))
     eye = np.eye(4, dtype=bool)
     np.testing.assert_array_equal(masks.structure(lay, MaskSpec('extpose')), eye)
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec('extpose', cross_view=True)),
-                                  eye | np.array([[0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0]], bool))
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec('extpose', cross_part=True)),
-                                  eye | np.array([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]], bool))
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec('extpose', cross_view=True)),
+        eye | np.array([[0, 0, 1, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0]], bool),
+    )
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec('extpose', cross_part=True)),
+        eye | np.array([[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]], bool),
+    )
     # Body + hands with skeletons: across parts only same frame and same modality.
     lay = TokenLayout(frames=1, views=2, modalities=('rgb', 'skeleton'), patches=1, parts=(0, 1))
-    np.testing.assert_array_equal(masks.structure(lay, MaskSpec('multimodal', cross_part=True)),
-                                  [[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]])
+    np.testing.assert_array_equal(
+        masks.structure(lay, MaskSpec('multimodal', cross_part=True)),
+        [[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]],
+    )
 
 
 def _brute_force(lay, spec):
@@ -108,8 +120,12 @@ def _brute_force(lay, spec):
     for i, j in itertools.product(range(n), range(n)):
         same_t, same_m = t[i] == t[j], m[i] == m[j]
         if v[i] == v[j]:
-            ok = {'frame': same_t and same_m, 'multimodal': same_t, 'extpose': same_t or same_m,
-                  'full': True}[spec.strategy]
+            ok = {
+                'frame': same_t and same_m,
+                'multimodal': same_t,
+                'extpose': same_t or same_m,
+                'full': True,
+            }[spec.strategy]
         else:
             switch = spec.cross_view if p[i] == p[j] else spec.cross_part
             ok = switch and (spec.strategy == 'full' or (same_t and same_m))
@@ -124,10 +140,15 @@ def _brute_force(lay, spec):
 @pytest.mark.parametrize('strategy', masks.STRATEGIES)
 def test_structure_matches_brute_force(strategy):
     lay = TokenLayout(frames=3, views=3, modalities=('rgb', 'skeleton'), patches=2, parts=(0, 1, 0))
-    for window, causal, cross_view, cross_part in itertools.product((None, 1), (False, True), (False, True),
-                                                                    (False, True)):
-        spec = MaskSpec(strategy, window=window, causal=causal, cross_view=cross_view, cross_part=cross_part)
-        np.testing.assert_array_equal(masks.structure(lay, spec), _brute_force(lay, spec), err_msg=str(spec))
+    for window, causal, cross_view, cross_part in itertools.product(
+        (None, 1), (False, True), (False, True), (False, True)
+    ):
+        spec = MaskSpec(
+            strategy, window=window, causal=causal, cross_view=cross_view, cross_part=cross_part
+        )
+        np.testing.assert_array_equal(
+            masks.structure(lay, spec), _brute_force(lay, spec), err_msg=str(spec)
+        )
 
 
 def test_per_layer_schedule():
@@ -136,13 +157,17 @@ def test_per_layer_schedule():
     np.testing.assert_array_equal(masks.structure(lay, spec, 0), EXPECTED_T2M2['frame'])
     # A name inherits window=0 from the parent: extpose without the cross-frame pairs.
     np.testing.assert_array_equal(masks.structure(lay, spec, 1), EXPECTED_T2M2['multimodal'])
-    np.testing.assert_array_equal(masks.structure(lay, spec, 2), EXPECTED_T2M2['full'])  # a full spec stands alone
+    np.testing.assert_array_equal(
+        masks.structure(lay, spec, 2), EXPECTED_T2M2['full']
+    )  # a full spec stands alone
     assert spec.at_layer(1) == MaskSpec('extpose', window=0)
     with pytest.raises(ValueError, match='layer 3 is outside the MaskSpec schedule of 3 layers'):
         masks.structure(lay, spec, 3)
     hash(spec)  # usable as a static argument
     # Layers with the same effective spec share one array (kernels cache schedules per array).
-    assert masks.structure(lay, MaskSpec(layers=('extpose',) * 2), 1) is masks.structure(lay, MaskSpec('extpose'))
+    assert masks.structure(lay, MaskSpec(layers=('extpose',) * 2), 1) is masks.structure(
+        lay, MaskSpec('extpose')
+    )
 
 
 def test_structure_is_cached_and_read_only():
@@ -155,8 +180,11 @@ def test_structure_is_cached_and_read_only():
 
 def test_key_valid_and_dense_mask():
     lay = TokenLayout(frames=2, modalities=('rgb', 'skeleton'), patches=2)
-    kv = masks.key_valid(lay, modality_keep=np.array([[True, False], [True, True]]),
-                         frame_valid=np.array([[True, True], [True, False]]))
+    kv = masks.key_valid(
+        lay,
+        modality_keep=np.array([[True, False], [True, True]]),
+        frame_valid=np.array([[True, True], [True, False]]),
+    )
     np.testing.assert_array_equal(kv, [[1, 1, 0, 0, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]])
     assert masks.key_valid(lay) is None
     s = masks.structure(lay, MaskSpec('extpose'))
@@ -175,8 +203,10 @@ def test_block_pattern():
     # Blocks of 6 = one frame: every frame pair shares a modality, so all four blocks are computed.
     np.testing.assert_array_equal(masks.block_pattern(s, 6), np.ones((2, 2)))
     # Blocks of 4 straddle streams: a block is computed iff ANY of its entries is allowed.
-    np.testing.assert_array_equal(masks.block_pattern(masks.structure(lay, MaskSpec('frame')), 4),
-                                  [[1, 1, 0], [1, 1, 1], [0, 1, 1]])
+    np.testing.assert_array_equal(
+        masks.block_pattern(masks.structure(lay, MaskSpec('frame')), 4),
+        [[1, 1, 0], [1, 1, 1], [0, 1, 1]],
+    )
     with pytest.raises(ValueError, match='12 query tokens are not a multiple of block size 5'):
         masks.block_pattern(s, 5)
 
@@ -201,8 +231,10 @@ def test_schedule_visits_exactly_the_allowed_blocks(block):
         assert not visited[qi, ki], 'a block is visited twice'
         visited[qi, ki] = True
         # The tile's element mask is the structure's block.
-        np.testing.assert_array_equal(sched.tiles[sched.tile[step, j]],
-                                      s[qi * block:(qi + 1) * block, ki * block:(ki + 1) * block])
+        np.testing.assert_array_equal(
+            sched.tiles[sched.tile[step, j]],
+            s[qi * block : (qi + 1) * block, ki * block : (ki + 1) * block],
+        )
     np.testing.assert_array_equal(visited, pattern)
     assert sched.visited == pattern.sum() and not sched.tiles[0].any()
     # Segments cover every step and every busy query block.
@@ -227,7 +259,9 @@ def test_schedule_computes_only_allowed_blocks_for_ragged_patterns():
 # ----------------------------------------------------------------------------- attention
 
 LAYOUT = TokenLayout(frames=3, modalities=('rgb', 'skeleton'), patches=4)  # 24 tokens
-MV_LAYOUT = TokenLayout(frames=2, views=2, modalities=('rgb', 'skeleton'), patches=4, parts=(0, 1))  # 32
+MV_LAYOUT = TokenLayout(
+    frames=2, views=2, modalities=('rgb', 'skeleton'), patches=4, parts=(0, 1)
+)  # 32
 
 SPECS = [(LAYOUT, MaskSpec(s)) for s in masks.STRATEGIES] + [
     (LAYOUT, MaskSpec('extpose', window=1)),
@@ -239,7 +273,9 @@ SPECS = [(LAYOUT, MaskSpec(s)) for s in masks.STRATEGIES] + [
 
 def _inputs(layout, batch=3, heads=2, dim=8, dtype=jnp.float32, seed=0):
     rng = np.random.default_rng(seed)
-    q, k, v, g = (jnp.asarray(rng.normal(size=(batch, layout.n_tokens, heads, dim)), dtype) for _ in range(4))
+    q, k, v, g = (
+        jnp.asarray(rng.normal(size=(batch, layout.n_tokens, heads, dim)), dtype) for _ in range(4)
+    )
     # Sample 0: everything; sample 1: skeleton dropped; sample 2: RGB dropped and last frame padded.
     keep = np.array([[1, 1], [1, 0], [0, 1]], bool)[:batch]
     frames = np.ones((batch, layout.frames), bool)
@@ -250,14 +286,24 @@ def _inputs(layout, batch=3, heads=2, dim=8, dtype=jnp.float32, seed=0):
 
 def _out_and_grads(impl, s, kv, g, block):
     """jit: (q, k, v) -> (out, (dq, dk, dv)) for the cotangent g; one compile per kernel."""
+
     def fn(q, k, v):
-        out, vjp = jax.vjp(lambda q, k, v: attention.attend(q, k, v, structure=s, key_valid=kv, impl=impl,
-                                                            block_size=block), q, k, v)
+        out, vjp = jax.vjp(
+            lambda q, k, v: attention.attend(
+                q, k, v, structure=s, key_valid=kv, impl=impl, block_size=block
+            ),
+            q,
+            k,
+            v,
+        )
         return out, vjp(g)
+
     return jax.jit(fn)
 
 
-@pytest.mark.parametrize('layout,spec', SPECS, ids=[f'{s.strategy}-{i}' for i, (_, s) in enumerate(SPECS)])
+@pytest.mark.parametrize(
+    'layout,spec', SPECS, ids=[f'{s.strategy}-{i}' for i, (_, s) in enumerate(SPECS)]
+)
 def test_blockwise_matches_dense(layout, spec):
     q, k, v, g, kv = _inputs(layout)
     s = masks.structure(layout, spec)
@@ -267,7 +313,9 @@ def test_blockwise_matches_dense(layout, spec):
         got, grads = _out_and_grads('blockwise', s, kv, g, block)(q, k, v)
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f'block {block}')
         for name, a, b in zip('qkv', grads, want_grads):
-            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=f'd{name}, block {block}')
+            np.testing.assert_allclose(
+                a, b, atol=1e-5, rtol=1e-5, err_msg=f'd{name}, block {block}'
+            )
 
 
 @pytest.mark.parametrize('impl', ['dense', 'blockwise'])
@@ -276,7 +324,9 @@ def test_empty_rows_are_zero_with_zero_gradient(impl):
     q, k, v, g, kv = _inputs(LAYOUT)
     s = masks.structure(LAYOUT, MaskSpec('frame'))
     empty = ~np.asarray(masks.dense_mask(s, kv)).any(-1)[:, 0]  # (B, N)
-    assert empty.sum() == 4 * 3 + 4 * 3 + 4  # sample 1: 3 skeleton streams; sample 2: 3 RGB + padded skeleton
+    assert (
+        empty.sum() == 4 * 3 + 4 * 3 + 4
+    )  # sample 1: 3 skeleton streams; sample 2: 3 RGB + padded skeleton
     out, (dq, dk, dv) = _out_and_grads(impl, s, kv, g, 8)(q, k, v)
     assert np.all(np.asarray(out)[empty] == 0)
     for d in (dq, dk, dv):
@@ -290,12 +340,18 @@ def test_no_key_valid_and_broadcast_key_valid():
     q, k, v, _, _ = _inputs(LAYOUT)
     s = masks.structure(LAYOUT, MaskSpec('extpose'))
     for kv in (None, jnp.ones((1, LAYOUT.n_tokens), bool)):
-        np.testing.assert_allclose(attention.attend(q, k, v, structure=s, key_valid=kv, impl='blockwise', block_size=8),
-                                   attention.attend(q, k, v, structure=s, key_valid=kv), atol=1e-5)
+        np.testing.assert_allclose(
+            attention.attend(q, k, v, structure=s, key_valid=kv, impl='blockwise', block_size=8),
+            attention.attend(q, k, v, structure=s, key_valid=kv),
+            atol=1e-5,
+        )
     # 'full' without key_valid is plain attention.
     s = masks.structure(LAYOUT, MaskSpec('full'))
-    np.testing.assert_allclose(attention.attend(q, k, v, structure=s, impl='blockwise', block_size=8),
-                               jax.nn.dot_product_attention(q, k, v), atol=1e-5)
+    np.testing.assert_allclose(
+        attention.attend(q, k, v, structure=s, impl='blockwise', block_size=8),
+        jax.nn.dot_product_attention(q, k, v),
+        atol=1e-5,
+    )
 
 
 def test_bf16_inputs():
@@ -306,8 +362,13 @@ def test_bf16_inputs():
         out = attention.attend(q, k, v, structure=s, key_valid=kv, impl=impl, block_size=8)
         assert out.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=3e-2)
-    grads = jax.grad(lambda q: attention.attend(q, k, v, structure=s, key_valid=kv, impl='blockwise',
-                                                block_size=8).astype(jnp.float32).sum())(q)
+    grads = jax.grad(
+        lambda q: (
+            attention.attend(q, k, v, structure=s, key_valid=kv, impl='blockwise', block_size=8)
+            .astype(jnp.float32)
+            .sum()
+        )
+    )(q)
     assert grads.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(grads, np.float32)))
 
 
@@ -315,8 +376,11 @@ def test_bf16_inputs():
 
 
 def test_bad_specs_and_layouts_raise():
-    with pytest.raises(ValueError, match=r"MaskSpec.strategy: unknown strategy 'temporal'; allowed: 'frame', "
-                                         r"'multimodal', 'extpose', 'full'"):
+    with pytest.raises(
+        ValueError,
+        match=r"MaskSpec.strategy: unknown strategy 'temporal'; allowed: 'frame', "
+        r"'multimodal', 'extpose', 'full'",
+    ):
         MaskSpec('temporal')
     with pytest.raises(ValueError, match=r'MaskSpec.layers\[1\]: unknown strategy'):
         MaskSpec(layers=('frame', 'bogus'))
@@ -326,8 +390,11 @@ def test_bad_specs_and_layouts_raise():
         TokenLayout(views=2, parts=(0,))
     with pytest.raises(ValueError, match='TokenLayout.frames must be a positive int'):
         TokenLayout(frames=0)
-    with pytest.raises(ValueError, match=r'385 tokens do not match the layout: 1 frames x 1 views x 2 '
-                                         r"modalities \('rgb', 'skeleton'\) x 192 patches = 384 tokens"):
+    with pytest.raises(
+        ValueError,
+        match=r'385 tokens do not match the layout: 1 frames x 1 views x 2 '
+        r"modalities \('rgb', 'skeleton'\) x 192 patches = 384 tokens",
+    ):
         masks.check_tokens(TokenLayout(modalities=('rgb', 'skeleton')), 385)
 
 
@@ -335,13 +402,22 @@ def test_bad_attention_inputs_raise_before_tracing():
     q, k, v, _, kv = _inputs(LAYOUT)
     s = masks.structure(LAYOUT, MaskSpec('extpose'))
     # Raised while tracing (Python-level checks on static shapes), before any computation.
-    with pytest.raises(ValueError, match=r"24 query tokens is not a multiple of block_size=16; use a block size "
-                                         r'that divides 24, e.g. 8'):
-        jax.jit(lambda q: attention.attend(q, k, v, structure=s, impl='blockwise', block_size=16))(q)
+    with pytest.raises(
+        ValueError,
+        match=r'24 query tokens is not a multiple of block_size=16; use a block size '
+        r'that divides 24, e.g. 8',
+    ):
+        jax.jit(lambda q: attention.attend(q, k, v, structure=s, impl='blockwise', block_size=16))(
+            q
+        )
     lay = TokenLayout(frames=3, modalities=('rgb', 'skeleton'), patches=192)
     with pytest.raises(ValueError, match=r'1152 query tokens .* block_size=256; .* e.g. 192'):
-        attention.attend(*(jnp.zeros((1, 1152, 1, 8)),) * 3, structure=masks.structure(lay, MaskSpec()),
-                         impl='blockwise', block_size=256)
+        attention.attend(
+            *(jnp.zeros((1, 1152, 1, 8)),) * 3,
+            structure=masks.structure(lay, MaskSpec()),
+            impl='blockwise',
+            block_size=256,
+        )
     with pytest.raises(ValueError, match="unknown impl 'flash'"):
         attention.attend(q, k, v, structure=s, impl='flash')
     with pytest.raises(ValueError, match=r'structure must be bool \(Nq, Nk\) = \(24, 24\)'):

@@ -1,4 +1,5 @@
 """Metrics against independent float64 references and hand-made cases with known answers."""
+
 import functools
 
 import jax
@@ -11,7 +12,6 @@ from scipy.spatial.transform import Rotation
 from extpose_jax import metrics as M
 from extpose_jax import skeletons as sk
 
-
 # ----------------------------------------------------------------------------- references
 
 
@@ -20,7 +20,7 @@ def _ref_aligned(pred, gt):
     pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
     mp, mg = pred.mean(0), gt.mean(0)
     pc, gc = pred - mp, gt - mg
-    rot = Rotation.align_vectors(gc, pc)[0].as_matrix()   # minimises sum |gc - rot pc|^2
+    rot = Rotation.align_vectors(gc, pc)[0].as_matrix()  # minimises sum |gc - rot pc|^2
     rotated = pc @ rot.T
     scale = (gc * rotated).sum() / (pc * pc).sum()
     return scale * rotated + mg
@@ -62,8 +62,9 @@ def test_pa_mpjpe_matches_scipy_reference_including_reflections():
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
     # aligned points, too, and the rotation is always proper
     aligned = M.similarity_procrustes(preds.astype(np.float32), gts.astype(np.float32))
-    np.testing.assert_allclose(aligned, np.stack([_ref_aligned(p, g) for p, g in zip(preds, gts)]),
-                               atol=2e-4)
+    np.testing.assert_allclose(
+        aligned, np.stack([_ref_aligned(p, g) for p, g in zip(preds, gts)]), atol=2e-4
+    )
     _, rot, _ = M.similarity_transform(preds.astype(np.float32), gts.astype(np.float32))
     np.testing.assert_allclose(np.linalg.det(np.asarray(rot, np.float64)), 1.0, atol=1e-5)
 
@@ -107,8 +108,8 @@ def test_masked_procrustes_ignores_invalid_joints():
 def test_mpjpe_hand_made():
     gt = np.zeros((3, 3), np.float32)
     pred = gt.copy()
-    pred[0] = [3.0, 4.0, 0.0]   # 5 units off
-    pred[1] = [0.0, 0.0, 2.0]   # 2 units off
+    pred[0] = [3.0, 4.0, 0.0]  # 5 units off
+    pred[1] = [0.0, 0.0, 2.0]  # 2 units off
     assert float(M.mpjpe(pred, gt)) == pytest.approx(7 / 3)
     assert float(M.mpjpe(pred, gt, valid=[False, True, True])) == pytest.approx(1.0)
     # centring both on joint 2 (which is exact) changes nothing; on joint 0 it does
@@ -123,10 +124,12 @@ def test_pve_needs_explicit_roots():
     pred = gt + np.array([1.0, 2.0, 3.0], np.float32)
     pred[:, 0] += [0.0, 0.0, 5.0]
     pred_root = np.array([[1.0, 2.0, 3.0]] * 2, np.float32)
-    np.testing.assert_allclose(M.pve(pred, gt, pred_root, np.zeros((2, 3), np.float32)),
-                               [5 / 50] * 2, rtol=1e-5)
-    np.testing.assert_allclose(M.pve(pred - pred_root[:, None], gt, None, None), [5 / 50] * 2,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        M.pve(pred, gt, pred_root, np.zeros((2, 3), np.float32)), [5 / 50] * 2, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        M.pve(pred - pred_root[:, None], gt, None, None), [5 / 50] * 2, rtol=1e-5
+    )
     with pytest.raises(ValueError):
         M.pve(pred, gt, pred_root, None)
     with pytest.raises(TypeError):
@@ -138,16 +141,25 @@ def test_pve_needs_explicit_roots():
 
 def _f_case():
     pred = np.array([[0, 0, 0], [10, 0, 0], [20, 0, 0], [30, 0, 0]], np.float32)
-    gt = np.array([[0.5, 0, 0], [10.5, 0, 0], [20, 0.9, 0], [31, 0, 0],   # (31,0,0): exactly 1 away
-                   [100, 0, 0], [200, 0, 0]], np.float32)
+    gt = np.array(
+        [
+            [0.5, 0, 0],
+            [10.5, 0, 0],
+            [20, 0.9, 0],
+            [31, 0, 0],  # (31,0,0): exactly 1 away
+            [100, 0, 0],
+            [200, 0, 0],
+        ],
+        np.float32,
+    )
     return pred, gt
 
 
 def test_f_score_known_fractions():
     pred, gt = _f_case()
     res = M.f_score(pred, gt, 1.0)
-    assert float(res.precision) == pytest.approx(3 / 4)   # 3 of 4 pred points within 1
-    assert float(res.recall) == pytest.approx(3 / 6)      # 3 of 6 gt points (distance 1 is out)
+    assert float(res.precision) == pytest.approx(3 / 4)  # 3 of 4 pred points within 1
+    assert float(res.recall) == pytest.approx(3 / 6)  # 3 of 6 gt points (distance 1 is out)
     assert float(res.f) == pytest.approx(2 * 0.75 * 0.5 / 1.25)
     # several thresholds at once: a trailing axis
     many = M.f_score(pred, gt, jnp.array([0.1, 1.0, 1.5, 1000.0]))
@@ -174,12 +186,12 @@ def _pck_case():
     # 2 samples, 4 joints; boxes 100 and 200 px -> pixel thresholds (5,10,15) and (10,20,30)
     gt = np.zeros((2, 4, 2), np.float32)
     pred = np.zeros((2, 4, 2), np.float32)
-    pred[0, 0] = [4, 0]      # right at every threshold
-    pred[0, 1] = [0, 12]     # right at 0.15 only
-    pred[0, 2] = [0, 0]      # perfect, but conf exactly 0.5: not counted
-    pred[1, 0] = [15, 20]    # 25 px: right at 0.15 only
-    pred[1, 1] = [3, 4]      # 5 px: right everywhere
-    pred[1, 2] = [30, 40]    # 50 px: always wrong
+    pred[0, 0] = [4, 0]  # right at every threshold
+    pred[0, 1] = [0, 12]  # right at 0.15 only
+    pred[0, 2] = [0, 0]  # perfect, but conf exactly 0.5: not counted
+    pred[1, 0] = [15, 20]  # 25 px: right at 0.15 only
+    pred[1, 1] = [3, 4]  # 5 px: right everywhere
+    pred[1, 2] = [30, 40]  # 50 px: always wrong
     conf = np.array([[1.0, 0.9, 0.5, 0.0], [0.8, 0.6, 0.9, 0.1]], np.float32)  # joint 3 never
     box = np.array([100.0, 200.0], np.float32)
     return pred, gt, conf, box
@@ -223,7 +235,7 @@ def test_accel_constant_velocity_is_zero():
 def test_accel_quadratic_motion_analytic():
     t = np.arange(8, dtype=np.float32)[:, None, None]
     dirs = np.array([[1.0, 2.0, 2.0], [0.0, 0.0, 0.5]], np.float32)  # accel 2*dir: norms 6, 1
-    pred = dirs * t ** 2 + 3.0
+    pred = dirs * t**2 + 3.0
     gt = np.zeros_like(pred) + 1.0
     err, fv = M.accel_error_per_frame(pred, gt)
     assert err.shape == (6,) and bool(fv.all())
@@ -233,7 +245,7 @@ def test_accel_quadratic_motion_analytic():
 
 def test_accel_frame_validity():
     t = np.arange(7, dtype=np.float32)[:, None, None]
-    pred = np.array([0.0, 0.0, 1.0], np.float32) * t ** 3   # second difference at t: 6t
+    pred = np.array([0.0, 0.0, 1.0], np.float32) * t**3  # second difference at t: 6t
     gt = np.zeros_like(pred)
     valid = np.array([1, 1, 1, 0, 1, 1, 1], bool)
     err, fv = M.accel_error_per_frame(pred, gt, valid)
@@ -249,17 +261,17 @@ def test_accel_frame_validity():
 def test_hmr2_3dpw_eval_hand_made():
     rng = np.random.default_rng(6)
     gt = rng.normal(size=(44, 3)).astype(np.float32)
-    pred = gt + np.array([1.0, 2.0, 3.0], np.float32)   # pure translation: both errors 0
+    pred = gt + np.array([1.0, 2.0, 3.0], np.float32)  # pure translation: both errors 0
     res = M.hmr2_3dpw_eval(pred, gt)
     assert float(res['mpjpe']) == pytest.approx(0, abs=1e-3)
     assert float(res['pa_mpjpe']) == pytest.approx(0, abs=1e-3)
     moved = pred.copy()
-    moved[0] += 5.0                                     # nose is not scored
-    moved[25] += [0.03, 0.04, 0.0]                      # R ankle (LSP): 5 cm
+    moved[0] += 5.0  # nose is not scored
+    moved[25] += [0.03, 0.04, 0.0]  # R ankle (LSP): 5 cm
     res = M.hmr2_3dpw_eval(moved, gt)
     assert float(res['mpjpe']) == pytest.approx(50 / 14, rel=1e-3)
     moved = pred.copy()
-    moved[sk.HMR44_PELVIS] += [0.0, 0.0, 0.1]           # the root moves: every scored joint 10 cm
+    moved[sk.HMR44_PELVIS] += [0.0, 0.0, 0.1]  # the root moves: every scored joint 10 cm
     res = M.hmr2_3dpw_eval(moved, np.concatenate([gt, np.ones((44, 1), np.float32)], -1))
     assert float(res['mpjpe']) == pytest.approx(100, rel=1e-4)
     assert float(res['pa_mpjpe']) == pytest.approx(0, abs=1e-3)
@@ -271,7 +283,8 @@ def test_hmr2_3dpw_eval_hand_made():
     g14 = (gt - gt[39])[idx]
     assert float(res['pa_mpjpe']) == pytest.approx(1000 * _ref_pa_mpjpe(p14, g14), rel=1e-3)
     assert float(res['mpjpe']) == pytest.approx(
-        1000 * np.linalg.norm(p14 - g14, axis=-1).mean(), rel=1e-4)
+        1000 * np.linalg.norm(p14 - g14, axis=-1).mean(), rel=1e-4
+    )
 
 
 # ----------------------------------------------------------------------------- jit and batching
@@ -282,20 +295,25 @@ def test_jit_and_batched_shapes():
     b = (2, 3)
     p44, g44 = (rng.normal(size=b + (44, 3)).astype(np.float32) for _ in range(2))
     valid = rng.random(b + (44,)) > 0.2
-    for fn, args in [(M.mpjpe, (p44, g44, valid)), (M.pa_mpjpe, (p44, g44, valid)),
-                     (M.pa_pve, (p44, g44)), (lambda p, g: M.pve(p, g, p[..., 0, :], g[..., 0, :]),
-                                              (p44, g44))]:
+    for fn, args in [
+        (M.mpjpe, (p44, g44, valid)),
+        (M.pa_mpjpe, (p44, g44, valid)),
+        (M.pa_pve, (p44, g44)),
+        (lambda p, g: M.pve(p, g, p[..., 0, :], g[..., 0, :]), (p44, g44)),
+    ]:
         batched = jax.jit(fn)(*args)
         assert batched.shape == b
-        looped = np.array([[float(fn(*(a[i, j] for a in args))) for j in range(3)]
-                           for i in range(2)])
+        looped = np.array(
+            [[float(fn(*(a[i, j] for a in args))) for j in range(3)] for i in range(2)]
+        )
         np.testing.assert_allclose(batched, looped, rtol=1e-5)
     res = jax.jit(M.hmr2_3dpw_eval)(p44, g44)
     assert res['mpjpe'].shape == b and res['pa_mpjpe'].shape == b
     fs = jax.jit(functools.partial(M.f_score, threshold=0.5, align=True))(p44, g44)
     assert fs.f.shape == b
-    np.testing.assert_allclose(fs.f[1, 2], M.f_score(p44[1, 2], g44[1, 2], 0.5, align=True).f,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        fs.f[1, 2], M.f_score(p44[1, 2], g44[1, 2], 0.5, align=True).f, rtol=1e-6
+    )
     seq = rng.normal(size=b + (9, 5, 3)).astype(np.float32)
     acc = jax.jit(M.accel_error)(seq, seq * 0.5, np.ones(b + (9,), bool))
     assert acc.shape == b

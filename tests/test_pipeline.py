@@ -1,16 +1,16 @@
 """Training pipeline (data_pipelines/pipeline.py) on small synthetic records written here."""
+
 import dataclasses
 import os
 
 import numpy as np
 import pytest
+from test_augment import synthetic_track  # tests/ is on sys.path (pytest's rootdir-less import)
 
 from data_pipelines import augment as aug
-from data_pipelines import convert_3dpw
+from data_pipelines import convert_3dpw, record_reader, records, shards
 from data_pipelines import pipeline as pl
-from data_pipelines import record_reader, records, shards
 from data_pipelines.synthetic import raw_3dpw
-from test_augment import synthetic_track  # tests/ is on sys.path (pytest's rootdir-less import)
 
 # sequence -> [(track, first frame, number of frames)]; s1's track 0 has a gap at frames 6-7.
 BODY_TRACKS = {
@@ -23,13 +23,27 @@ BODY_TRACKS = {
 def _write(root, name, body_model, tracks, seed):
     rng = np.random.default_rng(seed)
     j = 44 if body_model == 'smpl' else 21
-    with shards.RecordWriter(os.path.join(root, name), name, 'train', num_shards=2, num_joints=j,
-                             body_model=body_model, fsync=False) as w:
+    with shards.RecordWriter(
+        os.path.join(root, name),
+        name,
+        'train',
+        num_shards=2,
+        num_joints=j,
+        body_model=body_model,
+        fsync=False,
+    ) as w:
         for seq, parts in tracks.items():
             for track, first, n in parts:
                 side = 'left' if seq.endswith('l') else 'right'
-                recs, _ = synthetic_track(rng, n, body_model=body_model, hand_side=side,
-                                          sequence=seq, track=track, first_frame=first)
+                recs, _ = synthetic_track(
+                    rng,
+                    n,
+                    body_model=body_model,
+                    hand_side=side,
+                    sequence=seq,
+                    track=track,
+                    first_frame=first,
+                )
                 for r in recs:
                     w.write(r)
 
@@ -77,10 +91,14 @@ def test_clips_are_consecutive_frames_of_one_track(root):
             crop_to_out = []
             for k in range(t):  # and these are the records the batch names
                 rec = reader[int(batch['record_index'][b, k])]
-                assert (rec['sequence'], rec['track'], rec['frame']) == (seqs[seq], track,
-                                                                         frames[k])
-                crop_to_out.append(aug.as3x3(batch['affine'][b, k])
-                                   @ np.linalg.inv(aug.as3x3(rec['crop_affine'])))
+                assert (rec['sequence'], rec['track'], rec['frame']) == (
+                    seqs[seq],
+                    track,
+                    frames[k],
+                )
+                crop_to_out.append(
+                    aug.as3x3(batch['affine'][b, k]) @ np.linalg.inv(aug.as3x3(rec['crop_affine']))
+                )
             for m in crop_to_out[1:]:  # one augmentation per clip: the same crop -> output map
                 np.testing.assert_allclose(m, crop_to_out[0], atol=1e-3)
             got.add((int(seq), int(track), int(frames[0])))
@@ -146,12 +164,23 @@ def test_two_processes_get_disjoint_shards_covering_the_data(root):
     # Through the whole pipeline: the same stream positions, and the same clip at each position
     # whichever process reads it (the augmentation is seeded by the global position).
     one = _batches(dataclasses.replace(cfg, batch_size=4, num_epochs=None), 2)
-    two = [_batches(dataclasses.replace(cfg, batch_size=2, num_epochs=None), 2,
-                    process_index=p, process_count=2) for p in range(2)]
+    two = [
+        _batches(
+            dataclasses.replace(cfg, batch_size=2, num_epochs=None),
+            2,
+            process_index=p,
+            process_count=2,
+        )
+        for p in range(2)
+    ]
     pos = [np.concatenate([b['position'] for b in two[p]]) for p in range(2)]
     assert not set(pos[0]) & set(pos[1]) and set(pos[0]) | set(pos[1]) == set(range(8))
-    by_pos = {int(b['position'][i]): {k: v[i] for k, v in b.items()}
-              for batches in [one] + two for b in batches for i in range(len(b['position']))}
+    by_pos = {
+        int(b['position'][i]): {k: v[i] for k, v in b.items()}
+        for batches in [one] + two
+        for b in batches
+        for i in range(len(b['position']))
+    }
     for b in one:
         for i, p in enumerate(b['position']):
             two_p = by_pos[int(p)]
@@ -198,9 +227,11 @@ def test_batch_matches_spec(root, dataset, body_model, j, source):
             crop = reader[int(batch['record_index'][b, t])]['crop_affine']
             crop_to_out = aug.as3x3(batch['affine'][b, t]) @ np.linalg.inv(aug.as3x3(crop))
             ok = gt[b, t, :, 2] > 0
-            np.testing.assert_allclose((inp - gt)[b, t][ok, :2],
-                                       np.tile(crop_to_out[:2, :2] @ [0.5, 0.5], (ok.sum(), 1)),
-                                       atol=1e-3)
+            np.testing.assert_allclose(
+                (inp - gt)[b, t][ok, :2],
+                np.tile(crop_to_out[:2, :2] @ [0.5, 0.5], (ok.sum(), 1)),
+                atol=1e-3,
+            )
     else:
         assert not np.array_equal(inp, gt)
         assert not (inp[..., 2] > 0)[gt[..., 2] == 0].any()
@@ -231,14 +262,16 @@ def test_bad_input_is_a_clear_error(root):
     with pytest.raises(ValueError, match='weight must be > 0'):
         pl.build_sources(_cfg(root, (pl.DatasetSpec('body', 0.0),)))
     with pytest.raises(ValueError, match='hands are not flipped'):
-        pl.build_sources(_cfg(root, (pl.DatasetSpec('hands'),),
-                              augment=aug.AugmentConfig(flip_prob=0.5)))
+        pl.build_sources(
+            _cfg(root, (pl.DatasetSpec('hands'),), augment=aug.AugmentConfig(flip_prob=0.5))
+        )
     with pytest.raises(ValueError, match='process_index'):
         pl.build_dataset(_cfg(root), 2, 2)
 
 
 def test_config_from_ml_collections(root):
     import ml_collections
+
     c = ml_collections.ConfigDict()
     c.data_root = root
     c.datasets = ({'name': 'body', 'weight': 0.7}, ('stills', 0.3, 'train', None, True))
@@ -256,19 +289,39 @@ def test_end_to_end_on_converted_3dpw(body_model_dir, tmp_path):
     projected with the batch's K, land on the augmented 2D joints (the converter's conventions
     and ours agree)."""
     raw = str(tmp_path / '3DPW')
-    raw_3dpw.write_3dpw(raw, str(body_model_dir), seed=0,
-                        sequences={'train': 1, 'validation': 0, 'test': 0}, frames=8)
-    convert_3dpw.convert(raw, str(body_model_dir), str(tmp_path / 'rec' / '3dpw'),
-                         splits=('train',), workers=0, num_shards=1, fsync=False, quiet=True)
-    cfg = _cfg(str(tmp_path / 'rec'), (pl.DatasetSpec('3dpw'),), num_frames=4, batch_size=4,
-               augment=aug.AugmentConfig(flip_prob=0.5, rot_prob=1.0))
+    raw_3dpw.write_3dpw(
+        raw,
+        str(body_model_dir),
+        seed=0,
+        sequences={'train': 1, 'validation': 0, 'test': 0},
+        frames=8,
+    )
+    convert_3dpw.convert(
+        raw,
+        str(body_model_dir),
+        str(tmp_path / 'rec' / '3dpw'),
+        splits=('train',),
+        workers=0,
+        num_shards=1,
+        fsync=False,
+        quiet=True,
+    )
+    cfg = _cfg(
+        str(tmp_path / 'rec'),
+        (pl.DatasetSpec('3dpw'),),
+        num_frames=4,
+        batch_size=4,
+        augment=aug.AugmentConfig(flip_prob=0.5, rot_prob=1.0),
+    )
     (batch,) = _batches(cfg, 1)
     assert batch['has_kp3d'].all() and batch['has_pose'].all() and batch['frame_valid'].all()
-    uvw = np.einsum('btij,btkj->btki', batch['K'].astype(np.float64),
-                    batch['kp3d'].astype(np.float64))
+    uvw = np.einsum(
+        'btij,btkj->btki', batch['K'].astype(np.float64), batch['kp3d'].astype(np.float64)
+    )
     ok = batch['kp2d'][..., 2] > 0
-    np.testing.assert_allclose((uvw[..., :2] / uvw[..., 2:])[ok], batch['kp2d'][..., :2][ok],
-                               atol=0.05)
+    np.testing.assert_allclose(
+        (uvw[..., :2] / uvw[..., 2:])[ok], batch['kp2d'][..., :2][ok], atol=0.05
+    )
 
 
 def test_undecodable_jpeg_is_a_corrupt_record(tmp_path):
@@ -276,9 +329,16 @@ def test_undecodable_jpeg_is_a_corrupt_record(tmp_path):
     error names shard and record; with it the frame is padding, flagged record_skipped."""
     rng = np.random.default_rng(5)
     recs, _ = synthetic_track(rng, 3, body_model='smpl', sequence='s', track=0, first_frame=0)
-    recs[1] = {**recs[1], 'image': b'\xff\xd8' + bytes(64)}   # JPEG magic, then nothing valid
-    with shards.RecordWriter(str(tmp_path / 'body'), 'body', 'train', num_shards=1,
-                             num_joints=44, body_model='smpl', fsync=False) as w:
+    recs[1] = {**recs[1], 'image': b'\xff\xd8' + bytes(64)}  # JPEG magic, then nothing valid
+    with shards.RecordWriter(
+        str(tmp_path / 'body'),
+        'body',
+        'train',
+        num_shards=1,
+        num_joints=44,
+        body_model='smpl',
+        fsync=False,
+    ) as w:
         for r in recs:
             w.write(r)
     kw = dict(num_frames=3, batch_size=1, shuffle=False, augment=aug.AugmentConfig(enabled=False))

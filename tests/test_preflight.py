@@ -4,6 +4,7 @@ ViT-H configs are only ever estimated here (analytic: a trace of the init, no co
 compiled figures are checked on a tiny config over 8 simulated devices, where XLA's per-device
 argument bytes must equal the sharded state and batch that the estimate adds up.
 """
+
 import json
 import os
 import re
@@ -17,12 +18,11 @@ import pytest
 from configs import image, video
 from extpose_jax.train import config as config_lib
 from extpose_jax.train import devices as devices_lib
-from extpose_jax.train import estimate
-from extpose_jax.train import preflight
+from extpose_jax.train import estimate, preflight
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE = jax.devices()[:1]
-GIB = 2 ** 30
+GIB = 2**30
 # A GPU's memory model (remat and bf16 as written), whatever this machine is; its memory is
 # then capped by config.preflight.memory_gb.
 H100 = devices_lib.DeviceInfo.target('h100')
@@ -37,8 +37,13 @@ def _apply_flags(cfg, line: str):
         for dotted, value in flags:
             group, name = dotted.split('.')
             old = out[group][name]
-            out[group][name] = (value == 'True') if isinstance(old, bool) else \
-                type(old)(value) if old is not None else int(value)
+            out[group][name] = (
+                (value == 'True')
+                if isinstance(old, bool)
+                else type(old)(value)
+                if old is not None
+                else int(value)
+            )
     return out
 
 
@@ -48,14 +53,16 @@ def test_refuses_vit_h_video_on_a_small_device_naming_a_setting_that_fits():
         cfg.train.grad_accum = 1
         cfg.preflight.memory_gb = 40.0
     with pytest.raises(preflight.Refusal) as e:
-        preflight.check(cfg, label='configs/video.py', devices=ONE, device=H100, compile='never',
-                        force=True)
+        preflight.check(
+            cfg, label='configs/video.py', devices=ONE, device=H100, compile='never', force=True
+        )
     line = str(e.value)
     assert '\n' not in line and 'GiB' in line
     assert '--config.train.grad_accum=' in line, line
     fixed = _apply_flags(cfg, line)
-    report = preflight.check(fixed, label='configs/video.py', devices=ONE, device=H100,
-                             compile='never', force=True)
+    report = preflight.check(
+        fixed, label='configs/video.py', devices=ONE, device=H100, compile='never', force=True
+    )
     assert report.peak_bytes() <= report.usable_bytes
     assert report.grad_accum == fixed.train.grad_accum > 1
 
@@ -104,16 +111,18 @@ def test_flops_count_the_mask_exactly():
     d = estimate.Dims.of(video.get_config('small'))
     n = d.patches
     assert d.keys_per_query == d.frames * n + n
-    img = estimate.Dims.of(image.get_config('small'))   # multimodal, T = 1: both streams
+    img = estimate.Dims.of(image.get_config('small'))  # multimodal, T = 1: both streams
     assert img.keys_per_query == 2 * n
     fwd = estimate.forward_flops(d, 1)
     c, tokens = d.width, d.tokens_per_clip
-    assert fwd['blocks'] == d.depth * tokens * (2 * (4 * c * c + 2 * c * d.mlp) + 4 * d.keys_per_query * c)
+    assert fwd['blocks'] == d.depth * tokens * (
+        2 * (4 * c * c + 2 * c * d.mlp) + 4 * d.keys_per_query * c
+    )
 
 
 def test_cpu_memory_model_keeps_fp32_activations_of_every_block():
     """XLA:CPU undoes remat and computes bf16 in fp32 (measured); GPUs and TPUs do neither."""
-    d = estimate.Dims.of(video.get_config())           # ViT-H, bf16, remat
+    d = estimate.Dims.of(video.get_config())  # ViT-H, bf16, remat
     cpu = estimate.on_platform(d, 'cpu')
     assert estimate.on_platform(d, 'gpu') == d
     ratio = estimate.activation_bytes(cpu, 1) / estimate.activation_bytes(d, 1)
@@ -133,10 +142,24 @@ def test_eight_simulated_devices_compile_a_tiny_config_and_agree_with_the_estima
     env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, '-m', 'extpose_jax.train.preflight', '--config=configs/video.py:small',
-         '--devices=8', '--compile=always', f'--json={out}', '--config.data.batch_size=8',
-         '--config.mesh.data=2', '--config.mesh.fsdp=4'],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+        [
+            sys.executable,
+            '-m',
+            'extpose_jax.train.preflight',
+            '--config=configs/video.py:small',
+            '--devices=8',
+            '--compile=always',
+            f'--json={out}',
+            '--config.data.batch_size=8',
+            '--config.mesh.data=2',
+            '--config.mesh.fsdp=4',
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     seconds = time.perf_counter() - start
     row = json.loads(out.read_text().splitlines()[-1])
@@ -158,14 +181,22 @@ def test_eight_simulated_devices_compile_a_tiny_config_and_agree_with_the_estima
 def test_front_door_refuses_the_paper_config_on_a_cpu_before_any_data(tmp_path):
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, 'run_train.py'), f'--config={REPO}/configs/video.py',
-         f'--config.data_dir={tmp_path}/data'],
-        cwd=tmp_path, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            os.path.join(REPO, 'run_train.py'),
+            f'--config={REPO}/configs/video.py',
+            f'--config.data_dir={tmp_path}/data',
+        ],
+        cwd=tmp_path,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     seconds = time.perf_counter() - start
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
     assert 'video.py:small' in lines[0] and '--force' in lines[0]
     assert not (tmp_path / 'data').exists() and not (tmp_path / 'runs').exists()
-    assert seconds < 180, seconds   # ~5 s alone; only a gross regression (data built first) fails
+    assert seconds < 180, seconds  # ~5 s alone; only a gross regression (data built first) fails

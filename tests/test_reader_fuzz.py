@@ -10,6 +10,7 @@ indexes, orbax's variables/) must load exactly what was written or fail; pickles
 no checksum, so a flipped digit there loads as a different value, and only the kind of outcome
 is checked.
 """
+
 import contextlib
 import copy
 import glob
@@ -55,8 +56,23 @@ def _odd_value(rng):
     """A value of the wrong kind (made fresh: a shared one could end up inside itself)."""
     looped = [0.0]
     looped.append(looped)
-    choices = [None, True, 'x', {}, [], {'a': 1}, [[1.0, 2.0], [3.0]], 10 ** 400, [None] * 21, looped,
-               np.zeros(0), np.zeros((2, 0)), np.array(['a', 'b']), np.zeros((3, 3, 3)), np.array(5.0)]
+    choices = [
+        None,
+        True,
+        'x',
+        {},
+        [],
+        {'a': 1},
+        [[1.0, 2.0], [3.0]],
+        10**400,
+        [None] * 21,
+        looped,
+        np.zeros(0),
+        np.zeros((2, 0)),
+        np.array(['a', 'b']),
+        np.zeros((3, 3, 3)),
+        np.array(5.0),
+    ]
     return choices[int(rng.integers(len(choices)))]
 
 
@@ -96,6 +112,7 @@ class _Hang(Exception):
 def _time_limit(seconds, what):
     def expire(*_):
         raise _Hang(f'{what}: still running after {seconds} s')
+
     old = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -108,13 +125,17 @@ def _time_limit(seconds, what):
 def equal(a, b) -> bool:
     """Exact equality of nested dicts / lists / arrays that never raises on odd values."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                and a.shape == b.shape and np.array_equal(a, b))
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.array_equal(a, b)
+        )
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return (type(a) is type(b) and len(a) == len(b)
-                and all(equal(x, y) for x, y in zip(a, b)))
+        return type(a) is type(b) and len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b))
     return type(a) is type(b) and a == b
 
 
@@ -189,16 +210,30 @@ def test_body_model_pickles(tmp_path):
             _write_pickle(path, obj)
 
     for path in (py2, py3):
-        fuzz('model', [path], lambda p=path: body_models.load_model_file(p), want, 250, seed=1,
-             structured={path: (want, write_any)})
+        fuzz(
+            'model',
+            [path],
+            lambda p=path: body_models.load_model_file(p),
+            want,
+            250,
+            seed=1,
+            structured={path: (want, write_any)},
+        )
 
 
 def test_j19_regressor_pickle(tmp_path):
     want = np.random.default_rng(0).random((3, 5))
     path = str(tmp_path / 'SMPL_to_J19.pkl')
     body_files.write_array_pkl(path, want)
-    fuzz('j19', [path], lambda: body_models.load_j19_regressor(path), want, 300, seed=2,
-         structured={path: (want, _write_pickle)})
+    fuzz(
+        'j19',
+        [path],
+        lambda: body_models.load_j19_regressor(path),
+        want,
+        300,
+        seed=2,
+        structured={path: (want, _write_pickle)},
+    )
 
 
 def test_3dpw_sequence_pickle(tmp_path):
@@ -206,8 +241,15 @@ def test_3dpw_sequence_pickle(tmp_path):
     path = str(tmp_path / 'courtyard_tiny_00.pkl')
     _write_pickle(path, seq)
     want = convert_3dpw.load_sequence(path)
-    fuzz('3dpw', [path], lambda: convert_3dpw.load_sequence(path), want, 400, seed=3,
-         structured={path: (seq, _write_pickle)})
+    fuzz(
+        '3dpw',
+        [path],
+        lambda: convert_3dpw.load_sequence(path),
+        want,
+        400,
+        seed=3,
+        structured={path: (seq, _write_pickle)},
+    )
 
 
 # ---------------------------------------------------------------- JSON annotations
@@ -215,6 +257,7 @@ def test_3dpw_sequence_pickle(tmp_path):
 
 def _write_json(path, obj):
     """JSON of `obj`; a list that contains itself is written 50000 levels deep instead."""
+
     def unloop(x, inside=()):
         if isinstance(x, list) and any(x is y for y in inside):
             return '__DEEP__'
@@ -223,6 +266,7 @@ def _write_json(path, obj):
         if isinstance(x, dict):
             return {k: unloop(v, inside) for k, v in x.items()}
         return x.tolist() if isinstance(x, np.ndarray) else x
+
     text = json.dumps(unloop(obj)).replace('"__DEEP__"', '[' * 50000 + ']' * 50000)
     with open(path, 'w') as f:
         f.write(text)
@@ -237,16 +281,32 @@ def test_freihand_annotations(tmp_path):
         objs[str(pub / f'training_{key}.json')] = rng.normal(size=(2, *shape)).round(5).tolist()
     for path, obj in objs.items():
         _write_json(path, obj)
-    load = lambda: {k: v for k, v in convert_freihand.load_annotations('train', str(pub), None).items()
-                    if k in ('K', 'mano', 'xyz')}
-    fuzz('freihand', sorted(objs), load, load(), 300, seed=5,
-         structured={p: (o, _write_json) for p, o in objs.items()})
+    load = lambda: {
+        k: v
+        for k, v in convert_freihand.load_annotations('train', str(pub), None).items()
+        if k in ('K', 'mano', 'xyz')
+    }
+    fuzz(
+        'freihand',
+        sorted(objs),
+        load,
+        load(),
+        300,
+        seed=5,
+        structured={p: (o, _write_json) for p, o in objs.items()},
+    )
 
 
 def test_hint_annotation(tmp_path):
     rng = np.random.default_rng(6)
-    ann = [{'bbox': [[10.0, 20.5, 90.25, 130.0]], 'keypoints': rng.normal(size=(21, 3)).round(4).tolist(),
-            'occlusion': rng.integers(0, 2, 21).tolist(), 'existence': [1] * 21}]
+    ann = [
+        {
+            'bbox': [[10.0, 20.5, 90.25, 130.0]],
+            'keypoints': rng.normal(size=(21, 3)).round(4).tolist(),
+            'occlusion': rng.integers(0, 2, 21).tolist(),
+            'existence': [1] * 21,
+        }
+    ]
     path = str(tmp_path / 'TRAIN_newdays_img' / '0001_right.json')
     os.makedirs(os.path.dirname(path))
     _write_json(path, ann)
@@ -260,8 +320,9 @@ def test_hint_annotation(tmp_path):
 def test_record_shard_index_and_dataset_info(tmp_path):
     out = str(tmp_path / 'toy')
     rng = np.random.default_rng(8)
-    with shards.RecordWriter(out, 'toy', 'train', num_shards=1, num_joints=44, body_model='smpl',
-                             fsync=False) as writer:
+    with shards.RecordWriter(
+        out, 'toy', 'train', num_shards=1, num_joints=44, body_model='smpl', fsync=False
+    ) as writer:
         for frame in range(3):
             writer.write(make_record(rng, 'seq_0', 0, frame, partial=frame == 2))
 
@@ -276,23 +337,49 @@ def test_record_shard_index_and_dataset_info(tmp_path):
         info_obj = json.load(f)
     # What the reader returns comes from the CRC-checked shard and the zip-checked index, which
     # dataset_info.json must agree with.
-    fuzz('records', files, load, load(), 400, seed=9, checked=files,
-         structured={info: (info_obj, _write_json)})
+    fuzz(
+        'records',
+        files,
+        load,
+        load(),
+        400,
+        seed=9,
+        checked=files,
+        structured={info: (info_obj, _write_json)},
+    )
 
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # orbax's threads
 def test_variables_directory(tmp_path):
     rng = np.random.default_rng(10)
-    variables = {'params': {'dense': {'kernel': rng.normal(size=(3, 4)).astype(np.float32),
-                                      'bias': np.arange(4, dtype=np.float32)}},
-                 'constants': {'head': {'init_pose': np.arange(6.0).reshape(2, 3)}}}
+    variables = {
+        'params': {
+            'dense': {
+                'kernel': rng.normal(size=(3, 4)).astype(np.float32),
+                'bias': np.arange(4, dtype=np.float32),
+            }
+        },
+        'constants': {'head': {'init_pose': np.arange(6.0).reshape(2, 3)}},
+    }
     directory = str(tmp_path / 'vars')
     checkpoint.save_variables(directory, variables, {'kind': 'smpl', 'source': 'x.ckpt'})
     want = checkpoint.load_variables(directory)
     meta = os.path.join(directory, 'meta.json')
-    stored = sorted(p for p in glob.glob(os.path.join(directory, 'variables', '**'), recursive=True)
-                    if os.path.isfile(p))
+    stored = sorted(
+        p
+        for p in glob.glob(os.path.join(directory, 'variables', '**'), recursive=True)
+        if os.path.isfile(p)
+    )
     load = lambda: checkpoint.load_variables(directory)
     # orbax's files checksum the arrays; meta.json is plain JSON (a flipped letter loads).
-    fuzz('variables', [meta] + stored, load, want, 250, seed=11, checked=stored,
-         structured={meta: (want[1], _write_json)}, names={p: [directory] for p in stored})
+    fuzz(
+        'variables',
+        [meta] + stored,
+        load,
+        want,
+        250,
+        seed=11,
+        checked=stored,
+        structured={meta: (want[1], _write_json)},
+        names={p: [directory] for p in stored},
+    )

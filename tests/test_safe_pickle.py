@@ -1,5 +1,6 @@
 """extpose_jax.safe_pickle under every loader: hostile globals are refused before anything is
 imported or run; Python 2 and Python 3 encodings of the official formats read exactly."""
+
 import io
 import json
 import os
@@ -39,6 +40,7 @@ class _CallPickler(pickle._Pickler):
 
     def save_ref(self, obj):
         self.write(pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode())
+
     dispatch[_Ref] = save_ref
 
     def save_call(self, obj):
@@ -48,6 +50,7 @@ class _CallPickler(pickle._Pickler):
         if obj.state is not None:
             self.save(obj.state)
             self.write(pickle.BUILD)
+
     dispatch[_Call] = save_call
 
 
@@ -87,35 +90,46 @@ def _payloads(marker: str) -> dict:
     }
 
 
-_GLOBAL_OF = {'f2py_main': 'numpy.f2py.__main__.main', 'os_system': 'os.system',
-              'builtins_eval': 'builtins.eval', 'subprocess_popen': 'subprocess.Popen',
-              'numpy_testing': 'numpy.testing.assert_equal', 'numpy_testing_foo': 'numpy.testing.foo.bar',
-              'numpy_load': 'numpy.load', 'reduce_os_system': 'posix.system',
-              'reduce_exec': '__builtin__.exec'}  # protocol 2 spells builtins the Python 2 way
+_GLOBAL_OF = {
+    'f2py_main': 'numpy.f2py.__main__.main',
+    'os_system': 'os.system',
+    'builtins_eval': 'builtins.eval',
+    'subprocess_popen': 'subprocess.Popen',
+    'numpy_testing': 'numpy.testing.assert_equal',
+    'numpy_testing_foo': 'numpy.testing.foo.bar',
+    'numpy_load': 'numpy.load',
+    'reduce_os_system': 'posix.system',
+    'reduce_exec': '__builtin__.exec',
+}  # protocol 2 spells builtins the Python 2 way
 
 
 def _write_hostile_files(tmp_path, marker) -> list:
     """(loader, payload, path) for every loader x payload."""
     import torch
+
     cases = []
     for name, payload in _payloads(marker).items():
-        raw = {'model': {'v_template': payload, 'f': np.zeros((1, 3), np.int64)},
-               'j19': payload,
-               '3dpw': {'poses': [payload], 'genders': ['m']}}
+        raw = {
+            'model': {'v_template': payload, 'f': np.zeros((1, 3), np.int64)},
+            'j19': payload,
+            '3dpw': {'poses': [payload], 'genders': ['m']},
+        }
         for loader, obj in raw.items():
             path = tmp_path / f'{loader}_{name}.pkl'
             path.write_bytes(_dumps(obj))
             cases.append((loader, name, str(path)))
         path = tmp_path / f'torch_{name}.ckpt'
         ckpt = {'state_dict': {'w': torch.zeros(2)}, 'hyper_parameters': payload}
-        torch.save(ckpt, path, pickle_module=_TORCH_PICKLE)  # a real zip checkpoint, payload in data.pkl
+        torch.save(
+            ckpt, path, pickle_module=_TORCH_PICKLE
+        )  # a real zip checkpoint, payload in data.pkl
         cases.append(('torch', name, str(path)))
     return cases
 
 
 # Runs in a fresh interpreter: warms each loader up on a good file, drops the modules a hostile
 # global would import, then checks that no attempt brings any module back or adds a new one.
-_ATTEMPTS = r'''
+_ATTEMPTS = r"""
 import json, sys
 from data_pipelines import convert_3dpw, convert_common
 from extpose_jax import body_models
@@ -140,12 +154,15 @@ for loader, name, path in cases:
     result.update(loader=loader, name=name, path=path, new_modules=sorted(set(sys.modules) - before))
     out.append(result)
 print('RESULTS ' + json.dumps({'dropped': dropped, 'results': out}))
-'''
+"""
 
 
 def _good_files(tmp_path) -> dict:
     import torch
-    model, j19, seq, ckpt = (tmp_path / n for n in ('good.pkl', 'good_j19.pkl', 'good_3dpw.pkl', 'good.ckpt'))
+
+    model, j19, seq, ckpt = (
+        tmp_path / n for n in ('good.pkl', 'good_j19.pkl', 'good_3dpw.pkl', 'good.ckpt')
+    )
     body_files.write_model_pkl(str(model), tiny_model())
     body_files.write_array_pkl(str(j19), np.ones((2, 5)))
     seq.write_bytes(legacy_pickle.dumps(tiny_3dpw_sequence()))
@@ -156,20 +173,31 @@ def _good_files(tmp_path) -> dict:
 def test_every_loader_refuses_hostile_globals_without_importing_or_running_anything(tmp_path):
     marker = str(tmp_path / 'MARKER')
     cases = _write_hostile_files(tmp_path, marker)
-    proc = subprocess.run([sys.executable, '-c', _ATTEMPTS, json.dumps(cases), json.dumps(_good_files(tmp_path))],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    proc = subprocess.run(
+        [sys.executable, '-c', _ATTEMPTS, json.dumps(cases), json.dumps(_good_files(tmp_path))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.split('RESULTS ', 1)[1])
-    assert {'numpy.testing', 'numpy.f2py'} <= set(report['dropped'])  # the check below means something
+    assert {'numpy.testing', 'numpy.f2py'} <= set(
+        report['dropped']
+    )  # the check below means something
     assert len(report['results']) == len(cases) == 4 * len(_GLOBAL_OF)
-    errors_of = {'model': 'BodyModelFileError', 'j19': 'BodyModelFileError',
-                 '3dpw': 'ConversionError', 'torch': 'CheckpointError'}
+    errors_of = {
+        'model': 'BodyModelFileError',
+        'j19': 'BodyModelFileError',
+        '3dpw': 'ConversionError',
+        'torch': 'CheckpointError',
+    }
     for r in report['results']:
-        where = f"{r['loader']} / {r['name']}"
+        where = f'{r["loader"]} / {r["name"]}'
         assert r['error'] == errors_of[r['loader']], (where, r)
         assert r['exit_code'] == 1, where
-        assert r['message'].startswith(f"{r['path']}: refusing to unpickle "), (where, r['message'])
+        assert r['message'].startswith(f'{r["path"]}: refusing to unpickle '), (where, r['message'])
         assert _GLOBAL_OF[r['name']] in r['message'], (where, r['message'])
         assert r['new_modules'] == [], (where, r['new_modules'])
     assert not os.path.exists(marker)
@@ -180,7 +208,10 @@ def test_refusal_names_the_file_and_the_global(tmp_path):
     path.write_bytes(_dumps({'a': _Call('numpy.f2py.__main__', 'main')}))
     with pytest.raises(convert_common.ConversionError) as err:
         safe_pickle.load(str(path), convert_common.ConversionError, '3DPW sequence file')
-    assert str(err.value) == f'{path}: refusing to unpickle numpy.f2py.__main__.main; not a 3DPW sequence file'
+    assert (
+        str(err.value)
+        == f'{path}: refusing to unpickle numpy.f2py.__main__.main; not a 3DPW sequence file'
+    )
     assert isinstance(err.value, errors.DataFileError)
 
 
@@ -198,14 +229,14 @@ def test_codecs_encode_is_latin1_text_only(tmp_path):
     path.write_bytes(_dumps(_Call('_codecs', 'encode', ('x', 'idna'))))  # a codec lookup imports
     with pytest.raises(convert_common.ConversionError, match='not how a pickle writes bytes'):
         safe_pickle.load(str(path), convert_common.ConversionError, 'file')
-    path.write_bytes(_dumps(_Call('__builtin__', 'bytes', (10 ** 9,))))
+    path.write_bytes(_dumps(_Call('__builtin__', 'bytes', (10**9,))))
     with pytest.raises(convert_common.ConversionError, match='not how a pickle writes bytes'):
         safe_pickle.load(str(path), convert_common.ConversionError, 'file')
 
 
 # Files that crashed the interpreter before (numpy / scipy trust what they are given): run in a
 # child process, so that a regression fails this test instead of killing the session.
-_CRASHERS = r'''
+_CRASHERS = r"""
 import sys
 from extpose_jax import body_models
 for path in sys.argv[1:]:
@@ -214,22 +245,29 @@ for path in sys.argv[1:]:
         print('LOADED', path)
     except body_models.BodyModelFileError as e:
         print('REFUSED', e)
-'''
+"""
 
 
 def test_files_that_would_crash_numpy_or_scipy_are_refused(tmp_path):
     model = tiny_model()
     # An object array whose dtype state clears numpy's object flags: its bytes become pointers.
     objects = tmp_path / 'object_dtype.pkl'
-    objects.write_bytes(legacy_pickle.dumps({**model, 'v_template': np.array([1, 2], dtype=object)}))
+    objects.write_bytes(
+        legacy_pickle.dumps({**model, 'v_template': np.array([1, 2], dtype=object)})
+    )
     # A sparse regressor with a row index past its shape: scipy's toarray writes out of bounds.
     sparse = model['J_regressor'].copy()
-    sparse.indices[0] = 10 ** 6
+    sparse.indices[0] = 10**6
     out_of_bounds = tmp_path / 'sparse.pkl'
     out_of_bounds.write_bytes(legacy_pickle.dumps({**model, 'J_regressor': sparse}))
-    proc = subprocess.run([sys.executable, '-c', _CRASHERS, str(objects), str(out_of_bounds)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    proc = subprocess.run(
+        [sys.executable, '-c', _CRASHERS, str(objects), str(out_of_bounds)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 and all(line.startswith('REFUSED') for line in lines), proc.stdout
@@ -257,8 +295,9 @@ def tiny_model(num_verts=6, num_joints=3, seed=0) -> dict:
         'posedirs': rng.normal(size=(num_verts, 3, 9 * (num_joints - 1))),
         'J_regressor': scipy.sparse.csc_matrix(regressor),
         'weights': rng.random((num_verts, num_joints)),
-        'kintree_table': np.array([[2 ** 32 - 1] + list(range(num_joints - 1)), list(range(num_joints))],
-                                  np.int64),
+        'kintree_table': np.array(
+            [[2**32 - 1] + list(range(num_joints - 1)), list(range(num_joints))], np.int64
+        ),
         'f': rng.integers(0, num_verts, (4, 3)).astype(np.uint32),
         'bs_style': 'lbs',
     }
@@ -268,11 +307,17 @@ def tiny_3dpw_sequence(n=2, seed=0) -> dict:
     """One actor, n frames, in the 3DPW pkl layout (values arbitrary but of the right shapes)."""
     rng = np.random.default_rng(seed)
     return {
-        'sequence': 'tiny', 'genders': ['m'], 'betas': [rng.normal(size=10)],
-        'poses': [rng.normal(size=(n, 72))], 'trans': [rng.normal(size=(n, 3))],
-        'jointPositions': [rng.normal(size=(n, 72))], 'poses2d': [rng.random((n, 3, 18))],
-        'campose_valid': [np.ones(n, bool)], 'cam_poses': np.tile(np.eye(4), (n, 1, 1)),
-        'cam_intrinsics': np.diag([500.0, 500.0, 1.0]), 'img_frame_ids': np.arange(n),
+        'sequence': 'tiny',
+        'genders': ['m'],
+        'betas': [rng.normal(size=10)],
+        'poses': [rng.normal(size=(n, 72))],
+        'trans': [rng.normal(size=(n, 3))],
+        'jointPositions': [rng.normal(size=(n, 72))],
+        'poses2d': [rng.random((n, 3, 18))],
+        'campose_valid': [np.ones(n, bool)],
+        'cam_poses': np.tile(np.eye(4), (n, 1, 1)),
+        'cam_intrinsics': np.diag([500.0, 500.0, 1.0]),
+        'img_frame_ids': np.arange(n),
     }
 
 
@@ -309,22 +354,39 @@ def test_official_chumpy_layout_reads(tmp_path):
     full = model['shapedirs']
     wide = np.concatenate([full, np.zeros_like(full)], axis=2)  # MANO: a Select of the first betas
     idxs = np.arange(wide.size).reshape(wide.shape)[..., :2].ravel()
-    ch = _Call('copy_reg', '_reconstructor', (_Ref('chumpy.ch', 'Ch'), _Ref('__builtin__', 'object'), None),
-               state={'x': wide})
-    select = _Call('copy_reg', '_reconstructor',
-                   (_Ref('chumpy.reordering', 'Select'), _Ref('__builtin__', 'object'), None),
-                   state={'a': ch, 'idxs': idxs, 'preferred_shape': full.shape})
-    derived = _Call('copy_reg', '_reconstructor',
-                    (_Ref('chumpy.ch_ops', 'add'), _Ref('__builtin__', 'object'), None), state={'a': ch})
-    obj = {**model, 'shapedirs': select, 'v_shaped': derived,
-           'J_regressor': model['J_regressor'].toarray()}
+    ch = _Call(
+        'copy_reg',
+        '_reconstructor',
+        (_Ref('chumpy.ch', 'Ch'), _Ref('__builtin__', 'object'), None),
+        state={'x': wide},
+    )
+    select = _Call(
+        'copy_reg',
+        '_reconstructor',
+        (_Ref('chumpy.reordering', 'Select'), _Ref('__builtin__', 'object'), None),
+        state={'a': ch, 'idxs': idxs, 'preferred_shape': full.shape},
+    )
+    derived = _Call(
+        'copy_reg',
+        '_reconstructor',
+        (_Ref('chumpy.ch_ops', 'add'), _Ref('__builtin__', 'object'), None),
+        state={'a': ch},
+    )
+    obj = {
+        **model,
+        'shapedirs': select,
+        'v_shaped': derived,
+        'J_regressor': model['J_regressor'].toarray(),
+    }
     (tmp_path / 'MANO_RIGHT.pkl').write_bytes(_dumps(obj))
     got = body_models.load_model_file(str(tmp_path / 'MANO_RIGHT.pkl'))
     _assert_model_equal(got, model)
     assert 'v_shaped' not in got
     obj['weights'] = derived  # a required key must be an array
     (tmp_path / 'MANO_RIGHT.pkl').write_bytes(_dumps(obj))
-    with pytest.raises(body_models.BodyModelFileError, match="key 'weights' is a chumpy.ch_ops.add expression"):
+    with pytest.raises(
+        body_models.BodyModelFileError, match="key 'weights' is a chumpy.ch_ops.add expression"
+    ):
         body_models.load_model_file(str(tmp_path / 'MANO_RIGHT.pkl'))
 
 
@@ -343,6 +405,7 @@ def test_checkpoint_config_classes_are_inert_stand_ins(tmp_path):
     import torch
 
     from extpose_jax.convert import from_torch
+
     cfg = _Call('yacs.config', 'CfgNode', state={'__immutable__': True})
     args = _Call('argparse', 'Namespace', state={'lr': 1e-4})
     ckpt = {'state_dict': {'w': torch.arange(3.0)}, 'hyper_parameters': {'cfg': cfg, 'args': args}}

@@ -1,4 +1,5 @@
 """Layouts, flips and maps, checked against upstream's published numbers and the joint names."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,15 +10,21 @@ from extpose_jax import skeletons as sk
 
 ALL = sorted(sk.LAYOUTS)
 # (src, dst) pairs the brief requires a map for.
-REQUIRED_PAIRS = [('openpose18', 'coco17'), ('body25', 'coco17'), ('body25', 'openpose18'),
-                  ('hmr44', 'coco17'), ('hmr44', 'openpose18'), ('mano21', 'hand21')]
+REQUIRED_PAIRS = [
+    ('openpose18', 'coco17'),
+    ('body25', 'coco17'),
+    ('body25', 'openpose18'),
+    ('hmr44', 'coco17'),
+    ('hmr44', 'openpose18'),
+    ('mano21', 'hand21'),
+]
 
 
 def _swap_side(name):
     """'left_x' <-> 'right_x', written independently of the module."""
     for a, b in (('left', 'right'), ('right', 'left')):
         if name.startswith(a + '_'):
-            return b + name[len(a):]
+            return b + name[len(a) :]
     return name
 
 
@@ -58,8 +65,33 @@ def test_hand_flips_are_identity_and_body_flips_are_not():
 
 
 def test_hmr44_flip_equals_spec():
-    body = [0, 1, 5, 6, 7, 2, 3, 4, 8, 12, 13, 14, 9, 10, 11, 16, 15, 18, 17, 22, 23, 24, 19, 20,
-            21]
+    body = [
+        0,
+        1,
+        5,
+        6,
+        7,
+        2,
+        3,
+        4,
+        8,
+        12,
+        13,
+        14,
+        9,
+        10,
+        11,
+        16,
+        15,
+        18,
+        17,
+        22,
+        23,
+        24,
+        19,
+        20,
+        21,
+    ]
     extra = [5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 12, 13, 14, 15, 16, 17, 18]
     assert list(sk.HMR44.flip) == body + [25 + i for i in extra]
     assert list(sk.BODY25.flip) == body
@@ -79,7 +111,24 @@ def test_required_maps_agree_with_joint_names(src, dst):
 
 def test_openpose18_to_coco17_equals_spec():
     assert sk.mapping(sk.OPENPOSE18, sk.COCO17).tolist() == [
-        0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10]
+        0,
+        15,
+        14,
+        17,
+        16,
+        5,
+        2,
+        6,
+        3,
+        7,
+        4,
+        11,
+        8,
+        12,
+        9,
+        13,
+        10,
+    ]
 
 
 def test_fallback_maps_by_name_and_marks_missing():
@@ -99,21 +148,73 @@ def test_smpl_to_openpose25_agrees_with_names():
     # smplx's 45 SMPL joints: 24 skeleton joints, then vertex joints taken from the mesh (nose,
     # eyes, ears, feet; the 10 fingertips after them are unused), written out again here.
     smpl45 = list(sk.SMPL24_JOINTS) + [
-        'nose', 'right_eye', 'left_eye', 'right_ear', 'left_ear', 'left_big_toe',
-        'left_small_toe', 'left_heel', 'right_big_toe', 'right_small_toe', 'right_heel']
+        'nose',
+        'right_eye',
+        'left_eye',
+        'right_ear',
+        'left_ear',
+        'left_big_toe',
+        'left_small_toe',
+        'left_heel',
+        'right_big_toe',
+        'right_small_toe',
+        'right_heel',
+    ]
     expected = _map_by_name(smpl45, list(sk.BODY25_JOINTS), aliases={'mid_hip': 'pelvis'})
     assert sk.SMPL_TO_OPENPOSE25.tolist() == expected
     assert sk.SMPL_TO_OPENPOSE25.tolist() == [
-        24, 12, 17, 19, 21, 16, 18, 20, 0, 2, 5, 8, 1, 4, 7, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34]
+        24,
+        12,
+        17,
+        19,
+        21,
+        16,
+        18,
+        20,
+        0,
+        2,
+        5,
+        8,
+        1,
+        4,
+        7,
+        25,
+        26,
+        27,
+        28,
+        29,
+        30,
+        31,
+        32,
+        33,
+        34,
+    ]
 
 
 def test_mano_to_openpose21_agrees_with_names_and_freihand_toolbox():
-    assert sk.MANO_TO_OPENPOSE21.tolist() == _map_by_name(list(sk.MANO21_JOINTS),
-                                                          list(sk.HAND21_JOINTS))
+    assert sk.MANO_TO_OPENPOSE21.tolist() == _map_by_name(
+        list(sk.MANO21_JOINTS), list(sk.HAND21_JOINTS)
+    )
     assert sk.mapping('mano21', 'hand21').tolist() == sk.MANO_TO_OPENPOSE21.tolist()
     # FreiHAND toolbox: MANO joint m goes to OpenPose slot toolbox[m] (its own table).
-    toolbox = {0: 0, 1: 5, 2: 6, 3: 7, 4: 9, 5: 10, 6: 11, 7: 17, 8: 18, 9: 19, 10: 13, 11: 14,
-               12: 15, 13: 1, 14: 2, 15: 3}
+    toolbox = {
+        0: 0,
+        1: 5,
+        2: 6,
+        3: 7,
+        4: 9,
+        5: 10,
+        6: 11,
+        7: 17,
+        8: 18,
+        9: 19,
+        10: 13,
+        11: 14,
+        12: 15,
+        13: 1,
+        14: 2,
+        15: 3,
+    }
     for m, slot in toolbox.items():
         assert sk.MANO_TO_OPENPOSE21[slot] == m
     # tips are appended thumb, index, middle, ring, pinky and land on 4, 8, 12, 16, 20
@@ -121,16 +222,71 @@ def test_mano_to_openpose21_agrees_with_names_and_freihand_toolbox():
 
 
 def test_hand_and_mano_layouts():
-    assert sk.MANO16_JOINTS == ('wrist', 'index1', 'index2', 'index3', 'middle1', 'middle2',
-                                'middle3', 'pinky1', 'pinky2', 'pinky3', 'ring1', 'ring2',
-                                'ring3', 'thumb1', 'thumb2', 'thumb3')
+    assert sk.MANO16_JOINTS == (
+        'wrist',
+        'index1',
+        'index2',
+        'index3',
+        'middle1',
+        'middle2',
+        'middle3',
+        'pinky1',
+        'pinky2',
+        'pinky3',
+        'ring1',
+        'ring2',
+        'ring3',
+        'thumb1',
+        'thumb2',
+        'thumb3',
+    )
     assert sk.MANO21.joints[:16] == sk.MANO16_JOINTS
     # hand-21: 0 wrist, then 4 joints per finger in thumb, index, middle, ring, pinky order
     for f, finger in enumerate(('thumb', 'index', 'middle', 'ring', 'pinky')):
         assert all(sk.HAND21_JOINTS[1 + 4 * f + k].startswith(finger) for k in range(4))
     flat = [v for pair in sk.HAND21.limbs for v in pair]
-    assert flat == [0, 1, 1, 2, 2, 3, 3, 4, 0, 5, 5, 6, 6, 7, 7, 8, 0, 9, 9, 10, 10, 11, 11, 12,
-                    0, 13, 13, 14, 14, 15, 15, 16, 0, 17, 17, 18, 18, 19, 19, 20]
+    assert flat == [
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+        0,
+        5,
+        5,
+        6,
+        6,
+        7,
+        7,
+        8,
+        0,
+        9,
+        9,
+        10,
+        10,
+        11,
+        11,
+        12,
+        0,
+        13,
+        13,
+        14,
+        14,
+        15,
+        15,
+        16,
+        0,
+        17,
+        17,
+        18,
+        18,
+        19,
+        19,
+        20,
+    ]
     # MANO kinematic tree: every finger chain hangs off the wrist, joint k-1 -> k
     for j, p in enumerate(sk.MANO16_PARENTS[1:], start=1):
         assert p == (0 if (j - 1) % 3 == 0 else j - 1)
@@ -170,8 +326,9 @@ def test_flip_smpl_pose_mirrors_rotations():
     for j in range(24):
         src = sk.SMPL_FLIP_PERMUTATION[j]
         want = mirror @ Rotation.from_rotvec(pose[:, src]).as_matrix() @ mirror
-        np.testing.assert_allclose(Rotation.from_rotvec(flipped[:, j]).as_matrix(), want,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            Rotation.from_rotvec(flipped[:, j]).as_matrix(), want, atol=1e-12
+        )
     np.testing.assert_allclose(sk.flip_smpl_pose(flipped), pose)
     flat = sk.flip_smpl_pose(pose.reshape(5, 72))
     np.testing.assert_allclose(flat, flipped.reshape(5, 72))

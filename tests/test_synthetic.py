@@ -4,6 +4,7 @@ Small sizes, temporary folders. The checks recompute what a dataset reader compu
 extpose_jax.body_models (not with the generator's own helpers), so a convention slip in the
 generator shows up as a mismatch here.
 """
+
 import glob
 import json
 import os
@@ -19,7 +20,7 @@ from data_pipelines.synthetic import raw_3dpw, raw_freihand, raw_hint, render
 from extpose_jax import body_models as bm
 from extpose_jax import skeletons
 
-W3, H3 = 135, 240          # small portrait 3DPW frames
+W3, H3 = 135, 240  # small portrait 3DPW frames
 SEQS = {'train': 1, 'test': 1}
 FRAMES = 5
 FH_TRAIN, FH_EVAL = 3, 2
@@ -28,12 +29,24 @@ HINT_PER_FOLDER = 2
 
 def _write_small(root, body_model_dir, seed):
     out = {
-        '3dpw': raw_3dpw.write_3dpw(os.path.join(root, '3DPW'), body_model_dir, seed=seed,
-                                    sequences=SEQS, frames=FRAMES, image_size=(W3, H3)),
-        'freihand': raw_freihand.write_freihand(os.path.join(root, 'FreiHAND'), body_model_dir,
-                                                seed=seed, train=FH_TRAIN, evaluation=FH_EVAL),
-        'hint': raw_hint.write_hint(os.path.join(root, 'HInt'), body_model_dir, seed=seed,
-                                    per_folder=HINT_PER_FOLDER),
+        '3dpw': raw_3dpw.write_3dpw(
+            os.path.join(root, '3DPW'),
+            body_model_dir,
+            seed=seed,
+            sequences=SEQS,
+            frames=FRAMES,
+            image_size=(W3, H3),
+        ),
+        'freihand': raw_freihand.write_freihand(
+            os.path.join(root, 'FreiHAND'),
+            body_model_dir,
+            seed=seed,
+            train=FH_TRAIN,
+            evaluation=FH_EVAL,
+        ),
+        'hint': raw_hint.write_hint(
+            os.path.join(root, 'HInt'), body_model_dir, seed=seed, per_folder=HINT_PER_FOLDER
+        ),
     }
     return out
 
@@ -83,8 +96,14 @@ def test_same_bytes_for_the_same_seed(synth, body_model_dir, tmp_path):
 
 
 def test_other_seed_other_data(synth, body_model_dir, tmp_path):
-    out = raw_3dpw.write_3dpw(str(tmp_path / '3DPW'), str(body_model_dir), seed=1,
-                              sequences={'test': 1}, frames=2, image_size=(W3, H3))
+    out = raw_3dpw.write_3dpw(
+        str(tmp_path / '3DPW'),
+        str(body_model_dir),
+        seed=1,
+        sequences={'test': 1},
+        frames=2,
+        image_size=(W3, H3),
+    )
     (name,) = out['sequences']['test']
     with open(tmp_path / '3DPW' / 'sequenceFiles' / 'test' / f'{name}.pkl', 'rb') as f:
         other = pickle.load(f, encoding='latin1')
@@ -99,9 +118,9 @@ def test_3dpw_pickle_needs_latin1(synth):
     for path, _ in _pkls(synth):
         with open(path, 'rb') as f:
             raw = f.read()
-        assert raw[:2] == b'\x80\x02'                      # protocol 2
+        assert raw[:2] == b'\x80\x02'  # protocol 2
         with pytest.raises(UnicodeDecodeError):
-            pickle.loads(raw)                               # Python 3's default: ASCII
+            pickle.loads(raw)  # Python 3's default: ASCII
 
 
 def test_3dpw_layout_keys_and_shapes(synth):
@@ -111,18 +130,44 @@ def test_3dpw_layout_keys_and_shapes(synth):
     for path, d in _pkls(synth):
         name = os.path.basename(path)[:-4]
         assert re.fullmatch(r'[a-z]+_synth_\d\d', name)
-        expected = {'sequence', 'genders', 'betas', 'betas_clothed', 'v_template_clothed',
-                    'texture_maps', 'poses', 'trans', 'poses_60Hz', 'trans_60Hz', 'img_frame_ids',
-                    'jointPositions', 'poses2d', 'cam_poses', 'cam_intrinsics', 'campose_valid'}
+        expected = {
+            'sequence',
+            'genders',
+            'betas',
+            'betas_clothed',
+            'v_template_clothed',
+            'texture_maps',
+            'poses',
+            'trans',
+            'poses_60Hz',
+            'trans_60Hz',
+            'img_frame_ids',
+            'jointPositions',
+            'poses2d',
+            'cam_poses',
+            'cam_intrinsics',
+            'campose_valid',
+        }
         assert set(d) == expected
         assert d['sequence'] == name and isinstance(d['sequence'], str)
         A = len(d['poses'])
         n_actor_counts.add(A)
         N = len(d['img_frame_ids'])
         assert N == FRAMES
-        for key in ('genders', 'betas', 'betas_clothed', 'v_template_clothed', 'texture_maps',
-                    'poses', 'trans', 'poses_60Hz', 'trans_60Hz', 'jointPositions', 'poses2d',
-                    'campose_valid'):
+        for key in (
+            'genders',
+            'betas',
+            'betas_clothed',
+            'v_template_clothed',
+            'texture_maps',
+            'poses',
+            'trans',
+            'poses_60Hz',
+            'trans_60Hz',
+            'jointPositions',
+            'poses2d',
+            'campose_valid',
+        ):
             assert isinstance(d[key], list) and len(d[key]) == A, key
         assert all(g in ('m', 'f') for g in d['genders'])
         for k in range(A):
@@ -147,8 +192,9 @@ def test_3dpw_layout_keys_and_shapes(synth):
         assert ids.dtype.kind == 'i' and (np.diff(ids) > 0).all() and ids.max() < 2 * N
         assert d['cam_poses'].shape == (N, 4, 4)
         R = d['cam_poses'][:, :3, :3]
-        np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape),
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-9
+        )
         np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-9)
         np.testing.assert_array_equal(d['cam_poses'][:, 3], np.broadcast_to([0, 0, 0, 1.0], (N, 4)))
         K = d['cam_intrinsics']
@@ -167,14 +213,22 @@ def test_3dpw_joint_positions_are_the_gendered_smpl_joints(synth, body_model_dir
     for _, d in _pkls(synth):
         for k, g in enumerate(d['genders']):
             model = bm.load_smpl(str(body_model_dir), _gender(g))
-            out = bm.forward(model, np.asarray(d['poses'][k], np.float32),
-                             np.asarray(d['betas'][k][:10], np.float32))
+            out = bm.forward(
+                model,
+                np.asarray(d['poses'][k], np.float32),
+                np.asarray(d['betas'][k][:10], np.float32),
+            )
             joints = np.asarray(out['joints'], np.float64) + d['trans'][k][:, None]
             np.testing.assert_allclose(joints.reshape(-1, 72), d['jointPositions'][k], atol=1e-5)
             # the other gender does not fit: the gender matters
             other = bm.load_smpl(str(body_model_dir), 'female' if g == 'm' else 'male')
-            wrong = np.asarray(bm.forward(other, np.asarray(d['poses'][k], np.float32),
-                                          np.asarray(d['betas'][k][:10], np.float32))['joints'])
+            wrong = np.asarray(
+                bm.forward(
+                    other,
+                    np.asarray(d['poses'][k], np.float32),
+                    np.asarray(d['betas'][k][:10], np.float32),
+                )['joints']
+            )
             assert np.abs(wrong + d['trans'][k][:, None] - joints).max() > 1e-3
 
 
@@ -182,12 +236,17 @@ def test_3dpw_world_is_y_up_with_people_on_the_ground(synth, body_model_dir):
     for _, d in _pkls(synth):
         for k, g in enumerate(d['genders']):
             model = bm.load_smpl(str(body_model_dir), _gender(g))
-            verts = np.asarray(bm.forward(model, np.asarray(d['poses'][k], np.float32),
-                                          np.asarray(d['betas'][k][:10], np.float32))['vertices'])
+            verts = np.asarray(
+                bm.forward(
+                    model,
+                    np.asarray(d['poses'][k], np.float32),
+                    np.asarray(d['betas'][k][:10], np.float32),
+                )['vertices']
+            )
             verts = verts + d['trans'][k][:, None]
-            np.testing.assert_allclose(verts[..., 1].min(1), 0.0, atol=1e-4)   # feet on y = 0
+            np.testing.assert_allclose(verts[..., 1].min(1), 0.0, atol=1e-4)  # feet on y = 0
             J = d['jointPositions'][k].reshape(-1, 24, 3)
-            assert (J[:, 15, 1] > J[:, 0, 1] + 0.3).all()                       # head above pelvis
+            assert (J[:, 15, 1] > J[:, 0, 1] + 0.3).all()  # head above pelvis
             # ... and the head is drawn above the pelvis: the camera maps world up to image up
             R, t = d['cam_poses'][:, :3, :3], d['cam_poses'][:, :3, 3]
             cam = np.einsum('fij,fpj->fpi', R, J) + t[:, None]
@@ -201,14 +260,19 @@ def test_3dpw_poses2d_are_projected_openpose18_keypoints(synth, body_model_dir):
         R, t = d['cam_poses'][:, :3, :3], d['cam_poses'][:, :3, 3]
         for k, g in enumerate(d['genders']):
             model = bm.load_smpl(str(body_model_dir), _gender(g))
-            kp = np.asarray(bm.forward(model, np.asarray(d['poses'][k], np.float32),
-                                       np.asarray(d['betas'][k][:10], np.float32))['keypoints'])
+            kp = np.asarray(
+                bm.forward(
+                    model,
+                    np.asarray(d['poses'][k], np.float32),
+                    np.asarray(d['betas'][k][:10], np.float32),
+                )['keypoints']
+            )
             op18 = skeletons.convert(kp.astype(np.float64), 'body25', 'openpose18')
             world = op18 + d['trans'][k][:, None]
             cam = np.einsum('fij,fpj->fpi', R, world) + t[:, None]
             uv = render.project(K, cam)
             inside = render.inside_image(uv, (W3, H3), cam[..., 2])
-            p2d = np.transpose(d['poses2d'][k], (0, 2, 1))                      # (N, 18, 3)
+            p2d = np.transpose(d['poses2d'][k], (0, 2, 1))  # (N, 18, 3)
             for i in range(len(p2d)):
                 if inside[i].sum() < 6:
                     assert not p2d[i].any()
@@ -216,12 +280,12 @@ def test_3dpw_poses2d_are_projected_openpose18_keypoints(synth, body_model_dir):
                 np.testing.assert_array_equal(p2d[i, :, 2], inside[i].astype(float))
                 np.testing.assert_allclose(p2d[i, inside[i], :2], uv[i, inside[i]], atol=2e-3)
                 assert not p2d[i, ~inside[i]].any()
-            assert p2d[..., 2].mean() > 0.8                                     # people in view
+            assert p2d[..., 2].mean() > 0.8  # people in view
             # the SMPL joints are not the 2D keypoints, but they are close (shoulders, hips)
             J = d['jointPositions'][k].reshape(-1, 24, 3)
             cj = np.einsum('fij,fpj->fpi', R, J) + t[:, None]
             uvj = render.project(K, cj)
-            pairs = [(17, 2), (16, 5), (2, 8), (1, 11)]                          # SMPL -> OP18
+            pairs = [(17, 2), (16, 5), (2, 8), (1, 11)]  # SMPL -> OP18
             for sj, oj in pairs:
                 ok = p2d[:, oj, 2] > 0
                 err = np.linalg.norm(uvj[ok, sj] - p2d[ok, oj, :2], axis=-1)
@@ -232,12 +296,12 @@ def test_openpose18_2d_zeroes_frames_with_few_visible_joints():
     K = np.array([[100.0, 0, 50], [0, 100, 50], [0, 0, 1]])
     pts = np.zeros((18, 3))
     pts[:, 2] = 2.0
-    pts[:, 0] = np.linspace(-4, 4, 18)          # only the middle few project onto the image
+    pts[:, 0] = np.linspace(-4, 4, 18)  # only the middle few project onto the image
     out = raw_3dpw.openpose18_2d(pts, K, (100, 100))
     inside = render.inside_image(render.project(K, pts), (100, 100))
     assert inside.sum() < 6 and not out.any()
     pts[:, 0] = np.linspace(-0.5, 0.5, 18)
-    pts[0, 2] = -1.0                             # behind the camera
+    pts[0, 2] = -1.0  # behind the camera
     out = raw_3dpw.openpose18_2d(pts, K, (100, 100))
     assert out.shape == (3, 18) and out[2, 0] == 0 and (out[2, 1:] == 1).all()
     np.testing.assert_allclose(out[:2, 1:].T, render.project(K, pts[1:]))
@@ -259,8 +323,9 @@ def test_freihand_layout_and_counts(synth):
     masks = sorted(os.listdir(os.path.join(pub, 'training', 'mask')))
     assert masks == [f'{i:08d}.jpg' for i in range(FH_TRAIN)]
     for d in (pub, ev):
-        assert sorted(os.listdir(os.path.join(d, 'evaluation', 'rgb'))) == \
-            [f'{i:08d}.jpg' for i in range(FH_EVAL)]
+        assert sorted(os.listdir(os.path.join(d, 'evaluation', 'rgb'))) == [
+            f'{i:08d}.jpg' for i in range(FH_EVAL)
+        ]
     for name, n in (('training', FH_TRAIN), ('evaluation', FH_EVAL)):
         folder = pub if name == 'training' else ev
         K = np.array(_json(os.path.join(pub, f'{name}_K.json')))
@@ -272,12 +337,14 @@ def test_freihand_layout_and_counts(synth):
         assert len(mano) == n and all(len(m) == 1 and len(m[0]) == 61 for m in mano)
         assert xyz.shape == (n, 21, 3) and verts.shape == (n, 778, 3)
         np.testing.assert_allclose(scale, np.linalg.norm(xyz[:, 9] - xyz[:, 10], axis=-1))
-        assert (xyz[..., 2] > 0.2).all()                    # camera frame, metres
+        assert (xyz[..., 2] > 0.2).all()  # camera frame, metres
     assert sorted(f for f in os.listdir(pub) if f.endswith('.json')) == sorted(
         [f'training_{k}.json' for k in ('K', 'mano', 'xyz', 'verts', 'scale')]
-        + ['evaluation_K.json', 'evaluation_scale.json'])
+        + ['evaluation_K.json', 'evaluation_scale.json']
+    )
     assert sorted(f for f in os.listdir(ev) if f.endswith('.json')) == sorted(
-        f'evaluation_{k}.json' for k in ('xyz', 'verts', 'mano'))
+        f'evaluation_{k}.json' for k in ('xyz', 'verts', 'mano')
+    )
     for p in glob.glob(os.path.join(pub, 'training', '*', '*.jpg')):
         img = cv2.imread(p, cv2.IMREAD_UNCHANGED)
         assert img is not None and img.shape[:2] == (224, 224)
@@ -289,8 +356,11 @@ def test_freihand_layout_and_counts(synth):
 @pytest.mark.parametrize('name', ['training', 'evaluation'])
 def test_freihand_mano_reproduces_xyz_and_verts(synth, body_model_dir, name):
     pub = os.path.join(synth['freihand']['root'], 'FreiHAND_pub_v2')
-    folder = pub if name == 'training' else os.path.join(synth['freihand']['root'],
-                                                         'FreiHAND_pub_v2_eval')
+    folder = (
+        pub
+        if name == 'training'
+        else os.path.join(synth['freihand']['root'], 'FreiHAND_pub_v2_eval')
+    )
     K = np.array(_json(os.path.join(pub, f'{name}_K.json')))
     mano = np.array(_json(os.path.join(folder, f'{name}_mano.json')))[:, 0]
     xyz = np.array(_json(os.path.join(folder, f'{name}_xyz.json')))
@@ -303,7 +373,9 @@ def test_freihand_mano_reproduces_xyz_and_verts(synth, body_model_dir, name):
         pose = mano[:, :48].copy()
         if with_mean:
             pose[:, 3:] += hands_mean
-        out = bm.forward(model, np.asarray(pose, np.float32), np.asarray(mano[:, 48:58], np.float32))
+        out = bm.forward(
+            model, np.asarray(pose, np.float32), np.asarray(mano[:, 48:58], np.float32)
+        )
         kp, v = np.asarray(out['keypoints'], np.float64), np.asarray(out['vertices'], np.float64)
         uv, s = mano[:, 58:60], mano[:, 60]
         f = (K[:, 0, 0] + K[:, 1, 1]) / 2
@@ -316,8 +388,9 @@ def test_freihand_mano_reproduces_xyz_and_verts(synth, body_model_dir, name):
     np.testing.assert_allclose(kp[:, non_tip], xyz[:, non_tip], atol=1e-5)
     np.testing.assert_allclose(v, verts, atol=1e-5)
     # tips: the FreiHAND toolbox's vertices (ring 555, pinky 672), not smplx's 554 / 671
-    np.testing.assert_allclose(xyz[:, [4, 8, 12, 16, 20]], verts[:, [744, 320, 443, 555, 672]],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        xyz[:, [4, 8, 12, 16, 20]], verts[:, [744, 320, 443, 555, 672]], atol=1e-12
+    )
     assert np.abs(xyz[:, 16] - verts[:, 554]).max() > 1e-4
     # uv_root is the projection of keypoint 9 (fx == fy here)
     uv9 = np.stack([render.project(k, p) for k, p in zip(K, xyz[:, 9])])
@@ -349,8 +422,9 @@ def test_hint_layout_names_and_json(synth):
     root = synth['hint']['root']
     assert os.path.basename(root) == 'HInt_annotation_partial'
     folders = sorted(os.listdir(root))
-    assert folders == sorted(f'{s}_{src}_img' for s in ('TRAIN', 'VAL', 'TEST')
-                             for src in ('newdays', 'epick', 'ego4d'))
+    assert folders == sorted(
+        f'{s}_{src}_img' for s in ('TRAIN', 'VAL', 'TEST') for src in ('newdays', 'epick', 'ego4d')
+    )
     two_hand_images, sides = 0, set()
     for folder in folders:
         source = folder.split('_')[1]
@@ -416,8 +490,9 @@ def test_hint_keypoints_and_side_match_the_rendered_hands(synth, body_model_dir)
 
 
 def test_hint_ego4d_json_only(body_model_dir, tmp_path):
-    out = raw_hint.write_hint(str(tmp_path), str(body_model_dir), seed=3, per_folder=1,
-                              ego4d_images=False)
+    out = raw_hint.write_hint(
+        str(tmp_path), str(body_model_dir), seed=3, per_folder=1, ego4d_images=False
+    )
     for folder in os.listdir(out['root']):
         files = os.listdir(os.path.join(out['root'], folder))
         has_jpg = any(f.endswith('.jpg') for f in files)
@@ -438,18 +513,19 @@ def test_render_box_mask_depth_and_culling():
     bg = np.full((48, 64, 3), 30, np.uint8)
     img, mask, depth = render.render_meshes(bg, [(v, f, (200, 100, 50))], K)
     assert mask[24, 32] == 0 and mask[0, 0] == render.BACKGROUND_ID
-    np.testing.assert_allclose(depth[24, 32], 1.75, atol=1e-4)          # the front face
+    np.testing.assert_allclose(depth[24, 32], 1.75, atol=1e-4)  # the front face
     assert np.isinf(depth[0, 0]) and (img[0, 0] == 30).all()
     assert (img[24, 32] != 30).any()
     # the box's silhouette: +-0.25 m at 1.75 m -> +-8.6 px about the centre
     cols = np.flatnonzero(mask[24] == 0)
     assert abs(cols.min() - (32 - 8.57)) <= 1 and abs(cols.max() - (32 + 8.57)) <= 1
     # a triangle facing away is culled unless double-sided; nearer meshes win
-    tri = np.array([[0, 0, 1.0], [0.3, 0, 1.0], [0, 0.3, 1.0]])       # normal +z: away
+    tri = np.array([[0, 0, 1.0], [0.3, 0, 1.0], [0, 0.3, 1.0]])  # normal +z: away
     _, m1, _ = render.render_meshes(bg, [(tri, [[0, 1, 2]], (255, 0, 0))], K)
     assert (m1 == render.BACKGROUND_ID).all()
-    _, m2, d2 = render.render_meshes(bg, [(v, f, (0, 0, 255)),
-                                          render.Mesh(tri, np.array([[0, 1, 2]]), (255, 0, 0), True)], K)
+    _, m2, d2 = render.render_meshes(
+        bg, [(v, f, (0, 0, 255)), render.Mesh(tri, np.array([[0, 1, 2]]), (255, 0, 0), True)], K
+    )
     assert m2[28, 36] == 1 and abs(d2[28, 36] - 1.0) < 1e-6
     # anti-aliased rendering agrees on the coverage
     img_s, mask_s, _ = render.render_meshes(bg, [(v, f, (200, 100, 50))], K, supersample=2)
@@ -467,11 +543,11 @@ def test_render_lambert_shading_follows_the_light():
 
 def test_render_plane_horizon_and_occluders():
     K = _K(64, 48)
-    R, t = raw_3dpw.look_at([0, 1.5, 0], [0, 1.5, 10])       # level camera, 1.5 m above ground
+    R, t = raw_3dpw.look_at([0, 1.5, 0], [0, 1.5, 10])  # level camera, 1.5 m above ground
     img = np.zeros((48, 64, 3), np.uint8)
     tex = np.full((8, 8, 3), 200, np.uint8)
     depth = render.render_plane(img, K, R, t, [0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], tex, 1.0)
-    assert np.isinf(depth[:24]).all() and (img[:24] == 0).all()     # sky: above the horizon
+    assert np.isinf(depth[:24]).all() and (img[:24] == 0).all()  # sky: above the horizon
     assert np.isfinite(depth[25:]).all() and (img[30:] == 200).all()
     # the bottom row looks down at the ground: z = 1.5 f / (v - cy)
     np.testing.assert_allclose(depth[47, 32], 1.5 * 60 / (47 - 24), rtol=1e-5)
@@ -486,7 +562,7 @@ def test_render_plane_horizon_and_occluders():
 
 def test_look_at_is_a_y_up_to_y_down_rotation():
     R, t = raw_3dpw.look_at([0, 1.0, -5.0], [0, 1.0, 0])
-    np.testing.assert_allclose(R @ [0, 1.0, 0], [0, -1.0, 0], atol=1e-12)    # up -> -y (image up)
-    np.testing.assert_allclose(R @ [0, 0, 1.0], [0, 0, 1.0], atol=1e-12)      # looks along +z
+    np.testing.assert_allclose(R @ [0, 1.0, 0], [0, -1.0, 0], atol=1e-12)  # up -> -y (image up)
+    np.testing.assert_allclose(R @ [0, 0, 1.0], [0, 0, 1.0], atol=1e-12)  # looks along +z
     np.testing.assert_allclose(np.linalg.det(R), 1.0)
-    np.testing.assert_allclose(R @ [0, 1.0, -5.0] + t, 0, atol=1e-12)        # the centre
+    np.testing.assert_allclose(R @ [0, 1.0, -5.0] + t, 0, atol=1e-12)  # the centre

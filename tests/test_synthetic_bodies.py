@@ -3,6 +3,7 @@
 The whole default set is generated once per module (write_body_models) and
 the tests read it back, in memory (npz) and through the legacy pickles.
 """
+
 import json
 import os
 import pickle
@@ -18,12 +19,37 @@ from data_pipelines.synthetic import bodies as sb
 from data_pipelines.synthetic import body_files
 
 GENDERS = ('neutral', 'male', 'female')
-SMPL_KEYS = {'J_regressor_prior', 'f', 'J_regressor', 'kintree_table', 'J', 'weights_prior',
-             'weights', 'vert_sym_idxs', 'posedirs', 'pose_training_info', 'bs_style',
-             'v_template', 'shapedirs', 'bs_type'}
-MANO_KEYS = {'hands_components', 'f', 'J_regressor', 'kintree_table', 'J', 'bs_style',
-             'hands_coeffs', 'weights', 'posedirs', 'hands_mean', 'v_template', 'shapedirs',
-             'bs_type'}
+SMPL_KEYS = {
+    'J_regressor_prior',
+    'f',
+    'J_regressor',
+    'kintree_table',
+    'J',
+    'weights_prior',
+    'weights',
+    'vert_sym_idxs',
+    'posedirs',
+    'pose_training_info',
+    'bs_style',
+    'v_template',
+    'shapedirs',
+    'bs_type',
+}
+MANO_KEYS = {
+    'hands_components',
+    'f',
+    'J_regressor',
+    'kintree_table',
+    'J',
+    'bs_style',
+    'hands_coeffs',
+    'weights',
+    'posedirs',
+    'hands_mean',
+    'v_template',
+    'shapedirs',
+    'bs_type',
+}
 
 
 @pytest.fixture(scope='module')
@@ -56,6 +82,7 @@ def mano():
 
 # ---------------------------------------------------------------- structure
 
+
 def test_written_files(written, tmp_path):
     expected = {f'smpl/SMPL_{g}.{e}' for g in ('NEUTRAL', 'MALE', 'FEMALE') for e in ('pkl', 'npz')}
     expected |= {'mano/MANO_RIGHT.pkl', 'mano/MANO_RIGHT.npz', 'SMPL_to_J19.pkl'}
@@ -64,8 +91,12 @@ def test_written_files(written, tmp_path):
     assert not body_files.body_models_complete(tmp_path)
     for rel, path in written.items():
         assert os.path.isfile(path) and path.endswith(rel)
-    leftovers = [n for r, _, fs in os.walk(os.path.dirname(written['SMPL_to_J19.pkl']))
-                 for n in fs if n.endswith('.tmp')]
+    leftovers = [
+        n
+        for r, _, fs in os.walk(os.path.dirname(written['SMPL_to_J19.pkl']))
+        for n in fs
+        if n.endswith('.tmp')
+    ]
     assert not leftovers
 
 
@@ -88,7 +119,7 @@ def test_smpl_keys_shapes_dtypes(smpl, npz):
     assert smpl['bs_type'] == 'lrotmin' and smpl['bs_style'] == 'lbs'
     for k in ('v_template', 'J', 'weights', 'shapedirs', 'posedirs'):
         assert smpl[k].dtype == np.float64
-    for g in GENDERS:   # all genders share the topology, like the real files
+    for g in GENDERS:  # all genders share the topology, like the real files
         assert np.array_equal(npz[g]['f'], smpl['f'])
         assert npz[g]['v_template'].shape == (6890, 3)
     assert sb.make_smpl('neutral', num_betas=16)['shapedirs'].shape == (6890, 3, 16)
@@ -123,9 +154,9 @@ def test_weights_and_regressor(which, smpl, mano):
     assert (W > 0).sum(axis=1).max() <= 4
     R = m['J_regressor'].toarray()
     assert np.all(R >= 0) and np.allclose(R.sum(axis=1), 1.0)
-    assert (R > 0).sum(axis=1).min() >= 8           # spread over a ring of vertices
+    assert (R > 0).sum(axis=1).min() >= 8  # spread over a ring of vertices
     err = np.linalg.norm(R @ m['v_template'] - m['J'], axis=1)
-    assert err.max() < 0.003                         # a few mm at most
+    assert err.max() < 0.003  # a few mm at most
     if which == 'smpl':
         Rp = m['J_regressor_prior'].toarray()
         assert np.allclose(Rp.sum(axis=1), 1.0) and np.all(Rp >= 0)
@@ -154,13 +185,13 @@ def test_smpl_closed_genus0_surface(smpl):
     F = smpl['f'].astype(np.int64)
     V = smpl['v_template']
     edges, counts = _edge_counts(F)
-    assert np.all(counts == 2)                       # closed, manifold
-    assert _directed_edges_unique(F)                 # consistently oriented
-    assert len(V) - len(edges) + len(F) == 2         # genus 0
+    assert np.all(counts == 2)  # closed, manifold
+    assert _directed_edges_unique(F)  # consistently oriented
+    assert len(V) - len(edges) + len(F) == 2  # genus 0
     assert _components(F, len(V)) == 1
     assert len(np.unique(F)) == len(V)
     vol = np.einsum('ij,ij->i', V[F[:, 0]], np.cross(V[F[:, 1]], V[F[:, 2]])).sum() / 6.0
-    assert 0.04 < vol < 0.12                         # outward normals, human volume (m^3)
+    assert 0.04 < vol < 0.12  # outward normals, human volume (m^3)
     areas = np.linalg.norm(np.cross(V[F[:, 1]] - V[F[:, 0]], V[F[:, 2]] - V[F[:, 0]]), axis=1)
     assert areas.min() > 1e-9
 
@@ -171,10 +202,10 @@ def test_mano_open_at_wrist(mano):
     edges, counts = _edge_counts(F)
     assert set(np.unique(counts)) == {1, 2}
     rim = edges[counts == 1]
-    assert len(rim) == 16 and len(np.unique(rim)) == 16   # one 16-vertex loop
+    assert len(rim) == 16 and len(np.unique(rim)) == 16  # one 16-vertex loop
     assert np.all(np.bincount(rim.ravel())[np.unique(rim)] == 2)
     assert _directed_edges_unique(F)
-    assert len(V) - len(edges) + len(F) == 1          # a disc
+    assert len(V) - len(edges) + len(F) == 1  # a disc
     assert _components(F, len(V)) == 1
     # the loop is the wrist end: the most proximal (largest x) vertices
     rim_ids = np.unique(rim)
@@ -200,16 +231,17 @@ def test_no_folded_triangles(npz, key):
 
 # ---------------------------------------------------------------- anatomy
 
+
 def test_smpl_rest_pose_anatomy(smpl, npz):
     for g in GENDERS:
         V, J = npz[g]['v_template'], npz[g]['J']
         height = V[:, 1].max() - V[:, 1].min()
         assert 1.5 < height < 1.9
-        assert -0.25 < J[0, 1] < 0.0                  # pelvis
+        assert -0.25 < J[0, 1] < 0.0  # pelvis
         assert J[15, 1] > J[12, 1] > J[9, 1] > J[6, 1] > J[3, 1] > J[0, 1]
         assert J[7, 1] < J[4, 1] < J[1, 1] < J[0, 1]  # leg chain downwards
         for l, r in ((1, 2), (16, 17), (18, 19), (20, 21), (22, 23)):
-            assert J[l, 0] > 0 > J[r, 0]              # subject's left is +x
+            assert J[l, 0] > 0 > J[r, 0]  # subject's left is +x
         # T-pose: arms horizontal
         assert abs(J[20, 1] - J[16, 1]) < 0.03 and J[20, 0] > 0.6
     male, female = npz['male']['v_template'], npz['female']['v_template']
@@ -233,7 +265,7 @@ def test_smpl_vertex_picks(smpl):
         wrist, hand = J[20 if s == 'l' else 21], J[22 if s == 'l' else 23]
         tips = {f: P[s + f] for f in ('thumb', 'index', 'middle', 'ring', 'pinky')}
         for f, t in tips.items():
-            assert sgn * (t[0] - wrist[0]) > 0.08, f          # beyond the wrist
+            assert sgn * (t[0] - wrist[0]) > 0.08, f  # beyond the wrist
             assert np.linalg.norm(t - hand) < 0.15, f
         assert sgn * tips['middle'][0] == max(sgn * t[0] for t in tips.values())
         # across the hand (z): thumb forward, then index ... pinky at the back
@@ -245,7 +277,7 @@ def test_smpl_vertex_picks(smpl):
             assert sgn * pt[0] > 0 and pt[1] < ankle[1]
         assert big[2] > ankle[2] + 0.12 and small[2] > ankle[2] + 0.08
         assert heel[2] < ankle[2] - 0.02
-        assert sgn * big[0] < sgn * small[0]                  # big toe is medial
+        assert sgn * big[0] < sgn * small[0]  # big toe is medial
     # mirror-symmetric picks
     sym = smpl['vert_sym_idxs']
     assert np.linalg.norm(V[sym[ids['leye']]] - P['reye']) < 0.01
@@ -260,12 +292,13 @@ def test_mano_tips(mano):
     assert J[0, 0] > 0.08 and abs(J[4, 0]) < 0.02
     tips = {k: V[v] for k, v in sb.MANO_VERTEX_IDS.items()}
     for f, first in (('index', 1), ('middle', 4), ('pinky', 7), ('ring', 10), ('thumb', 13)):
-        chain = J[first:first + 3]
+        chain = J[first : first + 3]
         d = chain[2] - chain[1]
-        assert (tips[f] - chain[2]) @ d > 0, f           # tip beyond the last joint
+        assert (tips[f] - chain[2]) @ d > 0, f  # tip beyond the last joint
         assert np.linalg.norm(tips[f] - chain[2]) < 0.035, f
-    assert tips['thumb'][2] > tips['index'][2] > tips['middle'][2] > tips['ring'][2] \
-        > tips['pinky'][2]
+    assert (
+        tips['thumb'][2] > tips['index'][2] > tips['middle'][2] > tips['ring'][2] > tips['pinky'][2]
+    )
     edges, _ = _edge_counts(mano['f'].astype(np.int64))
     edge_set = {tuple(e) for e in edges}
     for f, fid in sb.FREIHAND_TIP_IDS.items():
@@ -278,14 +311,16 @@ def test_blend_shapes(smpl, mano):
     V, S, J = smpl['v_template'], smpl['shapedirs'], smpl['J']
     height = lambda X: np.ptp(X[:, 1])  # noqa: E731
     dh = height(V + S[:, :, 0]) - height(V)
-    assert 0.04 < dh < 0.15                           # beta 0: size / height
+    assert 0.04 < dh < 0.15  # beta 0: size / height
     assert abs(height(V + S[:, :, 1]) - height(V)) < 0.02  # beta 1: girth, not height
     waist = np.abs(V[:, 1] - J[3, 1]) < 0.03
-    grow = np.linalg.norm((V + S[:, :, 1])[waist][:, [0, 2]], axis=1).mean() - \
-        np.linalg.norm(V[waist][:, [0, 2]], axis=1).mean()
+    grow = (
+        np.linalg.norm((V + S[:, :, 1])[waist][:, [0, 2]], axis=1).mean()
+        - np.linalg.norm(V[waist][:, [0, 2]], axis=1).mean()
+    )
     assert grow > 0.01
     rng = np.random.default_rng(0)
-    for _ in range(20):                               # N(0,1) betas stay human
+    for _ in range(20):  # N(0,1) betas stay human
         b = rng.standard_normal(10)
         assert 1.4 < height(V + S @ b) < 2.1
     for k in range(10):
@@ -293,11 +328,11 @@ def test_blend_shapes(smpl, mano):
     # posedirs: a 90 degree elbow bend moves vertices by mm..cm
     P = smpl['posedirs'].reshape(-1, 207)
     feat = np.zeros(207)
-    R = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])   # 90 deg about z
-    feat[9 * 17:9 * 18] = (R - np.eye(3)).ravel()        # joint 18 = L_elbow
+    R = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])  # 90 deg about z
+    feat[9 * 17 : 9 * 18] = (R - np.eye(3)).ravel()  # joint 18 = L_elbow
     off = np.linalg.norm((P @ feat).reshape(-1, 3), axis=1)
     assert 0.002 < off.max() < 0.03
-    moved = V[off > 0.001]                               # only the left arm moves
+    moved = V[off > 0.001]  # only the left arm moves
     assert moved[:, 0].min() > J[16, 0] and np.linalg.norm(moved - J[18], axis=1).max() < 0.3
     assert np.abs(mano['posedirs']).max() > 1e-4 and np.abs(mano['shapedirs']).max() > 1e-3
 
@@ -309,15 +344,29 @@ def test_j19_regressor(smpl, written):
     X = R @ smpl['v_template']
     J = smpl['J']
     name = {n: i for i, n in enumerate(sb.J19_NAMES)}
-    for n, j in (('R_ankle', 8), ('R_knee', 5), ('L_knee', 4), ('L_ankle', 7), ('R_wrist', 21),
-                 ('R_elbow', 19), ('L_elbow', 18), ('L_wrist', 20), ('R_shoulder', 17),
-                 ('L_shoulder', 16)):
+    for n, j in (
+        ('R_ankle', 8),
+        ('R_knee', 5),
+        ('L_knee', 4),
+        ('L_ankle', 7),
+        ('R_wrist', 21),
+        ('R_elbow', 19),
+        ('L_elbow', 18),
+        ('L_wrist', 20),
+        ('R_shoulder', 17),
+        ('L_shoulder', 16),
+    ):
         assert np.linalg.norm(X[name[n]] - J[j]) < 0.03, n
     assert X[name['head_top_lsp'], 1] > smpl['v_template'][:, 1].max() - 0.03
     assert X[name['L_hip'], 0] > 0 > X[name['R_hip'], 0]
     assert abs(X[name['pelvis_mpii'], 0]) < 0.01
-    assert X[name['head_h36m'], 1] > X[name['jaw_h36m'], 1] > X[name['thorax_mpii'], 1] \
-        > X[name['spine_h36m'], 1] > X[name['pelvis_mpii'], 1]
+    assert (
+        X[name['head_h36m'], 1]
+        > X[name['jaw_h36m'], 1]
+        > X[name['thorax_mpii'], 1]
+        > X[name['spine_h36m'], 1]
+        > X[name['pelvis_mpii'], 1]
+    )
     # SMPL_to_J19.pkl: a plain array, loadable with or without latin1
     with open(written['SMPL_to_J19.pkl'], 'rb') as f:
         A = pickle.load(f)
@@ -328,7 +377,7 @@ def test_j19_regressor(smpl, written):
 
 # ---------------------------------------------------------------- files
 
-_LOADER = textwrap.dedent(r'''
+_LOADER = textwrap.dedent(r"""
     import json, pickle, sys
     import numpy as np
     sys.modules['chumpy'] = None          # any attempt to import chumpy fails
@@ -383,7 +432,7 @@ _LOADER = textwrap.dedent(r'''
                                           if not isinstance(v, (str, dict))})
         r['str'] = {k: v for k, v in d.items() if isinstance(v, str)}
     print(json.dumps(report))
-''')
+""")
 
 
 def test_legacy_pickles_need_latin1_and_no_chumpy(written, npz, tmp_path):
@@ -391,8 +440,9 @@ def test_legacy_pickles_need_latin1_and_no_chumpy(written, npz, tmp_path):
     paths.append(written['mano/MANO_RIGHT.pkl'])
     script = tmp_path / 'load.py'
     script.write_text(_LOADER)
-    res = subprocess.run([sys.executable, str(script)] + paths, capture_output=True, text=True,
-                         check=True)
+    res = subprocess.run(
+        [sys.executable, str(script)] + paths, capture_output=True, text=True, check=True
+    )
     report = json.loads(res.stdout.strip().splitlines()[-1])
     for path, key in zip(paths, list(GENDERS) + ['mano']):
         r = report[path]
@@ -419,6 +469,7 @@ def test_legacy_pickles_need_latin1_and_no_chumpy(written, npz, tmp_path):
 
 def test_pickle_opcodes(written):
     import pickletools
+
     with open(written['mano/MANO_RIGHT.pkl'], 'rb') as f:
         data = f.read()
     ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
@@ -427,9 +478,15 @@ def test_pickle_opcodes(written):
     assert 'BINUNICODE' not in names and 'SHORT_BINUNICODE' not in names
     assert {'SHORT_BINSTRING', 'BINSTRING'} <= names
     globals_ = {a for o, a in ops if o == 'GLOBAL'}
-    assert {'numpy.core.multiarray _reconstruct', 'numpy ndarray', 'numpy dtype',
-            'copy_reg _reconstructor', 'chumpy.ch Ch', '__builtin__ object',
-            'scipy.sparse.csc csc_matrix'} <= globals_
+    assert {
+        'numpy.core.multiarray _reconstruct',
+        'numpy ndarray',
+        'numpy dtype',
+        'copy_reg _reconstructor',
+        'chumpy.ch Ch',
+        '__builtin__ object',
+        'scipy.sparse.csc csc_matrix',
+    } <= globals_
 
 
 def test_npz_matches_models(npz, smpl, mano):
@@ -448,10 +505,12 @@ def test_npz_matches_models(npz, smpl, mano):
 
 # ---------------------------------------------------------------- smplx
 
+
 def test_smplx_runs_on_npz(written):
     import smplx
     import torch
     from smplx.utils import Struct
+
     torch.manual_seed(0)
     for g in GENDERS:
         path = written[f'smpl/SMPL_{g.upper()}.npz']
@@ -460,22 +519,30 @@ def test_smplx_runs_on_npz(written):
         with np.load(path) as d:
             model = smplx.SMPL(model_path=path, data_struct=Struct(**{k: d[k] for k in d.files}))
         with torch.no_grad():
-            out = model(betas=torch.randn(2, 10), global_orient=0.3 * torch.randn(2, 3),
-                        body_pose=0.3 * torch.randn(2, 69))
+            out = model(
+                betas=torch.randn(2, 10),
+                global_orient=0.3 * torch.randn(2, 3),
+                body_pose=0.3 * torch.randn(2, 69),
+            )
             rest = model(body_pose=torch.zeros(1, 69))
         assert out.vertices.shape == (2, 6890, 3) and torch.isfinite(out.vertices).all()
         assert out.joints.shape == (2, 45, 3)
         with np.load(path) as d:
             assert np.abs(rest.joints[0, :24].numpy() - d['J']).max() < 0.003
-    hand = smplx.MANO(model_path=written['mano/MANO_RIGHT.npz'], ext='npz', use_pca=False,
-                      is_rhand=True)
+    hand = smplx.MANO(
+        model_path=written['mano/MANO_RIGHT.npz'], ext='npz', use_pca=False, is_rhand=True
+    )
     with torch.no_grad():
-        out = hand(betas=torch.randn(2, 10), global_orient=0.3 * torch.randn(2, 3),
-                   hand_pose=0.3 * torch.randn(2, 45))
+        out = hand(
+            betas=torch.randn(2, 10),
+            global_orient=0.3 * torch.randn(2, 3),
+            hand_pose=0.3 * torch.randn(2, 45),
+        )
     assert out.vertices.shape == (2, 778, 3) and torch.isfinite(out.vertices).all()
 
 
 # ---------------------------------------------------------------- determinism / CLI
+
 
 def test_deterministic(npz, mano):
     again = sb.make_smpl('neutral', seed=0)
@@ -497,6 +564,7 @@ def test_cli_arguments(monkeypatch, tmp_path, capsys):
     def fake(out_dir, seed=0):
         seen.update(out=out_dir, seed=seed)
         return {'x': os.path.join(out_dir, 'x')}
+
     monkeypatch.setattr(body_files, 'write_body_models', fake)
     body_files.main(['--out', str(tmp_path), '--seed', '3'])
     assert seen == {'out': str(tmp_path), 'seed': 3}

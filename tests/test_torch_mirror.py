@@ -7,6 +7,7 @@ from the JAX code the attention mask as masks.py builds it, the keypoint layouts
 the checkpoint key names (keymap.py). A mistake in those would be on both sides and pass here;
 test_masks_attention, test_skeletons, test_pose_forms and test_convert check them on their own.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,18 +24,26 @@ TOL = 1e-4
 
 MODES = {
     # HMR 2.0 itself: one RGB image, each stream alone.
-    'image': dict(config=dict(modalities=('rgb',), mask=MaskSpec('frame'), head_context='rgb'), frames=1),
+    'image': dict(
+        config=dict(modalities=('rgb',), mask=MaskSpec('frame'), head_context='rgb'), frames=1
+    ),
     # RGB + skeleton of one frame; sample 1 has its skeleton dropped (modality dropout).
     'multimodal': dict(config=dict(mask=MaskSpec('extpose')), frames=1, keep=[[1, 1], [1, 0]]),
     # A clip under a per-layer schedule with a window; padded frames and a dropped RGB stream.
-    'video': dict(config=dict(mask=MaskSpec(layers=('frame', 'multimodal', 'extpose', 'full'), window=1)),
-                  frames=3, keep=[[1, 1], [0, 1]], valid=[[1, 1, 1], [1, 1, 0]]),
+    'video': dict(
+        config=dict(mask=MaskSpec(layers=('frame', 'multimodal', 'extpose', 'full'), window=1)),
+        frames=3,
+        keep=[[1, 1], [0, 1]],
+        valid=[[1, 1, 1], [1, 1, 0]],
+    ),
 }
 
 
 def _config(mode, kind='smpl'):
     layout = 'openpose18' if kind == 'smpl' else 'hand21'
-    return extpose.ExtPoseConfig(vit=SMALL, kind=kind, keypoint_layout=layout, **MODES[mode]['config'])
+    return extpose.ExtPoseConfig(
+        vit=SMALL, kind=kind, keypoint_layout=layout, **MODES[mode]['config']
+    )
 
 
 def _inputs(cfg, frames, batch=2, seed=0):
@@ -42,7 +51,9 @@ def _inputs(cfg, frames, batch=2, seed=0):
     h, w = cfg.vit.image_size
     images = rng.integers(0, 256, size=(batch, frames, 1, h, w, 3), dtype=np.uint8)
     j = 18 if cfg.kind == 'smpl' else 21
-    kp = rng.uniform([2, 2, 0.0], [w - 2, h - 2, 1.0], size=(batch, frames, 1, j, 3)).astype(np.float32)
+    kp = rng.uniform([2, 2, 0.0], [w - 2, h - 2, 1.0], size=(batch, frames, 1, j, 3)).astype(
+        np.float32
+    )
     return images, kp
 
 
@@ -60,7 +71,9 @@ def weights(tmp_path_factory):
 
 
 def _max_diff(jax_out, torch_out):
-    return {k: float(np.max(np.abs(np.asarray(jax_out[k]) - torch_out[k].numpy()))) for k in jax_out}
+    return {
+        k: float(np.max(np.abs(np.asarray(jax_out[k]) - torch_out[k].numpy()))) for k in jax_out
+    }
 
 
 @pytest.mark.parametrize('mode', list(MODES))
@@ -71,7 +84,9 @@ def test_mirror_agrees_with_the_jax_model(weights, mode):
     images, kp = _inputs(cfg, spec['frames'])
     keep = None if 'keep' not in spec else np.asarray(spec['keep'], bool)
     valid = None if 'valid' not in spec else np.asarray(spec['valid'], bool)
-    want = jax.jit(extpose.ExtPose(cfg).apply)(variables, images, kp, modality_keep=keep, frame_valid=valid)
+    want = jax.jit(extpose.ExtPose(cfg).apply)(
+        variables, images, kp, modality_keep=keep, frame_valid=valid
+    )
     mirror = torch_model.TorchExtPose(cfg).load(state_dict).eval()
     with torch.no_grad():
         got = mirror(images, kp, modality_keep=keep, frame_valid=valid)
@@ -99,13 +114,24 @@ def test_backbone_tokens_agree_under_the_mask(weights, mode):
     variables, state_dict = weights['smpl']
     spec = MODES[mode]
     layout = cfg.layout(spec['frames'])
-    images = np.random.default_rng(2).normal(size=(2, layout.streams, *SMALL.image_size, 3)).astype(np.float32)
-    keep, valid = np.asarray(spec['keep'], bool), np.asarray(spec.get('valid', [[1] * spec['frames']] * 2), bool)
+    images = (
+        np.random.default_rng(2)
+        .normal(size=(2, layout.streams, *SMALL.image_size, 3))
+        .astype(np.float32)
+    )
+    keep, valid = (
+        np.asarray(spec['keep'], bool),
+        np.asarray(spec.get('valid', [[1] * spec['frames']] * 2), bool),
+    )
     kv = masks.key_valid(layout, keep, valid)
-    want = vit.ViT(SMALL).apply({'params': variables['params']['backbone']}, images, layout, cfg.mask, kv)
+    want = vit.ViT(SMALL).apply(
+        {'params': variables['params']['backbone']}, images, layout, cfg.mask, kv
+    )
     mirror = torch_model.TorchExtPose(cfg).load(state_dict)
     with torch.no_grad():
-        got = mirror.backbone(torch.from_numpy(images).permute(0, 1, 4, 2, 3), mirror.allowed(layout, keep, valid))
+        got = mirror.backbone(
+            torch.from_numpy(images).permute(0, 1, 4, 2, 3), mirror.allowed(layout, keep, valid)
+        )
     err = np.abs(np.asarray(want) - got.numpy()).max()
     print(f'backbone tokens, {mode}: max abs diff {err:.1e}')
     assert err < TOL
@@ -127,8 +153,11 @@ def test_skeleton_image_agrees(layout, size):
 
 def test_rot6d_agrees():
     x = np.random.default_rng(4).normal(size=(50, 6)).astype(np.float32)
-    np.testing.assert_allclose(torch_model.rot6d_to_rotmat(torch.from_numpy(x)).numpy(),
-                               geometry.rot6d_to_matrix(jnp.asarray(x)), atol=1e-6)
+    np.testing.assert_allclose(
+        torch_model.rot6d_to_rotmat(torch.from_numpy(x)).numpy(),
+        geometry.rot6d_to_matrix(jnp.asarray(x)),
+        atol=1e-6,
+    )
 
 
 def test_load_names_missing_and_mis_shaped_keys(weights):
@@ -136,8 +165,11 @@ def test_load_names_missing_and_mis_shaped_keys(weights):
     bad = dict(state_dict)
     del bad['backbone.last_norm.bias']
     bad['smpl_head.deccam.weight'] = torch.zeros(4, 1024)
-    with pytest.raises(keymap.ConversionError, match=r"1 missing: backbone\.last_norm\.bias.*"
-                                                     r"mis-shaped: smpl_head\.deccam\.weight \(4, 1024\)"):
+    with pytest.raises(
+        keymap.ConversionError,
+        match=r'1 missing: backbone\.last_norm\.bias.*'
+        r'mis-shaped: smpl_head\.deccam\.weight \(4, 1024\)',
+    ):
         torch_model.TorchExtPose(_config('image')).load(bad)
     # A HaMeR checkpoint is not an HMR 2.0 one.
     with pytest.raises(keymap.ConversionError, match='missing'):
@@ -146,12 +178,14 @@ def test_load_names_missing_and_mis_shaped_keys(weights):
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 def test_eval_torch_reports_the_metrics_of_run_eval(synthetic_default, tmp_path):
     """Same weights, same split: run_eval's path (JAX model + JAX body models) and eval_torch's
     (mirror + smplx) through the shared data iteration and protocol, within 0.1 mm."""
     import eval_torch
     from configs import video
     from extpose_jax.train import evaluate, task
+
     cfg = video.get_config('small,frames=2')
     cfg.body_models, cfg.data.root = synthetic_default['body_models'], synthetic_default['root']
     cfg.model.attention = 'dense'
@@ -163,15 +197,26 @@ def test_eval_torch_reports_the_metrics_of_run_eval(synthetic_default, tmp_path)
     to_torch.write_checkpoint(ckpt, to_torch.export_state_dict(variables))
 
     common = dict(split='test', max_frames=6, pose_source='noisy_gt')
-    want = evaluate.evaluate(task.make_predict_fn(cfg, variables),
-                             records_dir=synthetic_default['3dpw'], body_models_dir=cfg.body_models,
-                             num_frames=2, batch_size=2, **common)
+    want = evaluate.evaluate(
+        task.make_predict_fn(cfg, variables),
+        records_dir=synthetic_default['3dpw'],
+        body_models_dir=cfg.body_models,
+        num_frames=2,
+        batch_size=2,
+        **common,
+    )
     got = eval_torch.run(cfg, ckpt, log=lambda *_: None, **common)
     assert got.keys() == want.keys() and got['num_frames'] == want['num_frames'] == 6
     diff = {k: abs(got[k] - want[k]) for k in want}
-    print('eval_torch vs run_eval metrics:', {k: (round(want[k], 3), f'{diff[k]:.1e}') for k in want})
+    print(
+        'eval_torch vs run_eval metrics:', {k: (round(want[k], 3), f'{diff[k]:.1e}') for k in want}
+    )
     for key in ('3dpw/mpjpe', '3dpw/pa_mpjpe', '3dpw/pve', '3dpw/accel'):
-        assert np.isfinite(want[key]) and want[key] > 1.0 and diff[key] < 0.1, (key, want[key], got[key])
+        assert np.isfinite(want[key]) and want[key] > 1.0 and diff[key] < 0.1, (
+            key,
+            want[key],
+            got[key],
+        )
     assert all(got[k] == want[k] for k in want if 'num_' in k)
 
 
@@ -182,18 +227,35 @@ def test_smplx_bodies_match_the_jax_bodies(body_model_dir, kind):
 
     import eval_torch
     from extpose_jax.train import evaluate
+
     rng = np.random.default_rng(9)
     joints = 24 if kind == 'smpl' else 16
     aa = rng.normal(0, 0.4, size=(2, 3, joints * 3)).astype(np.float32)
-    rot = Rotation.from_rotvec(aa.reshape(-1, 3)).as_matrix().reshape(2, 3, joints, 3, 3).astype(np.float32)
+    rot = (
+        Rotation.from_rotvec(aa.reshape(-1, 3))
+        .as_matrix()
+        .reshape(2, 3, joints, 3, 3)
+        .astype(np.float32)
+    )
     betas = rng.normal(size=(2, 3, 10)).astype(np.float32)
-    outputs = {'global_orient': rot[:, :, :1], ('body_pose' if kind == 'smpl' else 'hand_pose'): rot[:, :, 1:],
-               'betas': betas, 'pred_cam': np.float32([0.9, 0.1, -0.05]) + 0 * betas[..., :3]}
-    jax_b, torch_b = evaluate.JaxBodies(kind, str(body_model_dir)), eval_torch.SmplxBodies(kind, str(body_model_dir))
+    outputs = {
+        'global_orient': rot[:, :, :1],
+        ('body_pose' if kind == 'smpl' else 'hand_pose'): rot[:, :, 1:],
+        'betas': betas,
+        'pred_cam': np.float32([0.9, 0.1, -0.05]) + 0 * betas[..., :3],
+    }
+    jax_b, torch_b = (
+        evaluate.JaxBodies(kind, str(body_model_dir)),
+        eval_torch.SmplxBodies(kind, str(body_model_dir)),
+    )
     want, got = jax_b.predicted(outputs), torch_b.predicted(outputs)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=1e-5, rtol=1e-6, err_msg=k)
-    genders = np.array([['male', 'female', 'neutral'], ['female', '', 'male']], object) if kind == 'smpl' else None
+    genders = (
+        np.array([['male', 'female', 'neutral'], ['female', '', 'male']], object)
+        if kind == 'smpl'
+        else None
+    )
     want, got = jax_b.ground_truth(aa, betas, genders), torch_b.ground_truth(aa, betas, genders)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=1e-5, err_msg=k)

@@ -1,4 +1,5 @@
 """Configs: every file and variant validates; builders. (Bad values: test_config_fields.py.)"""
+
 import importlib
 
 import jax
@@ -18,14 +19,21 @@ def test_every_config_validates(name, variant):
     config_lib.validate(cfg)
     mc = config_lib.model_config(cfg)
     assert mc.kind == ('mano' if name.startswith('hand') else 'smpl')
-    pc = config_lib.pipeline_config(cfg, '/records', process_count=2 if cfg.data.batch_size % 2 == 0 else 1)
+    pc = config_lib.pipeline_config(
+        cfg, '/records', process_count=2 if cfg.data.batch_size % 2 == 0 else 1
+    )
     assert pc.num_frames == cfg.data.num_frames
 
 
 def test_paper_video_settings():
     cfg = importlib.import_module('configs.video').get_config()
     assert (cfg.data.num_frames, cfg.data.batch_size, cfg.train.steps) == (16, 32, 50_000)
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.model.size, cfg.model.mask) == (1e-5, 1e-3, 'huge', 'extpose')
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.model.size, cfg.model.mask) == (
+        1e-5,
+        1e-3,
+        'huge',
+        'extpose',
+    )
     oc = config_lib.optim_config(cfg)
     assert oc.trainable == 'full' and oc.clip_norm is None
     assert config_lib.loss_weights(cfg).kp3d == 0.05

@@ -4,6 +4,7 @@ wrong records root or body-model folder fails before any model or output exists.
 
 The jobs are tests/train_job.py (tiny ViT, T = 1, batch 2) on the synthetic default.
 """
+
 import json
 import os
 import shutil
@@ -19,18 +20,31 @@ from extpose_jax.train import checkpoint, inputs, writers
 
 
 def _run(data, workdir, *extra, root=None):
-    cmd = [sys.executable, os.path.join(REPO, 'tests', 'train_job.py'), '--workdir', str(workdir),
-           '--data', root or data['root'], '--body_models', data['body_models'], '--steps', '6',
-           *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=job_env(data),
-                          timeout=900)
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, 'tests', 'train_job.py'),
+        '--workdir',
+        str(workdir),
+        '--data',
+        root or data['root'],
+        '--body_models',
+        data['body_models'],
+        '--steps',
+        '6',
+        *extra,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=REPO, env=job_env(data), timeout=900
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def _strict_rows(workdir):
     """metrics.jsonl parsed as strict JSON: NaN / Infinity are refused."""
+
     def refuse(name):
         raise ValueError(f'non-JSON constant {name} in metrics.jsonl')
+
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         return [json.loads(line, parse_constant=refuse) for line in f if line.strip()]
 
@@ -38,14 +52,15 @@ def _strict_rows(workdir):
 def _finite_params(workdir):
     variables, _, step = checkpoint.restore_variables(str(workdir))
     import jax
+
     return step, all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
 
 
-def test_nonfinite_step_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_default,
-                                                                          tmp_path):
+def test_nonfinite_step_stops_the_run_and_keeps_the_last_good_checkpoint(
+    synthetic_default, tmp_path
+):
     # log_every 5: step 3's flag is read one step late (at step 4), as on an accelerator.
-    rc, out, err = _run(synthetic_default, tmp_path, '--nan_at', '3',
-                        '--set', 'train.log_every=5')
+    rc, out, err = _run(synthetic_default, tmp_path, '--nan_at', '3', '--set', 'train.log_every=5')
     assert rc == 3, out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and 'Traceback' not in err, err
@@ -72,7 +87,7 @@ def corrupt_root(synthetic_default, tmp_path):
     for i in range(0, len(reader), 3):
         shard = int(np.searchsorted(reader._starts, i, side='right')) - 1
         local = i - int(reader._starts[shard])
-        offset = int(reader._offsets[shard][local]) + 20   # inside the payload
+        offset = int(reader._offsets[shard][local]) + 20  # inside the payload
         with open(reader.paths[shard], 'r+b') as f:
             f.seek(offset)
             byte = f.read(1)
@@ -82,8 +97,9 @@ def corrupt_root(synthetic_default, tmp_path):
     return str(root), first
 
 
-def test_corrupt_record_stops_training_naming_shard_and_record(synthetic_default, corrupt_root,
-                                                               tmp_path):
+def test_corrupt_record_stops_training_naming_shard_and_record(
+    synthetic_default, corrupt_root, tmp_path
+):
     root, _ = corrupt_root
     rc, out, err = _run(synthetic_default, tmp_path / 'w', root=root)
     assert rc == 1, out + err
@@ -92,8 +108,9 @@ def test_corrupt_record_stops_training_naming_shard_and_record(synthetic_default
     assert 'corrupt record' in lines[0] and '3dpw-train.tfrecord' in lines[0], lines[0]
 
 
-def test_skip_corrupt_finishes_and_counts_skipped_records(synthetic_default, corrupt_root,
-                                                          tmp_path):
+def test_skip_corrupt_finishes_and_counts_skipped_records(
+    synthetic_default, corrupt_root, tmp_path
+):
     root, _ = corrupt_root
     rc, out, err = _run(synthetic_default, tmp_path, '--set', 'data.skip_corrupt=True', root=root)
     assert rc == 0, out + err
@@ -114,20 +131,24 @@ def _dense_step(skip: bool):
     import optax
 
     from extpose_jax.train import sharding, state
+
     model, tx = nn.Dense(3), optax.adamw(1e-2)
     mesh = sharding.make_mesh({'data': 1}, devices=jax.devices()[:1])
     st, sh = state.create_train_state(model, tx, jax.random.PRNGKey(0), (np.zeros((1, 4)),), mesh)
 
     def loss_fn(variables, batch, rng):
         return jnp.mean((model.apply(variables, batch['x']) - batch['y']) ** 2), {}
-    step = state.make_train_step(loss_fn, tx, mesh, sh, sharding.batch_sharding(mesh),
-                                 skip_nonfinite=skip)
+
+    step = state.make_train_step(
+        loss_fn, tx, mesh, sh, sharding.batch_sharding(mesh), skip_nonfinite=skip
+    )
     return st, step
 
 
 @pytest.mark.parametrize('skip', [False, True])
 def test_step_reports_finiteness_and_skips_a_nonfinite_update_when_asked(skip):
     import jax
+
     st, step = _dense_step(skip)
     good = {'x': np.ones((2, 4), np.float32), 'y': np.zeros((2, 3), np.float32)}
     bad = {'x': good['x'], 'y': np.full((2, 3), np.nan, np.float32)}
@@ -135,16 +156,20 @@ def test_step_reports_finiteness_and_skips_a_nonfinite_update_when_asked(skip):
     st, m = step(st, bad, jax.random.PRNGKey(1))
     assert not bool(m['finite']) and int(st.step) == 1
     after = jax.device_get(st)
-    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.params),
-                                                 jax.tree.leaves(before.params))]
-    if skip:   # params and Adam moments untouched: the next good step is the first real one
+    same = [
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params))
+    ]
+    if skip:  # params and Adam moments untouched: the next good step is the first real one
         assert all(same)
-        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after.opt_state),
-                                                        jax.tree.leaves(before.opt_state)))
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(after.opt_state), jax.tree.leaves(before.opt_state))
+        )
         st, m = step(st, good, jax.random.PRNGKey(1))
         assert bool(m['finite'])
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(st.params)))
-    else:      # the update went through: the loop must stop the run before saving it
+    else:  # the update went through: the loop must stop the run before saving it
         assert not any(np.isfinite(x).all() for x in jax.tree.leaves(after.params))
 
 
@@ -158,20 +183,22 @@ class _Checkpoints:
 def test_divergence_watch_reads_late_counts_and_stops():
     from extpose_jax import errors
     from extpose_jax.train import loop
+
     flags = {1: True, 2: False, 3: True, 4: False}
 
     def metrics(step):
         return {'finite': np.bool_(flags[step]), 'loss': np.float32(np.nan), 'grad_norm': 1.0}
+
     watch = loop._Divergence(True, _Checkpoints())
     for step in (1, 2, 3):
         watch.add(step, metrics(step))
-    assert watch.take() == 1          # step 2, read when step 3 arrived
+    assert watch.take() == 1  # step 2, read when step 3 arrived
     watch.add(4, metrics(4))
     watch.flush()
     assert watch.take() == 1 and watch.take() == 0
     watch = loop._Divergence(False, _Checkpoints())
     watch.add(1, metrics(1))
-    watch.add(2, metrics(2))          # nothing read yet for step 2: the device may run ahead
+    watch.add(2, metrics(2))  # nothing read yet for step 2: the device may run ahead
     with pytest.raises(errors.Diverged, match=r'step 2: .*not finite.*step 4 in /ckpt'):
         watch.flush()
 
@@ -181,6 +208,7 @@ def test_divergence_watch_reads_late_counts_and_stops():
 
 def _small():
     import importlib
+
     return importlib.import_module('configs.image').get_config('small')
 
 
@@ -191,11 +219,13 @@ def no_model(monkeypatch):
 
     def refuse(*a, **k):
         raise AssertionError('the model was built before the inputs were checked')
+
     monkeypatch.setattr(task_lib, 'Task', refuse)
 
 
 def _train_fails(cfg, workdir, body_models, root, match):
     from extpose_jax.train import loop
+
     with pytest.raises(inputs.InputError, match=match):
         loop.train(cfg, str(workdir), body_models, root, log=lambda *_: None)
     assert not os.path.exists(workdir), 'a failed check left a workdir behind'
@@ -204,22 +234,37 @@ def _train_fails(cfg, workdir, body_models, root, match):
 def test_empty_records_root_fails_before_the_model(synthetic_default, no_model, tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
-    _train_fails(_small(), tmp_path / 'w', synthetic_default['body_models'], str(empty),
-                 r"config\.data\.datasets: unknown dataset '3dpw'.*" + str(empty))
+    _train_fails(
+        _small(),
+        tmp_path / 'w',
+        synthetic_default['body_models'],
+        str(empty),
+        r"config\.data\.datasets: unknown dataset '3dpw'.*" + str(empty),
+    )
 
 
 def test_missing_split_fails_before_the_model(synthetic_default, no_model, tmp_path):
     cfg = _small()
     cfg.data.split = 'holdout'
-    _train_fails(cfg, tmp_path / 'w', synthetic_default['body_models'], synthetic_default['root'],
-                 r"config\.data\.datasets: split 'holdout' not in .*dataset_info\.json")
+    _train_fails(
+        cfg,
+        tmp_path / 'w',
+        synthetic_default['body_models'],
+        synthetic_default['root'],
+        r"config\.data\.datasets: split 'holdout' not in .*dataset_info\.json",
+    )
 
 
 def test_missing_eval_split_fails_before_the_model(synthetic_default, no_model, tmp_path):
     cfg = _small()
     cfg.evaluators['3dpw'].split = 'heldout'
-    _train_fails(cfg, tmp_path / 'w', synthetic_default['body_models'], synthetic_default['root'],
-                 r"config\.evaluators\.3dpw: split 'heldout'")
+    _train_fails(
+        cfg,
+        tmp_path / 'w',
+        synthetic_default['body_models'],
+        synthetic_default['root'],
+        r"config\.evaluators\.3dpw: split 'heldout'",
+    )
 
 
 def test_split_without_records_fails_before_the_model(synthetic_default, no_model, tmp_path):
@@ -227,27 +272,39 @@ def test_split_without_records_fails_before_the_model(synthetic_default, no_mode
     shutil.copytree(synthetic_default['root'], root)
     info_path = root / '3dpw' / shards.DATASET_INFO
     info = json.loads(info_path.read_text())
-    info['splits']['train'].update(shards=[], num_records=0)   # a consistent, empty split
+    info['splits']['train'].update(shards=[], num_records=0)  # a consistent, empty split
     info_path.write_text(json.dumps(info))
-    _train_fails(_small(), tmp_path / 'w', synthetic_default['body_models'], str(root),
-                 r"config\.data\.datasets: split 'train' of .*3dpw has no records")
+    _train_fails(
+        _small(),
+        tmp_path / 'w',
+        synthetic_default['body_models'],
+        str(root),
+        r"config\.data\.datasets: split 'train' of .*3dpw has no records",
+    )
 
 
 @pytest.mark.parametrize('missing', ['SMPL_to_J19.pkl', 'SMPL_FEMALE'])
-def test_missing_body_model_file_fails_before_the_model(synthetic_default, no_model, tmp_path,
-                                                        missing):
+def test_missing_body_model_file_fails_before_the_model(
+    synthetic_default, no_model, tmp_path, missing
+):
     bm = tmp_path / 'bm'
     shutil.copytree(synthetic_default['body_models'], bm)
     for d, _, files in os.walk(bm):
         for f in files:
             if f.startswith(missing):
                 os.remove(os.path.join(d, f))
-    _train_fails(_small(), tmp_path / 'w', str(bm), synthetic_default['root'],
-                 rf"config\.body_models=.*no {missing}")
+    _train_fails(
+        _small(),
+        tmp_path / 'w',
+        str(bm),
+        synthetic_default['root'],
+        rf'config\.body_models=.*no {missing}',
+    )
 
 
 def test_converter_without_j19_writes_nothing(synthetic_default, tmp_path):
     from data_pipelines import convert_3dpw
+
     bm = tmp_path / 'bm'
     shutil.copytree(synthetic_default['body_models'], bm)
     for d, _, files in os.walk(bm):

@@ -4,6 +4,7 @@ at the same step and resumes exactly, bad configs fail before any compute.
 
 Each job is a tiny ViT, T = 1, batch 2 on the synthetic default (tests/train_job.py).
 """
+
 import os
 import socket
 import subprocess
@@ -21,16 +22,36 @@ STEPS = 6
 def job_env(data) -> dict:
     """One persistent compilation cache for every job of the session: the jobs compile the same
     programs (an executable is reused as is, so results stay bit-identical); ~4x faster tests."""
-    return {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(data['root'], '..', 'jax_cache'),
-            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-            'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+    return {
+        **os.environ,
+        'JAX_COMPILATION_CACHE_DIR': os.path.join(data['root'], '..', 'jax_cache'),
+        'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+        'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+    }
 
 
 def _job(data, workdir, *extra):
-    cmd = [sys.executable, os.path.join(REPO, 'tests', 'train_job.py'), '--workdir', str(workdir),
-           '--data', data['root'], '--body_models', data['body_models'], '--steps', str(STEPS), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env=job_env(data))
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, 'tests', 'train_job.py'),
+        '--workdir',
+        str(workdir),
+        '--data',
+        data['root'],
+        '--body_models',
+        data['body_models'],
+        '--steps',
+        str(STEPS),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env=job_env(data),
+    )
 
 
 def _finish(proc, timeout=900):
@@ -45,9 +66,12 @@ def _losses(workdir):
 
 def _params(workdir):
     import jax
+
     variables, _, step = checkpoint.restore_variables(str(workdir))
-    return step, {jax.tree_util.keystr(k): np.asarray(v)
-                  for k, v in jax.tree_util.tree_leaves_with_path(variables)}
+    return step, {
+        jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(variables)
+    }
 
 
 @pytest.fixture(scope='module')
@@ -91,8 +115,20 @@ def _free_port():
 
 def _two_processes(data, workdir, *extra):
     port = _free_port()
-    procs = [_job(data, workdir, '--coordinator', f'localhost:{port}', '--num_processes', '2',
-                  '--process_id', str(i), *extra) for i in range(2)]
+    procs = [
+        _job(
+            data,
+            workdir,
+            '--coordinator',
+            f'localhost:{port}',
+            '--num_processes',
+            '2',
+            '--process_id',
+            str(i),
+            *extra,
+        )
+        for i in range(2)
+    ]
     return [_finish(p) for p in procs]
 
 
@@ -116,15 +152,17 @@ def test_two_processes_on_localhost_match_one(two_process_run, reference):
     got, want = _losses(two_process_run), _losses(reference)
     assert sorted(got) == sorted(want)
     for i, s in enumerate(sorted(got)):
-        np.testing.assert_allclose(got[s], want[s], rtol=5e-6 * 2 ** i, err_msg=f'step {s}')
+        np.testing.assert_allclose(got[s], want[s], rtol=5e-6 * 2**i, err_msg=f'step {s}')
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exactly(
-        synthetic_default, two_process_run, tmp_path):
+    synthetic_default, two_process_run, tmp_path
+):
     # SIGTERM reaches process 1 only (a preempted host); jax.distributed's preemption notice
     # makes both agree on the next step, checkpoint it and exit 0.
-    results = _two_processes(synthetic_default, tmp_path, '--signal_at', '3', '--signal', 'TERM',
-                             '--signal_process', '1')
+    results = _two_processes(
+        synthetic_default, tmp_path, '--signal_at', '3', '--signal', 'TERM', '--signal_process', '1'
+    )
     steps = set()
     for rc, out in results:
         assert rc == 0, out
@@ -147,9 +185,20 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exac
 def test_bad_config_fails_before_any_compute(tmp_path):
     data_dir = tmp_path / 'data'
     proc = subprocess.run(
-        [sys.executable, 'run_train.py', '--config=configs/video.py:small', f'--workdir={tmp_path}/w',
-         f'--config.data_dir={data_dir}', '--config.model.mask=sideways'],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+        [
+            sys.executable,
+            'run_train.py',
+            '--config=configs/video.py:small',
+            f'--workdir={tmp_path}/w',
+            f'--config.data_dir={data_dir}',
+            '--config.model.mask=sideways',
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+    )
     assert proc.returncode != 0
     assert 'config.model.mask' in proc.stderr + proc.stdout
     assert not data_dir.exists() and not (tmp_path / 'w').exists()

@@ -1,5 +1,6 @@
 """ViT backbone: upstream equivalence (PyTorch re-implementation), mask isolation through the whole
 network, ViT-H parameter shapes against the reference state dict, and implementation switches."""
+
 import dataclasses
 import functools
 import json
@@ -33,7 +34,11 @@ def _init(config, seed=0):
     """Parameters do not depend on the layout (one stream is enough to create them)."""
     images = jnp.zeros((1, 1, *config.image_size, 3))
     init = jax.jit(vit.ViT(config).init, static_argnums=(2, 3))
-    return nn.unbox(init(jax.random.key(seed), images, TokenLayout(patches=config.num_patches), MaskSpec('frame')))
+    return nn.unbox(
+        init(
+            jax.random.key(seed), images, TokenLayout(patches=config.num_patches), MaskSpec('frame')
+        )
+    )
 
 
 def _apply(config, params, images, layout, spec, key_valid=None, **kwargs):
@@ -52,6 +57,7 @@ def tiny_params():
 
 
 # ----------------------------------------------------------------------------- PyTorch reference
+
 
 def vit_rows(config, torch_prefix=''):
     """The converter's key table for a bare ViT (params at the root, not under 'backbone')."""
@@ -87,7 +93,11 @@ class TorchViT(torch.nn.Module if torch else object):
         x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
         for b in self.blocks:
             B, N, C = x.shape
-            qkv = b.attn.qkv(b.norm1(x)).reshape(B, N, 3, c.heads, C // c.heads).permute(2, 0, 3, 1, 4)
+            qkv = (
+                b.attn.qkv(b.norm1(x))
+                .reshape(B, N, 3, c.heads, C // c.heads)
+                .permute(2, 0, 3, 1, 4)
+            )
             q, k, v = qkv[0], qkv[1], qkv[2]
             attn = ((q * (C // c.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
             x = x + b.attn.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
@@ -106,7 +116,9 @@ def torch_model(config, params):
 def torch_tokens(model, images):
     """(B, S, H, W, 3) -> (B, S, N, C), every image on its own."""
     b, s = images.shape[:2]
-    x = torch.from_numpy(np.asarray(images).reshape(b * s, *images.shape[2:]).transpose(0, 3, 1, 2).copy())
+    x = torch.from_numpy(
+        np.asarray(images).reshape(b * s, *images.shape[2:]).transpose(0, 3, 1, 2).copy()
+    )
     with torch.no_grad():
         out = model(x).flatten(2).transpose(1, 2).numpy()
     return out.reshape(b, s, *out.shape[1:])
@@ -117,7 +129,9 @@ def test_single_image_frame_mask_is_the_upstream_vit(tiny_params):
     images = _images(TINY, layout, batch=2)
     got = _apply(TINY, tiny_params, images, layout, MaskSpec('frame'))
     assert got.shape == (2, 1, 192, TINY.width)
-    np.testing.assert_allclose(got, torch_tokens(torch_model(TINY, tiny_params), images), atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        got, torch_tokens(torch_model(TINY, tiny_params), images), atol=2e-5, rtol=1e-4
+    )
 
 
 def test_frame_mask_keeps_every_stream_alone(tiny_params):
@@ -126,16 +140,24 @@ def test_frame_mask_keeps_every_stream_alone(tiny_params):
     for impl in ('dense', 'blockwise'):
         cfg = vit.ViTConfig.of('tiny', attention=impl)
         got = _apply(cfg, tiny_params, images, layout, MaskSpec('frame'))
-        np.testing.assert_allclose(got, torch_tokens(torch_model(TINY, tiny_params), images), atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(
+            got, torch_tokens(torch_model(TINY, tiny_params), images), atol=2e-5, rtol=1e-4
+        )
 
 
 # ----------------------------------------------------------------------------- mask isolation
 
+
 def _stream_dependence(config, layout, spec, key_valid=None):
     """(S, S) bool: does output stream i depend at all on the pixels of input stream j."""
     params = _init(dataclasses.replace(config, depth=MICRO.depth))  # depth-1 models use a prefix
-    params = {'params': {k: v for k, v in params['params'].items()
-                         if not k.startswith('blocks_') or int(k[7:]) < config.depth}}
+    params = {
+        'params': {
+            k: v
+            for k, v in params['params'].items()
+            if not k.startswith('blocks_') or int(k[7:]) < config.depth
+        }
+    }
     images = _images(config, layout, batch=1)
     model = vit.ViT(config)
 
@@ -161,13 +183,20 @@ def _reachable(layout, spec, depth, stream_keys=None):
 
 
 ISOLATION_CASES = [
-    MaskSpec('frame'), MaskSpec('multimodal'), MaskSpec('extpose'), MaskSpec('full'),
-    MaskSpec('extpose', window=1), MaskSpec('extpose', causal=True), MaskSpec('extpose', window=0),
+    MaskSpec('frame'),
+    MaskSpec('multimodal'),
+    MaskSpec('extpose'),
+    MaskSpec('full'),
+    MaskSpec('extpose', window=1),
+    MaskSpec('extpose', causal=True),
+    MaskSpec('extpose', window=0),
     MaskSpec(layers=('frame', 'extpose')),
 ]
 
 
-@pytest.mark.parametrize('spec', ISOLATION_CASES, ids=lambda s: f'{s.strategy}-w{s.window}-c{s.causal}-{len(s.layers)}')
+@pytest.mark.parametrize(
+    'spec', ISOLATION_CASES, ids=lambda s: f'{s.strategy}-w{s.window}-c{s.causal}-{len(s.layers)}'
+)
 def test_tokens_depend_exactly_on_what_the_masks_reach(spec):
     """Through the whole ViT (2 blocks), a stream's gradient w.r.t. another stream's pixels is exactly
     zero unless the composed per-layer masks connect them, and non-zero when they do."""
@@ -195,22 +224,33 @@ def test_modality_dropout_hides_the_dropped_modality():
     layout = TokenLayout(frames=2, modalities=TWO, patches=MICRO.num_patches)
     kv = masks.key_valid(layout, modality_keep=np.array([[True, False]]))  # skeleton dropped
     got = _stream_dependence(MICRO, layout, MaskSpec('full'), kv)
-    np.testing.assert_array_equal(got, _reachable(layout, MaskSpec('full'), MICRO.depth, np.array([1, 0, 1, 0], bool)))
+    np.testing.assert_array_equal(
+        got, _reachable(layout, MaskSpec('full'), MICRO.depth, np.array([1, 0, 1, 0], bool))
+    )
     assert not got[0::2, 1::2].any()  # RGB streams get nothing from any skeleton pixel
 
 
 # ----------------------------------------------------------------------------- ViT-H parameters
 
+
 def test_vit_huge_parameters_match_the_reference_state_dict():
     layout = TokenLayout()
-    boxed = jax.eval_shape(lambda: vit.ViT(vit.ViTConfig.of('huge')).init(
-        jax.random.key(0), jnp.zeros((1, 1, 256, 192, 3)), layout, MaskSpec('frame')))
+    boxed = jax.eval_shape(
+        lambda: vit.ViT(vit.ViTConfig.of('huge')).init(
+            jax.random.key(0), jnp.zeros((1, 1, 256, 192, 3)), layout, MaskSpec('frame')
+        )
+    )
     flat = traverse_util.flatten_dict(nn.unbox(boxed)['params'])
     assert sum(int(np.prod(v.shape)) for v in flat.values()) == 630_912_000
     with open(UPSTREAM_LAYOUT) as f:
         ref = {k: tuple(v) for k, v in json.load(f)['hmr2'].items() if k.startswith('backbone.')}
     assert len(ref) == 389
-    ours = {k: v.shape for k, v in keymap.to_torch(nn.unbox(boxed), vit_rows(vit.ViTConfig.of('huge'), 'backbone.')).items()}
+    ours = {
+        k: v.shape
+        for k, v in keymap.to_torch(
+            nn.unbox(boxed), vit_rows(vit.ViTConfig.of('huge'), 'backbone.')
+        ).items()
+    }
     assert ours == ref
     # Every parameter carries one logical axis name (or None) per dimension, from a small vocabulary.
     for path, leaf in traverse_util.flatten_dict(boxed['params']).items():
@@ -221,12 +261,16 @@ def test_vit_huge_parameters_match_the_reference_state_dict():
 
 # ----------------------------------------------------------------------------- switches
 
+
 def test_blockwise_equals_dense_through_the_vit():
     layout = TokenLayout(frames=2, modalities=TWO, patches=SMALL.num_patches)
     images = _images(SMALL, layout, batch=2)
     params = _init(SMALL)
-    kv = masks.key_valid(layout, modality_keep=np.array([[1, 1], [0, 1]], bool),
-                         frame_valid=np.array([[1, 1], [1, 0]], bool))
+    kv = masks.key_valid(
+        layout,
+        modality_keep=np.array([[1, 1], [0, 1]], bool),
+        frame_valid=np.array([[1, 1], [1, 0]], bool),
+    )
     spec = MaskSpec(layers=('frame', 'extpose'))  # 'frame' + dropout: empty rows inside the ViT
 
     def run(impl, block_size=None):
@@ -237,7 +281,9 @@ def test_blockwise_equals_dense_through_the_vit():
     want, want_grads = jax.jit(lambda: run('dense'))()
     got, grads = jax.jit(lambda: run('blockwise', 8))()  # blocks straddling the 12-token streams
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3), grads, want_grads)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3), grads, want_grads
+    )
 
 
 def test_bf16_compute_with_fp32_params():
@@ -247,8 +293,11 @@ def test_bf16_compute_with_fp32_params():
     want = _apply(SMALL, params, images, layout, MaskSpec('extpose'))
     for impl in ('dense', 'blockwise'):
         cfg = dataclasses.replace(SMALL, dtype=jnp.bfloat16, attention=impl)
-        abstract = jax.eval_shape(functools.partial(vit.ViT(cfg).init, layout=layout, mask_spec=MaskSpec()),
-                                  jax.random.key(0), images)
+        abstract = jax.eval_shape(
+            functools.partial(vit.ViT(cfg).init, layout=layout, mask_spec=MaskSpec()),
+            jax.random.key(0),
+            images,
+        )
         assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nn.unbox(abstract)))
         got = _apply(cfg, params, images, layout, MaskSpec('extpose'))
         assert got.dtype == jnp.bfloat16
@@ -264,7 +313,9 @@ def test_remat_is_numerically_transparent(impl):
 
     def loss_and_grads(remat):
         model = vit.ViT(dataclasses.replace(SMALL, remat=remat, attention=impl))
-        return jax.jit(jax.value_and_grad(lambda p: model.apply(p, images, layout, MaskSpec()).sum()))(params)
+        return jax.jit(
+            jax.value_and_grad(lambda p: model.apply(p, images, layout, MaskSpec()).sum())
+        )(params)
 
     (v0, g0), (v1, g1) = loss_and_grads(False), loss_and_grads(True)
     np.testing.assert_allclose(v1, v0, rtol=1e-6)
@@ -272,7 +323,9 @@ def test_remat_is_numerically_transparent(impl):
 
 
 def test_drop_path_rises_linearly_and_is_off_when_deterministic():
-    np.testing.assert_allclose(vit.drop_path_rates(vit.ViTConfig(depth=4, drop_path_rate=0.3)), [0, 0.1, 0.2, 0.3])
+    np.testing.assert_allclose(
+        vit.drop_path_rates(vit.ViTConfig(depth=4, drop_path_rate=0.3)), [0, 0.1, 0.2, 0.3]
+    )
     assert vit.drop_path_rates(vit.ViTConfig.of('huge'))[-1] == 0.55
     cfg = dataclasses.replace(SMALL, drop_path_rate=0.3)
     layout = TokenLayout(frames=1, patches=SMALL.num_patches)
@@ -281,8 +334,15 @@ def test_drop_path_rises_linearly_and_is_off_when_deterministic():
     images = _images(cfg, layout, batch=4)
     det = _apply(cfg, params, images, layout, MaskSpec('frame'))
     np.testing.assert_array_equal(det, _apply(SMALL, params, images, layout, MaskSpec('frame')))
-    train = _apply(cfg, params, images, layout, MaskSpec('frame'), deterministic=False,
-                   rngs={'dropout': jax.random.key(0)})
+    train = _apply(
+        cfg,
+        params,
+        images,
+        layout,
+        MaskSpec('frame'),
+        deterministic=False,
+        rngs={'dropout': jax.random.key(0)},
+    )
     assert np.all(np.isfinite(train)) and not np.allclose(train, det)
 
 
@@ -290,14 +350,23 @@ def test_bad_inputs_raise(tiny_params):
     model = vit.ViT(TINY)
     params = tiny_params
     layout = TokenLayout(frames=2, modalities=TWO)
-    with pytest.raises(ValueError, match=r'images \(1, 3, 256, 192, 3\) do not match the layout: expected '
-                                         r'\(B, 4 streams = 2 frames x 1 views x 2 modalities'):
+    with pytest.raises(
+        ValueError,
+        match=r'images \(1, 3, 256, 192, 3\) do not match the layout: expected '
+        r'\(B, 4 streams = 2 frames x 1 views x 2 modalities',
+    ):
         model.apply(params, jnp.zeros((1, 3, 256, 192, 3)), layout, MaskSpec())
     with pytest.raises(ValueError, match='MaskSpec.layers has 2 entries for 4 blocks'):
-        model.apply(params, jnp.zeros((1, 4, 256, 192, 3)), layout, MaskSpec(layers=('frame', 'full')))
-    with pytest.raises(ValueError, match=r'layout.patches=100 but a \(256, 192\) image gives 16x12 = 192 tokens'):
+        model.apply(
+            params, jnp.zeros((1, 4, 256, 192, 3)), layout, MaskSpec(layers=('frame', 'full'))
+        )
+    with pytest.raises(
+        ValueError, match=r'layout.patches=100 but a \(256, 192\) image gives 16x12 = 192 tokens'
+    ):
         model.apply(params, jnp.zeros((1, 1, 256, 192, 3)), TokenLayout(patches=100), MaskSpec())
     with pytest.raises(ValueError, match='tokens do not match the layout'):
-        model.apply(params, jnp.zeros((1, 4, 256, 192, 3)), layout, MaskSpec(), jnp.ones((1, 100), bool))
+        model.apply(
+            params, jnp.zeros((1, 4, 256, 192, 3)), layout, MaskSpec(), jnp.ones((1, 100), bool)
+        )
     with pytest.raises(ValueError, match="ViTConfig.of: unknown size 'giant'"):
         vit.ViTConfig.of('giant')

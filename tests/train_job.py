@@ -11,6 +11,7 @@ as in every entry point: a user error or a diverged run is one line and its exit
 --signal_at sends the signal to this process from inside the metric writer, right after step
 N's metrics are logged and before its checkpoint decision: a deterministic point to die at.
 """
+
 import argparse
 import os
 import signal
@@ -47,7 +48,7 @@ cfg = importlib.import_module(f'configs.{args.config}').get_config('small')
 cfg.train.steps = args.steps
 cfg.train.checkpoint_every = args.checkpoint_every
 cfg.train.log_every = 1
-cfg.evaluators = {}   # no evaluation: the jobs compare training
+cfg.evaluators = {}  # no evaluation: the jobs compare training
 cfg.data.batch_size = args.batch_size
 for kv in filter(None, args.mesh.split(',')):
     k, v = kv.split('=')
@@ -76,10 +77,11 @@ if args.nan_at > 0:
     def nan_batch(batch, *a, **kw):
         out = dict(device_batch(batch, *a, **kw))
         calls.append(1)
-        if len(calls) == args.nan_at:   # the loop asks once per step
+        if len(calls) == args.nan_at:  # the loop asks once per step
             for k in ('kp2d', 'kp3d', 'pose', 'betas', 'kp2d_input'):
                 out[k] = np.full_like(out[k], np.nan)
         return out
+
     task_lib.device_batch = nan_batch
 
 if args.signal_at >= 0:
@@ -89,8 +91,10 @@ if args.signal_at >= 0:
         write(self, step, scalars)
         if step == args.signal_at and args.signal_process in (-1, jax.process_index()):
             os.kill(os.getpid(), getattr(signal, f'SIG{args.signal}'))
+
     writers.MetricWriter.write_scalars = write_then_signal
 
-result = errors.guard(lambda: loop.train(cfg, args.workdir, args.body_models, args.data),
-                      prog='train_job')
+result = errors.guard(
+    lambda: loop.train(cfg, args.workdir, args.body_models, args.data), prog='train_job'
+)
 print('RESULT', result['step'], result['stopped_early'])

@@ -19,11 +19,17 @@ def synthetic_default(tmp_path_factory):
 
     -> {'body_models': dir, '3dpw': records dir, 'freihand': ..., 'hint': ..., 'root': records root}
     """
+    import fcntl
     import os
 
     from data_pipelines.synthetic import default_data
 
-    paths = default_data.ensure(
-        str(tmp_path_factory.mktemp('synthetic_default')), seed=0, log=lambda *_: None
-    )
+    # One build per run, not per xdist worker: the workers share their base temp's parent (and
+    # with it the train jobs' compilation cache, tests/test_train_loop.py's job_env).
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        base = base.parent
+    with open(base / 'synthetic_default.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        paths = default_data.ensure(str(base / 'synthetic_default'), seed=0, log=lambda *_: None)
     return {**paths, 'root': os.path.dirname(paths['3dpw'])}

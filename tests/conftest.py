@@ -1,6 +1,23 @@
 """Shared fixtures: everything a test needs is generated here, nothing is downloaded."""
 
+import contextlib
+import fcntl
+import os
+
 import pytest
+
+
+@contextlib.contextmanager
+def _run_dir(tmp_path_factory, name):
+    """-> a directory that this test run's xdist workers share (their base temps' parent), held
+    under a file lock: the first worker builds what the session fixtures need, the others wait
+    and find it built."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        base = base.parent
+    with open(base / f'{name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield base / name
 
 
 @pytest.fixture(scope='session')
@@ -8,8 +25,11 @@ def body_model_dir(tmp_path_factory):
     """Procedural SMPL/MANO-format model files in the official layout (synthetic/body_files.py)."""
     from data_pipelines.synthetic import body_files
 
-    out = tmp_path_factory.mktemp('body_models')
-    body_files.write_body_models(str(out), seed=0)
+    with _run_dir(tmp_path_factory, 'body_models') as out:
+        done = out.parent / 'body_models.written'  # beside it: tests list the folder
+        if not done.exists():
+            body_files.write_body_models(str(out), seed=0)
+            done.touch()
     return out
 
 
@@ -19,17 +39,10 @@ def synthetic_default(tmp_path_factory):
 
     -> {'body_models': dir, '3dpw': records dir, 'freihand': ..., 'hint': ..., 'root': records root}
     """
-    import fcntl
-    import os
-
     from data_pipelines.synthetic import default_data
 
-    # One build per run, not per xdist worker: the workers share their base temp's parent (and
-    # with it the train jobs' compilation cache, tests/test_train_loop.py's job_env).
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get('PYTEST_XDIST_WORKER'):
-        base = base.parent
-    with open(base / 'synthetic_default.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        paths = default_data.ensure(str(base / 'synthetic_default'), seed=0, log=lambda *_: None)
+    # One build per run (ensure builds only what is missing); the train jobs' compilation cache
+    # beside it (tests/test_train_loop.py's job_env) is shared too.
+    with _run_dir(tmp_path_factory, 'synthetic_default') as out:
+        paths = default_data.ensure(str(out), seed=0, log=lambda *_: None)
     return {**paths, 'root': os.path.dirname(paths['3dpw'])}

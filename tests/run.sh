@@ -6,4 +6,6 @@ python -m pip install -q -r requirements-torch.txt
 # Whole files per worker (--dist loadfile): module fixtures are built once. Most long tests are
 # single-threaded compiles and subprocess start-ups, so two workers share two cores well;
 # PYTEST_WORKERS=0 runs everything in one process.
+# It runs every test; the fast tier leaves out those marked slow (pytest.ini):
+#     python -m pytest -q -m 'not slow' -n 2 tests
 JAX_PLATFORMS=cpu python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=15 tests "$@"

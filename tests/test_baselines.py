@@ -91,6 +91,7 @@ def _apply(model, variables, frames, kp, **kw):
     return model.apply(variables, frames, kp, **kw)  # eager: cheaper than compiling one-off calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NAMES)
 def test_runs_with_extpose_outputs_and_adds_parameters(name, built, rgb_only):
     frames, kp = _inputs()
@@ -117,6 +118,7 @@ def test_extpose_adds_no_parameters():
     assert counts[0] == counts[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['channel_concat', 'controlnet'])
 def test_equals_rgb_only_extpose_at_init(name, built, rgb_only):
     frames, kp = _inputs()
@@ -134,6 +136,7 @@ def test_equals_rgb_only_extpose_at_init(name, built, rgb_only):
     assert float(jnp.abs(a - b).max()) > 1e-6
 
 
+@pytest.mark.slow
 def test_controlnet_copy_init_and_control_depth(built, rgb_only):
     frames, kp = _inputs()
     model, variables = _get(built, rgb_only, 'controlnet')
@@ -155,6 +158,7 @@ def test_controlnet_copy_init_and_control_depth(built, rgb_only):
     assert [k for k in shapes if k.startswith('control_')] == ['control_blocks_0', 'control_proj_0']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NAMES)
 def test_gradients_reach_new_parameters(name, built, rgb_only):
     frames, kp = _inputs()
@@ -174,6 +178,7 @@ def test_gradients_reach_new_parameters(name, built, rgb_only):
     assert float(jnp.abs(jax.tree_util.tree_leaves(grads['backbone'])[0]).max()) > 0
 
 
+@pytest.mark.slow
 def test_temporal_head_image_model_is_extpose_and_mixes_frames(built, rgb_only):
     frames, kp = _inputs(t=2)
     model, variables = _get(built, rgb_only, 'temporal_head')
@@ -202,6 +207,7 @@ def test_temporal_head_image_model_is_extpose_and_mixes_frames(built, rgb_only):
         bl.TemporalHead(extpose.ExtPoseConfig(vit=TINY)).init(jax.random.PRNGKey(0), frames, kp)
 
 
+@pytest.mark.slow
 def test_keypoint_tokens_follow_mask_and_modality_keep(built, rgb_only):
     frames, kp = _inputs(t=2)
     model, variables = _get(built, rgb_only, 'keypoint_tokens')
@@ -228,6 +234,7 @@ def test_keypoint_tokens_follow_mask_and_modality_keep(built, rgb_only):
     assert out['pred_cam'].shape == (1, 2, 1, 3)
 
 
+@pytest.mark.slow
 def test_channel_concat_six_channel_kernel_and_dropout(built, rgb_only):
     frames, kp = _inputs()
     model, variables = _get(built, rgb_only, 'channel_concat')

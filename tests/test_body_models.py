@@ -69,6 +69,7 @@ def test_smpl_matches_smplx(body_model_dir, gender):
     np.testing.assert_allclose(out['keypoints'], ref_k, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_axis_angle_input_and_fewer_betas(body_model_dir):
     """Axis-angle poses and 4 of the 10 betas, against smplx with num_betas=4."""
     rng = np.random.default_rng(2)
@@ -109,6 +110,7 @@ def _torch_mano(npz, rotmats, betas, is_rhand=True):
     return out.vertices.numpy(), out.joints.numpy(), kp21.numpy()
 
 
+@pytest.mark.slow
 def test_mano_matches_smplx(body_model_dir):
     rng = np.random.default_rng(3)
     model = body_models.load_mano(str(body_model_dir))
@@ -121,6 +123,7 @@ def test_mano_matches_smplx(body_model_dir):
     np.testing.assert_allclose(out['keypoints'], ref_k, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_left_mano_matches_a_mirrored_model_file(body_model_dir, tmp_path):
     """Left = mirror of right. The reference is smplx on a left-hand file mirrored array by
     array (blend shapes and pose correctives reflected), not the pose-conjugation trick."""
@@ -155,6 +158,7 @@ def test_pkl_equals_npz(body_model_dir):
             np.testing.assert_array_equal(np.asarray(pkl[key]), np.asarray(npz[key]), err_msg=key)
 
 
+@pytest.mark.slow
 def test_pkl_loads_where_chumpy_cannot_be_imported(body_model_dir):
     code = (
         "import sys; sys.modules['chumpy'] = None\n"
@@ -176,6 +180,7 @@ def test_pkl_loads_where_chumpy_cannot_be_imported(body_model_dir):
     assert '(6890, 3) (6890, 3, 10)' in res.stdout
 
 
+@pytest.mark.slow
 def test_leading_dims_jit_vmap_grad(body_model_dir):
     model = body_models.load_mano(str(body_model_dir))
     rng = np.random.default_rng(5)

@@ -207,6 +207,7 @@ def results(tmp_path_factory):
         return {name: (f.result(), code, want) for name, (f, code, want) in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', [c[0] for c in CASES])
 def test_user_error_is_one_line(results, case):
     proc, code, want = results[case]

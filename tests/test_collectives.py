@@ -38,6 +38,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_process_arriving_40s_late_still_gathers():
     # On CPU the first collective sets up a Gloo context whose rendezvous gives up after 30 s;
     # a loaded CI machine once started one training process that much later than the other.

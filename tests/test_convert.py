@@ -90,6 +90,7 @@ def _assert_trees_equal(a, b):
 # ----------------------------------------------------------------------------- upstream layout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind,name', [('smpl', 'hmr2'), ('mano', 'hamer')])
 def test_vit_h_export_has_exactly_the_upstream_keys_and_shapes(reference, kind, name):
     shapes = to_torch.export_state_dict(_abstract_variables(kind, vit.ViTConfig.of('huge')))
@@ -101,6 +102,7 @@ def test_vit_h_export_has_exactly_the_upstream_keys_and_shapes(reference, kind, 
     assert list(no_disc) == [k for k in ref if not k.startswith('discriminator.')]
 
 
+@pytest.mark.slow
 def test_import_of_the_reference_layout_builds_the_flax_tree_of_the_model(reference):
     """The other direction, abstractly: upstream shapes -> Flax shapes == the model's init."""
     sd = {k: jax.ShapeDtypeStruct(tuple(v), jnp.float32) for k, v in reference['hmr2'].items()}
@@ -116,6 +118,7 @@ def test_import_of_the_reference_layout_builds_the_flax_tree_of_the_model(refere
 # ----------------------------------------------------------------------------- exact round trips
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_jax_torch_jax_is_bit_identical(tmp_path, kind):
     """Random Flax values -> .ckpt on disk -> back: every leaf equal bit for bit (qkv, convs,
@@ -178,6 +181,7 @@ def _stand_in_module():
     return mod
 
 
+@pytest.mark.slow
 def test_cli_imports_hmr2_ckpt_and_exports_it_back(tmp_path, capsys):
     sd = _state_dict('smpl', seed=3)
     extra = {
@@ -349,6 +353,7 @@ def test_cli_rejects_unknown_kind_and_existing_output(tmp_path):
         from_torch.import_checkpoint(str(tmp_path / 'missing.ckpt'), 'hmr2')
 
 
+@pytest.mark.slow
 def test_export_of_an_incomplete_tree_fails_and_writes_nothing(tmp_path):
     sd = _state_dict('smpl', discriminator=False, seed=6)
     variables, _ = from_torch.import_state_dict(sd, 'hmr2')
@@ -368,6 +373,7 @@ def test_export_of_an_incomplete_tree_fails_and_writes_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['vars']
 
 
+@pytest.mark.slow
 def test_imported_variables_initialise_training(tmp_path):
     """What run_train.py does with --config.init.checkpoint=DIR: every key lands in the model."""
     import optax
@@ -414,6 +420,7 @@ def test_reading_never_runs_code_from_the_file(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_process_exits_with_a_one_line_error(tmp_path):
     import subprocess
 

@@ -31,6 +31,9 @@ from data_pipelines import (
 from extpose_jax import body_models as bm
 from extpose_jax import skeletons
 
+# Every test converts (or reads) the rendered raw datasets: ~30 s of CPU before the first.
+pytestmark = pytest.mark.slow
+
 SUBPIXEL = 0.5  # px: projected kp3d vs stored kp2d
 NUM_SHARDS = 3
 SEQS_3DPW = {'train': 1, 'validation': 1, 'test': 1}

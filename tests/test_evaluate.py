@@ -269,6 +269,7 @@ def test_window_starts_cover_every_frame_from_its_most_central_window():
         np.testing.assert_array_equal(centre_dist[np.arange(n), owner], best)
 
 
+@pytest.mark.slow
 def test_plan_scores_every_record_once(data):
     reader = record_reader.RecordReader(data['dirs']['3dpw/test'], 'test')
     plan = ev.plan_windows(reader, pl.DatasetSpec('3dpw', split='test'), T, 2)
@@ -291,6 +292,7 @@ def test_plan_scores_every_record_once(data):
 # ------------------------------------------------------------------------------ 3DPW
 
 
+@pytest.mark.slow
 def test_3dpw_ground_truth_scores_zero_and_batches_match_the_pipeline(data):
     calls = []
     m = _evaluate(
@@ -329,6 +331,7 @@ def _similarity_aligned(pred, gt):
     return (sv / ((pred - mp) ** 2).sum()) * (pred - mp) @ rot + mg
 
 
+@pytest.mark.slow
 def test_3dpw_matches_an_independent_computation_with_gendered_ground_truth(data):
     truth = data['truth']['3dpw/gendered']
     perturb = _noise(0.05)
@@ -375,6 +378,7 @@ def test_3dpw_matches_an_independent_computation_with_gendered_ground_truth(data
     assert m['3dpw/pve'] > 1.0 and m['3dpw/num_frames_accel'] == len(accel)
 
 
+@pytest.mark.slow
 def test_3dpw_root_rotation_moves_mpjpe_but_not_pa_mpjpe(data):
     m = _evaluate(
         data, '3dpw/test', truth_predictor(data['truth']['3dpw/test'], 'smpl', _rotate_root(10.0))
@@ -386,6 +390,7 @@ def test_3dpw_root_rotation_moves_mpjpe_but_not_pa_mpjpe(data):
 # ------------------------------------------------------------------------------ FreiHAND
 
 
+@pytest.mark.slow
 def test_freihand_ground_truth_and_an_independent_computation(data):
     truth = data['truth']['freihand']
     # 16 frames a batch: a flat (16, 48) pose batch is where a 16-joint model could misread it.
@@ -435,6 +440,7 @@ def _hint_counts(data):
     return vis, occ
 
 
+@pytest.mark.slow
 def test_hint_pck_ground_truth_and_a_known_shift(data):
     truth = data['truth']['hint']
     m = _evaluate(data, 'hint', truth_predictor(truth, 'mano'))
@@ -482,6 +488,7 @@ def _simulated_processes(n, run):
         return list(pool.map(lambda i: run(i, allgather_of(i)), range(n)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'name, perturb, kw',
     [
@@ -544,6 +551,7 @@ def test_processes_share_the_windows_and_merge_to_the_single_process_result(
 # ------------------------------------------------------------------------------ files, errors
 
 
+@pytest.mark.slow
 def test_overlays_and_metrics_json(data, tmp_path):
     out = tmp_path / 'overlays'
     m = _evaluate(
@@ -577,6 +585,7 @@ def test_mesh_silhouette_is_the_union_of_triangles():
     assert overlays.mesh_silhouette(pts, np.array([[0, 1, 2], [3, 4, 5]]), (100, 100))[15, 15] == 0
 
 
+@pytest.mark.slow
 def test_noisy_gt_input_is_deterministic(data):
     runs = []
     for _ in range(2):
@@ -593,6 +602,7 @@ def test_noisy_gt_input_is_deterministic(data):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_clear_error(data, tmp_path):
     good = truth_predictor(data['truth']['3dpw/test'], 'smpl')
     drop = lambda batch: {k: v for k, v in good(batch).items() if k != 'pred_cam'}
@@ -629,6 +639,7 @@ def test_bad_input_is_a_clear_error(data, tmp_path):
 # ------------------------------------------------------------------------------ run_eval.py
 
 
+@pytest.mark.slow
 def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     import run_eval
     import run_train
@@ -685,6 +696,7 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     )  # untouched
 
 
+@pytest.mark.slow
 def test_corrupt_record_is_named_or_skipped_and_counted(data, tmp_path):
     """One record of 3dpw/test with a flipped payload byte: evaluation stops naming it, or with
     skip_corrupt scores every other frame (still exactly) and counts the skipped one once."""

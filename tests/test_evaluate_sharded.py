@@ -19,6 +19,9 @@ from test_train_loop import _finish, _free_port, job_env
 from extpose_jax.train import collectives
 from extpose_jax.train import task as task_lib
 
+# Evaluation on 8 simulated devices, in subprocesses that compile the full model.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = '1:data=1'
 ONE_PROCESS = ('8:data=2,fsdp=4', '8:data=2,fsdp=2,tensor=2')

@@ -9,6 +9,9 @@ import pytest
 from configs import common, hand
 from extpose_jax.train import config as config_lib
 
+# A training run with two evaluators: it compiles the full model and its evaluation.
+pytestmark = pytest.mark.slow
+
 
 def _ev(every, name='hint', dataset='hint'):
     return config_lib.Evaluator(name, dataset, 'test', every, None)

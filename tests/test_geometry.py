@@ -245,6 +245,7 @@ def _both_jacobians(fn):
     return jax.jit(lambda x: (jax.jacfwd(fn)(x), jax.jacrev(fn)(x)))
 
 
+@pytest.mark.slow
 def test_rodrigues_gradient_at_zero_is_the_skew_generator():
     zero = jnp.zeros(3, jnp.float32)
     generators = _skew_generators()
@@ -261,6 +262,7 @@ def test_rodrigues_gradient_at_zero_is_the_skew_generator():
     np.testing.assert_allclose(np.moveaxis(np.asarray(J_small), -1, 0), generators, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_matrix_to_axis_angle_gradient_at_identity():
     jacobians = _both_jacobians(g.matrix_to_axis_angle)(jnp.eye(3))  # (3, 3, 3): d aa_k / dR_ij
     for J in jacobians:
@@ -397,6 +399,7 @@ _rng = np.random.default_rng(9)
 _R = Rotation.from_rotvec(_rng.normal(size=(6, 3))).as_matrix().reshape(LEAD + (3, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'fn, args, out_shape',
     [

@@ -257,6 +257,7 @@ def test_torch_reference_state_dict_matches_json(smpl_torch, reference):
     assert list(got) == list(ref) and got == ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_matches_pytorch_reference(kind, smpl_torch, smpl_vars, smpl_apply):
     """fp32 outputs equal the independent PyTorch head to 1e-5, weights loaded by key name."""
@@ -314,6 +315,7 @@ def test_conversion_fails_loudly(smpl_torch):
 # ============================================================================ behaviour
 
 
+@pytest.mark.slow
 def test_single_token_self_attention_is_to_out_of_v():
     """With one query token the softmax is exactly 1, so self-attention == to_out(v)."""
     mod = heads.SelfAttention()
@@ -326,6 +328,7 @@ def test_single_token_self_attention_is_to_out_of_v():
     np.testing.assert_allclose(np.asarray(mod.apply(variables, x)), np.asarray(want), **TOL)
 
 
+@pytest.mark.slow
 def test_context_length_and_masking(smpl_vars, smpl_apply):
     """Same parameters for 192 and 384 tokens; masks remove tokens exactly; all-masked is finite."""
     x, y = _ctx((2, 192, 1280), 4), _ctx((2, 192, 1280), 5)
@@ -351,6 +354,7 @@ def test_context_length_and_masking(smpl_vars, smpl_apply):
     np.testing.assert_allclose(a['pose_6d'][0], out_x['pose_6d'][0], **TOL)
 
 
+@pytest.mark.slow
 def test_all_masked_gradient_is_finite():
     """The all-masked definition is smooth too: finite parameter gradients, none to the context.
     (One cross-attention block: the masking lives there, and it compiles in a fraction.)"""
@@ -375,6 +379,7 @@ def test_all_masked_gradient_is_finite():
     )
 
 
+@pytest.mark.slow
 def test_per_frame_equals_loop(smpl_vars, smpl_apply):
     b, t, n = 2, 3, 16
     ctx = _ctx((b, t, n, 1280), 7)
@@ -387,6 +392,7 @@ def test_per_frame_equals_loop(smpl_vars, smpl_apply):
             np.testing.assert_allclose(out[k][:, i], frame[k], **TOL, err_msg=k)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute(smpl_vars, smpl_apply):
     """bf16 matmuls (fp32 params, norms, softmax, readout residual) stay close to fp32."""
     ctx = _ctx((2, 8, 1280), 11)

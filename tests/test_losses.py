@@ -98,6 +98,7 @@ def test_discriminator_shapes_match_reference(kind):
     assert all(isinstance(b, nn.Partitioned) and len(b.names) == len(b.value.shape) for b in boxed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_discriminator_matches_torch(kind):
     j = D.num_joints(kind)
@@ -263,6 +264,7 @@ def _perturb(out, rng, scale=0.05):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_total_loss_zero_at_ground_truth(kind, smpl_model, mano_model):
     model = smpl_model if kind == 'smpl' else mano_model
@@ -272,6 +274,7 @@ def test_total_loss_zero_at_ground_truth(kind, smpl_model, mano_model):
         assert abs(float(v)) < 1e-3, (k, float(v))  # window-pixel -> crop-unit mapping is exact
 
 
+@pytest.mark.slow
 def test_total_loss_terms_masks_and_padding(smpl_model):
     model = smpl_model
     out, batch = _synthetic('smpl', model)
@@ -345,6 +348,7 @@ def test_total_loss_terms_masks_and_padding(smpl_model):
         assert np.any(g[np.asarray(valid)] != 0.0), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_total_loss_with_discriminator(kind, smpl_model, mano_model):
     model = smpl_model if kind == 'smpl' else mano_model

@@ -301,6 +301,7 @@ def _out_and_grads(impl, s, kv, g, block):
     return jax.jit(fn)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'layout,spec', SPECS, ids=[f'{s.strategy}-{i}' for i, (_, s) in enumerate(SPECS)]
 )
@@ -336,6 +337,7 @@ def test_empty_rows_are_zero_with_zero_gradient(impl):
     assert np.all(np.asarray(dk)[invalid_keys] == 0) and np.all(np.asarray(dv)[invalid_keys] == 0)
 
 
+@pytest.mark.slow
 def test_no_key_valid_and_broadcast_key_valid():
     q, k, v, _, _ = _inputs(LAYOUT)
     s = masks.structure(LAYOUT, MaskSpec('extpose'))
@@ -354,6 +356,7 @@ def test_no_key_valid_and_broadcast_key_valid():
     )
 
 
+@pytest.mark.slow
 def test_bf16_inputs():
     q, k, v, _, kv = _inputs(LAYOUT, dtype=jnp.bfloat16)
     s = masks.structure(LAYOUT, MaskSpec('extpose'))

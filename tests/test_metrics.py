@@ -168,6 +168,7 @@ def test_f_score_known_fractions():
     np.testing.assert_allclose(many.f, [0, 0.6, 2 * (4 / 6) / (1 + 4 / 6), 1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_f_score_with_alignment():
     rng = np.random.default_rng(4)
     pred = rng.normal(size=(3, 40, 3)).astype(np.float32) * 0.05
@@ -290,6 +291,7 @@ def test_hmr2_3dpw_eval_hand_made():
 # ----------------------------------------------------------------------------- jit and batching
 
 
+@pytest.mark.slow
 def test_jit_and_batched_shapes():
     rng = np.random.default_rng(7)
     b = (2, 3)

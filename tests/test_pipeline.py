@@ -188,7 +188,8 @@ def test_two_processes_get_disjoint_shards_covering_the_data(root):
                 np.testing.assert_array_equal(v[i], two_p[k], err_msg=k)
 
 
-@pytest.mark.parametrize('workers', [0, 2])
+# 2 workers: grain's worker processes start up in ~15 s.
+@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_restored_state_reproduces_next_batches(root, workers):
     cfg = _cfg(root, num_frames=3, batch_size=2, num_workers=workers, pose_source='noisy_gt')
     it = pl.make_iterator(cfg, 0, 1)
@@ -284,6 +285,7 @@ def test_config_from_ml_collections(root):
     assert len(pl.build_sources(cfg)) == 2
 
 
+@pytest.mark.slow
 def test_end_to_end_on_converted_3dpw(body_model_dir, tmp_path):
     """Smoke: synthetic raw 3DPW -> convert_3dpw records -> clips. The augmented 3D joints,
     projected with the batch's K, land on the augmented 2D joints (the converter's conventions

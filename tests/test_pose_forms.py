@@ -163,6 +163,7 @@ def test_low_confidence_joints_are_not_drawn():
     np.testing.assert_array_equal(again, full)
 
 
+@pytest.mark.slow
 def test_batched_jit_and_vmap():
     rng = np.random.default_rng(0)
     kp = np.broadcast_to(_with_conf(HAND21), (2, 3, 21, 3)).copy()
@@ -193,6 +194,7 @@ def test_confidence_alpha():
     assert ref[y, x].max() > 0.5
 
 
+@pytest.mark.slow
 def test_gradients_are_finite():
     """d image / d keypoints is finite everywhere, including on segments (integer keypoints put
     pixel centres exactly on bones), at coincident joints, and for noisy keypoints."""

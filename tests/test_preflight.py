@@ -47,6 +47,7 @@ def _apply_flags(cfg, line: str):
     return out
 
 
+@pytest.mark.slow
 def test_refuses_vit_h_video_on_a_small_device_naming_a_setting_that_fits():
     cfg = video.get_config()
     with cfg.unlocked():
@@ -67,6 +68,7 @@ def test_refuses_vit_h_video_on_a_small_device_naming_a_setting_that_fits():
     assert report.grad_accum == fixed.train.grad_accum > 1
 
 
+@pytest.mark.slow
 def test_automatic_grad_accum_is_the_fewest_micro_batches_that_fit():
     cfg = video.get_config()
     with cfg.unlocked():
@@ -79,6 +81,7 @@ def test_automatic_grad_accum_is_the_fewest_micro_batches_that_fit():
     assert report.config.data.batch_size == 32  # the global batch stays the paper's
 
 
+@pytest.mark.slow
 def test_too_small_for_anything_on_a_cpu_points_to_the_small_variant():
     cfg = video.get_config()
     with cfg.unlocked():
@@ -137,6 +140,7 @@ def test_target_devices_know_their_memory_and_peak():
         devices_lib.DeviceInfo.target('h900')
 
 
+@pytest.mark.slow
 def test_eight_simulated_devices_compile_a_tiny_config_and_agree_with_the_estimate(tmp_path):
     out = tmp_path / 'report.jsonl'
     env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
@@ -178,6 +182,7 @@ def test_eight_simulated_devices_compile_a_tiny_config_and_agree_with_the_estima
     print(f'preflight on 8 simulated devices: {seconds:.1f} s')
 
 
+@pytest.mark.slow
 def test_front_door_refuses_the_paper_config_on_a_cpu_before_any_data(tmp_path):
     start = time.perf_counter()
     proc = subprocess.run(

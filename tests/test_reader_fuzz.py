@@ -349,6 +349,7 @@ def test_record_shard_index_and_dataset_info(tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # orbax's threads
 def test_variables_directory(tmp_path):
     rng = np.random.default_rng(10)

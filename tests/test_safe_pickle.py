@@ -170,6 +170,7 @@ def _good_files(tmp_path) -> dict:
     return {'model': str(model), 'j19': str(j19), '3dpw': str(seq), 'torch': str(ckpt)}
 
 
+@pytest.mark.slow
 def test_every_loader_refuses_hostile_globals_without_importing_or_running_anything(tmp_path):
     marker = str(tmp_path / 'MARKER')
     cases = _write_hostile_files(tmp_path, marker)
@@ -248,6 +249,7 @@ for path in sys.argv[1:]:
 """
 
 
+@pytest.mark.slow
 def test_files_that_would_crash_numpy_or_scipy_are_refused(tmp_path):
     model = tiny_model()
     # An object array whose dtype state clears numpy's object flags: its bytes become pointers.

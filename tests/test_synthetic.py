@@ -86,6 +86,7 @@ def _gender(g):
 # ============================================================================ determinism
 
 
+@pytest.mark.slow
 def test_same_bytes_for_the_same_seed(synth, body_model_dir, tmp_path):
     again = _write_small(str(tmp_path / 'again'), str(body_model_dir), seed=0)
     del again
@@ -95,6 +96,7 @@ def test_same_bytes_for_the_same_seed(synth, body_model_dir, tmp_path):
     assert not differ, differ[:5]
 
 
+@pytest.mark.slow
 def test_other_seed_other_data(synth, body_model_dir, tmp_path):
     out = raw_3dpw.write_3dpw(
         str(tmp_path / '3DPW'),
@@ -114,6 +116,7 @@ def test_other_seed_other_data(synth, body_model_dir, tmp_path):
 # ============================================================================ 3DPW
 
 
+@pytest.mark.slow
 def test_3dpw_pickle_needs_latin1(synth):
     for path, _ in _pkls(synth):
         with open(path, 'rb') as f:
@@ -123,6 +126,7 @@ def test_3dpw_pickle_needs_latin1(synth):
             pickle.loads(raw)  # Python 3's default: ASCII
 
 
+@pytest.mark.slow
 def test_3dpw_layout_keys_and_shapes(synth):
     root = synth['3dpw']['root']
     assert sorted(os.listdir(os.path.join(root, 'sequenceFiles'))) == sorted(SEQS)
@@ -209,6 +213,7 @@ def test_3dpw_layout_keys_and_shapes(synth):
     assert some_invalid
 
 
+@pytest.mark.slow
 def test_3dpw_joint_positions_are_the_gendered_smpl_joints(synth, body_model_dir):
     for _, d in _pkls(synth):
         for k, g in enumerate(d['genders']):
@@ -232,6 +237,7 @@ def test_3dpw_joint_positions_are_the_gendered_smpl_joints(synth, body_model_dir
             assert np.abs(wrong + d['trans'][k][:, None] - joints).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_3dpw_world_is_y_up_with_people_on_the_ground(synth, body_model_dir):
     for _, d in _pkls(synth):
         for k, g in enumerate(d['genders']):
@@ -254,6 +260,7 @@ def test_3dpw_world_is_y_up_with_people_on_the_ground(synth, body_model_dir):
             assert (uv[:, 15, 1] < uv[:, 0, 1]).all()
 
 
+@pytest.mark.slow
 def test_3dpw_poses2d_are_projected_openpose18_keypoints(synth, body_model_dir):
     for _, d in _pkls(synth):
         K = d['cam_intrinsics']
@@ -315,6 +322,7 @@ def _json(path):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_freihand_layout_and_counts(synth):
     pub = os.path.join(synth['freihand']['root'], 'FreiHAND_pub_v2')
     ev = os.path.join(synth['freihand']['root'], 'FreiHAND_pub_v2_eval')
@@ -353,6 +361,7 @@ def test_freihand_layout_and_counts(synth):
         assert 0.02 < (m > 127).mean() < 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['training', 'evaluation'])
 def test_freihand_mano_reproduces_xyz_and_verts(synth, body_model_dir, name):
     pub = os.path.join(synth['freihand']['root'], 'FreiHAND_pub_v2')
@@ -418,6 +427,7 @@ def _chirality(kp3d):
     return float(np.dot(kp3d[1] - w, np.cross(kp3d[5] - w, kp3d[17] - w)))
 
 
+@pytest.mark.slow
 def test_hint_layout_names_and_json(synth):
     root = synth['hint']['root']
     assert os.path.basename(root) == 'HInt_annotation_partial'
@@ -462,6 +472,7 @@ def test_hint_layout_names_and_json(synth):
     assert two_hand_images > 0 and sides == {'_l', '_r'}
 
 
+@pytest.mark.slow
 def test_hint_keypoints_and_side_match_the_rendered_hands(synth, body_model_dir):
     # the reference chirality: the right MANO hand, any pose
     right = bm.load_mano(str(body_model_dir), is_right=True)
@@ -489,6 +500,7 @@ def test_hint_keypoints_and_side_match_the_rendered_hands(synth, body_model_dir)
     assert 0.03 * n < occluded < 0.7 * n
 
 
+@pytest.mark.slow
 def test_hint_ego4d_json_only(body_model_dir, tmp_path):
     out = raw_hint.write_hint(
         str(tmp_path), str(body_model_dir), seed=3, per_folder=1, ego4d_images=False

@@ -83,6 +83,7 @@ def mano():
 # ---------------------------------------------------------------- structure
 
 
+@pytest.mark.slow
 def test_written_files(written, tmp_path):
     expected = {f'smpl/SMPL_{g}.{e}' for g in ('NEUTRAL', 'MALE', 'FEMALE') for e in ('pkl', 'npz')}
     expected |= {'mano/MANO_RIGHT.pkl', 'mano/MANO_RIGHT.npz', 'SMPL_to_J19.pkl'}
@@ -100,6 +101,7 @@ def test_written_files(written, tmp_path):
     assert not leftovers
 
 
+@pytest.mark.slow
 def test_smpl_keys_shapes_dtypes(smpl, npz):
     assert set(smpl) == SMPL_KEYS
     assert smpl['v_template'].shape == (6890, 3)
@@ -213,6 +215,7 @@ def test_mano_open_at_wrist(mano):
     assert V[rim_ids, 0].min() > mano['J'][0, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('key', list(GENDERS) + ['mano'])
 def test_no_folded_triangles(npz, key):
     """Neighbouring triangles never face away from each other: the surface
@@ -232,6 +235,7 @@ def test_no_folded_triangles(npz, key):
 # ---------------------------------------------------------------- anatomy
 
 
+@pytest.mark.slow
 def test_smpl_rest_pose_anatomy(smpl, npz):
     for g in GENDERS:
         V, J = npz[g]['v_template'], npz[g]['J']
@@ -337,6 +341,7 @@ def test_blend_shapes(smpl, mano):
     assert np.abs(mano['posedirs']).max() > 1e-4 and np.abs(mano['shapedirs']).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_j19_regressor(smpl, written):
     R = sb.make_j19_regressor(smpl)
     assert R.shape == (19, 6890) and R.dtype == np.float64
@@ -435,6 +440,7 @@ _LOADER = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.slow
 def test_legacy_pickles_need_latin1_and_no_chumpy(written, npz, tmp_path):
     paths = [written[f'smpl/SMPL_{g.upper()}.pkl'] for g in GENDERS]
     paths.append(written['mano/MANO_RIGHT.pkl'])
@@ -467,6 +473,7 @@ def test_legacy_pickles_need_latin1_and_no_chumpy(written, npz, tmp_path):
                 assert np.array_equal(got[k], ref[k]), k
 
 
+@pytest.mark.slow
 def test_pickle_opcodes(written):
     import pickletools
 
@@ -489,6 +496,7 @@ def test_pickle_opcodes(written):
     } <= globals_
 
 
+@pytest.mark.slow
 def test_npz_matches_models(npz, smpl, mano):
     for key, m in (('neutral', smpl), ('mano', mano)):
         d = npz[key]
@@ -506,6 +514,7 @@ def test_npz_matches_models(npz, smpl, mano):
 # ---------------------------------------------------------------- smplx
 
 
+@pytest.mark.slow
 def test_smplx_runs_on_npz(written):
     import smplx
     import torch
@@ -544,6 +553,7 @@ def test_smplx_runs_on_npz(written):
 # ---------------------------------------------------------------- determinism / CLI
 
 
+@pytest.mark.slow
 def test_deterministic(npz, mano):
     again = sb.make_smpl('neutral', seed=0)
     for k, v in again.items():

@@ -76,6 +76,7 @@ def _max_diff(jax_out, torch_out):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', list(MODES))
 def test_mirror_agrees_with_the_jax_model(weights, mode):
     cfg = _config(mode)
@@ -97,6 +98,7 @@ def test_mirror_agrees_with_the_jax_model(weights, mode):
     assert np.abs(np.asarray(want['pred_cam'])[0] - np.asarray(want['pred_cam'])[1]).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_mano_mirror_agrees(weights):
     cfg = _config('multimodal', kind='mano')
     variables, state_dict = weights['mano']
@@ -107,6 +109,7 @@ def test_mano_mirror_agrees(weights):
     assert 'hand_pose' in got and max(_max_diff(want, got).values()) < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['multimodal', 'video'])
 def test_backbone_tokens_agree_under_the_mask(weights, mode):
     """The ViT alone, compared before the head can average differences away."""
@@ -137,6 +140,7 @@ def test_backbone_tokens_agree_under_the_mask(weights, mode):
     assert err < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('layout,size', [('openpose18', (256, 192)), ('hand21', (64, 48))])
 def test_skeleton_image_agrees(layout, size):
     h, w = size
@@ -160,6 +164,7 @@ def test_rot6d_agrees():
     )
 
 
+@pytest.mark.slow
 def test_load_names_missing_and_mis_shaped_keys(weights):
     _, state_dict = weights['smpl']
     bad = dict(state_dict)
@@ -179,6 +184,7 @@ def test_load_names_missing_and_mis_shaped_keys(weights):
 # ----------------------------------------------------------------------------- evaluation
 
 
+@pytest.mark.slow
 def test_eval_torch_reports_the_metrics_of_run_eval(synthetic_default, tmp_path):
     """Same weights, same split: run_eval's path (JAX model + JAX body models) and eval_torch's
     (mirror + smplx) through the shared data iteration and protocol, within 0.1 mm."""
@@ -220,6 +226,7 @@ def test_eval_torch_reports_the_metrics_of_run_eval(synthetic_default, tmp_path)
     assert all(got[k] == want[k] for k in want if 'num_' in k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_smplx_bodies_match_the_jax_bodies(body_model_dir, kind):
     """eval_torch's smplx forward against evaluate's JAX one: predictions and gendered GT."""

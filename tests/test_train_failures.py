@@ -56,6 +56,7 @@ def _finite_params(workdir):
     return step, all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
 
 
+@pytest.mark.slow
 def test_nonfinite_step_stops_the_run_and_keeps_the_last_good_checkpoint(
     synthetic_default, tmp_path
 ):
@@ -97,6 +98,7 @@ def corrupt_root(synthetic_default, tmp_path):
     return str(root), first
 
 
+@pytest.mark.slow
 def test_corrupt_record_stops_training_naming_shard_and_record(
     synthetic_default, corrupt_root, tmp_path
 ):
@@ -108,6 +110,7 @@ def test_corrupt_record_stops_training_naming_shard_and_record(
     assert 'corrupt record' in lines[0] and '3dpw-train.tfrecord' in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_skip_corrupt_finishes_and_counts_skipped_records(
     synthetic_default, corrupt_root, tmp_path
 ):
@@ -231,6 +234,7 @@ def _train_fails(cfg, workdir, body_models, root, match):
     assert not os.path.exists(workdir), 'a failed check left a workdir behind'
 
 
+@pytest.mark.slow
 def test_empty_records_root_fails_before_the_model(synthetic_default, no_model, tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -243,6 +247,7 @@ def test_empty_records_root_fails_before_the_model(synthetic_default, no_model, 
     )
 
 
+@pytest.mark.slow
 def test_missing_split_fails_before_the_model(synthetic_default, no_model, tmp_path):
     cfg = _small()
     cfg.data.split = 'holdout'
@@ -255,6 +260,7 @@ def test_missing_split_fails_before_the_model(synthetic_default, no_model, tmp_p
     )
 
 
+@pytest.mark.slow
 def test_missing_eval_split_fails_before_the_model(synthetic_default, no_model, tmp_path):
     cfg = _small()
     cfg.evaluators['3dpw'].split = 'heldout'
@@ -267,6 +273,7 @@ def test_missing_eval_split_fails_before_the_model(synthetic_default, no_model, 
     )
 
 
+@pytest.mark.slow
 def test_split_without_records_fails_before_the_model(synthetic_default, no_model, tmp_path):
     root = tmp_path / 'records'
     shutil.copytree(synthetic_default['root'], root)
@@ -283,6 +290,7 @@ def test_split_without_records_fails_before_the_model(synthetic_default, no_mode
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('missing', ['SMPL_to_J19.pkl', 'SMPL_FEMALE'])
 def test_missing_body_model_file_fails_before_the_model(
     synthetic_default, no_model, tmp_path, missing
@@ -302,6 +310,7 @@ def test_missing_body_model_file_fails_before_the_model(
     )
 
 
+@pytest.mark.slow
 def test_converter_without_j19_writes_nothing(synthetic_default, tmp_path):
     from data_pipelines import convert_3dpw
 

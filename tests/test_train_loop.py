@@ -15,6 +15,9 @@ import pytest
 
 from extpose_jax.train import checkpoint, writers
 
+# Training jobs in subprocesses, each 30-110 s of CPU.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 

@@ -124,6 +124,7 @@ def torch_tokens(model, images):
     return out.reshape(b, s, *out.shape[1:])
 
 
+@pytest.mark.slow
 def test_single_image_frame_mask_is_the_upstream_vit(tiny_params):
     layout = TokenLayout()
     images = _images(TINY, layout, batch=2)
@@ -134,6 +135,7 @@ def test_single_image_frame_mask_is_the_upstream_vit(tiny_params):
     )
 
 
+@pytest.mark.slow
 def test_frame_mask_keeps_every_stream_alone(tiny_params):
     layout = TokenLayout(frames=2, modalities=TWO)
     images = _images(TINY, layout, batch=1)
@@ -194,6 +196,7 @@ ISOLATION_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'spec', ISOLATION_CASES, ids=lambda s: f'{s.strategy}-w{s.window}-c{s.causal}-{len(s.layers)}'
 )
@@ -205,6 +208,7 @@ def test_tokens_depend_exactly_on_what_the_masks_reach(spec):
     np.testing.assert_array_equal(got, _reachable(layout, spec, MICRO.depth))
 
 
+@pytest.mark.slow
 def test_extpose_isolation_per_block_and_composition():
     layout = TokenLayout(frames=2, modalities=TWO, patches=MICRO.num_patches)  # R0 S0 R1 S1
     r0, s1 = 0, 3
@@ -220,6 +224,7 @@ def test_extpose_isolation_per_block_and_composition():
     assert not dep[:2, 2:].any() and dep[2:, :2].all()
 
 
+@pytest.mark.slow
 def test_modality_dropout_hides_the_dropped_modality():
     layout = TokenLayout(frames=2, modalities=TWO, patches=MICRO.num_patches)
     kv = masks.key_valid(layout, modality_keep=np.array([[True, False]]))  # skeleton dropped
@@ -262,6 +267,7 @@ def test_vit_huge_parameters_match_the_reference_state_dict():
 # ----------------------------------------------------------------------------- switches
 
 
+@pytest.mark.slow
 def test_blockwise_equals_dense_through_the_vit():
     layout = TokenLayout(frames=2, modalities=TWO, patches=SMALL.num_patches)
     images = _images(SMALL, layout, batch=2)
@@ -286,6 +292,7 @@ def test_blockwise_equals_dense_through_the_vit():
     )
 
 
+@pytest.mark.slow
 def test_bf16_compute_with_fp32_params():
     layout = TokenLayout(frames=2, modalities=TWO, patches=SMALL.num_patches)
     images = _images(SMALL, layout, batch=1)
@@ -305,6 +312,7 @@ def test_bf16_compute_with_fp32_params():
         assert np.all(np.isfinite(err)) and err.mean() < 0.05, err.mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('impl', ['dense', 'blockwise'])
 def test_remat_is_numerically_transparent(impl):
     layout = TokenLayout(frames=2, modalities=TWO, patches=SMALL.num_patches)
@@ -322,6 +330,7 @@ def test_remat_is_numerically_transparent(impl):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g0)
 
 
+@pytest.mark.slow
 def test_drop_path_rises_linearly_and_is_off_when_deterministic():
     np.testing.assert_allclose(
         vit.drop_path_rates(vit.ViTConfig(depth=4, drop_path_rate=0.3)), [0, 0.1, 0.2, 0.3]
@@ -346,6 +355,7 @@ def test_drop_path_rises_linearly_and_is_off_when_deterministic():
     assert np.all(np.isfinite(train)) and not np.allclose(train, det)
 
 
+@pytest.mark.slow
 def test_bad_inputs_raise(tiny_params):
     model = vit.ViT(TINY)
     params = tiny_params

@@ -1,4 +1,5 @@
-"""The synthetic raw datasets (data_pipelines/synthetic/raw_*.py) and the CPU renderer (render.py).
+"""The synthetic raw datasets (data_pipelines/synthetic/raw_*.py), the CPU renderer (render.py)
+and the image helpers (imaging.py).
 
 Small sizes, temporary folders. The checks recompute what a dataset reader computes, with
 extpose_jax.body_models (not with the generator's own helpers), so a convention slip in the
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from data_pipelines.synthetic import raw_3dpw, raw_freihand, raw_hint, render
+from data_pipelines.synthetic import imaging, raw_3dpw, raw_freihand, raw_hint, render
 from extpose_jax import body_models as bm
 from extpose_jax import skeletons
 
@@ -558,7 +559,7 @@ def test_render_plane_horizon_and_occluders():
     R, t = raw_3dpw.look_at([0, 1.5, 0], [0, 1.5, 10])  # level camera, 1.5 m above ground
     img = np.zeros((48, 64, 3), np.uint8)
     tex = np.full((8, 8, 3), 200, np.uint8)
-    depth = render.render_plane(img, K, R, t, [0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], tex, 1.0)
+    depth = imaging.render_plane(img, K, R, t, [0, 0, 0], [1.0, 0, 0], [0, 0, 1.0], tex, 1.0)
     assert np.isinf(depth[:24]).all() and (img[:24] == 0).all()  # sky: above the horizon
     assert np.isfinite(depth[25:]).all() and (img[30:] == 200).all()
     # the bottom row looks down at the ground: z = 1.5 f / (v - cy)
@@ -566,10 +567,10 @@ def test_render_plane_horizon_and_occluders():
     rng = np.random.default_rng(0)
     mask = np.full((48, 64), render.BACKGROUND_ID, np.int32)
     dmap = np.full((48, 64), np.inf, np.float32)
-    occ = render.add_occluders(rng, img, mask, dmap, (10, 10, 40, 40), 2)
-    assert occ.any() and (mask[occ] == render.OCCLUDER_ID).all() and (dmap[occ] == 0).all()
-    assert render.motion_blur(img, 5, 30).shape == img.shape
-    assert render.defocus_blur(img, 2).shape == img.shape
+    occ = imaging.add_occluders(rng, img, mask, dmap, (10, 10, 40, 40), 2)
+    assert occ.any() and (mask[occ] == imaging.OCCLUDER_ID).all() and (dmap[occ] == 0).all()
+    assert imaging.motion_blur(img, 5, 30).shape == img.shape
+    assert imaging.defocus_blur(img, 2).shape == img.shape
 
 
 def test_look_at_is_a_y_up_to_y_down_rotation():

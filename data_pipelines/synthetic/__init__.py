@@ -16,7 +16,8 @@ Body models (procedural, not derived from the licensed models):
     legacy_pickle.py  Python-2 pickles in the byte format of the official files
 
 Raw datasets in the real layouts (rendered from those models; one module per dataset):
-    render.py         a small CPU mesh renderer plus backgrounds, occluders and blur
+    render.py         a small CPU mesh renderer (depth-sorted, shaded; mask and depth)
+    imaging.py        the rest of an image: textures, backgrounds, planes, occluders, blur
     raw_common.py     what the writers share: per-item random streams, sizes, file writes
     hands.py          hand designs shared by FreiHAND and HInt: grasp, orientation, forearm
     raw_3dpw.py       3DPW: people walking and gesturing under a moving camera

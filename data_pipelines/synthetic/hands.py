@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from data_pipelines.synthetic import render
+from data_pipelines.synthetic import imaging, render
 from data_pipelines.synthetic.raw_common import Models, align, mesh_faces, rot, unit
 
 
@@ -95,9 +95,9 @@ def arm_meshes(rig, verts, wrist, rng, skin, length=0.35):
     if bare < length:
         rs = r0 * (1 + 0.5 * bare / 0.3) + 0.008
         v, f = render.tube_mesh(start + (bare - 0.01) * d, start + length * d, rs, rs * 1.25, 20)
-        out.append(render.Mesh(v, f, render.random_color(rng, 20, 220)))
+        out.append(render.Mesh(v, f, imaging.random_color(rng, 20, 220)))
     return out
 
 
 def tint(rng, color, amount):
-    return np.clip(np.asarray(color) * (1 - amount) + render.random_color(rng) * amount, 0, 255)
+    return np.clip(np.asarray(color) * (1 - amount) + imaging.random_color(rng) * amount, 0, 255)

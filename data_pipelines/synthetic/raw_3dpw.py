@@ -29,7 +29,7 @@ import os
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from data_pipelines.synthetic import legacy_pickle, render
+from data_pipelines.synthetic import imaging, legacy_pickle, render
 from data_pipelines.synthetic.raw_common import (
     SKIN_TONES,
     SMALL,
@@ -198,9 +198,9 @@ def _body_colors(rng, model) -> np.ndarray:
     V = np.asarray(model.v_template, np.float64)
     J = np.asarray(model.j_regressor) @ V
     skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.05)
-    shirt = render.random_color(rng, 25, 230)
-    pants = render.random_color(rng, 20, 160) if rng.random() < 0.8 else render.random_color(rng)
-    shoes = render.random_color(rng, 10, 90)
+    shirt = imaging.random_color(rng, 25, 230)
+    pants = imaging.random_color(rng, 20, 160) if rng.random() < 0.8 else imaging.random_color(rng)
+    shoes = imaging.random_color(rng, 10, 90)
     hair = _HAIR[rng.integers(len(_HAIR))]
     long_sleeves = rng.random() < 0.55
     shorts = rng.random() < 0.2
@@ -323,8 +323,8 @@ class _Scene:
             g = rng.uniform(150, 220)
             self.sky_top = np.array([g, g, g + 5])
             self.sky_low = np.clip(self.sky_top + 20, 0, 255)
-        self.clouds = render.smooth_noise(rng, 128, 128, 5, 3)
-        self.ground = render.random_texture(
+        self.clouds = imaging.smooth_noise(rng, 128, 128, 5, 3)
+        self.ground = imaging.random_texture(
             rng, 256, 256, ['noise', 'checker', 'cells'][rng.integers(3)]
         )
         self.ground_tile = rng.uniform(2.5, 8.0)
@@ -338,8 +338,8 @@ class _Scene:
             along = np.cross([0.0, 1.0, 0.0], n)  # horizontal, in the wall
             height = rng.uniform(3, 12)
             kind = ['cells', 'noise', 'stripes', 'gradient'][rng.integers(4)]
-            tex = render.random_texture(rng, 256, 256, kind)
-            render.add_random_shapes(rng, tex, int(rng.integers(0, 6)))
+            tex = imaging.random_texture(rng, 256, 256, kind)
+            imaging.add_random_shapes(rng, tex, int(rng.integers(0, 6)))
             self.walls.append(
                 dict(
                     origin=c + dist * n + np.array([0.0, height, 0.0]),
@@ -356,14 +356,14 @@ class _Scene:
 
     def draw(self, K, R, t, size_wh) -> np.ndarray:
         W, H = size_wh
-        rays = render.pixel_rays(K, R, size_wh)
+        rays = imaging.pixel_rays(K, R, size_wh)
         elev = rays[..., 1] / np.linalg.norm(rays, axis=-1)
         f = np.clip(elev / 0.5, 0, 1)[..., None]
         img = np.clip(self.sky_low * (1 - f) + self.sky_top * f, 0, 255).astype(np.uint8)
         depth = np.full((H, W), np.inf)
         cloud_tex = np.repeat((self.clouds[..., None] * 255).astype(np.uint8), 3, axis=2)
         sky = img.copy()
-        render.render_plane(
+        imaging.render_plane(
             sky,
             K,
             R,
@@ -379,7 +379,7 @@ class _Scene:
         )
         img = (0.65 * img + 0.35 * sky).astype(np.uint8)
         for w in self.walls:
-            render.render_plane(
+            imaging.render_plane(
                 img,
                 K,
                 R,
@@ -396,7 +396,7 @@ class _Scene:
                 shade=w['shade'],
                 rays=rays,
             )
-        render.render_plane(
+        imaging.render_plane(
             img,
             K,
             R,
@@ -505,7 +505,7 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
             size,
             Rotation.from_rotvec([0, rng.uniform(0, np.pi), 0]).as_matrix(),
         )
-        meshes_static.append((v, fc, render.random_color(rng, 40, 220)))
+        meshes_static.append((v, fc, imaging.random_color(rng, 40, 220)))
 
     colors = [_body_colors(a['rng'], a['model']) for a in actors]
     faces = mesh_faces(actors[0]['model'])
@@ -523,8 +523,8 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
             bg, meshes, K, light_dir=R @ scene.sun, ambient=0.5, diffuse=0.62, supersample=2
         )
         frng = item_rng(seed, '3dpw', name, 'frame', i)
-        img = render.random_blur(frng, img, 0.08, 0.06)
-        frames.append(encode_jpg(render.sensor_noise(frng, img, (0.5, 2.5))))
+        img = imaging.random_blur(frng, img, 0.08, 0.06)
+        frames.append(encode_jpg(imaging.sensor_noise(frng, img, (0.5, 2.5))))
         if progress is not None:
             progress.update(1)
 

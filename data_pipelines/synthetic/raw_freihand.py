@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from data_pipelines.synthetic import render
+from data_pipelines.synthetic import imaging, render
 from data_pipelines.synthetic.hands import HandRig, arm_meshes, finger_pose, hand_orientation, tint
 from data_pipelines.synthetic.raw_common import (
     SKIN_TONES,
@@ -38,7 +38,7 @@ HAND_TIP_SLOTS = (4, 8, 12, 16, 20)  # thumb, index, middle, ring, pinky
 
 def _green_screen(rng, size):
     g = np.array([rng.uniform(30, 70), rng.uniform(140, 200), rng.uniform(40, 90)])
-    light = 0.75 + 0.35 * render.smooth_noise(rng, size, size, 2, 2)
+    light = 0.75 + 0.35 * imaging.smooth_noise(rng, size, size, 2, 2)
     img = g * light[..., None] + rng.normal(0, 2, (size, size, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -123,7 +123,7 @@ def _render_freihand(seed, split, idx, sample, rig, faces, version: str, size=22
         bg = _green_screen(rng, size)
         color = skin
     else:
-        bg = render.random_background(rng, (size, size))
+        bg = imaging.random_background(rng, (size, size))
         color = (
             skin
             if version in ('hom', 'eval')
@@ -138,10 +138,10 @@ def _render_freihand(seed, split, idx, sample, rig, faces, version: str, size=22
     if version == 'eval' and rng.random() < 0.3:  # something in front of the hand
         ys, xs = np.nonzero(mask == 0)
         if len(xs):
-            render.add_occluders(
+            imaging.add_occluders(
                 rng, img, mask, depth, (xs.min(), ys.min(), xs.max(), ys.max()), 1, (0.15, 0.35)
             )
-    img = render.sensor_noise(rng, render.random_blur(rng, img, 0.05, 0.05), (0.5, 2.0))
+    img = imaging.sensor_noise(rng, imaging.random_blur(rng, img, 0.05, 0.05), (0.5, 2.0))
     return img, mask
 
 

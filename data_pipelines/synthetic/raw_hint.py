@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from data_pipelines.synthetic import render
+from data_pipelines.synthetic import imaging, render
 from data_pipelines.synthetic.hands import (
     HandRig,
     arm_meshes,
@@ -127,7 +127,7 @@ def _keypoint_occlusion(kp_cam, uv, mask, depth, face_ids, mesh_id, face_part, o
         if not (0 <= x < W and 0 <= y < H):
             continue
         m, d = mask[y, x], depth[y, x]
-        if m == render.OCCLUDER_ID:
+        if m == imaging.OCCLUDER_ID:
             occ[j] = 1
         elif m == mesh_id:
             part = face_part[face_ids[y, x]]
@@ -175,7 +175,7 @@ def _render_hint_image(seed, models, rig, split, source, n):
             h['verts'] = h['verts'] + move
             h['kp3d'] = h['kp3d'] + move
             h['wrist'] = h['wrist'] + move
-    bg = render.random_background(rng, (W, H))
+    bg = imaging.random_background(rng, (W, H))
     skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.05)
     meshes = []
     for h in hands:
@@ -193,7 +193,7 @@ def _render_hint_image(seed, models, rig, split, source, n):
         uv = render.project(K, h['kp3d'])
         if rng.random() < 0.3:
             lo, hi = uv_v.min(0), uv_v.max(0)
-            render.add_occluders(rng, img, mask, depth, (lo[0], lo[1], hi[0], hi[1]), 1)
+            imaging.add_occluders(rng, img, mask, depth, (lo[0], lo[1], hi[0], hi[1]), 1)
         h['uv'], h['uv_v'] = uv, uv_v
     for k, h in enumerate(hands):
         occ = _keypoint_occlusion(h['kp3d'], h['uv'], mask, depth, face_ids, k, face_part, own)
@@ -211,8 +211,8 @@ def _render_hint_image(seed, models, rig, split, source, n):
                 bbox=np.concatenate([lo, hi]),
             )
         )
-    img = render.random_blur(rng, img, 0.1, 0.08)
-    img = render.sensor_noise(rng, img, (0.5, 3.0))
+    img = imaging.random_blur(rng, img, 0.1, 0.08)
+    img = imaging.sensor_noise(rng, img, (0.5, 3.0))
     return img, results, K
 
 

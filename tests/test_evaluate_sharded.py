@@ -3,7 +3,7 @@ shares, train/collectives.py, loop.run_eval): the same metrics on 1 device, 8 de
 process (with and without a 'tensor' axis) and 2 processes on localhost, each scoring only its
 share. The jobs (tests/eval_job.py) run at once, in subprocesses: XLA's device count is fixed
 when jax is imported. The merge of every protocol's sums (3DPW, FreiHAND, HInt) with simulated
-processes is in test_evaluate.py.
+processes is in test_evaluate_runs.py.
 """
 
 import json

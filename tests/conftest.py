@@ -5,6 +5,7 @@ import fcntl
 import os
 
 import pytest
+from converter_raw import raw  # noqa: F401  (the converter tests' raw data: one copy per run)
 
 
 @contextlib.contextmanager

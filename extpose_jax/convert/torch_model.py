@@ -19,6 +19,7 @@ brightness and default thickness (pose_forms.py) and the checkpoint key names (k
 The mask semantics matter where rows go empty (modality dropout under 'frame'): a query with no
 visible key outputs zeros, in the ViT and in the head's cross-attention.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,7 @@ from extpose_jax import skeletons
 from extpose_jax.convert import keymap
 from extpose_jax.models import masks, pose_forms
 
-_MEAN = (0.485, 0.456, 0.406)   # ImageNet, [0, 1] scale (HMR 2.0 / HaMeR normalisation)
+_MEAN = (0.485, 0.456, 0.406)  # ImageNet, [0, 1] scale (HMR 2.0 / HaMeR normalisation)
 _STD = (0.229, 0.224, 0.225)
 _HEAD = dict(dim=1024, depth=6, heads=8, dim_head=64, mlp=1024, betas=10)
 _JOINTS = {'smpl': (24, 'body_pose', 'init_body_pose'), 'mano': (16, 'hand_pose', 'init_hand_pose')}
@@ -47,7 +48,9 @@ def _masked_softmax_attention(q, k, v, allowed):
     if allowed is None:
         return torch.matmul(scores.softmax(-1), v)
     weights = scores.masked_fill(~allowed, float('-inf')).softmax(-1)
-    weights = torch.where(allowed.any(-1, keepdim=True), weights, torch.zeros((), dtype=weights.dtype))
+    weights = torch.where(
+        allowed.any(-1, keepdim=True), weights, torch.zeros((), dtype=weights.dtype)
+    )
     return torch.matmul(weights, v)
 
 
@@ -107,14 +110,18 @@ class TorchViT(nn.Module):
         c = config
         self.patch_embed = _PatchEmbed(c.channels, c.width, c.patch, c.padding)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + c.num_patches, c.width))
-        self.blocks = nn.ModuleList(_Block(c.width, c.heads, c.mlp_dim, c.ln_eps) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(
+            _Block(c.width, c.heads, c.mlp_dim, c.ln_eps) for _ in range(c.depth)
+        )
         self.last_norm = nn.LayerNorm(c.width, eps=c.ln_eps)
 
     def forward(self, images, allowed_per_block):
         """allowed_per_block: depth bool tensors (B or 1, 1, S*N, S*N) -> tokens (B, S, N, C)."""
         b, s = images.shape[:2]
         x = self.patch_embed(images.flatten(0, 1))
-        x = x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # the unused cls slot shifts every token
+        x = (
+            x + self.pos_embed[:, 1:] + self.pos_embed[:, :1]
+        )  # the unused cls slot shifts every token
         n, c = x.shape[1:]
         x = x.reshape(b, s * n, c)
         for block, allowed in zip(self.blocks, allowed_per_block):
@@ -147,21 +154,25 @@ class _CrossAttn(nn.Module):
     def __init__(self, context_dim):
         super().__init__()
         inner = _HEAD['heads'] * _HEAD['dim_head']
-        self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)   # registered first, as upstream
+        self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)  # registered first, as upstream
         self.to_q = nn.Linear(_HEAD['dim'], inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, _HEAD['dim']), nn.Dropout(0.0))
 
     def forward(self, x, context, valid):
         k, v = (_split_heads(t) for t in self.to_kv(context).chunk(2, dim=-1))
         allowed = None if valid is None else valid[:, None, None, :]
-        return self.to_out(_merge_heads(_masked_softmax_attention(_split_heads(self.to_q(x)), k, v, allowed)))
+        return self.to_out(
+            _merge_heads(_masked_softmax_attention(_split_heads(self.to_q(x)), k, v, allowed))
+        )
 
 
 class _FeedForward(nn.Module):
     def __init__(self):
         super().__init__()
         d, h = _HEAD['dim'], _HEAD['mlp']
-        self.net = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Dropout(0.0), nn.Linear(h, d), nn.Dropout(0.0))
+        self.net = nn.Sequential(
+            nn.Linear(d, h), nn.GELU(), nn.Dropout(0.0), nn.Linear(h, d), nn.Dropout(0.0)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -179,8 +190,11 @@ class _Stack(nn.Module):
     def __init__(self, context_dim):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([_PreNorm(_SelfAttn()), _PreNorm(_CrossAttn(context_dim)), _PreNorm(_FeedForward())])
-            for _ in range(_HEAD['depth']))
+            nn.ModuleList(
+                [_PreNorm(_SelfAttn()), _PreNorm(_CrossAttn(context_dim)), _PreNorm(_FeedForward())]
+            )
+            for _ in range(_HEAD['depth'])
+        )
 
 
 class _Decoder(nn.Module):
@@ -216,10 +230,10 @@ class TorchPoseHead(nn.Module):
         super().__init__()
         self.kind = kind
         joints, self.pose_key, init_name = _JOINTS[kind]
-        identity = torch.tensor([1., 0., 0., 0., 1., 0.]).repeat(joints)[None]
+        identity = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]).repeat(joints)[None]
         self.register_buffer(init_name, identity)
         self.register_buffer('init_betas', torch.zeros(1, _HEAD['betas']))
-        self.register_buffer('init_cam', torch.tensor([[0.9, 0., 0.]]))
+        self.register_buffer('init_cam', torch.tensor([[0.9, 0.0, 0.0]]))
         self.init_pose_name = init_name
         self.transformer = _Decoder(context_dim)
         self.decpose = nn.Linear(_HEAD['dim'], 6 * joints)
@@ -228,18 +242,31 @@ class TorchPoseHead(nn.Module):
 
     def forward(self, context, valid=None):
         token = self.transformer(context, valid)
-        pose_6d = (self.decpose(token) + getattr(self, self.init_pose_name)).reshape(token.shape[0], -1, 6)
+        pose_6d = (self.decpose(token) + getattr(self, self.init_pose_name)).reshape(
+            token.shape[0], -1, 6
+        )
         rot = rot6d_to_rotmat(pose_6d)
-        return {'global_orient': rot[:, :1], self.pose_key: rot[:, 1:],
-                'betas': self.decshape(token) + self.init_betas,
-                'pred_cam': self.deccam(token) + self.init_cam, 'pose_6d': pose_6d}
+        return {
+            'global_orient': rot[:, :1],
+            self.pose_key: rot[:, 1:],
+            'betas': self.decshape(token) + self.init_betas,
+            'pred_cam': self.deccam(token) + self.init_cam,
+            'pose_6d': pose_6d,
+        }
 
 
 # ------------------------------------------------------------------------------ skeleton image
 
 
-def render_skeleton(keypoints, layout, height, width, thickness=None, conf_threshold=0.3,
-                    limb_brightness=pose_forms.CONTROLNET_LIMB_BRIGHTNESS):
+def render_skeleton(
+    keypoints,
+    layout,
+    height,
+    width,
+    thickness=None,
+    conf_threshold=0.3,
+    limb_brightness=pose_forms.CONTROLNET_LIMB_BRIGHTNESS,
+):
     """(M, J, 3) crop-pixel keypoints -> (M, H, W, 3) on [0, 1], the look pose_forms documents.
 
     Black canvas; each limb, then each joint, composited 'over' in layout order; pixel (i, j)
@@ -269,8 +296,11 @@ def render_skeleton(keypoints, layout, height, width, thickness=None, conf_thres
         alpha = alpha[..., None]
         return image * (1 - alpha) + alpha * color
 
-    palette = lambda colors, n: (torch.tensor(np.asarray(colors, np.float32).reshape(n, 3) / 255.0)
-                                 if len(colors) else torch.ones(n, 3))
+    palette = lambda colors, n: (
+        torch.tensor(np.asarray(colors, np.float32).reshape(n, 3) / 255.0)
+        if len(colors)
+        else torch.ones(n, 3)
+    )
     limb_colors = palette(layout.limb_colors, len(layout.limbs)) * limb_brightness
     for (i, j), color in zip(layout.limbs, limb_colors):
         w = torch.minimum(visible[:, i], visible[:, j])[:, None, None]
@@ -300,11 +330,15 @@ class TorchExtPose(nn.Module):
     def __init__(self, config):
         super().__init__()
         if config.pose_form != 'skeleton':
-            raise NotImplementedError(f'TorchExtPose: pose_form {config.pose_form!r}; the mirror '
-                                      "draws the default 'skeleton' only")
+            raise NotImplementedError(
+                f'TorchExtPose: pose_form {config.pose_form!r}; the mirror '
+                "draws the default 'skeleton' only"
+            )
         self.config = config
         self.backbone = TorchViT(config.vit)
-        self.add_module(keymap.HEAD_PREFIX[config.kind][:-1], TorchPoseHead(config.kind, config.vit.width))
+        self.add_module(
+            keymap.HEAD_PREFIX[config.kind][:-1], TorchPoseHead(config.kind, config.vit.width)
+        )
 
     @property
     def head(self) -> TorchPoseHead:
@@ -314,10 +348,16 @@ class TorchExtPose(nn.Module):
         """Loads an exported state dict; every backbone / head key must match, the rest of the
         file (discriminator.*, body-model buffers) is left alone. Returns self."""
         ours = self.state_dict()
-        given = {k: v for k, v in state_dict.items()
-                 if k.startswith(('backbone.', keymap.HEAD_PREFIX[self.config.kind]))}
-        bad = [(k, tuple(v.shape), tuple(ours[k].shape)) for k, v in given.items()
-               if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
+        given = {
+            k: v
+            for k, v in state_dict.items()
+            if k.startswith(('backbone.', keymap.HEAD_PREFIX[self.config.kind]))
+        }
+        bad = [
+            (k, tuple(v.shape), tuple(ours[k].shape))
+            for k, v in given.items()
+            if k in ours and tuple(v.shape) != tuple(ours[k].shape)
+        ]
         missing, unexpected = set(ours) - set(given), set(given) - set(ours)
         if missing or unexpected or bad:
             raise keymap.ConversionError('TorchExtPose.load', missing, unexpected, bad)
@@ -347,26 +387,43 @@ class TorchExtPose(nn.Module):
                 streams.append(normalize(frames, 255.0))
             else:
                 kp = _tensor(keypoints)
-                image = render_skeleton(kp.reshape(-1, *kp.shape[3:]), c.keypoint_layout, h, w,
-                                        conf_threshold=c.conf_threshold)
+                image = render_skeleton(
+                    kp.reshape(-1, *kp.shape[3:]),
+                    c.keypoint_layout,
+                    h,
+                    w,
+                    conf_threshold=c.conf_threshold,
+                )
                 streams.append(normalize(image.reshape(b, t, v, h, w, 3), 1.0))
         layout = c.layout(t, v)
-        images = torch.stack(streams, dim=3).reshape(b, layout.streams, h, w, 3).permute(0, 1, 4, 2, 3)
+        images = (
+            torch.stack(streams, dim=3).reshape(b, layout.streams, h, w, 3).permute(0, 1, 4, 2, 3)
+        )
         keep = None if modality_keep is None else np.asarray(modality_keep, bool)
         valid = None if frame_valid is None else np.asarray(frame_valid, bool)
         tokens = self.backbone(images, self.allowed(layout, keep, valid))
         tokens = tokens.reshape(b, t, v, len(c.modalities), *tokens.shape[2:])
-        read = {'rgb': ['rgb'], 'skeleton': ['skeleton'], 'both': ['rgb', 'skeleton']}[c.head_context]
+        read = {'rgb': ['rgb'], 'skeleton': ['skeleton'], 'both': ['rgb', 'skeleton']}[
+            c.head_context
+        ]
         idx = [c.modalities.index(m) for m in read]
         context = torch.cat([tokens[:, :, :, i] for i in idx], dim=-2).flatten(0, 2)
         ctx_valid = None
         if keep is not None:
             n = tokens.shape[-2]
-            per_token = np.concatenate([np.repeat(keep[:, i, None], n, axis=1) for i in idx], axis=1)
+            per_token = np.concatenate(
+                [np.repeat(keep[:, i, None], n, axis=1) for i in idx], axis=1
+            )
             ctx_valid = torch.from_numpy(np.repeat(per_token, t * v, axis=0))
         out = self.head(context, ctx_valid)
         return {k: x.reshape(b, t, v, *x.shape[1:]) for k, x in out.items()}
 
 
-__all__ = ['TorchExtPose', 'TorchViT', 'TorchPoseHead', 'render_skeleton', 'rot6d_to_rotmat',
-           'normalize']
+__all__ = [
+    'TorchExtPose',
+    'TorchViT',
+    'TorchPoseHead',
+    'render_skeleton',
+    'rot6d_to_rotmat',
+    'normalize',
+]

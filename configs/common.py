@@ -90,6 +90,8 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.kind = kind  # 'smpl' (HMR 2.0 head) | 'mano' (HaMeR head)
     c.model.size = {'small': 'tiny', 'base': 'base'}.get(variant, 'huge')
+    # HMR 2.0 / HaMeR's decoder ('hmr2', what their checkpoints hold) or a 'tiny' one for CPUs.
+    c.model.head_size = 'tiny' if small else 'hmr2'
     # 'extpose' (default) | 'rgb_only' | 'heatmap' | 'late_fusion' | 'image' (config rewrites of
     # ExtPose) | 'channel_concat' | 'keypoint_tokens' (1D pose form) | 'controlnet' |
     # 'temporal_head' (baselines with new parameters).

@@ -7,6 +7,33 @@ import os
 import pytest
 from converter_raw import raw  # noqa: F401  (the converter tests' raw data: one copy per run)
 
+# The longest files first (wall seconds on a loaded 2-core machine, from --durations): with
+# `--dist loadfile --no-loadscope-reorder` (tests/run.sh) xdist hands files out in this order, so
+# the long ones overlap and the short ones fill the gaps at the end instead of one long file
+# running alone. xdist's own reorder sorts by test count, which puts these few-test files last.
+_LONGEST_FIRST = (
+    'test_train_loop.py',  # ~600 s: subprocess training jobs, 2-process runs
+    'test_train_failures.py',  # ~450
+    'test_baselines.py',  # ~450
+    'test_adversarial.py',  # ~400
+    'test_torch_mirror.py',  # ~350
+    'test_train_sharding.py',  # ~330
+    'test_vit.py',  # ~290
+    'test_extpose.py',  # ~250
+    'test_evaluators.py',  # ~230
+    'test_convert.py',  # ~220
+    'test_preflight.py',  # ~200
+    'test_losses.py',  # ~190
+    'test_body_models.py',  # ~190
+    'test_cli_errors.py',  # ~180
+    'test_evaluate_sharded.py',  # ~110
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
 
 @contextlib.contextmanager
 def _run_dir(tmp_path_factory, name):

@@ -50,7 +50,9 @@ cfg.evaluators['3dpw'].max_frames = args.max_frames if args.max_frames > 0 else 
 cfg.data.pose_source = 'noisy_gt'
 cfg.train.grad_accum = 1  # Task wants it set; evaluation has no use for it
 task = task_lib.Task(cfg)
-rows = keymap.model_rows('smpl', keymap.vit_dims(vit.ViTConfig.of(cfg.model.size)))
+rows = keymap.model_rows(
+    'smpl', keymap.vit_dims(vit.ViTConfig.of(cfg.model.size)), head_size=cfg.model.head_size
+)
 host_variables = keymap.from_torch(keymap.random_state_dict(rows, seed=0), rows)
 
 # Record which windows this process's predict_fn is given: the share evaluate promises.

@@ -372,7 +372,10 @@ def test_save_and_restore_variables_keep_the_discriminator(adv, tmp_path):
 
 def test_from_torch_keeps_the_discriminator_for_init_from(adv, body_model_dir, initial, tmp_path):
     task = adv['task']
-    rows = keymap.model_rows('smpl', keymap.vit_dims(task.model_config.vit), discriminator=True)
+    mc = task.model_config
+    rows = keymap.model_rows(
+        'smpl', keymap.vit_dims(mc.vit), discriminator=True, head_size=mc.head_size
+    )
     sd = keymap.random_state_dict(rows, seed=5)
     torch.save(
         {'state_dict': collections.OrderedDict((k, torch.from_numpy(v)) for k, v in sd.items())},

@@ -9,9 +9,10 @@ from extpose_jax.models import baselines as bl
 from extpose_jax.models import extpose, masks, vit
 
 TINY = vit.ViTConfig.of('tiny', image_size=(64, 48))  # 4 x 3 patches: fast on CPU
-CFG = extpose.ExtPoseConfig(vit=TINY, mask=masks.MaskSpec('frame'))
+HEAD = 'tiny'  # the baselines change the backbone's input, never the head
+CFG = extpose.ExtPoseConfig(vit=TINY, mask=masks.MaskSpec('frame'), head_size=HEAD)
 RGB_ONLY = extpose.ExtPoseConfig(
-    vit=TINY, modalities=('rgb',), head_context='rgb', mask=masks.MaskSpec('frame')
+    vit=TINY, modalities=('rgb',), head_context='rgb', mask=masks.MaskSpec('frame'), head_size=HEAD
 )
 NAMES = list(bl.BASELINES)
 
@@ -204,7 +205,9 @@ def test_temporal_head_image_model_is_extpose_and_mixes_frames(built, rgb_only):
         _apply(model, moved, other, kp, frame_valid=fv),
     )
     with pytest.raises(ValueError, match='across frames'):
-        bl.TemporalHead(extpose.ExtPoseConfig(vit=TINY)).init(jax.random.PRNGKey(0), frames, kp)
+        bl.TemporalHead(extpose.ExtPoseConfig(vit=TINY, head_size=HEAD)).init(
+            jax.random.PRNGKey(0), frames, kp
+        )
 
 
 @pytest.mark.slow
@@ -223,12 +226,16 @@ def test_keypoint_tokens_follow_mask_and_modality_keep(built, rgb_only):
         < 1e-6
     )
     assert same(model)  # 'frame': frame 0 cannot see frame 1
-    cross = bl.KeypointTokens(extpose.ExtPoseConfig(vit=TINY, mask=masks.MaskSpec('extpose')))
+    cross = bl.KeypointTokens(
+        extpose.ExtPoseConfig(vit=TINY, mask=masks.MaskSpec('extpose'), head_size=HEAD)
+    )
     assert not same(cross)  # cross-frame attention does
     assert same(cross, modality_keep=jnp.array([[True, False]]))  # dropped keypoints are never seen
     # Keypoints without the image: J tokens per frame, head reads them.
     solo = bl.KeypointTokens(
-        extpose.ExtPoseConfig(vit=TINY, modalities=('skeleton',), head_context='skeleton')
+        extpose.ExtPoseConfig(
+            vit=TINY, modalities=('skeleton',), head_context='skeleton', head_size=HEAD
+        )
     )
     out = _apply(solo, variables, frames, kp)
     assert out['pred_cam'].shape == (1, 2, 1, 3)

@@ -43,6 +43,7 @@ BAD = {
     'data.skip_corrupt': ('no', {}, 'True or False'),
     'model.kind': ('dog', {}, 'use one of'),
     'model.size': ('giant', {}, 'use one of'),
+    'model.head_size': ('huge', {}, 'use one of'),
     'model.arch': ('resnet', {}, 'use one of'),
     'model.mask': ('sideways', {}, 'use one of'),
     'model.window': (-3, {}, 'int >= 0, or None'),

@@ -28,12 +28,15 @@ def reference():
         return json.load(f)
 
 
-def _abstract_variables(kind, config, with_discriminator=True):
+def _abstract_variables(kind, config, with_discriminator=True, head_size='hmr2'):
     """ShapeDtypeStructs of an ExtPose model (+ discriminator): nothing is allocated."""
     j = 18 if kind == 'smpl' else 21
     model = extpose.ExtPose(
         extpose.ExtPoseConfig(
-            vit=config, kind=kind, keypoint_layout='openpose18' if kind == 'smpl' else 'hand21'
+            vit=config,
+            kind=kind,
+            keypoint_layout='openpose18' if kind == 'smpl' else 'hand21',
+            head_size=head_size,
         )
     )
     h, w = config.image_size
@@ -119,19 +122,31 @@ def test_import_of_the_reference_layout_builds_the_flax_tree_of_the_model(refere
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kind', ['smpl', 'mano'])
-def test_jax_torch_jax_is_bit_identical(tmp_path, kind):
+@pytest.mark.parametrize('kind,head_size', [('smpl', 'hmr2'), ('mano', 'tiny')])
+def test_jax_torch_jax_is_bit_identical(tmp_path, kind, head_size):
     """Random Flax values -> .ckpt on disk -> back: every leaf equal bit for bit (qkv, convs,
-    per-head kernels, the discriminator's 1x1 convs, the init_* buffers)."""
+    per-head kernels, the discriminator's 1x1 convs, the init_* buffers); the head's size is
+    read off the weights both ways."""
     rng = np.random.default_rng(1)
     variables = jax.tree.map(
-        lambda s: rng.standard_normal(s.shape).astype(np.float32), _abstract_variables(kind, TINY)
+        lambda s: rng.standard_normal(s.shape).astype(np.float32),
+        _abstract_variables(kind, TINY, head_size=head_size),
     )
     path = str(tmp_path / 'x.ckpt')
     to_torch.write_checkpoint(path, to_torch.export_state_dict(variables), {'kind': kind})
     back, meta = from_torch.import_checkpoint(path, {'smpl': 'hmr2', 'mano': 'hamer'}[kind])
     _assert_trees_equal(back, variables)
     assert meta['vit_size'] == 'tiny' and meta['kind'] == kind
+    assert meta['head_size'] == head_size
+
+
+def test_a_head_of_no_known_size_is_named():
+    sd = keymap.random_state_dict(
+        keymap.model_rows('smpl', keymap.vit_dims(TINY), head_size='tiny'), seed=4
+    )
+    odd = {k: v for k, v in sd.items() if '.layers.1.' not in k}  # a 1-layer decoder
+    with pytest.raises(keymap.ConversionError, match=r'smpl_head: a head of depth 1, width 256'):
+        from_torch.import_state_dict(odd, 'hmr2')
 
 
 def test_torch_jax_torch_is_bit_identical():

@@ -13,13 +13,18 @@ from extpose_jax.models import extpose, masks, vit
 # HMR 2.0's checkpoint layout (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 TINY = vit.ViTConfig.of('tiny', image_size=(64, 48))  # 4 x 3 patches: fast on CPU
-# Every test here compiles the full model (its decoder head is HMR 2.0's, 31M parameters).
+# Every test here compiles the full model; at ViT-tiny it has the tiny decoder head (what the
+# mask lets through does not depend on the head's size), at ViT-H HMR 2.0's.
 pytestmark = pytest.mark.slow
 
 
 def _model(strategy='extpose', modalities=('rgb', 'skeleton'), context='both', size=TINY):
     cfg = extpose.ExtPoseConfig(
-        vit=size, modalities=modalities, mask=masks.MaskSpec(strategy), head_context=context
+        vit=size,
+        modalities=modalities,
+        mask=masks.MaskSpec(strategy),
+        head_context=context,
+        head_size='tiny' if size is TINY else 'hmr2',
     )
     return extpose.ExtPose(cfg)
 

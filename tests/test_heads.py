@@ -97,14 +97,14 @@ class FeedForward(tnn.Module):
 
 
 class TransformerCrossAttn(tnn.Module):
-    def __init__(self, dim, depth, context_dim, mlp_dim):
+    def __init__(self, dim, depth, context_dim, mlp_dim, heads, dim_head):
         super().__init__()
         self.layers = tnn.ModuleList(
             [
                 tnn.ModuleList(
                     [
-                        PreNorm(dim, Attention(dim)),
-                        PreNorm(dim, CrossAttention(dim, context_dim)),
+                        PreNorm(dim, Attention(dim, heads, dim_head)),
+                        PreNorm(dim, CrossAttention(dim, context_dim, heads, dim_head)),
                         PreNorm(dim, FeedForward(dim, mlp_dim)),
                     ]
                 )
@@ -121,11 +121,11 @@ class TransformerCrossAttn(tnn.Module):
 
 
 class TransformerDecoder(tnn.Module):
-    def __init__(self, dim=1024, depth=6, context_dim=1280, mlp_dim=1024):
+    def __init__(self, dim, depth, context_dim, mlp_dim, heads, dim_head):
         super().__init__()
         self.to_token_embedding = tnn.Linear(1, dim)
         self.pos_embedding = tnn.Parameter(torch.randn(1, 1, dim))
-        self.transformer = TransformerCrossAttn(dim, depth, context_dim, mlp_dim)
+        self.transformer = TransformerCrossAttn(dim, depth, context_dim, mlp_dim, heads, dim_head)
 
     def forward(self, inp, context):
         x = self.to_token_embedding(inp)
@@ -143,13 +143,14 @@ def torch_rot6d(x):
 
 
 class TorchHead(tnn.Module):
-    def __init__(self, num_joints, pose_buffer):
+    # Upstream's sizes: dim 1024, depth 6, mlp 1024, 8 heads of 64, context 1280.
+    def __init__(self, num_joints, pose_buffer, dim=1024, depth=6, mlp=1024, heads=8, dim_head=64):
         super().__init__()
         self.num_joints, self.pose_buffer = num_joints, pose_buffer
-        self.transformer = TransformerDecoder()
-        self.decpose = tnn.Linear(1024, 6 * num_joints)
-        self.decshape = tnn.Linear(1024, 10)
-        self.deccam = tnn.Linear(1024, 3)
+        self.transformer = TransformerDecoder(dim, depth, 1280, mlp, heads, dim_head)
+        self.decpose = tnn.Linear(dim, 6 * num_joints)
+        self.decshape = tnn.Linear(dim, 10)
+        self.deccam = tnn.Linear(dim, 3)
         # Random (not mean-file) buffers, so the test notices if they are dropped or swapped.
         self.register_buffer(pose_buffer, torch.randn(1, 6 * num_joints))
         self.register_buffer('init_betas', torch.randn(1, 10))
@@ -171,10 +172,10 @@ class TorchHead(tnn.Module):
         )
 
 
-def make_torch_head(kind, seed=0):
+def make_torch_head(kind, seed=0, **sizes):
     torch.manual_seed(seed)
     _, _, joints, _ = KINDS[kind]
-    return TorchHead(joints, heads._KINDS[kind]['init_pose']).eval()
+    return TorchHead(joints, heads._KINDS[kind]['init_pose'], **sizes).eval()
 
 
 # ============================================================================ fixtures
@@ -299,6 +300,29 @@ def test_conversion_round_trip_is_exact(smpl_torch, smpl_vars):
     full['backbone.pos_embed'] = np.zeros((1, 193, 1280), np.float32)
     v2 = heads.from_torch_state_dict(full, 'smpl')
     assert heads.to_torch_state_dict(v2, 'smpl').keys() == {'smpl_head.' + k for k in sd}
+
+
+def test_tiny_size_matches_the_reference_at_its_shape():
+    """The 'tiny' decoder is the same computation at another shape: the reference built with
+    its numbers (4 heads of 32, width 256, 2 layers) agrees, and export / import finds the size."""
+    s = heads.SIZES['tiny']
+    th = make_torch_head(
+        'smpl', seed=2, dim=s.dim, depth=s.depth, mlp=s.mlp_dim, heads=s.heads, dim_head=s.dim_head
+    )
+    sd = {k: v.numpy() for k, v in th.state_dict().items()}
+    variables = heads.from_torch_state_dict(sd, 'smpl', prefix='', size='tiny')
+    back = heads.to_torch_state_dict(variables, 'smpl', prefix='', size='tiny')
+    assert all(np.array_equal(back[k], sd[k]) for k in sd) and list(back) == list(sd)
+    ctx = np.random.default_rng(4).normal(size=(2, 12, 1280)).astype(np.float32)
+    with torch.no_grad():
+        want = th(torch.from_numpy(ctx))
+    got = heads.PoseHead(kind='smpl', size='tiny').apply(variables, jnp.asarray(ctx))
+    for ours, theirs in (('body_pose', 'pose'), ('betas', 'betas'), ('pred_cam', 'pred_cam')):
+        np.testing.assert_allclose(np.asarray(got[ours]), want[theirs].numpy(), **TOL)
+    with pytest.raises(ValueError, match='mis-shaped'):  # hmr2's table refuses tiny weights
+        heads.from_torch_state_dict(sd, 'smpl', prefix='')
+    with pytest.raises(ValueError, match='unknown head size'):
+        heads.PoseHead(kind='smpl', size='huge').init(jax.random.key(0), jnp.zeros((1, 2, 1280)))
 
 
 def test_conversion_fails_loudly(smpl_torch):

@@ -197,7 +197,7 @@ def test_eval_torch_reports_the_metrics_of_run_eval(synthetic_default, tmp_path)
     cfg.model.attention = 'dense'
     cfg.eval.batch_size = 2
     dims = keymap.vit_dims(vit.ViTConfig.of(cfg.model.size))
-    rows = keymap.model_rows('smpl', dims)
+    rows = keymap.model_rows('smpl', dims, head_size=cfg.model.head_size)
     variables = keymap.from_torch(keymap.random_state_dict(rows, seed=8), rows)
     ckpt = str(tmp_path / 'extpose.ckpt')
     to_torch.write_checkpoint(ckpt, to_torch.export_state_dict(variables))

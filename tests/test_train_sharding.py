@@ -32,9 +32,10 @@ from extpose_jax.models import extpose, vit
 from extpose_jax.train import optim, sharding, state as st
 
 assert jax.device_count() == 8, jax.device_count()
-# 4 heads so that tensor=2 splits q/k/v by head.
+# 4 heads so that tensor=2 splits q/k/v by head; the tiny decoder head (4 heads too) keeps the
+# compiles short: sharding rules do not depend on sizes.
 model = extpose.ExtPose(extpose.ExtPoseConfig(vit=vit.ViTConfig.of('tiny', image_size=(64, 48),
-                                                                   heads=4)))
+                                                                   heads=4), head_size='tiny'))
 B, T = 8, 2
 r = np.random.default_rng(0)
 frames = r.uniform(0, 255, (B, T, 1, 64, 48, 3)).astype(np.float32)

@@ -171,8 +171,10 @@ def import_state_dict(sd: dict, kind: str, expert: int | None = None):
     dims = _dims(sd, prefix)
     rows = keymap.vit_rows(**dims, torch_prefix=prefix)
     has_disc = body is not None and any(k.startswith('discriminator.') for k in sd)
+    head_size = None
     if body is not None:
-        rows += keymap.head_rows(body, dims['width'])
+        head_size = keymap.head_size_from_state_dict(sd, keymap.HEAD_PREFIX[body])
+        rows += keymap.head_rows(body, dims['width'], head_size)
         rows += keymap.discriminator_rows(body) if has_disc else ()
     left_behind = _LEFT_BEHIND[kind]
     variables = keymap.from_torch(
@@ -187,6 +189,7 @@ def import_state_dict(sd: dict, kind: str, expert: int | None = None):
         'source_kind': kind,
         'vit': dims,
         'vit_size': size_name(dims),
+        'head_size': head_size,
         'parts': ['backbone']
         + (['head'] if body else [])
         + (['discriminator'] if has_disc else []),

@@ -147,7 +147,9 @@ def vit_rows(
     return tuple(rows)
 
 
-def head_rows(kind: str, context_dim: int = heads.CONTEXT_DIM) -> tuple[Row, ...]:
+def head_rows(
+    kind: str, context_dim: int = heads.CONTEXT_DIM, size: str = 'hmr2'
+) -> tuple[Row, ...]:
     """heads.head_key_map under 'smpl_head.' / 'mano_head.' and the ExtPose tree ('head').
 
     head_key_map fixes the cross-attention's context width at ViT-H's 1280; ExtPose's head reads
@@ -155,7 +157,7 @@ def head_rows(kind: str, context_dim: int = heads.CONTEXT_DIM) -> tuple[Row, ...
     """
     prefix = HEAD_PREFIX[kind]
     rows = []
-    for tkey, path, tshape, fshape, rule in heads.head_key_map(kind):
+    for tkey, path, tshape, fshape, rule in heads.head_key_map(kind, size):
         if tkey.endswith('.fn.to_kv.weight'):
             tshape, fshape = (tshape[0], context_dim), (context_dim,) + fshape[1:]
         rows.append(Row(prefix + tkey, (path[0], 'head') + path[1:], tshape, fshape, rule))
@@ -170,9 +172,11 @@ def discriminator_rows(kind: str) -> tuple[Row, ...]:
     )
 
 
-def model_rows(kind: str, dims: Mapping[str, int], discriminator: bool = False) -> tuple[Row, ...]:
+def model_rows(
+    kind: str, dims: Mapping[str, int], discriminator: bool = False, head_size: str = 'hmr2'
+) -> tuple[Row, ...]:
     """An ExtPose (= HMR 2.0 for 'smpl', HaMeR for 'mano') checkpoint: backbone, head, [disc]."""
-    rows = vit_rows(**dims) + head_rows(kind, dims['width'])
+    rows = vit_rows(**dims) + head_rows(kind, dims['width'], head_size)
     return rows + (discriminator_rows(kind) if discriminator else ())
 
 
@@ -207,6 +211,42 @@ def kind_from_variables(variables: Mapping[str, Any]) -> str:
         'cannot tell SMPL from MANO',
         missing=['constants/head/init_body_pose or constants/head/init_hand_pose'],
     )
+
+
+def _head_size(depth, dim, inner, mlp_dim, where: str) -> str:
+    name = heads.size_name(depth, dim, inner, mlp_dim)
+    if name is None:
+        raise ConversionError(
+            f'{where}: a head of depth {depth}, width {dim}, attention width {inner} and MLP '
+            f'{mlp_dim} is none of heads.SIZES ({", ".join(heads.SIZES)})'
+        )
+    return name
+
+
+def head_size_from_variables(variables: Mapping[str, Any]) -> str:
+    """The heads.SIZES name of a Flax ExtPose tree's head (arrays or ShapeDtypeStructs)."""
+    try:
+        t = nn.unbox(variables['params']['head']['transformer'])
+        dim = t['pos_embedding'].shape[-1]
+        inner = int(np.prod(t['layers_0']['cross_attn']['to_q']['kernel'].shape[1:]))
+        mlp = t['layers_0']['ff']['net_0']['kernel'].shape[1]
+    except (KeyError, TypeError) as e:
+        raise ConversionError('not an ExtPose parameter tree', missing=[f'params/head/... ({e})'])
+    depth = sum(1 for k in t if k.startswith('layers_'))
+    return _head_size(depth, dim, inner, mlp, 'params/head')
+
+
+def head_size_from_state_dict(sd: Mapping[str, Any], prefix: str) -> str:
+    """The heads.SIZES name of a PyTorch head under `prefix` ('smpl_head.'); 'hmr2' when the
+    keys that tell are missing (the strict pass then names them)."""
+    t = prefix + 'transformer.'
+    pos, to_q = sd.get(t + 'pos_embedding'), sd.get(t + 'transformer.layers.0.1.fn.to_q.weight')
+    fc = sd.get(t + 'transformer.layers.0.2.fn.net.0.weight')
+    if pos is None or to_q is None or fc is None:
+        return 'hmr2'
+    stem = t + 'transformer.layers.'
+    depth = len({k[len(stem) :].split('.')[0] for k in sd if k.startswith(stem)})
+    return _head_size(depth, pos.shape[-1], to_q.shape[0], fc.shape[0], prefix[:-1])
 
 
 def random_state_dict(rows: Iterable[Row], seed: int = 0) -> collections.OrderedDict:
@@ -331,6 +371,8 @@ __all__ = [
     'model_rows',
     'dims_from_variables',
     'kind_from_variables',
+    'head_size_from_variables',
+    'head_size_from_state_dict',
     'random_state_dict',
     'from_torch',
     'to_torch',

@@ -40,7 +40,10 @@ def export_state_dict(variables) -> collections.OrderedDict:
     """
     kind = keymap.kind_from_variables(variables)
     rows = keymap.model_rows(
-        kind, keymap.dims_from_variables(variables), discriminator=DISCRIMINATOR in variables
+        kind,
+        keymap.dims_from_variables(variables),
+        discriminator=DISCRIMINATOR in variables,
+        head_size=keymap.head_size_from_variables(variables),
     )
     return keymap.to_torch(variables, rows, what=f'export ({kind})')
 

@@ -14,7 +14,8 @@ JAX model and on the converter. It takes from the JAX code only what is not arit
 attention mask as masks.py builds it (which token sees which is a property of the token
 layout, not of either framework, so both sides attend under the same mask by construction),
 the keypoint layouts (skeletons.py: joint order, limbs, colours), the skeleton image's limb
-brightness and default thickness (pose_forms.py) and the checkpoint key names (keymap.py).
+brightness and default thickness (pose_forms.py), the checkpoint key names (keymap.py) and the
+head's sizes (heads.SIZES).
 
 The mask semantics matter where rows go empty (modality dropout under 'frame'): a query with no
 visible key outputs zeros, in the ViT and in the head's cross-attention.
@@ -31,11 +32,11 @@ from torch.nn import functional as F
 
 from extpose_jax import skeletons
 from extpose_jax.convert import keymap
-from extpose_jax.models import masks, pose_forms
+from extpose_jax.models import heads, masks, pose_forms
 
 _MEAN = (0.485, 0.456, 0.406)  # ImageNet, [0, 1] scale (HMR 2.0 / HaMeR normalisation)
 _STD = (0.229, 0.224, 0.225)
-_HEAD = dict(dim=1024, depth=6, heads=8, dim_head=64, mlp=1024, betas=10)
+_BETAS = 10
 _JOINTS = {'smpl': (24, 'body_pose', 'init_body_pose'), 'mano': (16, 'hand_pose', 'init_hand_pose')}
 
 
@@ -133,43 +134,42 @@ class TorchViT(nn.Module):
 
 
 class _PreNorm(nn.Module):
-    def __init__(self, fn):
+    def __init__(self, fn, dim):
         super().__init__()
-        self.norm, self.fn = nn.LayerNorm(_HEAD['dim']), fn
+        self.norm, self.fn = nn.LayerNorm(dim), fn
 
 
 class _SelfAttn(nn.Module):
-    def __init__(self):
+    def __init__(self, s):
         super().__init__()
-        inner = _HEAD['heads'] * _HEAD['dim_head']
-        self.to_qkv = nn.Linear(_HEAD['dim'], 3 * inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, _HEAD['dim']), nn.Dropout(0.0))
+        self.heads, inner = s.heads, s.heads * s.dim_head
+        self.to_qkv = nn.Linear(s.dim, 3 * inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, s.dim), nn.Dropout(0.0))
 
     def forward(self, x):
-        q, k, v = (_split_heads(t) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q, k, v = (_split_heads(t, self.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
         return self.to_out(_merge_heads(_masked_softmax_attention(q, k, v, None)))
 
 
 class _CrossAttn(nn.Module):
-    def __init__(self, context_dim):
+    def __init__(self, s, context_dim):
         super().__init__()
-        inner = _HEAD['heads'] * _HEAD['dim_head']
+        self.heads, inner = s.heads, s.heads * s.dim_head
         self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)  # registered first, as upstream
-        self.to_q = nn.Linear(_HEAD['dim'], inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, _HEAD['dim']), nn.Dropout(0.0))
+        self.to_q = nn.Linear(s.dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, s.dim), nn.Dropout(0.0))
 
     def forward(self, x, context, valid):
-        k, v = (_split_heads(t) for t in self.to_kv(context).chunk(2, dim=-1))
+        k, v = (_split_heads(t, self.heads) for t in self.to_kv(context).chunk(2, dim=-1))
         allowed = None if valid is None else valid[:, None, None, :]
-        return self.to_out(
-            _merge_heads(_masked_softmax_attention(_split_heads(self.to_q(x)), k, v, allowed))
-        )
+        q = _split_heads(self.to_q(x), self.heads)
+        return self.to_out(_merge_heads(_masked_softmax_attention(q, k, v, allowed)))
 
 
 class _FeedForward(nn.Module):
-    def __init__(self):
+    def __init__(self, s):
         super().__init__()
-        d, h = _HEAD['dim'], _HEAD['mlp']
+        d, h = s.dim, s.mlp_dim
         self.net = nn.Sequential(
             nn.Linear(d, h), nn.GELU(), nn.Dropout(0.0), nn.Linear(h, d), nn.Dropout(0.0)
         )
@@ -178,8 +178,8 @@ class _FeedForward(nn.Module):
         return self.net(x)
 
 
-def _split_heads(t):  # (M, N, H*D) -> (M, H, N, D), head-major columns
-    return t.reshape(t.shape[0], t.shape[1], _HEAD['heads'], -1).transpose(1, 2)
+def _split_heads(t, heads):  # (M, N, H*D) -> (M, H, N, D), head-major columns
+    return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
 
 
 def _merge_heads(t):
@@ -187,24 +187,28 @@ def _merge_heads(t):
 
 
 class _Stack(nn.Module):
-    def __init__(self, context_dim):
+    def __init__(self, s, context_dim):
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleList(
-                [_PreNorm(_SelfAttn()), _PreNorm(_CrossAttn(context_dim)), _PreNorm(_FeedForward())]
+                [
+                    _PreNorm(_SelfAttn(s), s.dim),
+                    _PreNorm(_CrossAttn(s, context_dim), s.dim),
+                    _PreNorm(_FeedForward(s), s.dim),
+                ]
             )
-            for _ in range(_HEAD['depth'])
+            for _ in range(s.depth)
         )
 
 
 class _Decoder(nn.Module):
-    """transformer.*: one query token, 6 pre-norm [self, cross, ff] layers, no final norm."""
+    """transformer.*: one query token, depth pre-norm [self, cross, ff] layers, no final norm."""
 
-    def __init__(self, context_dim):
+    def __init__(self, s, context_dim):
         super().__init__()
-        self.to_token_embedding = nn.Linear(1, _HEAD['dim'])
-        self.pos_embedding = nn.Parameter(torch.zeros(1, 1, _HEAD['dim']))
-        self.transformer = _Stack(context_dim)
+        self.to_token_embedding = nn.Linear(1, s.dim)
+        self.pos_embedding = nn.Parameter(torch.zeros(1, 1, s.dim))
+        self.transformer = _Stack(s, context_dim)
 
     def forward(self, context, valid):
         x = self.to_token_embedding(context.new_zeros(context.shape[0], 1, 1)) + self.pos_embedding
@@ -226,19 +230,20 @@ def rot6d_to_rotmat(x):
 class TorchPoseHead(nn.Module):
     """SMPL / MANO transformer-decoder head: context (M, N, C) [+ valid (M, N)] -> parameters."""
 
-    def __init__(self, kind='smpl', context_dim=1280):
+    def __init__(self, kind='smpl', context_dim=1280, size='hmr2'):
         super().__init__()
+        s = heads.head_size(size)
         self.kind = kind
         joints, self.pose_key, init_name = _JOINTS[kind]
         identity = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]).repeat(joints)[None]
         self.register_buffer(init_name, identity)
-        self.register_buffer('init_betas', torch.zeros(1, _HEAD['betas']))
+        self.register_buffer('init_betas', torch.zeros(1, _BETAS))
         self.register_buffer('init_cam', torch.tensor([[0.9, 0.0, 0.0]]))
         self.init_pose_name = init_name
-        self.transformer = _Decoder(context_dim)
-        self.decpose = nn.Linear(_HEAD['dim'], 6 * joints)
-        self.decshape = nn.Linear(_HEAD['dim'], _HEAD['betas'])
-        self.deccam = nn.Linear(_HEAD['dim'], 3)
+        self.transformer = _Decoder(s, context_dim)
+        self.decpose = nn.Linear(s.dim, 6 * joints)
+        self.decshape = nn.Linear(s.dim, _BETAS)
+        self.deccam = nn.Linear(s.dim, 3)
 
     def forward(self, context, valid=None):
         token = self.transformer(context, valid)
@@ -337,7 +342,8 @@ class TorchExtPose(nn.Module):
         self.config = config
         self.backbone = TorchViT(config.vit)
         self.add_module(
-            keymap.HEAD_PREFIX[config.kind][:-1], TorchPoseHead(config.kind, config.vit.width)
+            keymap.HEAD_PREFIX[config.kind][:-1],
+            TorchPoseHead(config.kind, config.vit.width, config.head_size),
         )
 
     @property

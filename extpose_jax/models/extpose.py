@@ -44,6 +44,7 @@ class ExtPoseConfig:
     conf_threshold: float = 0.3  # joints below it are not drawn
     heatmap_sigma: float = 4.0
     mean_params_path: Optional[str] = None  # smpl/mano_mean_params.npz for the head's init_*
+    head_size: str = 'hmr2'  # a heads.SIZES name
 
     def __post_init__(self):
         object.__setattr__(self, 'modalities', tuple(self.modalities))
@@ -74,6 +75,7 @@ class ExtPoseConfig:
         if self.pose_form not in POSE_FORMS:
             raise ValueError(f'ExtPoseConfig.pose_form: {self.pose_form!r}; allowed: {POSE_FORMS}')
         skeletons.get_layout(self.keypoint_layout)  # unknown names fail here, not while tracing
+        heads.head_size(self.head_size)
 
     def layout(self, frames: int, views: int = 1) -> masks.TokenLayout:
         return masks.TokenLayout(
@@ -91,6 +93,7 @@ class ExtPose(nn.Module):
             mean_params_path=self.config.mean_params_path,
             context_dim=self.config.vit.width,
             dtype=self.config.vit.dtype,
+            size=self.config.head_size,
         )
 
     def pose_image(self, keypoints):

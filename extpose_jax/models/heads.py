@@ -11,6 +11,9 @@ be the frame's RGB tokens, skeleton tokens or both (192 or 384 tokens); cross-at
 any context length. `__call__` accepts any leading dims, so (B, T, N, C) context gives (B, T, ...)
 outputs, frame by frame. `select_context` builds rgb / skeleton / both contexts with masks.
 
+The decoder's shape is a SIZES entry: 'hmr2' (the checkpoints'; the shapes below) or 'tiny'
+(the same tree, narrower and 2 layers deep, for CPU runs).
+
 Parameter tree: one leaf per PyTorch key (`head_key_map` lists the pairs; L = 0..5; torch keys
 below drop the 'smpl_head.' / 'mano_head.' prefix, and T = 'transformer.transformer.layers.L'):
 
@@ -52,6 +55,7 @@ residual and the 6D -> matrix step always run in float32.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping, Optional, Tuple
 
@@ -67,17 +71,40 @@ _KINDS = {
     'smpl': dict(num_joints=24, pose_key='body_pose', init_pose='init_body_pose'),
     'mano': dict(num_joints=16, pose_key='hand_pose', init_pose='init_hand_pose'),
 }
-# HMR 2.0 / HaMeR head sizes; fixed by the checkpoints, so not configurable.
-DEPTH = 6
-DIM = 1024
-HEADS = 8
-DIM_HEAD = 64
-MLP_DIM = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSize:
+    depth: int  # decoder layers
+    dim: int  # the query token's width
+    heads: int
+    dim_head: int
+    mlp_dim: int
+
+
+# 'hmr2' is HMR 2.0's and HaMeR's decoder, fixed by their checkpoints. 'tiny' is for runs on a
+# CPU (the small variant, tests): the decoder's shape, not its idea, changes; at hmr2's size it
+# holds ~25M of a tiny model's ~28M parameters and most of its checkpoint bytes.
+SIZES = {'hmr2': HeadSize(6, 1024, 8, 64, 1024), 'tiny': HeadSize(2, 256, 4, 32, 256)}
 CONTEXT_DIM = 1280
 NUM_BETAS = 10
 LN_EPS = 1e-5  # PyTorch default; NOT flax's 1e-6 and NOT the ViT's 1e-6.
 # SPIN's mean camera (not checked against its npz); only the fallback when no mean file is given.
 DEFAULT_CAM = (0.9, 0.0, 0.0)
+
+
+def head_size(name: str) -> HeadSize:
+    if name not in SIZES:
+        raise ValueError(f'unknown head size {name!r}; expected one of {sorted(SIZES)}')
+    return SIZES[name]
+
+
+def size_name(depth: int, dim: int, inner: int, mlp_dim: int) -> Optional[str]:
+    """The SIZES entry with these weight shapes (inner = heads * dim_head), or None."""
+    for name, s in SIZES.items():
+        if (s.depth, s.dim, s.heads * s.dim_head, s.mlp_dim) == (depth, dim, inner, mlp_dim):
+            return name
+    return None
 
 
 def _kind(kind: str) -> dict:
@@ -144,6 +171,11 @@ class _Cfg(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: Any = None
+    size: str = 'hmr2'  # a SIZES name
+
+    @property
+    def dims(self) -> HeadSize:
+        return head_size(self.size)
 
 
 def _attend(q, k, v, valid, precision):
@@ -172,11 +204,12 @@ class SelfAttention(_Cfg):
 
     @nn.compact
     def __call__(self, x):
+        d = self.dims
         h = _layer_norm(self)(x).astype(self.dtype)
         qkv = _dense(
-            (3, HEADS, DIM_HEAD),
+            (3, d.heads, d.dim_head),
             -1,
-            DIM,
+            d.dim,
             ('embed', 'qkv', 'heads', 'kv'),
             use_bias=False,
             name='to_qkv',
@@ -185,9 +218,9 @@ class SelfAttention(_Cfg):
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         out = _attend(q, k, v, None, self.precision)
         return _dense(
-            DIM,
+            d.dim,
             (-2, -1),
-            HEADS * DIM_HEAD,
+            d.heads * d.dim_head,
             ('heads', 'kv', 'embed'),
             use_bias=True,
             name='to_out',
@@ -200,11 +233,12 @@ class CrossAttention(_Cfg):
 
     @nn.compact
     def __call__(self, x, context, context_valid=None):
+        d = self.dims
         h = _layer_norm(self)(x).astype(self.dtype)
         q = _dense(
-            (HEADS, DIM_HEAD),
+            (d.heads, d.dim_head),
             -1,
-            DIM,
+            d.dim,
             ('embed', 'heads', 'kv'),
             use_bias=False,
             name='to_q',
@@ -212,7 +246,7 @@ class CrossAttention(_Cfg):
         )(h)
         # fan_in follows the backbone (1280 for ViT-H upstream; smaller ViTs work the same way).
         kv = _dense(
-            (2, HEADS, DIM_HEAD),
+            (2, d.heads, d.dim_head),
             -1,
             context.shape[-1],
             ('context', 'qkv', 'heads', 'kv'),
@@ -222,9 +256,9 @@ class CrossAttention(_Cfg):
         )(context.astype(self.dtype))
         out = _attend(q, kv[..., 0, :, :], kv[..., 1, :, :], context_valid, self.precision)
         return _dense(
-            DIM,
+            d.dim,
             (-2, -1),
-            HEADS * DIM_HEAD,
+            d.heads * d.dim_head,
             ('heads', 'kv', 'embed'),
             use_bias=True,
             name='to_out',
@@ -237,10 +271,13 @@ class FeedForward(_Cfg):
 
     @nn.compact
     def __call__(self, x):
+        d = self.dims
         h = _layer_norm(self)(x).astype(self.dtype)
-        h = _dense(MLP_DIM, -1, DIM, ('embed', 'mlp'), use_bias=True, name='net_0', cfg=self)(h)
+        h = _dense(d.mlp_dim, -1, d.dim, ('embed', 'mlp'), use_bias=True, name='net_0', cfg=self)(h)
         h = nn.gelu(h, approximate=False)  # nn.GELU() upstream is the erf form
-        return _dense(DIM, -1, MLP_DIM, ('mlp', 'embed'), use_bias=True, name='net_3', cfg=self)(h)
+        return _dense(
+            d.dim, -1, d.mlp_dim, ('mlp', 'embed'), use_bias=True, name='net_3', cfg=self
+        )(h)
 
 
 class _Layer(_Cfg):
@@ -248,7 +285,12 @@ class _Layer(_Cfg):
 
     @nn.compact
     def __call__(self, x, context, context_valid):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        kw = dict(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            size=self.size,
+        )
         # The residual stream stays float32 whatever the compute dtype.
         x = x + SelfAttention(name='self_attn', **kw)(x).astype(jnp.float32)
         x = x + CrossAttention(name='cross_attn', **kw)(x, context, context_valid).astype(
@@ -258,15 +300,16 @@ class _Layer(_Cfg):
 
 
 class TransformerDecoder(_Cfg):
-    """transformer.*: query token -> 6 layers, no final norm; (M, N, 1280) -> (M, 1, 1024)."""
+    """transformer.*: query token -> depth layers, no final norm; (M, N, C) -> (M, 1, dim)."""
 
     @nn.compact
     def __call__(self, context, context_valid=None):
+        d = self.dims
         # Upstream feeds zeros(B, 1, 1) through to_token_embedding; the Linear is kept (its weight
         # is in the checkpoint though it multiplies zero) so the tree maps 1:1 to the keys.
         zeros = jnp.zeros((context.shape[0], 1, 1), self.dtype)
         x = _dense(
-            DIM, -1, 1, ('token_in', 'embed'), use_bias=True, name='to_token_embedding', cfg=self
+            d.dim, -1, 1, ('token_in', 'embed'), use_bias=True, name='to_token_embedding', cfg=self
         )(zeros)
         pos = self.param(
             'pos_embedding',
@@ -274,12 +317,17 @@ class TransformerDecoder(_Cfg):
                 nn.initializers.normal(1.0),  # torch.randn
                 (None, 'query', 'embed'),
             ),
-            (1, 1, DIM),
+            (1, 1, d.dim),
             self.param_dtype,
         )
         x = x.astype(jnp.float32) + pos.astype(jnp.float32)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        for i in range(DEPTH):
+        kw = dict(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            size=self.size,
+        )
+        for i in range(d.depth):
             x = _Layer(name=f'layers_{i}', **kw)(x, context, context_valid)
         return x
 
@@ -343,6 +391,7 @@ class PoseHead(_Cfg):
 
     @nn.compact
     def __call__(self, context, context_valid=None):
+        d = self.dims
         cfg = _kind(self.kind)
         if context.shape[-1] != self.context_dim:
             raise ValueError(
@@ -373,13 +422,14 @@ class PoseHead(_Cfg):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
+            size=self.size,
         )(context, context_valid)[:, 0]
         token = token.astype(self.dtype)
 
         def readout(features, axis_name, name, init):
-            y = _dense(features, -1, DIM, ('embed', axis_name), use_bias=True, name=name, cfg=self)(
-                token
-            )
+            y = _dense(
+                features, -1, d.dim, ('embed', axis_name), use_bias=True, name=name, cfg=self
+            )(token)
             # Residual on the means (one IEF step) in float32.
             return y.astype(jnp.float32) + init.astype(jnp.float32)
 
@@ -443,7 +493,7 @@ def select_context(
 
 
 def head_key_map(
-    kind: str,
+    kind: str, size: str = 'hmr2'
 ) -> Tuple[Tuple[str, Tuple[str, ...], Tuple[int, ...], Tuple[int, ...], str], ...]:
     """(torch key without prefix, Flax path (collection first), torch shape, Flax shape, rule).
 
@@ -451,9 +501,9 @@ def head_key_map(
     rule 'copy': same values, same shape (LayerNorm weight -> scale, buffers, pos_embedding).
     Order follows the upstream state_dict (buffers first).
     """
-    cfg = _kind(kind)
+    cfg, d = _kind(kind), head_size(size)
     n = 6 * cfg['num_joints']
-    inner = HEADS * DIM_HEAD
+    inner = d.heads * d.dim_head
     rows = [
         (cfg['init_pose'], ('constants', cfg['init_pose']), (1, n), (1, n), 'copy'),
         ('init_betas', ('constants', 'init_betas'), (1, NUM_BETAS), (1, NUM_BETAS), 'copy'),
@@ -461,8 +511,8 @@ def head_key_map(
         (
             'transformer.pos_embedding',
             ('params', 'transformer', 'pos_embedding'),
-            (1, 1, DIM),
-            (1, 1, DIM),
+            (1, 1, d.dim),
+            (1, 1, d.dim),
             'copy',
         ),
     ]
@@ -473,27 +523,30 @@ def head_key_map(
             rows.append((f'{tkey}.bias', path + ('bias',), out_in[:1], out_in[:1], 'copy'))
 
     def norm(tkey, path):
-        rows.append((f'{tkey}.weight', path + ('scale',), (DIM,), (DIM,), 'copy'))
-        rows.append((f'{tkey}.bias', path + ('bias',), (DIM,), (DIM,), 'copy'))
+        rows.append((f'{tkey}.weight', path + ('scale',), (d.dim,), (d.dim,), 'copy'))
+        rows.append((f'{tkey}.bias', path + ('bias',), (d.dim,), (d.dim,), 'copy'))
 
     linear(
         'transformer.to_token_embedding',
         ('params', 'transformer', 'to_token_embedding'),
-        (DIM, 1),
-        (1, DIM),
+        (d.dim, 1),
+        (1, d.dim),
     )
-    for i in range(DEPTH):
+    for i in range(d.depth):
         t, f = f'transformer.transformer.layers.{i}', ('params', 'transformer', f'layers_{i}')
         norm(f'{t}.0.norm', f + ('self_attn', 'norm'))
         linear(
             f'{t}.0.fn.to_qkv',
             f + ('self_attn', 'to_qkv'),
-            (3 * inner, DIM),
-            (DIM, 3, HEADS, DIM_HEAD),
+            (3 * inner, d.dim),
+            (d.dim, 3, d.heads, d.dim_head),
             bias=False,
         )
         linear(
-            f'{t}.0.fn.to_out.0', f + ('self_attn', 'to_out'), (DIM, inner), (HEADS, DIM_HEAD, DIM)
+            f'{t}.0.fn.to_out.0',
+            f + ('self_attn', 'to_out'),
+            (d.dim, inner),
+            (d.heads, d.dim_head, d.dim),
         )
         norm(f'{t}.1.norm', f + ('cross_attn', 'norm'))
         # Upstream registers to_kv before to_q (state_dict order; VERIFIED listing).
@@ -501,24 +554,27 @@ def head_key_map(
             f'{t}.1.fn.to_kv',
             f + ('cross_attn', 'to_kv'),
             (2 * inner, CONTEXT_DIM),
-            (CONTEXT_DIM, 2, HEADS, DIM_HEAD),
+            (CONTEXT_DIM, 2, d.heads, d.dim_head),
             bias=False,
         )
         linear(
             f'{t}.1.fn.to_q',
             f + ('cross_attn', 'to_q'),
-            (inner, DIM),
-            (DIM, HEADS, DIM_HEAD),
+            (inner, d.dim),
+            (d.dim, d.heads, d.dim_head),
             bias=False,
         )
         linear(
-            f'{t}.1.fn.to_out.0', f + ('cross_attn', 'to_out'), (DIM, inner), (HEADS, DIM_HEAD, DIM)
+            f'{t}.1.fn.to_out.0',
+            f + ('cross_attn', 'to_out'),
+            (d.dim, inner),
+            (d.heads, d.dim_head, d.dim),
         )
         norm(f'{t}.2.norm', f + ('ff', 'norm'))
-        linear(f'{t}.2.fn.net.0', f + ('ff', 'net_0'), (MLP_DIM, DIM), (DIM, MLP_DIM))
-        linear(f'{t}.2.fn.net.3', f + ('ff', 'net_3'), (DIM, MLP_DIM), (MLP_DIM, DIM))
+        linear(f'{t}.2.fn.net.0', f + ('ff', 'net_0'), (d.mlp_dim, d.dim), (d.dim, d.mlp_dim))
+        linear(f'{t}.2.fn.net.3', f + ('ff', 'net_3'), (d.dim, d.mlp_dim), (d.mlp_dim, d.dim))
     for name, width in (('decpose', n), ('decshape', NUM_BETAS), ('deccam', 3)):
-        linear(name, ('params', name), (width, DIM), (DIM, width))
+        linear(name, ('params', name), (width, d.dim), (d.dim, width))
     return tuple(rows)
 
 
@@ -537,7 +593,7 @@ def _fail(what, missing, unexpected, bad_shapes):
 
 
 def from_torch_state_dict(
-    state_dict: Mapping[str, Any], kind: str, prefix: Optional[str] = None
+    state_dict: Mapping[str, Any], kind: str, prefix: Optional[str] = None, size: str = 'hmr2'
 ) -> dict:
     """Upstream state_dict (numpy or torch values) -> {'params': ..., 'constants': ...} numpy.
 
@@ -546,7 +602,7 @@ def from_torch_state_dict(
     unexpected (under the prefix) and mis-shaped key. Values keep their dtype (exact round trip).
     """
     prefix = f'{kind}_head.' if prefix is None else prefix
-    rows = head_key_map(kind)
+    rows = head_key_map(kind, size)
     ours = {prefix + r[0] for r in rows}
     present = {k for k in state_dict if k.startswith(prefix)}
     missing, unexpected, bad = ours - present, present - ours, []
@@ -568,7 +624,7 @@ def from_torch_state_dict(
 
 
 def to_torch_state_dict(
-    variables: Mapping[str, Any], kind: str, prefix: Optional[str] = None
+    variables: Mapping[str, Any], kind: str, prefix: Optional[str] = None, size: str = 'hmr2'
 ) -> dict:
     """{'params', 'constants'} (boxed or plain) -> {prefix + torch key: numpy array}, in order.
 
@@ -582,7 +638,7 @@ def to_torch_state_dict(
             {c: variables[c] for c in ('params', 'constants') if c in variables}
         )
     }
-    rows = head_key_map(kind)
+    rows = head_key_map(kind, size)
     missing = {'/'.join(r[1]) for r in rows if r[1] not in flat}
     unexpected = {'/'.join(p) for p in set(flat) - {r[1] for r in rows}}
     out, bad = {}, []

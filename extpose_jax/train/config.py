@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from data_pipelines import augment, pipeline
 from extpose_jax import errors, losses
-from extpose_jax.models import attention, baselines, extpose, masks, vit
+from extpose_jax.models import attention, baselines, extpose, heads, masks, vit
 from extpose_jax.train import eval_protocols, optim
 
 VARIANTS = ('paper', 'small', 'base')  # configs/common.py's variants
@@ -29,6 +29,7 @@ RECORD_LAYOUT = {'smpl': 'hmr44', 'mano': 'hand21'}  # what the records hold
 _CHOICES = {
     'model.kind': extpose.KINDS,
     'model.size': tuple(vit.SIZES),
+    'model.head_size': tuple(heads.SIZES),
     'model.arch': ARCHS,
     'model.mask': masks.STRATEGIES,
     'model.head_context': extpose.HEAD_CONTEXTS,
@@ -380,6 +381,7 @@ def model_config(cfg) -> extpose.ExtPoseConfig:
         pose_form=m.pose_form,
         keypoint_layout=KEYPOINT_LAYOUT[m.kind],
         mean_params_path=m.mean_params,
+        head_size=m.head_size,
     )
 
 

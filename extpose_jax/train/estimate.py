@@ -60,6 +60,7 @@ class Dims:
     modalities: int  # M streams per frame (views are 1 in training)
     head_modalities: int  # streams the head reads per frame
     kind: str
+    head_size: str  # heads.SIZES name
     value_bytes: int  # compute dtype
     remat: bool
     attention: str
@@ -94,6 +95,7 @@ class Dims:
             modalities=len(mc.modalities),
             head_modalities=min(head_modalities, len(mc.modalities)),
             kind=mc.kind,
+            head_size=mc.head_size,
             value_bytes=DTYPE_BYTES[cfg.model.dtype],
             remat=bool(cfg.model.remat),
             attention=cfg.model.attention,
@@ -211,17 +213,18 @@ def forward_flops(d: Dims, clips: float) -> dict:
     blocks = d.depth * tokens * (2 * (4 * c * c + 2 * c * d.mlp) + 4 * d.keys_per_query * c)
     embed = tokens * 2 * d.patch_pixels * c + frames * d.limbs * d.image_pixels * 20
     ctx = d.head_modalities * d.patches
-    inner = heads.HEADS * heads.DIM_HEAD
+    s = heads.head_size(d.head_size)
+    inner = s.heads * s.dim_head
     layer = (
-        2 * heads.DIM * 3 * inner
-        + 2 * inner * heads.DIM  # self-attention, 1 query
-        + 2 * heads.DIM * inner
+        2 * s.dim * 3 * inner
+        + 2 * inner * s.dim  # self-attention, 1 query
+        + 2 * s.dim * inner
         + 2 * ctx * c * 2 * inner
         + 4 * ctx * inner  # cross-attention
-        + 2 * inner * heads.DIM
-        + 4 * heads.DIM * heads.MLP_DIM
+        + 2 * inner * s.dim
+        + 4 * s.dim * s.mlp_dim
     )  # out, feed-forward
-    head = frames * heads.DEPTH * layer
+    head = frames * s.depth * layer
     v, j, p = _BODY[d.kind]
     body = frames * (2 * v * 3 * (p + 10) + 2 * v * j * 16 + 2 * v * 16)
     return {'blocks': blocks, 'embed': embed, 'head': head, 'body': body}

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn as tnn
 
-from extpose_jax.models import heads
+from extpose_jax.models import head_keymap, heads
 
 # The upstream checkpoints' layouts (key -> shape), dumped from the upstream PyTorch modules.
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
@@ -195,7 +195,7 @@ def smpl_torch():
 @pytest.fixture(scope='module')
 def smpl_vars(smpl_torch):
     return jax.tree.map(
-        jnp.asarray, heads.from_torch_state_dict(smpl_torch.state_dict(), 'smpl', prefix='')
+        jnp.asarray, head_keymap.from_torch_state_dict(smpl_torch.state_dict(), 'smpl', prefix='')
     )
 
 
@@ -217,7 +217,7 @@ def test_keys_and_shapes_match_reference(kind, reference):
     ref = {
         k[len(prefix) :]: tuple(v) for k, v in reference[model_name].items() if k.startswith(prefix)
     }
-    rows = heads.head_key_map(kind)
+    rows = head_keymap.head_key_map(kind)
     assert len(ref) == len(rows) == 114
     assert [r[0] for r in rows] == list(ref)  # same keys, same (registration) order
     assert {r[0]: r[2] for r in rows} == ref
@@ -267,7 +267,7 @@ def test_matches_pytorch_reference(kind, smpl_torch, smpl_vars, smpl_apply):
     else:
         th = make_torch_head('mano', seed=1)
         variables = jax.tree.map(
-            jnp.asarray, heads.from_torch_state_dict(th.state_dict(), 'mano', prefix='')
+            jnp.asarray, head_keymap.from_torch_state_dict(th.state_dict(), 'mano', prefix='')
         )
         apply = jax.jit(heads.PoseHead(kind='mano').apply)
     ctx = np.random.default_rng(3).normal(size=(2, 192, 1280)).astype(np.float32)
@@ -291,15 +291,15 @@ def test_matches_pytorch_reference(kind, smpl_torch, smpl_vars, smpl_apply):
 
 def test_conversion_round_trip_is_exact(smpl_torch, smpl_vars):
     sd = {k: v.numpy() for k, v in smpl_torch.state_dict().items()}
-    back = heads.to_torch_state_dict(smpl_vars, 'smpl', prefix='')
+    back = head_keymap.to_torch_state_dict(smpl_vars, 'smpl', prefix='')
     assert list(back) == list(sd)
     for k in sd:
         assert back[k].dtype == sd[k].dtype and np.array_equal(back[k], sd[k]), k
     # With the checkpoint prefix, other top-level entries are ignored on import.
     full = {'smpl_head.' + k: v for k, v in sd.items()}
     full['backbone.pos_embed'] = np.zeros((1, 193, 1280), np.float32)
-    v2 = heads.from_torch_state_dict(full, 'smpl')
-    assert heads.to_torch_state_dict(v2, 'smpl').keys() == {'smpl_head.' + k for k in sd}
+    v2 = head_keymap.from_torch_state_dict(full, 'smpl')
+    assert head_keymap.to_torch_state_dict(v2, 'smpl').keys() == {'smpl_head.' + k for k in sd}
 
 
 def test_tiny_size_matches_the_reference_at_its_shape():
@@ -310,8 +310,8 @@ def test_tiny_size_matches_the_reference_at_its_shape():
         'smpl', seed=2, dim=s.dim, depth=s.depth, mlp=s.mlp_dim, heads=s.heads, dim_head=s.dim_head
     )
     sd = {k: v.numpy() for k, v in th.state_dict().items()}
-    variables = heads.from_torch_state_dict(sd, 'smpl', prefix='', size='tiny')
-    back = heads.to_torch_state_dict(variables, 'smpl', prefix='', size='tiny')
+    variables = head_keymap.from_torch_state_dict(sd, 'smpl', prefix='', size='tiny')
+    back = head_keymap.to_torch_state_dict(variables, 'smpl', prefix='', size='tiny')
     assert all(np.array_equal(back[k], sd[k]) for k in sd) and list(back) == list(sd)
     ctx = np.random.default_rng(4).normal(size=(2, 12, 1280)).astype(np.float32)
     with torch.no_grad():
@@ -320,7 +320,7 @@ def test_tiny_size_matches_the_reference_at_its_shape():
     for ours, theirs in (('body_pose', 'pose'), ('betas', 'betas'), ('pred_cam', 'pred_cam')):
         np.testing.assert_allclose(np.asarray(got[ours]), want[theirs].numpy(), **TOL)
     with pytest.raises(ValueError, match='mis-shaped'):  # hmr2's table refuses tiny weights
-        heads.from_torch_state_dict(sd, 'smpl', prefix='')
+        head_keymap.from_torch_state_dict(sd, 'smpl', prefix='')
     with pytest.raises(ValueError, match='unknown head size'):
         heads.PoseHead(kind='smpl', size='huge').init(jax.random.key(0), jnp.zeros((1, 2, 1280)))
 
@@ -331,7 +331,7 @@ def test_conversion_fails_loudly(smpl_torch):
     sd['extra.weight'] = np.zeros(1)
     sd['decshape.weight'] = np.zeros((11, 1024), np.float32)
     with pytest.raises(ValueError) as e:
-        heads.from_torch_state_dict(sd, 'smpl', prefix='')
+        head_keymap.from_torch_state_dict(sd, 'smpl', prefix='')
     msg = str(e.value)
     assert 'deccam.bias' in msg and 'extra.weight' in msg and 'decshape.weight' in msg
 

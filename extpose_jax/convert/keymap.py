@@ -10,7 +10,7 @@ A row says everything about one tensor (the PyTorch <-> Flax conversion rules):
   'conv1x1'  1x1 Conv2d (O, I, 1, 1) <-> Dense kernel (I, O) (the discriminator)
 
 The ViT table is written here (vit.py names its parameters after the PyTorch keys); the head
-and discriminator tables come from heads.head_key_map / discriminator.discriminator_key_map and
+and discriminator tables come from head_keymap.head_key_map / discriminator.discriminator_key_map and
 are only re-rooted under the ExtPose tree. `from_torch` / `to_torch` apply any table strictly:
 every row must be matched, every key or leaf must have a row, every shape must agree, and one
 ConversionError lists all that is wrong at once. Pure moves of bits: round trips are exact.
@@ -29,7 +29,7 @@ from flax import traverse_util
 
 from extpose_jax import errors
 from extpose_jax.models import discriminator as disc_lib
-from extpose_jax.models import heads
+from extpose_jax.models import head_keymap, heads
 
 RULES = ('copy', 'linear', 'conv', 'conv1x1')
 HEAD_PREFIX = {'smpl': 'smpl_head.', 'mano': 'mano_head.'}
@@ -150,14 +150,14 @@ def vit_rows(
 def head_rows(
     kind: str, context_dim: int = heads.CONTEXT_DIM, size: str = 'hmr2'
 ) -> tuple[Row, ...]:
-    """heads.head_key_map under 'smpl_head.' / 'mano_head.' and the ExtPose tree ('head').
+    """head_keymap.head_key_map under 'smpl_head.' / 'mano_head.' and the ExtPose tree ('head').
 
     head_key_map fixes the cross-attention's context width at ViT-H's 1280; ExtPose's head reads
     whatever width the backbone has, so to_kv's input dimension is set from context_dim.
     """
     prefix = HEAD_PREFIX[kind]
     rows = []
-    for tkey, path, tshape, fshape, rule in heads.head_key_map(kind, size):
+    for tkey, path, tshape, fshape, rule in head_keymap.head_key_map(kind, size):
         if tkey.endswith('.fn.to_kv.weight'):
             tshape, fshape = (tshape[0], context_dim), (context_dim,) + fshape[1:]
         rows.append(Row(prefix + tkey, (path[0], 'head') + path[1:], tshape, fshape, rule))

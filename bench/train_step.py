@@ -4,7 +4,7 @@
     python bench/train_step.py --cases video:huge:16:1 image:huge:1:16 --dtype bfloat16 \
         --peak_tflops 989                                        # a GPU: ViT-H, MFU vs bf16 peak
 
-A case is config:size:T:batch (clips). Prints one JSON line per case: steps/s (best of
+A case is config:size:T:batch (clips); the decoder head is 'tiny' with ViT-tiny, else HMR 2.0's. Prints one JSON line per case: steps/s (best of
 --runs after a warm-up), frames/s, the compiled step's FLOPs (XLA cost analysis, forward +
 backward + update), MFU = FLOPs x steps/s / peak when --peak_tflops is given, XLA's compiled
 temp memory, the preflight's per-device predictions (analytic, and XLA's arguments + outputs -
@@ -62,6 +62,8 @@ def run_case(case: str, args):
     name, size, frames, clips = case.split(':')
     cfg = importlib.import_module(f'configs.{name}').get_config('small')
     cfg.model.size, cfg.data.num_frames, cfg.data.batch_size = size, int(frames), int(clips)
+    # The small variant's tiny decoder head goes with the tiny ViT only; larger ViTs get HMR 2.0's.
+    cfg.model.head_size = 'tiny' if size == 'tiny' else 'hmr2'
     cfg.model.dtype, cfg.model.remat, cfg.model.attention = args.dtype, args.remat, args.attention
     config_lib.validate(cfg, check_paths=False)
     cfg = config_lib.resolved(cfg, grad_accum=1)
@@ -105,6 +107,7 @@ def run_case(case: str, args):
         'case': case,
         'config': name,
         'vit': size,
+        'head': cfg.model.head_size,
         'frames': int(frames),
         'batch_clips': int(clips),
         'dtype': args.dtype,

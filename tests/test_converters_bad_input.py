@@ -95,6 +95,18 @@ def _broken_3dpw(raw, tmp_path, edit):
     return str(root), str(path), seq
 
 
+def _convert_test_split(raw, root, out):
+    convert_3dpw.convert(
+        root,
+        raw['body_models'],
+        out,
+        splits=['test'],
+        num_shards=NUM_SHARDS,
+        fsync=False,
+        quiet=True,
+    )
+
+
 @pytest.mark.parametrize('case', ['missing_key', 'lengths', 'gender', 'image_size'])
 def test_3dpw_bad_pkl(raw, tmp_path, case):
     def edit(d):
@@ -116,15 +128,7 @@ def test_3dpw_bad_pkl(raw, tmp_path, case):
         'image_size': 'cam_intrinsics',
     }[case]
     with pytest.raises(convert_common.ConversionError, match=match) as err:
-        convert_3dpw.convert(
-            root,
-            raw['body_models'],
-            out,
-            splits=['test'],
-            num_shards=NUM_SHARDS,
-            fsync=False,
-            quiet=True,
-        )
+        _convert_test_split(raw, root, out)
     assert path in str(err.value)
     _assert_not_written(out, '3dpw', 'test', seq)
 
@@ -140,15 +144,7 @@ def test_3dpw_corrupt_jpg(raw, tmp_path):
         f.write(b'\x00' * 64)  # header destroyed
     out = str(tmp_path / 'out')
     with pytest.raises(convert_common.ConversionError, match=re.escape(bad)):
-        convert_3dpw.convert(
-            root,
-            raw['body_models'],
-            out,
-            splits=['test'],
-            num_shards=NUM_SHARDS,
-            fsync=False,
-            quiet=True,
-        )
+        _convert_test_split(raw, root, out)
     _assert_not_written(out, '3dpw', 'test', seq)
 
 

@@ -21,7 +21,11 @@ def add_args(parser) -> None:
 def start(args):
     """-> the jax module, imported with args.devices CPU devices (and initialised for several
     processes when args.coordinator is given); the repository is importable."""
-    os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
+    # Flags already in the environment (tests/run.sh's) are kept; the device count is this job's.
+    kept = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
+    os.environ['XLA_FLAGS'] = ' '.join(
+        [*kept, f'--xla_force_host_platform_device_count={args.devices}']
+    )
     os.environ['JAX_PLATFORMS'] = 'cpu'
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax

@@ -1,5 +1,6 @@
 """ExtPose end to end: no new parameters, what the mask isolates, modality dropout."""
 
+import functools
 import json
 import os
 
@@ -14,7 +15,8 @@ from extpose_jax.models import extpose, masks, vit
 UPSTREAM_LAYOUT = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_state_dicts.json')
 TINY = vit.ViTConfig.of('tiny', image_size=(64, 48))  # 4 x 3 patches: fast on CPU
 # Every test here compiles the full model; at ViT-tiny it has the tiny decoder head (what the
-# mask lets through does not depend on the head's size), at ViT-H HMR 2.0's.
+# mask lets through does not depend on the head's size), at ViT-H HMR 2.0's. Each model call is
+# one jitted program: op-by-op, a first call compiles every primitive at its shapes, 2-4x slower.
 pytestmark = pytest.mark.slow
 
 
@@ -36,6 +38,15 @@ def _inputs(b=1, t=2, seed=0):
     return frames, jnp.asarray(kp, jnp.float32)
 
 
+@functools.cache
+def _jitted_apply(model):  # modules hash by their config: one jit per distinct model
+    return jax.jit(model.apply)
+
+
+def _apply(model, variables, frames, kp, **kw):
+    return _jitted_apply(model)(variables, frames, kp, **kw)
+
+
 def _count(tree):
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
@@ -43,7 +54,7 @@ def _count(tree):
 @pytest.fixture(scope='module')
 def tiny_variables():
     frames, kp = _inputs()
-    return _model().init(jax.random.PRNGKey(0), frames, kp)
+    return jax.jit(_model().init)(jax.random.PRNGKey(0), frames, kp)
 
 
 def test_vit_h_parameter_count_equals_hmr2_and_needs_no_new_parameters():
@@ -69,7 +80,7 @@ def test_vit_h_parameter_count_equals_hmr2_and_needs_no_new_parameters():
 
 def test_output_shapes(tiny_variables):
     frames, kp = _inputs()
-    out = _model().apply(tiny_variables, frames, kp)
+    out = _apply(_model(), tiny_variables, frames, kp)
     assert out['global_orient'].shape == (1, 2, 1, 1, 3, 3)
     assert out['body_pose'].shape == (1, 2, 1, 23, 3, 3)
     assert out['betas'].shape == (1, 2, 1, 10) and out['pred_cam'].shape == (1, 2, 1, 3)
@@ -79,7 +90,7 @@ def test_frame_strategy_equals_independent_single_frame_runs(tiny_variables):
     """Under 'frame' a clip is T separate images: equal to running each frame alone (T = 1)."""
     frames, kp = _inputs(t=3)
     model = _model('frame')
-    clip = model.apply(tiny_variables, frames, kp)
+    clip = _apply(model, tiny_variables, frames, kp)
     # Same math, other float32 rounding: the clip's attention rows also hold the other frames'
     # masked keys (exact zeros after the softmax), so its sums associate differently, a few ulps
     # (eps = 1.2e-7) per attention layer; 4 blocks + the head's 6 cross-attentions carry that
@@ -87,7 +98,7 @@ def test_frame_strategy_equals_independent_single_frame_runs(tiny_variables):
     # amplifies it. Measured: 1.1e-6 (9 eps) on pred_cam, 5.5e-6 (46 eps) on body_pose, 8e-6 on
     # CI's CPU. Bound 5e-5 (~400 eps): 6x that; one frame seeing another moves them by >1e-2.
     for t in range(3):
-        single = model.apply(tiny_variables, frames[:, t : t + 1], kp[:, t : t + 1])
+        single = _apply(model, tiny_variables, frames[:, t : t + 1], kp[:, t : t + 1])
         for k in ('pred_cam', 'body_pose'):
             np.testing.assert_allclose(clip[k][:, t], single[k][:, 0], atol=5e-5, err_msg=k)
 
@@ -99,7 +110,7 @@ def _grad_wrt(model, variables, frames, kp, wrt, frame_out=0, **kw):
             out['betas'][:, frame_out] ** 2
         )
 
-    return jax.grad(f, argnums={'frames': 0, 'keypoints': 1}[wrt])(frames, kp)
+    return jax.jit(jax.grad(f, argnums={'frames': 0, 'keypoints': 1}[wrt]))(frames, kp)
 
 
 def test_cross_frame_influence_follows_the_mask(tiny_variables):
@@ -125,10 +136,10 @@ def test_modality_dropout_removes_the_skeleton_everywhere(tiny_variables):
     drop = jnp.array([[True, False]])  # keep rgb, drop skeleton
     g = _grad_wrt(model, tiny_variables, frames, kp, 'keypoints', modality_keep=drop)
     assert float(jnp.abs(g).max()) == 0.0
-    a = model.apply(tiny_variables, frames, kp, modality_keep=drop)
-    b = model.apply(tiny_variables, frames, kp * 0.5, modality_keep=drop)
+    a = _apply(model, tiny_variables, frames, kp, modality_keep=drop)
+    b = _apply(model, tiny_variables, frames, kp * 0.5, modality_keep=drop)
     np.testing.assert_array_equal(a['pred_cam'], b['pred_cam'])
-    kept = model.apply(tiny_variables, frames, kp * 0.5)
+    kept = _apply(model, tiny_variables, frames, kp * 0.5)
     assert float(jnp.abs(kept['pred_cam'] - a['pred_cam']).max()) > 0
 
 
@@ -170,7 +181,7 @@ def test_posed_keypoints_project_like_the_weak_perspective_camera(body_model_dir
         'betas': jnp.zeros((2, 10)),
         'pred_cam': jnp.array([[0.9, 0.0, 0.1], [1.2, -0.1, 0.0]]),
     }
-    res = extpose.posed_keypoints(out, smpl)
+    res = jax.jit(extpose.posed_keypoints)(out, smpl)
     assert res['keypoints_3d'].shape == (2, 44, 3) and res['keypoints_2d'].shape == (2, 44, 2)
     # HMR 2.0's camera written out: depth 2 f / (256 s), focal f / 256, normalised crop units;
     # far away it is nearly weak perspective, x ~= s (X + tx) / 2.

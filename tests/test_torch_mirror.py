@@ -103,7 +103,7 @@ def test_mano_mirror_agrees(weights):
     cfg = _config('multimodal', kind='mano')
     variables, state_dict = weights['mano']
     images, kp = _inputs(cfg, 2, seed=1)
-    want = extpose.ExtPose(cfg).apply(variables, images, kp)
+    want = jax.jit(extpose.ExtPose(cfg).apply)(variables, images, kp)
     with torch.no_grad():
         got = torch_model.TorchExtPose(cfg).load(state_dict).eval()(images, kp)
     assert 'hand_pose' in got and max(_max_diff(want, got).values()) < TOL
@@ -127,7 +127,7 @@ def test_backbone_tokens_agree_under_the_mask(weights, mode):
         np.asarray(spec.get('valid', [[1] * spec['frames']] * 2), bool),
     )
     kv = masks.key_valid(layout, keep, valid)
-    want = vit.ViT(SMALL).apply(
+    want = jax.jit(vit.ViT(SMALL).apply, static_argnums=(2, 3))(
         {'params': variables['params']['backbone']}, images, layout, cfg.mask, kv
     )
     mirror = torch_model.TorchExtPose(cfg).load(state_dict)

@@ -147,7 +147,9 @@ print('RESULT' + json.dumps(res))
 @pytest.fixture(scope='module')
 def eight_devices():
     env = dict(
-        os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu'
+        os.environ,
+        XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8',
+        JAX_PLATFORMS='cpu',
     )
     procs = [
         subprocess.Popen(

@@ -225,7 +225,10 @@ def encode_record(
         )
     if out[other]:
         raise ValueError(f'{ctx}: field {other!r} does not apply to {body_model} records')
-    return _serializer.serialize_example(out)
+    # deterministic: the Example's feature map in key order. Protobuf's default order follows
+    # the string hash, which changes per process (PYTHONHASHSEED), so the same records would
+    # give other bytes, shard checksums and CRCs on every run.
+    return _serializer.get_tf_example(out).SerializeToString(deterministic=True)
 
 
 def decode_record(payload: bytes, *, decode_image: bool = False) -> dict[str, Any]:

@@ -7,26 +7,26 @@ import os
 import pytest
 from converter_raw import raw  # noqa: F401  (the converter tests' raw data: one copy per run)
 
-# The longest files first (wall seconds on a loaded 2-core machine, from --durations): with
+# The longest files first (wall seconds on a lightly loaded 2-core machine, from --durations): with
 # `--dist loadfile --no-loadscope-reorder` (tests/run.sh) xdist hands files out in this order, so
 # the long ones overlap and the short ones fill the gaps at the end instead of one long file
 # running alone. xdist's own reorder sorts by test count, which puts these few-test files last.
 _LONGEST_FIRST = (
-    'test_train_loop.py',  # ~600 s: subprocess training jobs, 2-process runs
-    'test_train_failures.py',  # ~450
-    'test_baselines.py',  # ~450
-    'test_adversarial.py',  # ~400
-    'test_torch_mirror.py',  # ~350
-    'test_train_sharding.py',  # ~330
-    'test_vit.py',  # ~290
-    'test_extpose.py',  # ~250
-    'test_evaluators.py',  # ~230
-    'test_convert.py',  # ~220
-    'test_preflight.py',  # ~200
-    'test_losses.py',  # ~190
-    'test_body_models.py',  # ~190
-    'test_cli_errors.py',  # ~180
-    'test_evaluate_sharded.py',  # ~110
+    'test_train_loop.py',  # ~340 s: subprocess training jobs, 2-process runs
+    'test_adversarial.py',  # ~300
+    'test_train_failures.py',  # ~160
+    'test_train_sharding.py',  # ~150
+    'test_baselines.py',  # ~130
+    'test_extpose.py',  # ~100
+    'test_evaluators.py',  # ~90
+    'test_losses.py',  # ~90
+    'test_preflight.py',  # ~80
+    'test_evaluate_sharded.py',  # ~75
+    'test_torch_mirror.py',  # ~70
+    'test_vit.py',  # ~70
+    'test_cli_errors.py',  # ~65 (most of it waiting for the synthetic default)
+    'test_collectives.py',  # ~50 (mostly a process sleeping 40 s)
+    'test_convert.py',  # ~50
 )
 
 

@@ -1,11 +1,10 @@
 """Ablation baselines: ExtPose's signature and outputs, RGB-only at init, new parameters train."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_calls import apply as _apply
 
 from extpose_jax.models import baselines as bl
 from extpose_jax.models import extpose, masks, vit
@@ -88,17 +87,6 @@ def _get(built, rgb_only, name):
         assert _struct(params) == _struct(shapes['params'])
         built[name] = (model, {**shapes, 'params': params, 'constants': ref['constants']})
     return built[name]
-
-
-@functools.cache
-def _jitted_apply(model, method=None):  # modules hash by their config: one jit per model
-    return jax.jit(functools.partial(model.apply, method=method) if method else model.apply)
-
-
-def _apply(model, variables, frames, kp, method=None, **kw):
-    # One jitted program per model: op by op, a first call compiles every primitive at its
-    # shapes, which measured 1.5-4x slower than compiling the whole model once.
-    return _jitted_apply(model, method)(variables, frames, kp, **kw)
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """ExtPose end to end: no new parameters, what the mask isolates, modality dropout."""
 
-import functools
 import json
 import os
 
@@ -8,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_calls import apply as _apply
 
 from extpose_jax.models import extpose, masks, vit
 
@@ -36,15 +36,6 @@ def _inputs(b=1, t=2, seed=0):
     frames = jnp.asarray(rng.uniform(0, 255, size=(b, t, 1, 64, 48, 3)), jnp.float32)
     kp = rng.uniform([4, 4, 0.6], [44, 60, 1.0], size=(b, t, 1, 18, 3))
     return frames, jnp.asarray(kp, jnp.float32)
-
-
-@functools.cache
-def _jitted_apply(model):  # modules hash by their config: one jit per distinct model
-    return jax.jit(model.apply)
-
-
-def _apply(model, variables, frames, kp, **kw):
-    return _jitted_apply(model)(variables, frames, kp, **kw)
 
 
 def _count(tree):

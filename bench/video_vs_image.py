@@ -37,12 +37,12 @@ def main():
     rows = {}
     for name in ('video', 'image'):
         cfg = importlib.import_module(f'configs.{name}').get_config('small')
-        cfg.train.steps, cfg.evaluators['3dpw'].split = args.steps, args.split
+        cfg.train.steps, cfg.evaluators['pw3d'].split = args.steps, args.split
         workdir = os.path.join(args.workdir, name)
         result = loop.train(
             cfg, workdir, paths['body_models'], os.path.dirname(paths['3dpw']), log=lambda *_: None
         )
-        first, last = result['eval']['3dpw'][0], result['eval']['3dpw'][args.steps]
+        first, last = result['eval']['pw3d'][0], result['eval']['pw3d'][args.steps]
         rows[name] = {
             'bench': 'video_vs_image',
             'run': name,

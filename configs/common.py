@@ -147,7 +147,9 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
 
     # Named held-out evaluations, each at its own cadence; results under eval/<name>/.
     c.evaluators = ml_collections.ConfigDict()
-    c.evaluators['3dpw' if kind == 'smpl' else 'freihand'] = evaluator(
+    # Named so that flags reach them (--config.evaluators.pw3d.every=500: ml_collections cannot
+    # parse a path segment that starts with a digit, such as '3dpw'); the protocol is `dataset`.
+    c.evaluators['pw3d' if kind == 'smpl' else 'freihand'] = evaluator(
         '3dpw' if kind == 'smpl' else 'freihand'
     )
 

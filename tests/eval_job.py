@@ -46,7 +46,7 @@ from extpose_jax.train import task as task_lib  # noqa: E402
 
 cfg = video.get_config('small')
 cfg.eval.batch_size, cfg.eval.overlays = args.batch_size, args.overlays
-cfg.evaluators['3dpw'].max_frames = args.max_frames if args.max_frames > 0 else None
+cfg.evaluators['pw3d'].max_frames = args.max_frames if args.max_frames > 0 else None
 cfg.data.pose_source = 'noisy_gt'
 cfg.train.grad_accum = 1  # Task wants it set; evaluation has no use for it
 task = task_lib.Task(cfg)

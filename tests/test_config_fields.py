@@ -80,10 +80,10 @@ BAD = {
     'eval.batch_size': (0, {}, '>= 1, or None'),
     'eval.hop': (0, {}, 'int >= 1, or None'),
     'eval.overlays': (-1, {}, '>= 0'),
-    'evaluators.3dpw.dataset': ('freihand', {}, "scores mano models; model.kind='smpl'"),
-    'evaluators.3dpw.split': ('', {}, 'non-empty'),
-    'evaluators.3dpw.every': (-1, {}, 'int >= 0 (0: never), or None'),
-    'evaluators.3dpw.max_frames': (0, {}, '>= 1, or None'),
+    'evaluators.pw3d.dataset': ('freihand', {}, "scores mano models; model.kind='smpl'"),
+    'evaluators.pw3d.split': ('', {}, 'non-empty'),
+    'evaluators.pw3d.every': (-1, {}, 'int >= 0 (0: never), or None'),
+    'evaluators.pw3d.max_frames': (0, {}, '>= 1, or None'),
     'preflight.enabled': ('yes', {}, 'True or False'),
     'preflight.compile': ('sometimes', {}, 'use one of'),
     'preflight.memory_gb': (NAN, {}, 'finite number > 0'),
@@ -96,8 +96,8 @@ BAD = {
 # More bad values of fields above: edges of a range, and values that only clash with another.
 MORE = [
     ('eval.hop', 5, {}, 'at most data.num_frames=4'),  # the small video config has T = 4
-    ('evaluators.3dpw.max_frames', -2, {}, '>= 1, or None'),
-    ('evaluators.3dpw.dataset', 'coco', {}, 'use one of'),
+    ('evaluators.pw3d.max_frames', -2, {}, '>= 1, or None'),
+    ('evaluators.pw3d.dataset', 'coco', {}, 'use one of'),
     ('optim.clip_norm', 0.0, {}, '> 0, or None'),
     ('optim.lr', INF, {}, 'finite number'),
     ('model.drop_path_rate', NAN, {}, 'rate in [0, 1)'),
@@ -106,7 +106,7 @@ MORE = [
     ('mesh.fsdp', -1, {}, 'at most one axis'),  # mesh.data is -1 already
     ('optim.warmup_steps', 160, {'optim.schedule': 'warmup_cosine'}, 'below train.steps'),
     ('body_models', '<tmp>', {}, 'set both'),  # data.root left empty
-    ('evaluators.3dpw.dataset', '3dpw', {'model.kind': 'mano'}, 'scores smpl models'),
+    ('evaluators.pw3d.dataset', '3dpw', {'model.kind': 'mano'}, 'scores smpl models'),
 ]
 
 # An arch that implies settings refuses an explicit conflicting one, naming both fields.
@@ -157,6 +157,28 @@ def test_every_field_has_a_bad_value_case():
         f'fields without a case: {sorted(fields - set(BAD))}; '
         f'cases without a field: {sorted(set(BAD) - fields)}'
     )
+
+
+@pytest.mark.parametrize('name', ['image', 'video', 'hand', 'hand_video'])
+def test_every_field_can_be_set_by_a_flag(name):
+    """The command line reaches every field: each one set to its own value through
+    ml_collections' flag parser (which cannot parse a path segment such as '3dpw')."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    cfg = importlib.import_module(f'configs.{name}').get_config('small')
+    argv = ['prog', f'--config={REPO}/configs/{name}.py:small']
+    for field in leaves(cfg):
+        node = cfg
+        for g in field.split('.'):
+            node = node[g]
+        if isinstance(node, (bool, int, float, str)):  # a None or a tuple has no one-word form
+            argv.append(f'--config.{field}={node}')
+    values = flags.FlagValues()
+    # The override flags are defined from the command line, as run_train.py's are from sys.argv.
+    config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv)
+    values(argv)
+    assert values.config.to_dict() == cfg.to_dict()
 
 
 @pytest.mark.parametrize('field', sorted(BAD))

@@ -239,10 +239,10 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     )
     lines = []
     res = run_eval.run(cfg, str(tmp_path), max_frames=6, log=lines.append)
-    step_dir = tmp_path / 'eval' / '3dpw' / 'step_7'
+    step_dir = tmp_path / 'eval' / 'pw3d' / 'step_7'
     assert res['step'] == 7 and res['out_dir'] == str(step_dir) and restored == [str(tmp_path)]
     assert json.loads((step_dir / 'metrics.json').read_text())['num_frames'] == 6
-    latest = json.loads((tmp_path / 'eval' / '3dpw' / 'metrics.json').read_text())
+    latest = json.loads((tmp_path / 'eval' / 'pw3d' / 'metrics.json').read_text())
     assert latest['step'] == 7 and latest['3dpw/mpjpe'] < 0.01
     assert len(os.listdir(step_dir / 'overlays')) == 2
     assert any('3dpw/mpjpe' in line for line in lines)
@@ -255,15 +255,15 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
         overlays=0,
         log=lines.append,
     )
-    assert res['out_dir'] == str(tmp_path / 'eval' / '3dpw' / 'variables')
+    assert res['out_dir'] == str(tmp_path / 'eval' / 'pw3d' / 'variables')
     assert (
-        json.loads((tmp_path / 'eval' / '3dpw' / 'variables' / 'metrics.json').read_text())[
+        json.loads((tmp_path / 'eval' / 'pw3d' / 'variables' / 'metrics.json').read_text())[
             'num_frames'
         ]
         == 2
     )
     assert (
-        json.loads((tmp_path / 'eval' / '3dpw' / 'metrics.json').read_text()) == latest
+        json.loads((tmp_path / 'eval' / 'pw3d' / 'metrics.json').read_text()) == latest
     )  # untouched
 
 

@@ -138,10 +138,10 @@ def test_two_processes_score_their_shares_and_match_one(jobs):
         assert any(f'process {i} of 2 scored 4 of 8 windows' in line for line in r['log']), r['log']
     # Only process 0 writes, the merged metrics; overlays come from its share.
     written = json.loads(
-        (jobs['workdir'] / 'eval' / '3dpw' / 'step_0' / 'metrics.json').read_text()
+        (jobs['workdir'] / 'eval' / 'pw3d' / 'step_0' / 'metrics.json').read_text()
     )
     assert written == p0['metrics']
-    assert len(os.listdir(jobs['workdir'] / 'eval' / '3dpw' / 'step_0' / 'overlays')) == 2
+    assert len(os.listdir(jobs['workdir'] / 'eval' / 'pw3d' / 'step_0' / 'overlays')) == 2
     assert any('eval 3dpw at step 0' in line for line in p0['log'])
     assert not any('eval 3dpw at step 0' in line for line in p1['log'])
 

@@ -263,7 +263,7 @@ def test_missing_split_fails_before_the_model(synthetic_default, no_model, tmp_p
 @pytest.mark.slow
 def test_missing_eval_split_fails_before_the_model(synthetic_default, no_model, tmp_path):
     cfg = _small()
-    cfg.evaluators['3dpw'].split = 'heldout'
+    cfg.evaluators['pw3d'].split = 'heldout'
     _train_fails(
         cfg,
         tmp_path / 'w',

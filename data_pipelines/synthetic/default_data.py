@@ -5,6 +5,7 @@ this. It runs the same converters as real data would, and caches everything unde
 
   <data_dir>/raw/{body_models,3DPW,FreiHAND,HInt}   world.write_all
   <data_dir>/records/{3dpw,freihand,hint}           convert_3dpw / convert_freihand / convert_hint
+  <data_dir>/raw/body_models/{smpl,mano}_mean_params.npz   mean_params.py on the train records
 
 The raw folder is complete once its marker exists (written last); the converters always run but
 skip shards they finished before, so an interrupted preparation resumes where it stopped.
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import os
 
-from data_pipelines import convert_3dpw, convert_freihand, convert_hint, shards
+from data_pipelines import convert_3dpw, convert_freihand, convert_hint, mean_params, shards
 from data_pipelines.synthetic import world
+from extpose_jax.models import heads
 
 _RAW_DONE = 'COMPLETE'
 _CONVERTERS = {'3dpw': convert_3dpw, 'freihand': convert_freihand, 'hint': convert_hint}
@@ -46,4 +48,11 @@ def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
         log(f'synthetic default: {name} records in {dest} ({written} shards written now)')
         shards.load_dataset_info(dest)  # fails loudly if the conversion left it unreadable
         out[name] = dest
+    # The heads' starting pose, measured on the training records (HMR 2.0 ships its own beside
+    # the body models; a head that starts upside down spends its first steps turning round).
+    for kind, name in (('smpl', '3dpw'), ('mano', 'freihand')):
+        path = os.path.join(raw['body_models'], heads.MEAN_PARAMS_FILES[kind])
+        if not os.path.exists(path):
+            mean_params.write(path, mean_params.mean_params(out[name]))
+            log(f'synthetic default: {path} from the {name} training records')
     return out

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -334,6 +335,18 @@ class TransformerDecoder(_Cfg):
 
 
 # ------------------------------------------------------------------------------ mean parameters
+
+# HMR 2.0 / HaMeR keep these beside the body models (their data/ folder holds smpl/ and the npz);
+# data_pipelines/mean_params.py measures them on a records split.
+MEAN_PARAMS_FILES = {'smpl': 'smpl_mean_params.npz', 'mano': 'mano_mean_params.npz'}
+
+
+def find_mean_params(body_models_dir, kind: str):
+    """<body_models_dir>/<kind>_mean_params.npz when it exists, else None."""
+    if not body_models_dir:
+        return None
+    path = os.path.join(os.fspath(body_models_dir), MEAN_PARAMS_FILES[kind])
+    return path if os.path.isfile(path) else None
 
 
 def mean_constants(kind: str, mean_params=None) -> dict:

@@ -368,7 +368,9 @@ def _mask_spec(cfg) -> masks.MaskSpec:
     return masks.MaskSpec(m.mask, window=m.window, causal=bool(m.causal))
 
 
-def model_config(cfg) -> extpose.ExtPoseConfig:
+def model_config(cfg, body_models_dir=None) -> extpose.ExtPoseConfig:
+    """body_models_dir: where an unset model.mean_params is looked for (HMR 2.0's
+    <kind>_mean_params.npz beside the body models); only the head's starting values depend on it."""
     m = cfg.model
     overrides = {'dtype': DTYPES[m.dtype], 'attention': m.attention, 'remat': bool(m.remat)}
     if m.drop_path_rate is not None:
@@ -380,14 +382,14 @@ def model_config(cfg) -> extpose.ExtPoseConfig:
         head_context=m.head_context,
         pose_form=m.pose_form,
         keypoint_layout=KEYPOINT_LAYOUT[m.kind],
-        mean_params_path=m.mean_params,
+        mean_params_path=m.mean_params or heads.find_mean_params(body_models_dir, m.kind),
         head_size=m.head_size,
     )
 
 
-def build_model(cfg):
+def build_model(cfg, body_models_dir=None):
     """The flax module of config.model.arch (ExtPose or an ablation baseline)."""
-    return baselines.build(cfg.model.arch, model_config(cfg))
+    return baselines.build(cfg.model.arch, model_config(cfg, body_models_dir))
 
 
 def optim_config(cfg) -> optim.OptimConfig:

@@ -251,6 +251,9 @@ def train(
         f'T={cfg.data.num_frames}, global batch {cfg.data.batch_size} clips'
         + (f' in {setup.grad_accum} micro-batches' if setup.grad_accum > 1 else '')
     )
+    if not cfg.init.checkpoint:
+        mean = task.model_config.mean_params_path
+        log(f'head starts from {mean or "the identity pose (no mean_params file)"}')
     if state_lib.has_discriminator(state):
         n_disc = sum(x.size for x in jax.tree.leaves(state.disc_params))
         log(

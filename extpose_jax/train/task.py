@@ -88,8 +88,8 @@ class Task:
         if body_model is not None:
             self.__dict__['body_model'] = body_model  # fills the cached property
         self.kind = cfg.model.kind
-        self.model_config = config_lib.model_config(cfg)
-        self.model = config_lib.build_model(cfg)
+        self.model_config = config_lib.model_config(cfg, body_models_dir)
+        self.model = config_lib.build_model(cfg, body_models_dir)
         self.body_models_dir = body_models_dir
         self.weights = config_lib.loss_weights(cfg)
         self.discriminator = disc_lib.Discriminator(self.kind)

@@ -28,6 +28,7 @@ from data_pipelines.record_reader import RecordReader
 from extpose_jax import errors
 from extpose_jax.models import heads
 
+
 def mean_of_rotvecs(rotvecs: np.ndarray) -> np.ndarray:
     """(N, J, 3) axis-angle -> (6 J,) each joint's chordal L2 mean rotation in HMR 2.0's 6D
     (the rotation's first column, then its second)."""

@@ -262,57 +262,56 @@ def test_3dpw_world_is_y_up_with_people_on_the_ground(synth, body_model_dir):
 
 
 @pytest.mark.slow
-def test_3dpw_poses2d_are_projected_openpose18_keypoints(synth, body_model_dir):
+def test_3dpw_poses2d_are_simulated_detections_of_the_openpose18_keypoints(synth, body_model_dir):
+    """poses2d hold what a detector would report (synthetic/detector.py, whose own tests
+    measure each error of the model), not the exact projections: checked here are the wiring
+    (the right keypoints, the person's box as the error scale, the image's bounds) and the
+    overall statistics, with bounds wide enough for the mix of visible and occluded joints."""
+    flip = skeletons.get_layout('openpose18').flip
+    errs, confs, reported_inside, reported_outside = [], [], [], []
     for _, d in _pkls(synth):
         K = d['cam_intrinsics']
         R, t = d['cam_poses'][:, :3, :3], d['cam_poses'][:, :3, 3]
         for k, g in enumerate(d['genders']):
             model = bm.load_smpl(str(body_model_dir), _gender(g))
-            kp = np.asarray(
-                bm.forward(
-                    model,
-                    np.asarray(d['poses'][k], np.float32),
-                    np.asarray(d['betas'][k][:10], np.float32),
-                )['keypoints']
+            out = bm.forward(
+                model,
+                np.asarray(d['poses'][k], np.float32),
+                np.asarray(d['betas'][k][:10], np.float32),
             )
-            op18 = skeletons.convert(kp.astype(np.float64), 'body25', 'openpose18')
-            world = op18 + d['trans'][k][:, None]
-            cam = np.einsum('fij,fpj->fpi', R, world) + t[:, None]
+            op18 = skeletons.convert(
+                np.asarray(out['keypoints'], np.float64), 'body25', 'openpose18'
+            )
+            cam = np.einsum('fij,fpj->fpi', R, op18 + d['trans'][k][:, None]) + t[:, None]
             uv = render.project(K, cam)
             inside = render.inside_image(uv, (W3, H3), cam[..., 2])
+            verts = np.asarray(out['vertices'], np.float64)[:, ::7] + d['trans'][k][:, None]
+            uv_v = render.project(K, np.einsum('fij,fpj->fpi', R, verts) + t[:, None])
+            side = (uv_v.max(1) - uv_v.min(1)).max(-1)
             p2d = np.transpose(d['poses2d'][k], (0, 2, 1))  # (N, 18, 3)
-            for i in range(len(p2d)):
-                if inside[i].sum() < 6:
-                    assert not p2d[i].any()
-                    continue
-                np.testing.assert_array_equal(p2d[i, :, 2], inside[i].astype(float))
-                np.testing.assert_allclose(p2d[i, inside[i], :2], uv[i, inside[i]], atol=2e-3)
-                assert not p2d[i, ~inside[i]].any()
-            assert p2d[..., 2].mean() > 0.8  # people in view
-            # the SMPL joints are not the 2D keypoints, but they are close (shoulders, hips)
-            J = d['jointPositions'][k].reshape(-1, 24, 3)
-            cj = np.einsum('fij,fpj->fpi', R, J) + t[:, None]
-            uvj = render.project(K, cj)
-            pairs = [(17, 2), (16, 5), (2, 8), (1, 11)]  # SMPL -> OP18
-            for sj, oj in pairs:
-                ok = p2d[:, oj, 2] > 0
-                err = np.linalg.norm(uvj[ok, sj] - p2d[ok, oj, :2], axis=-1)
-                assert (err < 0.15 * H3).all()
-
-
-def test_openpose18_2d_zeroes_frames_with_few_visible_joints():
-    K = np.array([[100.0, 0, 50], [0, 100, 50], [0, 0, 1]])
-    pts = np.zeros((18, 3))
-    pts[:, 2] = 2.0
-    pts[:, 0] = np.linspace(-4, 4, 18)  # only the middle few project onto the image
-    out = raw_3dpw.openpose18_2d(pts, K, (100, 100))
-    inside = render.inside_image(render.project(K, pts), (100, 100))
-    assert inside.sum() < 6 and not out.any()
-    pts[:, 0] = np.linspace(-0.5, 0.5, 18)
-    pts[0, 2] = -1.0  # behind the camera
-    out = raw_3dpw.openpose18_2d(pts, K, (100, 100))
-    assert out.shape == (3, 18) and out[2, 0] == 0 and (out[2, 1:] == 1).all()
-    np.testing.assert_allclose(out[:2, 1:].T, render.project(K, pts[1:]))
+            rep = p2d[..., 2] > 0
+            assert not p2d[~rep].any()  # a joint not reported is (0, 0, 0), as OpenPose writes it
+            assert (p2d[..., 2] <= 1).all()
+            assert not p2d[inside.sum(1) < 6].any()  # 3DPW's rule: < 6 joints, all zeros
+            assert (p2d[rep, 0] <= W3 - 1).all() and (p2d[rep, 1] <= H3 - 1).all()
+            reported_inside.append(rep[inside])
+            reported_outside.append(rep[~inside])
+            # A reported joint's error relative to its own projection, or to its flip partner's
+            # (a left/right swap reports one where the other is).
+            own = np.linalg.norm(p2d[..., :2] - uv, axis=-1)
+            partner = np.linalg.norm(p2d[..., :2] - uv[:, flip], axis=-1)
+            ok = rep & inside
+            errs.append((np.minimum(own, partner) / side[:, None])[ok])
+            confs.append(p2d[ok, 2])
+    errs, confs = np.concatenate(errs), np.concatenate(confs)
+    # Visible joints err by 0.02 box sides per axis (a 2D error's median is 1.18 of that),
+    # occluded ones by 0.06: the median of the mix lies between the two.
+    assert 0.5 * 0.0235 < np.median(errs) < 0.0706, np.median(errs)
+    assert np.quantile(errs, 0.9) < 0.3  # gross outliers (0.5%) aside, errors are local
+    assert 0.4 < confs.mean() < 0.85, confs.mean()
+    assert np.concatenate(reported_inside).mean() > 0.6  # misses: 1% visible, 40% occluded
+    outside = np.concatenate(reported_outside)  # the default world keeps people in view
+    assert not outside.size or outside.mean() < 0.05  # off the image: only by a swap
 
 
 # ============================================================================ FreiHAND

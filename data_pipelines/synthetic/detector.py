@@ -28,6 +28,8 @@ import dataclasses
 
 import numpy as np
 
+from data_pipelines.synthetic import imaging, render
+
 
 @dataclasses.dataclass(frozen=True)
 class DetectorModel:
@@ -60,6 +62,36 @@ class DetectorModel:
                 raise ValueError(f'DetectorModel.{name}: Beta parameters must be > 0, got {a, b}')
         if self.min_joints < 0:
             raise ValueError(f'DetectorModel.min_joints must be >= 0, got {self.min_joints}')
+
+
+def keypoint_occlusion(
+    kp_cam, uv, mask, depth, mesh_id, max_skin, face_ids=None, face_part=None, own=None
+):
+    """(J,) 0/1, 1 = occluded, for the keypoints of the mesh drawn as `mesh_id` (render_meshes'
+    mask and depth, camera-frame keypoints kp_cam and their pixels uv).
+
+    At the keypoint's pixel: a 2D occluder, or another mesh in front of the keypoint, hides it;
+    its own mesh hides it when the surface seen there lies more than `max_skin` metres in front
+    of it (a limb or the torso between it and the camera), or, given face_ids, face_part (part
+    of each face) and own (per keypoint, the parts it belongs to), when that surface belongs to
+    another part (a curled finger over the palm). Pixels off the mesh (the keypoint projects
+    just outside the silhouette) and off the image count as visible: truncation is the caller's.
+    """
+    H, W = mask.shape
+    occ = np.zeros(len(kp_cam), np.int64)
+    for j, (u, v) in enumerate(uv):
+        x, y = int(round(u)), int(round(v))
+        if not (0 <= x < W and 0 <= y < H):
+            continue
+        m, d = mask[y, x], depth[y, x]
+        if m == imaging.OCCLUDER_ID:
+            occ[j] = 1
+        elif m == mesh_id:
+            other_part = face_part is not None and face_part[face_ids[y, x]] not in own[j]
+            occ[j] = int(other_part or d < kp_cam[j, 2] - max_skin)
+        elif m != render.BACKGROUND_ID and d < kp_cam[j, 2]:
+            occ[j] = 1
+    return occ
 
 
 def _ar1(white: np.ndarray, rho: float) -> np.ndarray:

@@ -29,7 +29,8 @@ import os
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from data_pipelines.synthetic import imaging, legacy_pickle, render
+from data_pipelines.synthetic import detector, imaging, legacy_pickle, render
+from data_pipelines.synthetic.motion import HEAD, L_KNEE, SPINE2, actor_track, body_motion
 from data_pipelines.synthetic.raw_common import (
     SKIN_TONES,
     SMALL,
@@ -39,7 +40,6 @@ from data_pipelines.synthetic.raw_common import (
     makedirs,
     mesh_faces,
     progress_bar,
-    rot,
     unit,
     wobble,
     write_bytes,
@@ -53,142 +53,18 @@ _HAIR = np.array(
 )
 
 
-def openpose18_2d(kp_cam: np.ndarray, K: np.ndarray, size_wh, min_visible: int = 6) -> np.ndarray:
-    """3DPW `poses2d` rows for one frame from camera-frame OpenPose-18 keypoints (18, 3).
-
-    Returns (3, 18): x, y, confidence. A keypoint on the image ([-0.5, W - 0.5) x [-0.5, H - 0.5),
-    in front of the camera) gets its exact projection and confidence 1, any other keypoint
-    (0, 0, 0), as OpenPose writes an undetected joint; with fewer than `min_visible` keypoints on
-    the image the whole frame is zero (3DPW's rule: all zeros when fewer than 6 joints were
-    detected).
-    """
-    kp_cam = np.asarray(kp_cam, np.float64)
-    z = kp_cam[:, 2]
-    uv = render.project(K, np.where(z[:, None] > 1e-6, kp_cam, [0.0, 0.0, 1.0]))
-    vis = render.inside_image(uv, size_wh, z)
-    out = np.zeros((3, 18))
-    if vis.sum() >= min_visible:
-        out[0, vis] = uv[vis, 0]
-        out[1, vis] = uv[vis, 1]
-        out[2, vis] = 1.0
-    return out
+# A joint seen through its own body's surface more than this far in front of it is hidden (a
+# limb or the torso between it and the camera); nearer, that surface is its own limb's skin.
+_MAX_SELF_DEPTH = 0.2  # metres
+_OP18_FLIP = skeletons.get_layout('openpose18').flip
 
 
-# ----------------------------------------------------------------------------- 3DPW: motion
-
-# SMPL joint ids
-_L_HIP, _R_HIP, _SPINE1, _L_KNEE, _R_KNEE, _SPINE2, _L_ANKLE, _R_ANKLE, _SPINE3 = (
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    7,
-    8,
-    9,
-)
-_NECK, _L_COLLAR, _R_COLLAR, _HEAD, _L_SHOULDER, _R_SHOULDER = 12, 13, 14, 15, 16, 17
-_L_ELBOW, _R_ELBOW, _L_WRIST, _R_WRIST = 18, 19, 20, 21
-_X, _Y, _Z = np.eye(3)
-
-# (lower, upper) bounds per joint and axis of the local axis-angle, radians: a coarse
-# anatomical box the motions stay in (checked after composing the rotations).
-_LIMITS = {
-    _L_HIP: ((-1.4, -0.5, -0.3), (0.6, 0.5, 0.8)),
-    _R_HIP: ((-1.4, -0.5, -0.8), (0.6, 0.5, 0.3)),
-    _L_KNEE: ((-0.05, -0.2, -0.2), (2.2, 0.2, 0.2)),
-    _R_KNEE: ((-0.05, -0.2, -0.2), (2.2, 0.2, 0.2)),
-    _L_ANKLE: ((-0.5, -0.3, -0.3), (0.6, 0.3, 0.3)),
-    _R_ANKLE: ((-0.5, -0.3, -0.3), (0.6, 0.3, 0.3)),
-}
-
-
-def _body_motion(rng: np.random.Generator, t: np.ndarray, walk: float, gesture: str) -> np.ndarray:
-    """Local SMPL axis-angle (T, 24, 3) of body joints 1..23 (the root is set by the caller).
-
-    Local rotations are expressed in the rest (T-pose) frame: x = subject's left, y up, z
-    forward. Hip flexion is about -x, knee flexion about +x, arms are lowered about z and swing
-    about x, elbows bend about y (left: -y, right: +y). `walk` in [0, 1] scales the gait.
-    """
-    T = len(t)
-    P = np.zeros((T, 24, 3))
-    phase = 2 * np.pi * rng.uniform(0.8, 1.0) * t + rng.uniform(0, 2 * np.pi)
-    s, c = np.sin(phase), np.cos(phase)
-    a = walk
-
-    def put(j, r):
-        P[:, j] = r.as_rotvec()
-
-    hip = 0.42 * a
-    put(
-        _L_HIP,
-        rot(_X, -hip * s - 0.04 + wobble(rng, t, 0.04)) * rot(_Z, 0.05 + wobble(rng, t, 0.03)),
-    )
-    put(
-        _R_HIP,
-        rot(_X, hip * s - 0.04 + wobble(rng, t, 0.04)) * rot(_Z, -0.05 + wobble(rng, t, 0.03)),
-    )
-    knee_l = 0.08 + a * (0.15 + 0.95 * np.maximum(0.0, c) ** 2) + np.abs(wobble(rng, t, 0.04))
-    knee_r = 0.08 + a * (0.15 + 0.95 * np.maximum(0.0, -c) ** 2) + np.abs(wobble(rng, t, 0.04))
-    put(_L_KNEE, rot(_X, knee_l))
-    put(_R_KNEE, rot(_X, knee_r))
-    put(_L_ANKLE, rot(_X, 0.12 * a * np.sin(phase + 1.2) + wobble(rng, t, 0.04)))
-    put(_R_ANKLE, rot(_X, -0.12 * a * np.sin(phase + 1.2) + wobble(rng, t, 0.04)))
-    for j, share in ((_SPINE1, 0.4), (_SPINE2, 0.3), (_SPINE3, 0.3)):
-        put(
-            j,
-            rot(_Y, share * (0.12 * a * s + wobble(rng, t, 0.1)))
-            * rot(_X, share * (0.1 + wobble(rng, t, 0.06)))
-            * rot(_Z, share * wobble(rng, t, 0.06)),
-        )
-    put(_NECK, rot(_Y, wobble(rng, t, 0.12, 0.1, 0.5)) * rot(_X, 0.05 + wobble(rng, t, 0.05)))
-    put(_HEAD, rot(_Y, wobble(rng, t, 0.2, 0.1, 0.5)) * rot(_X, wobble(rng, t, 0.08)))
-    put(_L_COLLAR, rot(_Z, wobble(rng, t, 0.04)))
-    put(_R_COLLAR, rot(_Z, wobble(rng, t, 0.04)))
-    # arms hang (rotation about z) and swing against the legs (about x; + = backwards)
-    down_l = 1.22 + wobble(rng, t, 0.06)
-    down_r = 1.22 + wobble(rng, t, 0.06)
-    swing = 0.35 * a
-    sw_l = swing * s + wobble(rng, t, 0.06)
-    sw_r = -swing * s + wobble(rng, t, 0.06)
-    elb_l = 0.25 + 0.3 * a * (1 + s) / 2 + np.abs(wobble(rng, t, 0.1))
-    elb_r = 0.25 + 0.3 * a * (1 - s) / 2 + np.abs(wobble(rng, t, 0.1))
-    elbow_r_z = np.zeros(T)
-    if gesture == 'wave':  # right arm raised to the side, forearm up, waving
-        down_r = 0.25 + wobble(rng, t, 0.05)
-        sw_r = -0.3 + 0.0 * t
-        elb_r = 0.2 + 0.0 * t
-        elbow_r_z = -1.3 + 0.35 * np.sin(2 * np.pi * rng.uniform(1.0, 1.6) * t)
-    elif gesture == 'phone':  # right hand at the ear
-        down_r = 1.05 + wobble(rng, t, 0.03)
-        sw_r = -0.35 + wobble(rng, t, 0.03)
-        elb_r = 2.1 + wobble(rng, t, 0.05)
-    elif gesture == 'point':  # left arm pointing forward
-        down_l = 1.1 + wobble(rng, t, 0.05)
-        sw_l = -1.1 + wobble(rng, t, 0.08)
-        elb_l = 0.15 + np.abs(wobble(rng, t, 0.05))
-    put(_L_SHOULDER, rot(_X, sw_l) * rot(_Z, -down_l))
-    put(_R_SHOULDER, rot(_X, sw_r) * rot(_Z, down_r))
-    put(_L_ELBOW, rot(_Y, -elb_l))
-    put(_R_ELBOW, rot(_Z, elbow_r_z) * rot(_Y, elb_r))
-    put(_L_WRIST, rot(_Z, wobble(rng, t, 0.1)) * rot(_Y, wobble(rng, t, 0.1)))
-    put(_R_WRIST, rot(_Z, wobble(rng, t, 0.1)) * rot(_Y, wobble(rng, t, 0.1)))
-    for j, (lo, hi) in _LIMITS.items():
-        P[:, j] = np.clip(P[:, j], lo, hi)
-    return P
-
-
-def _actor_track(rng, t, start_xz, heading0, turn_rate, walk, speed):
-    """Global orientation (T, 3) and ground-plane position (T, 2) of one actor (y up)."""
-    heading = heading0 + turn_rate * t
-    yaw = heading - 0.06 * walk * np.sin(2 * np.pi * 0.9 * t) + wobble(rng, t, 0.03)
-    lean = 0.04 * walk + wobble(rng, t, 0.02)
-    go = (rot(_Y, yaw) * rot(_X, lean)).as_rotvec()
-    dt = np.diff(t, prepend=t[0])
-    vel = speed * np.stack([np.sin(heading), np.cos(heading)], 1)  # the body faces +z
-    xz = np.asarray(start_xz, np.float64) + np.cumsum(vel * dt[:, None], axis=0)
-    return go, xz
+def _on_image(kp_cam, K, size_wh):
+    """(..., 18, 3) camera-frame keypoints -> pixels (..., 18, 2) and whether each lies on the
+    image in front of the camera."""
+    z = kp_cam[..., 2]
+    uv = render.project(K, np.where(z[..., None] > 1e-6, kp_cam, [0.0, 0.0, 1.0]))
+    return uv, render.inside_image(uv, size_wh, z)
 
 
 def _body_colors(rng, model) -> np.ndarray:
@@ -233,8 +109,8 @@ def _body_colors(rng, model) -> np.ndarray:
     }
     for j in range(24):
         col[part == j] = region[j]
-    head = J[_HEAD]
-    on_head = part == _HEAD
+    head = J[HEAD]
+    on_head = part == HEAD
     crown = V[:, 1] > head[1] + 0.045
     back = (V[:, 2] < head[2] - 0.01) & (V[:, 1] > head[1] - 0.03)
     hairy = on_head & (crown | back)
@@ -453,8 +329,8 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
                 st = start + fwd * arng.uniform(1.2, 1.8)
                 h0 = heading0 + np.pi + arng.normal(0, 0.35)
             wk = float(np.clip(walk + arng.normal(0, 0.05), 0.02, 1.0))
-        body = _body_motion(arng, t60, wk, gesture)
-        go, xz = _actor_track(arng, t60, st, h0, tr, wk, sp)
+        body = body_motion(arng, t60, wk, gesture)
+        go, xz = actor_track(arng, t60, st, h0, tr, wk, sp)
         body[:, 0] = go
         poses60 = body.reshape(n60, 72)
         out = models.forward(model, poses60, np.broadcast_to(betas10, (n60, 10)))
@@ -509,6 +385,13 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
 
     colors = [_body_colors(a['rng'], a['model']) for a in actors]
     faces = mesh_faces(actors[0]['model'])
+    kp_cams = []  # per actor (N, 18, 3): OpenPose-18 keypoints in the camera frame
+    for a in actors:
+        world = skeletons.convert(a['out']['keypoints'][ids], 'body25', 'openpose18')
+        kp_cams.append(
+            np.einsum('fij,fpj->fpi', Rs, world + a['trans60'][ids][:, None]) + ts[:, None]
+        )
+    occluded = [np.zeros((n_frames, 18), bool) for _ in actors]
     frames = []
     for i in range(n_frames):
         R, tt = Rs[i], ts[i]
@@ -519,9 +402,13 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
             meshes.append(render.Mesh(vw @ R.T + tt, faces, col))
         for v, fc, col in meshes_static:
             meshes.append(render.Mesh(v @ R.T + tt, fc, col))
-        img, _, _ = render.render_meshes(
+        img, mask, depth = render.render_meshes(
             bg, meshes, K, light_dir=R @ scene.sun, ambient=0.5, diffuse=0.62, supersample=2
         )
+        for k, kp_cam in enumerate(kp_cams):  # actor k is mesh k
+            uv, _ = _on_image(kp_cam[i], K, size_wh)
+            occ = detector.keypoint_occlusion(kp_cam[i], uv, mask, depth, k, _MAX_SELF_DEPTH)
+            occluded[k][i] = occ.astype(bool)
         frng = item_rng(seed, '3dpw', name, 'frame', i)
         img = imaging.random_blur(frng, img, 0.08, 0.06)
         frames.append(encode_jpg(imaging.sensor_noise(frng, img, (0.5, 2.5))))
@@ -532,12 +419,24 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
     poses2d, joint_positions, valid = [], [], []
     for k, a in enumerate(actors):
         out = a['out']
-        kp_world = (
-            skeletons.convert(out['keypoints'][ids], 'body25', 'openpose18')
-            + a['trans60'][ids][:, None]
+        # poses2d as a detector reports them (detector.py's error model), not the exact
+        # projections: real 3DPW stores OpenPose's detections. The box side scales the errors.
+        uv, on_image = _on_image(kp_cams[k], K, size_wh)
+        verts = np.einsum(
+            'fij,fpj->fpi', Rs, out['vertices'][ids][:, ::7] + a['trans60'][ids][:, None]
         )
-        kp_cam = np.einsum('fij,fpj->fpi', Rs, kp_world) + ts[:, None]
-        poses2d.append(np.stack([openpose18_2d(kp_cam[i], K, size_wh) for i in range(n_frames)]))
+        uv_v = render.project(K, verts + ts[:, None])
+        side = (uv_v.max(1) - uv_v.min(1)).max(-1)
+        det = detector.detect(
+            uv,
+            on_image,
+            occluded[k],
+            side,
+            size_wh,
+            _OP18_FLIP,
+            item_rng(seed, '3dpw', name, 'detector', k),
+        )
+        poses2d.append(det.transpose(0, 2, 1))  # (N, 3, 18): x, y, confidence rows
         joint_positions.append(
             (out['joints'][ids] + a['trans60'][ids][:, None]).reshape(n_frames, 72)
         )
@@ -551,8 +450,8 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
     for a, col in zip(actors, colors):  # a tiny 'texture': shirt over trousers
         part = np.asarray(a['model'].weights).argmax(1)
         tm = np.zeros((16, 16, 3), np.uint8)
-        tm[:8] = np.median(col[part == _SPINE2], axis=0).astype(np.uint8)
-        tm[8:] = np.median(col[part == _L_KNEE], axis=0).astype(np.uint8)
+        tm[:8] = np.median(col[part == SPINE2], axis=0).astype(np.uint8)
+        tm[8:] = np.median(col[part == L_KNEE], axis=0).astype(np.uint8)
         tex_maps.append(tm)
     v_clothed = []
     for a in actors:

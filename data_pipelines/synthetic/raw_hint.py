@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from data_pipelines.synthetic import imaging, render
+from data_pipelines.synthetic import detector, imaging, render
 from data_pipelines.synthetic.hands import (
     HandRig,
     arm_meshes,
@@ -112,31 +112,6 @@ def _hand_parts(model):
     return face_part, own
 
 
-def _keypoint_occlusion(kp_cam, uv, mask, depth, face_ids, mesh_id, face_part, own, max_skin=0.035):
-    """21 x 0/1, 1 = occluded, for the hand drawn as mesh `mesh_id`.
-
-    At the keypoint's pixel: a 2D occluder, or another mesh in front of the keypoint, hides it;
-    its own hand hides it when the surface seen there belongs to a different part of the hand
-    (e.g. a curled finger over the palm) or lies more than `max_skin` metres in front. Pixels
-    off the hand (the keypoint projects just outside the silhouette) count as visible.
-    """
-    H, W = mask.shape
-    occ = np.zeros(len(kp_cam), np.int64)
-    for j, (u, v) in enumerate(uv):
-        x, y = int(round(u)), int(round(v))
-        if not (0 <= x < W and 0 <= y < H):
-            continue
-        m, d = mask[y, x], depth[y, x]
-        if m == imaging.OCCLUDER_ID:
-            occ[j] = 1
-        elif m == mesh_id:
-            part = face_part[face_ids[y, x]]
-            occ[j] = int(part not in own[j] or d < kp_cam[j, 2] - max_skin)
-        elif m != render.BACKGROUND_ID and d < kp_cam[j, 2]:
-            occ[j] = 1
-    return occ
-
-
 def _render_hint_image(seed, models, rig, split, source, n):
     """One HInt image: (rgb, [hand dicts with side, keypoints, kp3d, occlusion, bbox]), K."""
     rng = item_rng(seed, 'hint', split, source, n)
@@ -196,7 +171,9 @@ def _render_hint_image(seed, models, rig, split, source, n):
             imaging.add_occluders(rng, img, mask, depth, (lo[0], lo[1], hi[0], hi[1]), 1)
         h['uv'], h['uv_v'] = uv, uv_v
     for k, h in enumerate(hands):
-        occ = _keypoint_occlusion(h['kp3d'], h['uv'], mask, depth, face_ids, k, face_part, own)
+        occ = detector.keypoint_occlusion(
+            h['kp3d'], h['uv'], mask, depth, k, 0.035, face_ids, face_part, own
+        )
         pts = np.concatenate([h['uv_v'], h['uv']])
         lo, hi = pts.min(0), pts.max(0)
         pad = rng.uniform(0.0, 0.06) * (hi - lo) + 1.0

@@ -7,8 +7,9 @@
     --split=S           another split of its dataset (default: the evaluator's split)
     --max_frames=N      score only the first N frames (default: the evaluator's max_frames)
     --overlays=N        overlay PNGs (default: config.eval.overlays)
-    --pose_source=S     2D-pose input: gt | noisy_gt | detections (default: config.data.pose_source,
-                        as evaluation during training)
+    --pose_source=S     2D-pose input: detections | noisy_gt | gt (default: the evaluator's
+                        pose_source, else its protocol's: 3DPW's detections, simulated ones for
+                        the hand datasets; metrics.json says which was used)
 
 Writes <workdir>/eval/<evaluator>/step_<N>/metrics.json and overlays/ beside it, the same files
 the training loop writes for that step, and <workdir>/eval/<evaluator>/metrics.json ({'step': N,
@@ -37,7 +38,7 @@ flags.DEFINE_integer(
     'max_frames', None, "Score only the first N frames (default: the evaluator's max_frames)."
 )
 flags.DEFINE_integer('overlays', None, 'Overlay images to write (default: config.eval.overlays).')
-flags.DEFINE_string('pose_source', None, '2D-pose input (default: config.data.pose_source).')
+flags.DEFINE_string('pose_source', None, "2D-pose input (default: the evaluator's).")
 FLAGS = flags.FLAGS
 
 

@@ -53,6 +53,9 @@ def evaluator(dataset: str, split: str = 'test', every=None) -> ml_collections.C
     e.split = split
     e.every = config_dict.FieldReference(every, field_type=int)
     e.max_frames = config_dict.placeholder(int)  # score the first N frames; None: all of them
+    # The 2D-pose input: 'detections' | 'noisy_gt' | 'gt' (labelled in metrics.json); None: the
+    # protocol's, i.e. the dataset's detections (3DPW) or simulated ones (hand datasets).
+    e.pose_source = config_dict.placeholder(str)
     return e
 
 

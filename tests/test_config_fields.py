@@ -84,6 +84,7 @@ BAD = {
     'evaluators.pw3d.split': ('', {}, 'non-empty'),
     'evaluators.pw3d.every': (-1, {}, 'int >= 0 (0: never), or None'),
     'evaluators.pw3d.max_frames': (0, {}, '>= 1, or None'),
+    'evaluators.pw3d.pose_source': ('oracle', {}, "or None for the protocol's ('detections'"),
     'preflight.enabled': ('yes', {}, 'True or False'),
     'preflight.compile': ('sometimes', {}, 'use one of'),
     'preflight.memory_gb': (NAN, {}, 'finite number > 0'),

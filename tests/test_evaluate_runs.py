@@ -219,7 +219,7 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
 
     cfg = video.get_config('small')
     cfg.eval.overlays, cfg.eval.batch_size = 2, B
-    cfg.data.pose_source = 'gt'
+    assert cfg.data.pose_source == 'noisy_gt'  # training's input, which evaluation must not take
     restored = []
 
     def restore(path, step=None):  # a training workdir has steps, a variables directory none
@@ -241,12 +241,17 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     res = run_eval.run(cfg, str(tmp_path), max_frames=6, log=lines.append)
     step_dir = tmp_path / 'eval' / 'pw3d' / 'step_7'
     assert res['step'] == 7 and res['out_dir'] == str(step_dir) and restored == [str(tmp_path)]
-    assert json.loads((step_dir / 'metrics.json').read_text())['num_frames'] == 6
+    written = json.loads((step_dir / 'metrics.json').read_text())
+    assert written['num_frames'] == 6
+    # The 2D input by default: the dataset's detections, and the file says so.
+    assert written['pose_source'] == 'detections'
+    assert written['input_2d'] == "the dataset's 2D detections"
     latest = json.loads((tmp_path / 'eval' / 'pw3d' / 'metrics.json').read_text())
     assert latest['step'] == 7 and latest['3dpw/mpjpe'] < 0.01
     assert len(os.listdir(step_dir / 'overlays')) == 2
     assert any('3dpw/mpjpe' in line for line in lines)
 
+    cfg.evaluators.pw3d.pose_source = 'gt'  # asked for: scored, and labelled as such
     res = run_eval.run(
         cfg,
         str(tmp_path),
@@ -256,12 +261,10 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
         log=lines.append,
     )
     assert res['out_dir'] == str(tmp_path / 'eval' / 'pw3d' / 'variables')
-    assert (
-        json.loads((tmp_path / 'eval' / 'pw3d' / 'variables' / 'metrics.json').read_text())[
-            'num_frames'
-        ]
-        == 2
-    )
+    written = json.loads((tmp_path / 'eval' / 'pw3d' / 'variables' / 'metrics.json').read_text())
+    assert written['num_frames'] == 2 and written['pose_source'] == 'gt'
+    assert written['input_2d'].startswith('GROUND-TRUTH 2D keypoints')
+    assert any('input_2d: GROUND-TRUTH' in line for line in lines)  # printed too
     assert (
         json.loads((tmp_path / 'eval' / 'pw3d' / 'metrics.json').read_text()) == latest
     )  # untouched

@@ -57,7 +57,7 @@ _POSITIVE_INTS = (
 _AUTO_INTS = ('train.grad_accum', 'eval.batch_size')  # None: resolved by the preflight
 # None: off / the default, named in the message; else an int >= the bound.
 _OPTIONAL_INTS = {'model.window': (0, 'the whole clip'), 'eval.hop': (1, 'data.num_frames // 2')}
-_EVALUATOR_FIELDS = ('dataset', 'split', 'every', 'max_frames')
+_EVALUATOR_FIELDS = ('dataset', 'split', 'every', 'max_frames', 'pose_source')
 _EVALUATOR_NAME = re.compile(r'^[A-Za-z0-9_]+$')  # a folder name and a TensorBoard tag part
 _NON_NEGATIVE = (
     'optim.lr',
@@ -263,6 +263,13 @@ def _validate_evaluators(cfg) -> None:
                 e.max_frames,
                 'must be an int >= 1, or None for the whole split',
             )
+        if e.pose_source is not None and e.pose_source not in pipeline.POSE_SOURCES:
+            _fail(
+                f'{field}.pose_source',
+                e.pose_source,
+                f"use one of {pipeline.POSE_SOURCES}, or None for the protocol's "
+                f'({protocol.pose_source!r} for {e.dataset})',
+            )
 
 
 def _validate_data(cfg) -> None:
@@ -441,6 +448,7 @@ class Evaluator:
     split: str
     every: Optional[int]  # None: the start and the end; n: also every n steps; 0: never
     max_frames: Optional[int]
+    pose_source: Optional[str] = None  # None: the protocol's (eval_protocols)
 
     def due(self, step: int, total_steps: int) -> bool:
         """Evaluate after `step` of `total_steps` training steps (0: before the first)?"""
@@ -462,7 +470,7 @@ class Evaluator:
 def evaluators(cfg, *, active_only: bool = True) -> list[Evaluator]:
     """cfg.evaluators in config order; active_only drops those with every == 0."""
     out = [
-        Evaluator(name, e.dataset, e.split, e.every, e.max_frames)
+        Evaluator(name, e.dataset, e.split, e.every, e.max_frames, e.pose_source)
         for name, e in cfg.evaluators.items()
     ]
     return [e for e in out if e.every != 0] if active_only else out
@@ -488,13 +496,17 @@ def evaluator(cfg, name: Optional[str] = None) -> Evaluator:
 def eval_kwargs(
     cfg, ev: Evaluator, *, max_frames: Optional[int] = None, pose_source: Optional[str] = None
 ) -> dict:
-    """evaluate.evaluate's window and input settings from cfg.eval / the evaluator / cfg.data,
-    for every entry point alike (a command-line max_frames / pose_source overrides the config's)."""
+    """evaluate.evaluate's window and input settings from cfg.eval / the evaluator, for every
+    entry point alike (a command-line max_frames / pose_source overrides the config's). The 2D
+    input is the evaluator's pose_source, else its protocol's: detections where the dataset has
+    them, never the training's data.pose_source (noisy ground truth is not a test-time input)."""
     return dict(
         num_frames=cfg.data.num_frames,
         hop=cfg.eval.hop,
         max_frames=max_frames or ev.max_frames,
-        pose_source=pose_source or cfg.data.pose_source,
+        pose_source=pose_source
+        or ev.pose_source
+        or eval_protocols.PROTOCOLS[ev.dataset].pose_source,
         skip_corrupt=bool(cfg.data.skip_corrupt),
     )
 

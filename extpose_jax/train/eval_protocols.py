@@ -117,6 +117,8 @@ class ThreeDPW:
     name = '3dpw'
     kind = 'smpl'  # the model kind it scores
     headline = 'pa_mpjpe'  # the one number a run's summary line shows (<name>/<headline>)
+    # The 2D-pose input a deployed model has here: 3DPW ships OpenPose detections (poses2d).
+    pose_source = 'detections'
     needs_gt_mesh = True
     record_fields = ('gender',)
     _ROWS = {
@@ -223,6 +225,7 @@ class FreiHAND:
     name = 'freihand'
     kind = 'mano'
     headline = 'pa_mpjpe'
+    pose_source = 'noisy_gt'  # no detections ship with it: the ground truth through a detector's noise
     needs_gt_mesh = True
     record_fields = ()
 
@@ -277,6 +280,7 @@ class HInt:
     name = 'hint'
     kind = 'mano'
     headline = 'pck@0.1/all'
+    pose_source = 'noisy_gt'  # as FreiHAND
     needs_gt_mesh = False
     record_fields = ('box', 'kp2d_occluded', 'sequence')
     subsets = ('all', 'vis', 'occ')
@@ -351,6 +355,13 @@ class HInt:
 
 
 PROTOCOLS = {p.name: p for p in (ThreeDPW, FreiHAND, HInt)}
+
+# metrics.json's `input_2d`: where the scored model's 2D poses came from, in words.
+INPUT_2D = {
+    'detections': "the dataset's 2D detections",
+    'noisy_gt': 'simulated detections: the ground truth through the detector-noise model',
+    'gt': 'GROUND-TRUTH 2D keypoints: an upper bound, not what a deployed model has',
+}
 
 
 def make(dataset: str):

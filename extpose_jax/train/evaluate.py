@@ -425,6 +425,8 @@ def evaluate(
         **protocol.result(),
         'num_frames': sum(int(s['evaluate/num_frames']) for s in states),
         'num_windows': len(plan),
+        'pose_source': pose_source,
+        'input_2d': eval_protocols.INPUT_2D[pose_source],
     }
     if skip_corrupt:
         out['skipped_records'] = sum(int(s['evaluate/skipped_records']) for s in states)

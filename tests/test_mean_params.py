@@ -1,5 +1,8 @@
 """The head's starting point (data_pipelines/mean_params.py): measured on training records,
-found beside the body models, used by the training task."""
+found beside the body models, used by the training task; and the synthetic default's cache,
+which writes the files and is rebuilt when the world that made it changed."""
+
+import os
 
 import numpy as np
 import pytest
@@ -95,3 +98,45 @@ def test_a_split_without_poses_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(mean_params, 'RecordReader', Empty)
     with pytest.raises(ValueError, match="split 'train': no record has a pose"):
         mean_params.mean_params(str(tmp_path))
+
+
+def test_a_cached_default_from_another_world_version_is_rebuilt(tmp_path, monkeypatch):
+    """The synthetic default's cache is stamped with the seed and world.VERSION: a cache written
+    by an older world (3DPW's poses2d once were exact projections) is removed with everything
+    derived from it and rendered again; a current one is kept."""
+    from data_pipelines.synthetic import default_data, world
+
+    rendered = []
+
+    def write_all(raw_dir, seed):
+        rendered.append(seed)
+        paths = {k: os.path.join(raw_dir, k) for k in ('body_models', '3dpw', 'freihand', 'hint')}
+        for p in paths.values():
+            os.makedirs(p, exist_ok=True)
+        return paths
+
+    class Converter:
+        @staticmethod
+        def convert(raw, body_models, dest, quiet):
+            os.makedirs(dest, exist_ok=True)
+            return {'splits': {}}
+
+    monkeypatch.setattr(world, 'write_all', write_all)
+    monkeypatch.setattr(
+        default_data, '_CONVERTERS', dict.fromkeys(('3dpw', 'freihand', 'hint'), Converter)
+    )
+    monkeypatch.setattr(default_data.shards, 'load_dataset_info', lambda dest: None)
+    monkeypatch.setattr(default_data.mean_params, 'mean_params', lambda dest: {})
+    monkeypatch.setattr(default_data.mean_params, 'write', lambda path, p: open(path, 'w').close())
+    stale = tmp_path / 'records' / '3dpw' / 'old_shard'
+    stale.parent.mkdir(parents=True)
+    stale.write_text('from the old world')
+    (tmp_path / 'raw').mkdir()
+    (tmp_path / 'raw' / 'COMPLETE').write_text('seed=0\n')  # the stamp before world versions
+    lines = []
+    default_data.ensure(str(tmp_path), seed=0, log=lines.append)
+    assert rendered == [0] and not stale.exists()
+    assert any('rebuilding it' in line for line in lines), lines
+    assert (tmp_path / 'raw' / 'COMPLETE').read_text() == f'seed=0 world={world.VERSION}\n'
+    default_data.ensure(str(tmp_path), seed=0, log=lines.append)
+    assert rendered == [0]  # current: cached

@@ -14,13 +14,20 @@ skip shards they finished before, so an interrupted preparation resumes where it
 from __future__ import annotations
 
 import os
+import shutil
 
 from data_pipelines import convert_3dpw, convert_freihand, convert_hint, mean_params, shards
+from data_pipelines.atomic_file import atomic_write
 from data_pipelines.synthetic import world
 from extpose_jax.models import heads
 
 _RAW_DONE = 'COMPLETE'
 _CONVERTERS = {'3dpw': convert_3dpw, 'freihand': convert_freihand, 'hint': convert_hint}
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
@@ -33,13 +40,22 @@ def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
         'freihand': os.path.join(raw_dir, 'FreiHAND'),
         'hint': os.path.join(raw_dir, 'HInt'),
     }
+    stamp = f'seed={seed} world={world.VERSION}\n'
+    if os.path.exists(marker) and _read(marker) != stamp:
+        # A cache from another seed or an older world (e.g. before poses2d were detections):
+        # everything derived from it goes, records and mean files included.
+        log(
+            f'synthetic default in {data_dir} is {_read(marker).strip()!r}, not {stamp.strip()!r}: '
+            'rebuilding it'
+        )
+        for sub in ('raw', 'records'):
+            shutil.rmtree(os.path.join(data_dir, sub), ignore_errors=True)
     if os.path.exists(marker):
         log(f'synthetic default: raw datasets cached in {raw_dir}')
     else:
         log(f'no dataset configured: rendering the synthetic default into {raw_dir}')
         raw = world.write_all(raw_dir, seed=seed)
-        with open(marker, 'w') as f:
-            f.write(f'seed={seed}\n')
+        atomic_write(marker, lambda f: f.write(stamp.encode()))
     out = {'body_models': raw['body_models']}
     for name, module in _CONVERTERS.items():
         dest = os.path.join(data_dir, 'records', name)

@@ -23,6 +23,10 @@ from data_pipelines.synthetic import body_files, raw_3dpw, raw_freihand, raw_hin
 from data_pipelines.synthetic.raw_common import LARGE, SMALL
 from extpose_jax import errors
 
+# Bumped whenever the same seed writes different files (default_data.py rebuilds caches made by
+# another version). 2: 3DPW's poses2d are simulated detections (detector.py), not projections.
+VERSION = 2
+
 
 def write_all(root, seed: int = 0, small: bool = True) -> dict:
     """Body models + the three raw datasets under root; returns their paths.

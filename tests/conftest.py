@@ -14,6 +14,7 @@ from converter_raw import raw  # noqa: F401  (the converter tests' raw data: one
 _LONGEST_FIRST = (
     'test_train_loop.py',  # ~340 s: subprocess training jobs, 2-process runs
     'test_adversarial.py',  # ~300
+    'test_overfit.py',  # ~260: 160 training steps in a subprocess
     'test_train_failures.py',  # ~160
     'test_train_sharding.py',  # ~150
     'test_baselines.py',  # ~130

@@ -142,8 +142,8 @@ def test_two_processes_score_their_shares_and_match_one(jobs):
     )
     assert written == p0['metrics']
     assert len(os.listdir(jobs['workdir'] / 'eval' / 'pw3d' / 'step_0' / 'overlays')) == 2
-    assert any('eval 3dpw at step 0' in line for line in p0['log'])
-    assert not any('eval 3dpw at step 0' in line for line in p1['log'])
+    assert any('eval pw3d at step 0' in line for line in p0['log'])
+    assert not any('eval pw3d at step 0' in line for line in p1['log'])
 
 
 def test_allgather_with_one_process_runs_no_collective(monkeypatch):

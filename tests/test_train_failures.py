@@ -269,7 +269,7 @@ def test_missing_eval_split_fails_before_the_model(synthetic_default, no_model, 
         tmp_path / 'w',
         synthetic_default['body_models'],
         synthetic_default['root'],
-        r"config\.evaluators\.3dpw: split 'heldout'",
+        r"config\.evaluators\.pw3d: split 'heldout'",
     )
 
 

@@ -18,7 +18,7 @@ says more about the crop than about the data.
 
 from __future__ import annotations
 
-import io
+import os
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -60,9 +60,7 @@ def mean_params(records_dir: str, split: str = 'train') -> dict:
 
 def write(path: str, params: dict) -> None:
     """The npz, written atomically (a reader never sees half of it)."""
-    buf = io.BytesIO()
-    np.savez(buf, **params)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    atomic_write(path, lambda f: np.savez(f, **params))
 
 
 def main(argv=None) -> str:
@@ -71,6 +69,8 @@ def main(argv=None) -> str:
     ap.add_argument('--split', default='train')
     ap.add_argument('--out', required=True, help='e.g. <body_models>/smpl_mean_params.npz')
     args = ap.parse_args(argv)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        ap.error(f'--out {args.out}: its folder does not exist')
     params = mean_params(args.records, args.split)
     write(args.out, params)
     print(f'{args.out}: {params["pose"].size // 6} joints, mean of {args.records} {args.split}')

@@ -121,15 +121,16 @@ def prepare_data(cfg) -> tuple:
 
     from data_pipelines.synthetic import default_data
 
-    root = os.path.join(cfg.data_dir, 'synthetic')
+    size = cfg.synthetic_size
+    root = os.path.join(cfg.data_dir, 'synthetic', size)
     if jax.process_index() == 0:
-        print(f'no dataset configured: using the built-in synthetic default in {root}')
-        paths = default_data.ensure(root, seed=0, log=print)
+        print(f'no dataset configured: using the built-in synthetic default ({size}) in {root}')
+        paths = default_data.ensure(root, seed=0, size=size, log=print)
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices('synthetic default ready')
     if jax.process_index() != 0:
-        paths = default_data.ensure(root, seed=0, log=logging.info)  # cached: only checks
+        paths = default_data.ensure(root, seed=0, size=size, log=logging.info)  # cached: checks
     return paths['body_models'], os.path.dirname(paths['3dpw'])
 
 

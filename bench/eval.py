@@ -130,7 +130,7 @@ def main():
     )
     p.add_argument(
         '--data_dir',
-        default=os.path.join(ROOT, 'data', 'synthetic'),
+        default=os.path.join(ROOT, 'data', 'synthetic', 'small'),
         help='the synthetic default (built here if missing, as run_train.py does)',
     )
     args = p.parse_args()

@@ -33,7 +33,9 @@ def main():
     p.add_argument('--split', default='validation')
     args = p.parse_args()
     logging.set_verbosity(logging.WARNING)
-    paths = default_data.ensure(os.path.join(ROOT, 'data', 'synthetic'), log=lambda *_: None)
+    paths = default_data.ensure(
+        os.path.join(ROOT, 'data', 'synthetic', 'small'), log=lambda *_: None
+    )
     rows = {}
     for name in ('video', 'image'):
         cfg = importlib.import_module(f'configs.{name}').get_config('small')

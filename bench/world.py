@@ -1,10 +1,11 @@
 """Generation speed of the synthetic world (data_pipelines/synthetic): the body models, then each
-raw dataset at one of the sizes (raw_common.SMALL, the default; LARGE, `--large`).
+raw dataset at one of the sizes (raw_common.SIZES: tiny, small, large).
 
 Prints one JSON line per part: images written (JPEG/PNG files: frames, and FreiHAND's masks),
-seconds, images/s. One process, as world.write_all runs; the renderer is numpy on the CPU.
+seconds, images/s, and the worker processes it had (3DPW renders sequences side by side; the
+hand datasets run in one process), as world.write_all runs; the renderer is numpy on the CPU.
 
-  python bench/world.py [--large] [--dir /tmp]
+  python bench/world.py [--size small] [--workers N] [--dir /tmp]
 """
 
 import argparse
@@ -18,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from data_pipelines.synthetic import body_files, raw_3dpw, raw_freihand, raw_hint  # noqa: E402
-from data_pipelines.synthetic.raw_common import LARGE, SMALL  # noqa: E402
+from data_pipelines.synthetic.raw_common import SIZES, default_workers  # noqa: E402
 
 WRITERS = {
     '3dpw': raw_3dpw.write_3dpw,
@@ -34,10 +35,11 @@ def _images(folder: str) -> int:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--large', action='store_true', help='LARGE sizes instead of SMALL')
+    ap.add_argument('--size', choices=tuple(SIZES), default='small')
+    ap.add_argument('--workers', type=int, default=default_workers(), help='3DPW processes')
     ap.add_argument('--dir', default=None, help='scratch folder (default: a temporary one)')
     args = ap.parse_args()
-    size, sizes = ('large', LARGE) if args.large else ('small', SMALL)
+    size, sizes = args.size, SIZES[args.size]
     root = tempfile.mkdtemp(prefix='bench_world_', dir=args.dir)
     try:
         bm = os.path.join(root, 'body_models')
@@ -51,7 +53,9 @@ def main():
         )
         for name, write in WRITERS.items():
             t = time.perf_counter()
-            write(os.path.join(root, name), bm, seed=0, **sizes[name])
+            workers = args.workers if name == '3dpw' else 1
+            extra = {'workers': workers} if name == '3dpw' else {}
+            write(os.path.join(root, name), bm, seed=0, **extra, **sizes[name])
             dt = time.perf_counter() - t
             n = _images(os.path.join(root, name))
             print(
@@ -62,6 +66,7 @@ def main():
                         'images': n,
                         'seconds': round(dt, 2),
                         'images_per_s': round(n / dt, 2),
+                        'workers': workers,
                         **sizes[name],
                     }
                 ),

@@ -71,6 +71,9 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     # model files and SMPL_to_J19.pkl, and data.root with the records.
     c.body_models = config_dict.placeholder(str)
     c.data_dir = 'data'
+    # The synthetic default's size (data_pipelines/synthetic/raw_common.SIZES), cached under
+    # <data_dir>/synthetic/<size>: 'small' for the README's run, 'large' for the ablations.
+    c.synthetic_size = 'small'
 
     c.data = ml_collections.ConfigDict()
     c.data.root = config_dict.placeholder(str)  # records root; empty = the synthetic default

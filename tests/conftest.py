@@ -73,5 +73,6 @@ def synthetic_default(tmp_path_factory):
     # One build per run (ensure builds only what is missing); the train jobs' compilation cache
     # beside it (tests/test_train_loop.py's job_env) is shared too.
     with _run_dir(tmp_path_factory, 'synthetic_default') as out:
-        paths = default_data.ensure(str(out), seed=0, log=lambda *_: None)
+        # tiny: the world the tests' counts are written for; one process beside xdist's workers
+        paths = default_data.ensure(str(out), seed=0, size='tiny', workers=1, log=lambda *_: None)
     return {**paths, 'root': os.path.dirname(paths['3dpw'])}

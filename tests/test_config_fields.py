@@ -25,6 +25,7 @@ BAD = {
     'seed': (1.5, {}, 'must be an int'),
     'body_models': (MISSING, {'data.root': '<tmp>'}, 'no such directory'),
     'data_dir': ('', {}, 'non-empty'),
+    'synthetic_size': ('huge', {}, 'use one of'),
     'data.root': (MISSING, {'body_models': '<tmp>'}, 'no such directory'),
     'data.datasets': ((), {}, 'at least one'),
     'data.as_images': (('coco',), {}, 'is not in data.datasets'),

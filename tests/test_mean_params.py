@@ -101,15 +101,15 @@ def test_a_split_without_poses_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_cached_default_from_another_world_version_is_rebuilt(tmp_path, monkeypatch):
-    """The synthetic default's cache is stamped with the seed and world.VERSION: a cache written
-    by an older world (3DPW's poses2d once were exact projections) is removed with everything
-    derived from it and rendered again; a current one is kept."""
+    """The synthetic default's cache is stamped with the seed, world.VERSION and size: a cache
+    written by an older world (3DPW's poses2d once were exact projections) or at another size is
+    removed with everything derived from it and rendered again; a current one is kept."""
     from data_pipelines.synthetic import default_data, world
 
     rendered = []
 
-    def write_all(raw_dir, seed):
-        rendered.append(seed)
+    def write_all(raw_dir, seed, size, workers):
+        rendered.append((seed, size))
         paths = {k: os.path.join(raw_dir, k) for k in ('body_models', '3dpw', 'freihand', 'hint')}
         for p in paths.values():
             os.makedirs(p, exist_ok=True)
@@ -135,8 +135,11 @@ def test_a_cached_default_from_another_world_version_is_rebuilt(tmp_path, monkey
     (tmp_path / 'raw' / 'COMPLETE').write_text('seed=0\n')  # the stamp before world versions
     lines = []
     default_data.ensure(str(tmp_path), seed=0, log=lines.append)
-    assert rendered == [0] and not stale.exists()
+    assert rendered == [(0, 'small')] and not stale.exists()
     assert any('rebuilding it' in line for line in lines), lines
-    assert (tmp_path / 'raw' / 'COMPLETE').read_text() == f'seed=0 world={world.VERSION}\n'
+    stamp = (tmp_path / 'raw' / 'COMPLETE').read_text()
+    assert stamp == f'seed=0 world={world.VERSION} size=small\n'
     default_data.ensure(str(tmp_path), seed=0, log=lines.append)
-    assert rendered == [0]  # current: cached
+    assert rendered == [(0, 'small')]  # current: cached
+    default_data.ensure(str(tmp_path), seed=0, size='tiny', log=lines.append)
+    assert rendered == [(0, 'small'), (0, 'tiny')]

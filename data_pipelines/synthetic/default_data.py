@@ -18,7 +18,7 @@ import shutil
 
 from data_pipelines import convert_3dpw, convert_freihand, convert_hint, mean_params, shards
 from data_pipelines.atomic_file import atomic_write
-from data_pipelines.synthetic import world
+from data_pipelines.synthetic import raw_common, world
 from extpose_jax.models import heads
 
 _RAW_DONE = 'COMPLETE'
@@ -30,8 +30,11 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
-    """Builds what is missing and returns {'body_models': dir, '3dpw': dir, ...} (records dirs)."""
+def ensure(data_dir: str, seed: int = 0, size: str = 'small', workers=None, log=print) -> dict:
+    """Builds what is missing and returns {'body_models': dir, '3dpw': dir, ...} (records dirs).
+
+    size: the world's size (raw_common.SIZES); workers: rendering processes (default: the cores).
+    """
     raw_dir = os.path.join(data_dir, 'raw')
     marker = os.path.join(raw_dir, _RAW_DONE)
     raw = {
@@ -40,9 +43,9 @@ def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
         'freihand': os.path.join(raw_dir, 'FreiHAND'),
         'hint': os.path.join(raw_dir, 'HInt'),
     }
-    stamp = f'seed={seed} world={world.VERSION}\n'
+    stamp = f'seed={seed} world={world.VERSION} size={size}\n'
     if os.path.exists(marker) and _read(marker) != stamp:
-        # A cache from another seed or an older world (e.g. before poses2d were detections):
+        # A cache from another seed, size or an older world (e.g. before poses2d were detections):
         # everything derived from it goes, records and mean files included.
         log(
             f'synthetic default in {data_dir} is {_read(marker).strip()!r}, not {stamp.strip()!r}: '
@@ -54,7 +57,8 @@ def ensure(data_dir: str, seed: int = 0, log=print) -> dict:
         log(f'synthetic default: raw datasets cached in {raw_dir}')
     else:
         log(f'no dataset configured: rendering the synthetic default into {raw_dir}')
-        raw = world.write_all(raw_dir, seed=seed)
+        workers = raw_common.default_workers() if workers is None else workers
+        raw = world.write_all(raw_dir, seed=seed, size=size, workers=workers)
         atomic_write(marker, lambda f: f.write(stamp.encode()))
     out = {'body_models': raw['body_models']}
     for name, module in _CONVERTERS.items():

@@ -33,11 +33,11 @@ from data_pipelines.synthetic import detector, imaging, legacy_pickle, render
 from data_pipelines.synthetic.motion import HEAD, L_KNEE, SPINE2, actor_track, body_motion
 from data_pipelines.synthetic.raw_common import (
     SKIN_TONES,
-    SMALL,
     Models,
     encode_jpg,
     item_rng,
     makedirs,
+    map_items,
     mesh_faces,
     progress_bar,
     unit,
@@ -294,7 +294,7 @@ class _Scene:
 # ----------------------------------------------------------------------------- 3DPW: writer
 
 
-def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
+def _make_sequence(seed, models, name, index, n_frames, size_wh):
     rng = item_rng(seed, '3dpw', name)
     W, H = size_wh
     n60 = 2 * n_frames
@@ -412,8 +412,6 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
         frng = item_rng(seed, '3dpw', name, 'frame', i)
         img = imaging.random_blur(frng, img, 0.08, 0.06)
         frames.append(encode_jpg(imaging.sensor_noise(frng, img, (0.5, 2.5))))
-        if progress is not None:
-            progress.update(1)
 
     # annotations
     poses2d, joint_positions, valid = [], [], []
@@ -478,8 +476,34 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh, progress=None):
     return data, frames
 
 
+def _write_sequence(job) -> tuple:
+    """One sequence's frames and pickle, written under root; -> (split, name, frames). A
+    module-level function of plain data, so that map_items can run it in a worker process."""
+    root, body_models_dir, seed, split, index, frames, size_wh = job
+    if body_models_dir not in _MODELS:
+        _MODELS[body_models_dir] = Models(body_models_dir)
+    place = _PLACES[item_rng(seed, '3dpw-place', index).integers(len(_PLACES))]
+    name = f'{place}_synth_{index:02d}'
+    data, jpgs = _make_sequence(seed, _MODELS[body_models_dir], name, index, frames, size_wh)
+    img_dir = makedirs(os.path.join(root, 'imageFiles', name))
+    for i, jpg in enumerate(jpgs):
+        write_bytes(os.path.join(img_dir, f'image_{i:05d}.jpg'), jpg)
+    seq_dir = makedirs(os.path.join(root, 'sequenceFiles', split))
+    write_bytes(os.path.join(seq_dir, name + '.pkl'), legacy_pickle.dumps(data))
+    return split, name, frames
+
+
+_MODELS = {}  # body_models_dir -> Models, one per process (workers keep theirs between jobs)
+
+
 def write_3dpw(
-    root, body_models_dir, seed: int = 0, sequences=None, frames: int = 24, image_size=(270, 480)
+    root,
+    body_models_dir,
+    seed: int = 0,
+    sequences=None,
+    frames: int = 24,
+    image_size=(270, 480),
+    workers: int = 1,
 ) -> dict:
     """Writes a 3DPW-layout folder under `root`; returns a summary.
 
@@ -487,32 +511,25 @@ def write_3dpw(
     frames: image frames N per sequence (the 60 Hz arrays have 2N rows). image_size: (W, H);
     cam_intrinsics has cx = W / 2, cy = H / 2. Sequence k (counted over the splits in that
     order) has two actors when k is even, one when odd; actor 0's betas are (10,), actor 1's
-    (300,) zero-padded. Returns {'root', 'sequences': {split: [names]}, 'frames', 'image_size'}.
+    (300,) zero-padded. workers: processes rendering sequences side by side (the files do not
+    depend on it). Returns {'root', 'sequences': {split: [names]}, 'frames', 'image_size'}.
     """
     root = os.fspath(root)
-    sequences = dict(SMALL['3dpw']['sequences'] if sequences is None else sequences)
+    sequences = dict.fromkeys(THREEDPW_SPLITS, 1) if sequences is None else dict(sequences)
     for split in sequences:
         if split not in THREEDPW_SPLITS:
             raise ValueError(f'unknown 3DPW split {split!r}; expected one of {THREEDPW_SPLITS}')
     W, H = (int(x) for x in image_size)
     if frames < 1:
         raise ValueError('frames must be >= 1')
-    models = Models(body_models_dir)
-    names = {}
-    index = 0
-    total = sum(sequences.values()) * frames
-    with progress_bar(total, '3DPW') as bar:
-        for split in THREEDPW_SPLITS:
-            names[split] = []
-            for _ in range(sequences.get(split, 0)):
-                place = _PLACES[item_rng(seed, '3dpw-place', index).integers(len(_PLACES))]
-                name = f'{place}_synth_{index:02d}'
-                data, jpgs = _make_sequence(seed, models, name, index, frames, (W, H), bar)
-                img_dir = makedirs(os.path.join(root, 'imageFiles', name))
-                for i, jpg in enumerate(jpgs):
-                    write_bytes(os.path.join(img_dir, f'image_{i:05d}.jpg'), jpg)
-                seq_dir = makedirs(os.path.join(root, 'sequenceFiles', split))
-                write_bytes(os.path.join(seq_dir, name + '.pkl'), legacy_pickle.dumps(data))
-                names[split].append(name)
-                index += 1
+    splits = [s for s in THREEDPW_SPLITS for _ in range(sequences.get(s, 0))]
+    body_models_dir = os.path.abspath(os.fspath(body_models_dir))
+    jobs = [
+        (root, body_models_dir, seed, split, index, frames, (W, H))
+        for index, split in enumerate(splits)
+    ]
+    with progress_bar(len(jobs) * frames, '3DPW') as bar:
+        done = map_items(_write_sequence, jobs, workers, lambda r: bar.update(r[2]))
+    names = {split: [n for s, n, _ in done if s == split] for split in THREEDPW_SPLITS}
+    names = {split: v for split, v in names.items() if split in sequences}
     return {'root': root, 'sequences': names, 'frames': frames, 'image_size': (W, H)}

@@ -3,14 +3,16 @@
 Determinism: every item (a sequence, an image, an actor) draws from its own
 `numpy.random.Generator` keyed by (seed, dataset, item names / indices), so the output is a
 deterministic function of the seed (same bytes on every run on one machine) and a size can
-change without reshuffling the other items. Beside that: the SMALL / LARGE sizes, file writes
-(atomic, no fsync), JPEG encoding, small rotation helpers, the skin tones, and the body models
+change without reshuffling the other items. Beside that: the world's sizes, a worker pool, file
+writes (atomic, no fsync), JPEG encoding, small rotation helpers, the skin tones, and the body models
 posed on the CPU through the same JAX forward that training uses.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import sys
 import zlib
@@ -24,15 +26,27 @@ from data_pipelines import atomic_file
 
 # ----------------------------------------------------------------------------- sizes
 
-SMALL = {
-    '3dpw': dict(sequences={'train': 1, 'validation': 1, 'test': 1}, frames=24),
-    'freihand': dict(train=16, evaluation=8),
-    'hint': dict(per_folder=4),
-}
-LARGE = {
-    '3dpw': dict(sequences={'train': 4, 'validation': 2, 'test': 4}, frames=60),
-    'freihand': dict(train=256, evaluation=64),
-    'hint': dict(per_folder=24),
+# The world's sizes (world.py --size). tiny: the test suite's world, built in seconds. small:
+# the README's default run, a dozen actors in 8 training sequences, built in about a minute on 2
+# cores. large: thousands of training frames for the ablation harness, a few minutes on 2
+# cores. Every item has its own generator (item_rng), so a larger size only adds items (the
+# first 8 training sequences and 64 FreiHAND hands of `large` are `small`'s).
+SIZES = {
+    'tiny': {
+        '3dpw': dict(sequences={'train': 1, 'validation': 1, 'test': 1}, frames=24),
+        'freihand': dict(train=16, evaluation=8),
+        'hint': dict(per_folder=4),
+    },
+    'small': {
+        '3dpw': dict(sequences={'train': 8, 'validation': 1, 'test': 2}, frames=24),
+        'freihand': dict(train=64, evaluation=16),
+        'hint': dict(per_folder=4),
+    },
+    'large': {
+        '3dpw': dict(sequences={'train': 40, 'validation': 4, 'test': 8}, frames=60),
+        'freihand': dict(train=512, evaluation=128),
+        'hint': dict(per_folder=24),
+    },
 }
 JPEG_QUALITY = 92
 
@@ -86,6 +100,45 @@ def write_json(path: str, obj) -> None:
 
 def progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit='img', leave=False, disable=not sys.stderr.isatty())
+
+
+def default_workers() -> int:
+    """The cores this process may use (a container's limit, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def _worker_init():
+    # Workers render with numpy and pose bodies with JAX on the CPU: an accelerator in the
+    # parent must not be claimed by every worker, and one core each is the point of the pool.
+    os.environ['JAX_PLATFORMS'] = 'cpu'
+    cv2.setNumThreads(1)
+
+
+def map_items(fn, jobs: list, workers: int, done=None) -> list:
+    """[fn(job) for job in jobs], in `workers` processes when workers > 1; returns the results
+    in job order (so the output does not depend on the number of workers) and calls done(result)
+    as each finishes. fn and the jobs must be picklable (module-level functions, plain data).
+
+    The pool is spawned, not forked: the parent may hold JAX's threads, which fork does not copy.
+    """
+    workers = max(1, min(int(workers), len(jobs)))
+    if workers == 1:
+        out = []
+        for job in jobs:
+            out.append(fn(job))
+            if done is not None:
+                done(out[-1])
+        return out
+    ctx = multiprocessing.get_context('spawn')
+    pool = concurrent.futures.ProcessPoolExecutor(workers, ctx, initializer=_worker_init)
+    try:
+        futures = [pool.submit(fn, job) for job in jobs]
+        for f in concurrent.futures.as_completed(futures):
+            if done is not None:
+                done(f.result())
+        return [f.result() for f in futures]
+    finally:  # on an error, the jobs not yet started are dropped, not run to no end
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def rot(axis, angle) -> Rotation:

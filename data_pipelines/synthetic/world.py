@@ -1,6 +1,7 @@
 """The whole synthetic world in one call: body models and the three raw datasets.
 
-    python -m data_pipelines.synthetic.world --out DIR [--seed S] [--large]
+    python -m data_pipelines.synthetic.world --out DIR [--seed S] [--size tiny|small|large]
+                                             [--workers N]
 
 writes, under DIR,
 
@@ -11,7 +12,8 @@ writes, under DIR,
                    <stem>.{jpg,json}
 
 so that the raw -> record converters run on it unchanged (raw_3dpw.py, raw_freihand.py and
-raw_hint.py say how each is made).
+raw_hint.py say how each is made). The sizes (raw_common.SIZES): `tiny` for the tests, `small`
+for the README's default run, `large` (thousands of training frames) for the ablations.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import time
 
 from data_pipelines.synthetic import body_files, raw_3dpw, raw_freihand, raw_hint
-from data_pipelines.synthetic.raw_common import LARGE, SMALL
+from data_pipelines.synthetic.raw_common import SIZES, default_workers
 from extpose_jax import errors
 
 # Bumped whenever the same seed writes different files (default_data.py rebuilds caches made by
@@ -28,14 +30,17 @@ from extpose_jax import errors
 VERSION = 2
 
 
-def write_all(root, seed: int = 0, small: bool = True) -> dict:
+def write_all(root, seed: int = 0, size: str = 'small', workers: int = 1) -> dict:
     """Body models + the three raw datasets under root; returns their paths.
 
     {'body_models': root/body_models, '3dpw': root/3DPW, 'freihand': root/FreiHAND,
-     'hint': root/HInt}. small=True is the default size (SMALL), else LARGE.
+     'hint': root/HInt}. size: a key of raw_common.SIZES. workers: processes rendering 3DPW
+    sequences side by side (the files are the same for any number).
     """
+    if size not in SIZES:
+        raise ValueError(f'unknown world size {size!r}; expected one of {tuple(SIZES)}')
     root = os.path.abspath(os.fspath(root))
-    sizes = SMALL if small else LARGE
+    sizes = SIZES[size]
     paths = {
         'body_models': os.path.join(root, 'body_models'),
         '3dpw': os.path.join(root, '3DPW'),
@@ -43,7 +48,9 @@ def write_all(root, seed: int = 0, small: bool = True) -> dict:
         'hint': os.path.join(root, 'HInt'),
     }
     body_files.write_body_models(paths['body_models'], seed=seed)
-    raw_3dpw.write_3dpw(paths['3dpw'], paths['body_models'], seed=seed, **sizes['3dpw'])
+    raw_3dpw.write_3dpw(
+        paths['3dpw'], paths['body_models'], seed=seed, workers=workers, **sizes['3dpw']
+    )
     raw_freihand.write_freihand(
         paths['freihand'], paths['body_models'], seed=seed, **sizes['freihand']
     )
@@ -58,11 +65,16 @@ def main(argv=None) -> dict:
     )
     ap.add_argument('--out', required=True, help='output folder')
     ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--large', action='store_true', help='the LARGE sizes instead of SMALL')
+    ap.add_argument('--size', choices=tuple(SIZES), default='small', help='raw_common.SIZES')
+    ap.add_argument(
+        '--workers', type=int, default=default_workers(), help='processes (default: the cores)'
+    )
     args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error(f'--workers must be >= 1, got {args.workers}')
     os.makedirs(args.out, exist_ok=True)  # an unusable --out fails now, not after the models
     t0 = time.time()
-    paths = write_all(args.out, seed=args.seed, small=not args.large)
+    paths = write_all(args.out, seed=args.seed, size=args.size, workers=args.workers)
     for k, v in paths.items():
         print(f'{k}: {v}')
     print(f'done in {time.time() - t0:.1f} s')

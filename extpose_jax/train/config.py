@@ -16,6 +16,7 @@ from typing import Optional
 import jax.numpy as jnp
 
 from data_pipelines import augment, pipeline
+from data_pipelines.synthetic import raw_common
 from extpose_jax import errors, losses
 from extpose_jax.models import attention, baselines, extpose, heads, masks, vit
 from extpose_jax.train import eval_protocols, optim
@@ -37,6 +38,7 @@ _CHOICES = {
     'model.dtype': tuple(DTYPES),
     'model.attention': attention.IMPLS,
     'data.pose_source': pipeline.POSE_SOURCES,
+    'synthetic_size': tuple(raw_common.SIZES),
     'data.image_fill': pipeline.IMAGE_FILLS,
     'optim.schedule': optim.SCHEDULES,
     'optim.trainable': optim.STRATEGIES,

@@ -8,8 +8,9 @@
     --max_frames=N      score only the first N frames (default: the evaluator's max_frames)
     --overlays=N        overlay PNGs (default: config.eval.overlays)
     --pose_source=S     2D-pose input: detections | noisy_gt | gt (default: the evaluator's
-                        pose_source, else its protocol's: 3DPW's detections, simulated ones for
-                        the hand datasets; metrics.json says which was used)
+                        pose_source, else its protocol's: the records' detections, for the
+                        hand datasets those of the converter's detections file; metrics.json
+                        says which was used)
 
 Writes <workdir>/eval/<evaluator>/step_<N>/metrics.json and overlays/ beside it, the same files
 the training loop writes for that step, and <workdir>/eval/<evaluator>/metrics.json ({'step': N,

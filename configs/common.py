@@ -54,7 +54,7 @@ def evaluator(dataset: str, split: str = 'test', every=None) -> ml_collections.C
     e.every = config_dict.FieldReference(every, field_type=int)
     e.max_frames = config_dict.placeholder(int)  # score the first N frames; None: all of them
     # The 2D-pose input: 'detections' | 'noisy_gt' | 'gt' (labelled in metrics.json); None: the
-    # protocol's, i.e. the dataset's detections (3DPW) or simulated ones (hand datasets).
+    # protocol's: the records' detections (3DPW's poses2d; the hand converters' detections file).
     e.pose_source = config_dict.placeholder(str)
     return e
 

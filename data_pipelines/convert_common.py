@@ -24,6 +24,13 @@ Common record helpers: reading an image (`read_image`), projecting camera-frame 
 full-image keypoints into the crop (`keypoints_to_crop`), FreiHAND's MANO with its hands_mean
 (`mano_model`) and the body-model forward on numpy batches (`model_forward`); SMPL comes
 straight from body_models.load_from_dir.
+
+2D detections for datasets that ship none (FreiHAND, HInt): a user's (or the synthetic world's)
+detector output in one JSON file, `DETECTIONS_FILE` in the raw dataset folder unless named
+elsewhere: an object mapping an image key (the image's path relative to the dataset folder,
+each converter's docstring says which) to J x [x, y, confidence] in full-image pixels,
+confidence 0 = not detected (`load_detections`); `detections_to_crop` makes the record's
+kp2d_det / has_kp2d_det of one entry.
 """
 
 from __future__ import annotations
@@ -157,6 +164,62 @@ def keypoints_to_crop(xy: np.ndarray, conf: np.ndarray, affine: np.ndarray) -> n
     out[:, :2] = cropping.apply_affine(affine, np.asarray(xy, np.float32))
     out[:, 2] = conf
     return out
+
+
+DETECTIONS_FILE = 'detections.json'
+# Fewer detected joints than this is no detection (3DPW's rule for OpenPose's poses2d).
+MIN_DETECTED_JOINTS = 6
+
+
+def find_detections(folder: str, path: str | None) -> str | None:
+    """The detections file to read: `path` if given (it must exist), else DETECTIONS_FILE in the
+    raw dataset folder if there is one, else None (records without detections)."""
+    if path is not None:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'detections file not found: {path}')
+        return path
+    default = os.path.join(folder, DETECTIONS_FILE)
+    return default if os.path.isfile(default) else None
+
+
+def load_detections(path: str, num_joints: int) -> dict[str, np.ndarray]:
+    """A detections file (module docstring) -> {image key: (J, 3) float64 x, y, confidence}.
+    Anything else is a ConversionError naming the file (and the key)."""
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise ConversionError(
+            f'{path}: expected a JSON object mapping image keys to {num_joints} x '
+            f'[x, y, confidence], got a {type(data).__name__}'
+        )
+    out = {}
+    for key, rows in data.items():
+        try:
+            det = np.asarray(rows, np.float64)
+        except (ValueError, TypeError, OverflowError):  # ragged, non-numeric, an int beyond float
+            det = np.zeros(0)
+        if det.shape != (num_joints, 3):
+            raise ConversionError(
+                f'{path}: key {key!r}: expected {num_joints} x [x, y, confidence] numbers'
+                + (f', got shape {det.shape}' if det.size else '')
+            )
+        if not np.all(np.isfinite(det)):
+            raise ConversionError(f'{path}: key {key!r}: non-finite values')
+        out[key] = det
+    return out
+
+
+def detections_to_crop(det: np.ndarray | None, affine: np.ndarray, num_joints: int):
+    """One image's (J, 3) full-image detection (None: no entry) -> (kp2d_det (J, 3) float32 in
+    crop pixels with undetected joints as zero rows, has_kp2d_det: at least MIN_DETECTED_JOINTS
+    joints detected). Confidences are clipped to [0, 1]."""
+    if det is None:
+        return np.zeros((num_joints, 3), np.float32), False
+    conf = np.clip(det[:, 2], 0.0, 1.0)
+    kp2d_det = keypoints_to_crop(det[:, :2], conf, affine)
+    kp2d_det[conf <= 0] = 0.0
+    has = int((conf > 0).sum()) >= MIN_DETECTED_JOINTS
+    return (kp2d_det if has else np.zeros_like(kp2d_det)), has
 
 
 def nominal_K(image_size) -> np.ndarray:
@@ -493,6 +556,15 @@ def add_common_args(
         help='rewrite every shard (default: keep shards finished by earlier runs)',
     )
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+
+
+def add_detections_arg(parser: argparse.ArgumentParser, folder: str) -> None:
+    parser.add_argument(
+        '--detections',
+        default=None,
+        help=f'2D detections JSON (default: {folder}/{DETECTIONS_FILE} if it exists; '
+        'see the module docstring for the format)',
+    )
 
 
 def print_summary(summary: dict) -> None:

@@ -1,7 +1,8 @@
 """FreiHAND v2 raw download -> records (MANO-vector and fingertip pitfalls: see below).
 
     python -m data_pipelines.convert_freihand --root RAW --body_models DIR --out DIR \
-        [--splits train test] [--workers N] [--num_shards K] [--crop_size 384]
+        [--splits train test] [--workers N] [--num_shards K] [--crop_size 384] \
+        [--detections FILE]
 
 or `convert(root, body_models, out, ...)`, which returns a summary dict.
 
@@ -29,12 +30,21 @@ therefore a shard, and (sequence, track, frame) names the exact image file.
 | K / image_size | `*_K.json[idx]` / (H, W) of the jpg (224 x 224) |
 | box | tight box of the projected MANO mesh; the crop adds `margin` on each side |
 | kp2d | kp3d projected with K, through crop_affine; conf 1 on the image, else 0 |
+| kp2d_det | the image's entry in the detections file (below) through crop_affine; undetected joints are zero rows; has_kp2d_det False (zeros) without an entry or with fewer than 6 detected joints, and for every record when there is no file |
 | hand_side | `right` |
 
 Check: the 16 non-tip keypoints must match `*_xyz.json` within `xyz_tol` metres (default 1 mm),
 else an error names the json file and the sample (typically the flat_hand_mean pitfall, or the
 uv_root/scale misread as a translation). Tips are not compared: FreiHAND's own tips are ring 555 /
 pinky 672 (thumb, index, middle agree but are left out too).
+
+2D detections (FreiHAND ships none): `FreiHAND_pub_v2/detections.json` when present, or the file
+given as `--detections FILE` / `detections=`, is one JSON object mapping an image's path
+relative to FreiHAND_pub_v2, `training/rgb/%08d.jpg` or `evaluation/rgb/%08d.jpg` (the jpg
+number is the record's frame), to 21 x [x, y, confidence] in full-image pixels, OpenPose hand
+order, confidence 0 = not detected. Run any 2D hand detector over the images to make one; the
+synthetic world writes simulated ones (synthetic/raw_freihand.py). Images without an entry get
+no detection; a malformed file stops the conversion naming the file and the key.
 """
 
 from __future__ import annotations
@@ -134,7 +144,15 @@ def load_annotations(split: str, pub: str, ev: str | None) -> dict | None:
     return ann
 
 
-def list_jobs(split: str, ann: dict) -> list[cc.Job]:
+def detection_key(split: str, image_id: int) -> str:
+    """The detections file's key of an image: its path relative to FreiHAND_pub_v2."""
+    prefix = 'training' if split == 'train' else 'evaluation'
+    return f'{prefix}/rgb/{image_id:08d}.jpg'
+
+
+def list_jobs(split: str, ann: dict, detections: dict | None = None) -> list[cc.Job]:
+    """One job per sample; each image carries its detection (None: no entry), or no
+    detections at all (None) when there is no file."""
     n = len(ann['K'])
     versions = NUM_VERSIONS if split == 'train' else 1
     present = set(os.listdir(ann['image_dir']))
@@ -148,7 +166,12 @@ def list_jobs(split: str, ann: dict) -> list[cc.Job]:
     jobs = []
     for idx in range(n):
         images = [
-            (v, idx + n * v, os.path.join(ann['image_dir'], f'{idx + n * v:08d}.jpg'))
+            (
+                v,
+                idx + n * v,
+                os.path.join(ann['image_dir'], f'{idx + n * v:08d}.jpg'),
+                None if detections is None else detections.get(detection_key(split, idx + n * v)),
+            )
             for v in range(versions)
         ]
         jobs.append(
@@ -162,6 +185,7 @@ def list_jobs(split: str, ann: dict) -> list[cc.Job]:
                     'images': images,
                     'xyz_path': ann['paths']['xyz'],
                     'mano_path': ann['paths']['mano'],
+                    'with_detections': detections is not None,
                 },
                 units=versions,
             )
@@ -241,7 +265,7 @@ def prepare_shard(jobs: list[cc.Job], opt) -> dict:
 def process_sample(job: cc.Job, opt, progress):
     pose, betas, kp3d, box = opt['prepared'][job.sequence]
     K = job.payload['K']
-    for version, image_id, path in job.payload['images']:
+    for version, image_id, path, det in job.payload['images']:
         image = cc.read_image(path)
         hw = image.shape[:2]
         if box is None or not cc.box_overlaps_image(box, hw):
@@ -252,7 +276,7 @@ def process_sample(job: cc.Job, opt, progress):
             image, box, opt['crop_size'], opt['margin'], opt['jpeg_quality']
         )
         uv, z = cc.project(K, kp3d)
-        yield {
+        record = {
             'image': jpeg,
             'crop_affine': affine,
             'image_size': np.asarray(hw, np.int64),
@@ -267,6 +291,13 @@ def process_sample(job: cc.Job, opt, progress):
             'track': int(version),
             'frame': int(image_id),
         }
+        if job.payload['with_detections']:
+            record['kp2d_det'], record['has_kp2d_det'] = cc.detections_to_crop(
+                det, affine, NUM_JOINTS
+            )
+            stats = opt['stats']
+            stats['with_detection'] = stats.get('with_detection', 0) + record['has_kp2d_det']
+        yield record
         progress(1)
 
 
@@ -288,11 +319,15 @@ def convert(
     xyz_tol: float | None = 0.001,
     fsync: bool = True,
     quiet: bool = False,
+    detections: str | None = None,
 ) -> dict:
-    """Converts the requested FreiHAND splits; returns {'dataset', 'out', 'splits': {...}}.
+    """Converts the requested FreiHAND splits; returns {'dataset', 'out', 'detections', 'splits':
+    {...}} ('detections': the file read, or None).
 
     xyz_tol: metres allowed between the MANO keypoints and *_xyz.json (None: no check). A `test`
     split without its GT json is reported as {'skipped': reason} instead of being converted.
+    detections: a detections file (module docstring); None: FreiHAND_pub_v2/detections.json if
+    it exists, else records without detections.
     """
     root, body_models = os.fspath(root), os.fspath(body_models)
     cc.mano_model(body_models)  # checked (and cached) before anything is written
@@ -304,7 +339,9 @@ def convert(
             )
     pub, ev = find_dirs(root)
     anns = {split: load_annotations(split, pub, ev) for split in splits}
-    jobs = {split: list_jobs(split, ann) for split, ann in anns.items() if ann is not None}
+    det_path = cc.find_detections(pub, detections)
+    dets = cc.load_detections(det_path, NUM_JOINTS) if det_path else None
+    jobs = {split: list_jobs(split, ann, dets) for split, ann in anns.items() if ann is not None}
     options = dict(
         body_models=body_models,
         crop_size=crop_size,
@@ -312,7 +349,7 @@ def convert(
         jpeg_quality=jpeg_quality,
         xyz_tol=xyz_tol,
     )
-    summary = {'dataset': NAME, 'out': os.fspath(out), 'splits': {}}
+    summary = {'dataset': NAME, 'out': os.fspath(out), 'detections': det_path, 'splits': {}}
     with cc.WorkerPool(workers) as pool:
         for split in splits:
             if anns[split] is None:
@@ -353,6 +390,7 @@ def main(argv=None) -> dict:
         default=0.001,
         help='max metres between MANO keypoints and *_xyz.json (negative: no check)',
     )
+    cc.add_detections_arg(parser, 'FreiHAND_pub_v2')
     a = parser.parse_args(argv)
     summary = convert(
         a.root,
@@ -367,6 +405,7 @@ def main(argv=None) -> dict:
         overwrite=a.overwrite,
         xyz_tol=None if a.xyz_tol < 0 else a.xyz_tol,
         quiet=a.quiet,
+        detections=a.detections,
     )
     cc.print_summary(summary)
     return summary

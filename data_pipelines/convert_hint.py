@@ -1,7 +1,8 @@
 """HInt (HaMeR's Hand Interactions in the wild) annotations -> records.
 
     python -m data_pipelines.convert_hint --root RAW --out DIR \
-        [--splits train val test] [--workers N] [--num_shards K] [--crop_size 384]
+        [--splits train val test] [--workers N] [--num_shards K] [--crop_size 384] \
+        [--detections FILE]
 
 or `convert(root, None, out, ...)`, which returns a summary dict. (`body_models` /
 `--body_models` is accepted and ignored: HInt has no 3D labels.)
@@ -30,11 +31,22 @@ sequence), frame = 0 (HInt frames are independent images).
 | box | the annotated bbox (if degenerate: the tight box of the annotated keypoints) |
 | kp2d | keypoints through crop_affine; conf = (1 - occlusion) * existence, HInt's own reading (`draw_hand.py`): the visible keypoints. Occluded keypoints keep their annotated position with conf 0; non-existent ones are zero rows |
 | kp2d_occluded | occlusion * existence (has_kp2d_occluded True): 1 where the keypoint is annotated but occluded |
+| kp2d_det | the hand's entry in the detections file (below) through crop_affine; undetected joints are zero rows; has_kp2d_det False (zeros) without an entry or with fewer than 6 detected joints, and for every record when there is no file |
 | K | none in HInt: the nominal HMR 2.0 camera, f = 5000/256 * max(H, W), centre (W/2, H/2) |
 | kp3d / pose / betas | absent (has_kp3d / has_pose / has_betas False) |
 
 Evaluation subsets (HaMeR's TEST_*_{all,vis,occ}): VIS = kp2d conf > 0.5; OCC = kp2d_occluded >
 0.5; ALL = either (every annotated keypoint, at its kp2d x, y).
+
+2D detections (HInt ships none): `<HInt root>/detections.json` (beside the
+`{TRAIN,VAL,TEST}_*` folders) when present, or the file given as `--detections FILE` /
+`detections=`, is one JSON object mapping a hand's image path relative to the HInt root,
+`<folder>/<stem>.jpg` (e.g. `TEST_epick_img/EK_0064_P03_10_frame_0000000249_r.jpg`: the stem's
+`_l` / `_r` says which hand), to 21 x [x, y, confidence] in full-image pixels, OpenPose hand
+order, confidence 0 = not detected. Run any 2D hand detector over the images (matching its
+hands to the annotated ones) to make one; the synthetic world writes simulated ones
+(synthetic/raw_hint.py). Hands without an entry get no detection; a malformed file stops the
+conversion naming the file and the key.
 """
 
 from __future__ import annotations
@@ -74,8 +86,9 @@ def find_root(root: str) -> str:
     )
 
 
-def list_jobs(root: str, split: str, allow_missing_images: bool = False):
-    """(jobs, info) for one split; info has skipped_folders {folder: json count}, missing images."""
+def list_jobs(root: str, split: str, allow_missing_images: bool = False, detections=None):
+    """(jobs, info) for one split; info has skipped_folders {folder: json count}, missing images.
+    With `detections` (load_detections' dict) each hand carries its entry (None: none)."""
     prefix = SPLIT_PREFIX[split]
     folders = sorted(
         f
@@ -120,8 +133,9 @@ def list_jobs(root: str, split: str, allow_missing_images: bool = False):
                     'in _l or _r (the only place HInt records handedness)'
                 )
             sequence = f'{source}_{kind}/{stem[:-2]}'
+            det = detections.get(f'{folder}/{stem}.jpg') if detections is not None else None
             groups.setdefault(sequence, []).append(
-                (os.path.join(path, stem + '.json'), os.path.join(path, stem + '.jpg'), side)
+                (os.path.join(path, stem + '.json'), os.path.join(path, stem + '.jpg'), side, det)
             )
             n += 1
         info['folders'][folder] = n
@@ -179,7 +193,7 @@ def read_annotation(path: str) -> dict:
 
 def process_image(job: cc.Job, opt, progress):
     """Yields the records of one image (one per annotated hand)."""
-    for json_path, image_path, (side, track) in job.payload:
+    for json_path, image_path, (side, track), det in job.payload:
         ann = read_annotation(json_path)
         image = cc.read_image(image_path)
         hw = image.shape[:2]
@@ -214,6 +228,12 @@ def process_image(job: cc.Job, opt, progress):
             'track': int(track),
             'frame': 0,
         }
+        if opt['with_detections']:
+            record['kp2d_det'], record['has_kp2d_det'] = cc.detections_to_crop(
+                det, affine, NUM_JOINTS
+            )
+            stats = opt['stats']
+            stats['with_detection'] = stats.get('with_detection', 0) + record['has_kp2d_det']
         opt['stats']['occluded_keypoints'] = opt['stats'].get('occluded_keypoints', 0) + int(
             (ann['occlusion'] * exist).sum()
         )
@@ -236,21 +256,37 @@ def convert(
     allow_missing_images: bool = False,
     fsync: bool = True,
     quiet: bool = False,
+    detections: str | None = None,
 ) -> dict:
-    """Converts the requested HInt splits; returns {'dataset', 'out', 'splits': {split: summary}}.
+    """Converts the requested HInt splits; returns {'dataset', 'out', 'root', 'detections',
+    'splits': {split: summary}} ('detections': the file read, or None).
 
     Same signature as the other converters; body_models is ignored (may be None). Each split's
     summary adds `folders` (records listed per folder), `skipped_folders` ({folder: json count}
-    for folders without images) and `missing_images`.
+    for folders without images) and `missing_images`. detections: a detections file (module
+    docstring); None: detections.json in the HInt root if it exists, else none.
     """
     del body_models
     root = find_root(os.fspath(root))
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f'unknown HInt split {split!r}; expected one of {SPLITS}')
-    listed = {split: list_jobs(root, split, allow_missing_images) for split in splits}
-    options = dict(crop_size=crop_size, margin=margin, jpeg_quality=jpeg_quality)
-    summary = {'dataset': NAME, 'out': os.fspath(out), 'root': root, 'splits': {}}
+    det_path = cc.find_detections(root, detections)
+    dets = cc.load_detections(det_path, NUM_JOINTS) if det_path else None
+    listed = {split: list_jobs(root, split, allow_missing_images, dets) for split in splits}
+    options = dict(
+        crop_size=crop_size,
+        margin=margin,
+        jpeg_quality=jpeg_quality,
+        with_detections=dets is not None,
+    )
+    summary = {
+        'dataset': NAME,
+        'out': os.fspath(out),
+        'root': root,
+        'detections': det_path,
+        'splits': {},
+    }
     with cc.WorkerPool(workers) as pool:
         for split in splits:
             jobs, info = listed[split]
@@ -285,6 +321,7 @@ def main(argv=None) -> dict:
         action='store_true',
         help='skip (and count) stems whose jpg is missing in a folder that has some images',
     )
+    cc.add_detections_arg(parser, 'the HInt root')
     a = parser.parse_args(argv)
     summary = convert(
         a.root,
@@ -299,6 +336,7 @@ def main(argv=None) -> dict:
         overwrite=a.overwrite,
         allow_missing_images=a.allow_missing_images,
         quiet=a.quiet,
+        detections=a.detections,
     )
     cc.print_summary(summary)
     return summary

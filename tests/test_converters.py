@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -91,6 +92,27 @@ def _project_to_crop(rec):
 def _to_full(rec, xy):
     A = rec['crop_affine'].astype(np.float64)
     return (np.asarray(xy, np.float64) - A[:, 2]) @ np.linalg.inv(A[:, :2]).T
+
+
+def _assert_detection(rec, det):
+    """kp2d_det is `det` (the image's entry in the detections file, full-image pixels) mapped
+    into the crop: checked by mapping kp2d_det back with the inverse affine."""
+    conf = np.asarray(det)[:, 2]
+    found = conf > 0
+    assert rec['has_kp2d_det'] == (found.sum() >= convert_common.MIN_DETECTED_JOINTS)
+    if not rec['has_kp2d_det']:
+        assert not rec['kp2d_det'].any()
+        return
+    np.testing.assert_allclose(
+        _to_full(rec, rec['kp2d_det'][found, :2]), np.asarray(det)[found, :2], atol=2e-3
+    )
+    np.testing.assert_allclose(rec['kp2d_det'][:, 2], np.clip(conf, 0, 1), atol=1e-6)
+    assert not rec['kp2d_det'][~found].any()  # undetected: zero rows
+
+
+def _detections(root):
+    with open(os.path.join(root, convert_common.DETECTIONS_FILE)) as f:
+        return json.load(f)
 
 
 def _shard_files(out):
@@ -212,8 +234,12 @@ def test_freihand_records_match_raw(raw, converted):
     hands_mean = bm.load_model_file(os.path.join(raw['body_models'], 'mano', 'MANO_RIGHT.pkl'))[
         'hands_mean'
     ]
+    detections = _detections(os.path.join(raw['freihand'], 'FreiHAND_pub_v2'))
+    assert converted['freihand'][1]['detections'].endswith('detections.json')
     for split, n, versions in (('train', N_FH_TRAIN, 4), ('test', N_FH_EVAL, 1)):
         K_all, mano_all, xyz_all = (_fh_json(raw, split, w) for w in ('K', 'mano', 'xyz'))
+        prefix = 'training' if split == 'train' else 'evaluation'
+        with_det = 0
         r = readers[split]
         assert len(r) == n * versions  # 4n training records
         assert r.num_joints == 21 and r.body_model == 'mano'
@@ -241,9 +267,10 @@ def test_freihand_records_match_raw(raw, converted):
             x0, y0, x1, y1 = rec['box']
             assert (uv[:, 0] > x0 - 1).all() and (uv[:, 0] < x1 + 1).all()
             assert (uv[:, 1] > y0 - 1).all() and (uv[:, 1] < y1 + 1).all()
-            assert (
-                rec['has_pose'] and rec['has_betas'] and rec['has_kp3d'] and not rec['has_kp2d_det']
-            )
+            assert rec['has_pose'] and rec['has_betas'] and rec['has_kp3d']
+            _assert_detection(rec, detections[f'{prefix}/rgb/{int(rec["frame"]):08d}.jpg'])
+            with_det += bool(rec['has_kp2d_det'])
+        assert with_det > len(r) // 2  # the synthetic hands are seldom missed
 
 
 # ---------------------------------------------------------------- HInt
@@ -266,6 +293,8 @@ def _hint_stems(root):
 def test_hint_records_match_raw(raw, converted):
     readers = _readers(converted, 'hint')
     stems = _hint_stems(raw['hint'])
+    root = os.path.join(raw['hint'], 'HInt_annotation_partial')
+    detections = _detections(root)
     assert set(readers) == {'train', 'val', 'test'}
     got = {(split, rec['sequence'], int(rec['track'])) for split, r in readers.items() for rec in r}
     assert got == set(stems)  # one record per stem
@@ -277,9 +306,8 @@ def test_hint_records_match_raw(raw, converted):
                 ann = json.load(f)[0]
             assert rec['dataset'] == 'hint' and rec['split'] == split and rec['frame'] == 0
             assert rec['hand_side'] == ('right' if path.endswith('_r.json') else 'left')
-            assert not (
-                rec['has_kp3d'] or rec['has_pose'] or rec['has_betas'] or rec['has_kp2d_det']
-            )
+            assert not (rec['has_kp3d'] or rec['has_pose'] or rec['has_betas'])
+            _assert_detection(rec, detections[os.path.relpath(path, root)[:-5] + '.jpg'])
             assert rec['has_kp2d'] and rec['has_kp2d_occluded']
             np.testing.assert_allclose(rec['box'], ann['bbox'][0], atol=1e-3)
             occ = np.asarray(ann['occlusion'], np.float32)
@@ -297,6 +325,36 @@ def test_hint_records_match_raw(raw, converted):
                 np.abs(cropping.apply_affine(rec['crop_affine'], uv) - rec['kp2d'][:, :2]).max()
                 < SUBPIXEL
             )
+
+
+def test_detections_file_elsewhere_or_none(raw, tmp_path):
+    """Without a detections file the records carry none (as before); `detections=` points at
+    one anywhere; an image without an entry has none."""
+    base = tmp_path / 'HInt'
+    shutil.copytree(raw['hint'], base)
+    root = base / 'HInt_annotation_partial'
+    moved = tmp_path / 'my_detector.json'
+    detections = _detections(root)
+    os.remove(root / convert_common.DETECTIONS_FILE)
+    kw = dict(splits=['val'], num_shards=1, fsync=False, quiet=True)
+    s = convert_hint.convert(str(base), None, str(tmp_path / 'none'), **kw)
+    assert s['detections'] is None and 'with_detection' not in s['splits']['val']
+    r = record_reader.RecordReader(str(tmp_path / 'none'), 'val')
+    assert not any(rec['has_kp2d_det'] or rec['kp2d_det'].any() for rec in r)
+    dropped = sorted(k for k in detections if k.startswith('VAL_'))[0]
+    del detections[dropped]
+    moved.write_text(json.dumps(detections))
+    s = convert_hint.convert(str(base), None, str(tmp_path / 'moved'), detections=str(moved), **kw)
+    assert s['detections'] == str(moved)
+    r = record_reader.RecordReader(str(tmp_path / 'moved'), 'val')
+    for rec in r:
+        # sequence '<source>_img/<image id>' of folder VAL_<source>_img, stem <image id>_r / _l
+        key = f'VAL_{rec["sequence"]}{"_r" if rec["track"] == 1 else "_l"}.jpg'
+        if key == dropped:
+            assert not rec['has_kp2d_det'] and not rec['kp2d_det'].any()
+        else:
+            _assert_detection(rec, detections[key])
+    assert s['splits']['val']['with_detection'] == sum(bool(rec['has_kp2d_det']) for rec in r)
 
 
 # ---------------------------------------------------------------- all datasets

@@ -12,6 +12,8 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -276,3 +278,67 @@ def test_3dpw_frame_without_detection(raw, tmp_path):
     assert s['frames_without_detection'] == 1
     rec = record_reader.RecordReader(out, 'test').lookup(seq, 0, state['frame'])
     assert not rec['has_kp2d_det'] and not rec['kp2d_det'].any() and rec['has_kp2d']
+
+
+_ROW = [1.0, 2.0, 0.9]
+
+
+@pytest.mark.parametrize(
+    'content, why',
+    [
+        ('[]', 'expected a JSON object'),
+        ('{"a.jpg": [[1, 2, 0.9]]}', "key 'a.jpg': expected 21 x [x, y, confidence]"),
+        ('{"a.jpg": ' + json.dumps([_ROW] * 20 + [[1, 'x', 0.5]]) + '}', "key 'a.jpg'"),
+        ('{"a.jpg": ' + json.dumps([_ROW] * 20 + [[1, 2]]) + '}', "key 'a.jpg'"),
+        (
+            '{"a.jpg": ' + json.dumps([_ROW] * 20).replace('0.9', 'NaN', 1)[:-1] + ', [1, 2, 3]]}',
+            "key 'a.jpg': non-finite",
+        ),
+        ('{"a.jpg": [', 'is not valid JSON'),
+    ],
+)
+def test_malformed_detections_file_is_named(raw, tmp_path, content, why):
+    """A detections file given to a converter that is not 21 x [x, y, confidence] per key
+    fails before anything is written, naming the file (and the key)."""
+    path = tmp_path / 'dets.json'
+    path.write_text(content)
+    for name, mod, body_models in (
+        ('hint', convert_hint, None),
+        ('freihand', convert_freihand, raw['body_models']),
+    ):
+        out = tmp_path / name
+        with pytest.raises(
+            convert_common.ConversionError, match=re.escape(str(path)) + '.*' + re.escape(why)
+        ):
+            mod.convert(raw[name], body_models, str(out), detections=str(path), quiet=True)
+        assert not out.exists()
+    with pytest.raises(FileNotFoundError, match='detections file not found: .*nowhere.json'):
+        convert_hint.convert(
+            raw['hint'], None, str(tmp_path / 'o'), detections=str(tmp_path / 'nowhere.json')
+        )
+
+
+def test_malformed_detections_file_is_one_line_on_the_command_line(raw, tmp_path):
+    path = tmp_path / 'dets.json'
+    path.write_text('{"TEST_x/y_r.jpg": [1, 2, 3]}')
+    res = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'data_pipelines.convert_hint',
+            '--root',
+            raw['hint'],
+            '--out',
+            str(tmp_path / 'out'),
+            '--detections',
+            str(path),
+            '--quiet',
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "'TEST_x/y_r.jpg'" in lines[0], lines

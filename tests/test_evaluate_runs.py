@@ -207,6 +207,48 @@ def test_bad_input_is_a_clear_error(data, tmp_path):
         )
 
 
+# ------------------------------------------------------------------------------ 2D input
+
+
+def test_every_protocol_defaults_to_detections():
+    """Test-time 2D poses are detections (3DPW's shipped ones, FreiHAND's and HInt's from a
+    detections file), whatever the training input; an evaluator's own pose_source still wins."""
+    from configs import video
+    from extpose_jax.train import config as config_lib
+    from extpose_jax.train import eval_protocols
+
+    assert {n: p.pose_source for n, p in eval_protocols.PROTOCOLS.items()} == {
+        '3dpw': 'detections',
+        'freihand': 'detections',
+        'hint': 'detections',
+    }
+    cfg = video.get_config('small')
+    for dataset in ('freihand', 'hint'):
+        e = config_lib.Evaluator('hands', dataset, 'test', 1, None, None)
+        assert config_lib.eval_kwargs(cfg, e)['pose_source'] == 'detections'
+        e = config_lib.Evaluator('hands', dataset, 'test', 1, None, 'noisy_gt')
+        assert config_lib.eval_kwargs(cfg, e)['pose_source'] == 'noisy_gt'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['freihand', 'hint'])
+def test_detections_on_records_without_any_is_one_clear_error(data, name):
+    """Records converted without a detections file: evaluating on detections stops before the
+    model runs, naming the records and both ways out; another input is scored and labelled."""
+    from extpose_jax.train import eval_protocols
+
+    calls = []
+    predict = truth_predictor(data['truth'][name], 'mano', calls=calls)
+    with pytest.raises(eval_protocols.NoDetections) as e:
+        _evaluate(data, name, predict, pose_source='detections')
+    message = str(e.value)
+    assert '\n' not in message and data['dirs'][name] in message
+    assert '--detections FILE' in message and '.pose_source=noisy_gt' in message
+    assert not calls  # no model call, no score
+    out = _evaluate(data, name, predict, pose_source='noisy_gt')
+    assert out['pose_source'] == 'noisy_gt' and out['input_2d'].startswith('simulated')
+
+
 # ------------------------------------------------------------------------------ run_eval.py
 
 
@@ -245,7 +287,7 @@ def test_run_eval_writes_the_training_layout(data, tmp_path, monkeypatch):
     assert written['num_frames'] == 6
     # The 2D input by default: the dataset's detections, and the file says so.
     assert written['pose_source'] == 'detections'
-    assert written['input_2d'] == "the dataset's 2D detections"
+    assert written['input_2d'] == "2D detections (the records' kp2d_det)"
     latest = json.loads((tmp_path / 'eval' / 'pw3d' / 'metrics.json').read_text())
     assert latest['step'] == 7 and latest['3dpw/mpjpe'] < 0.01
     assert len(os.listdir(step_dir / 'overlays')) == 2

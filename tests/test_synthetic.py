@@ -348,7 +348,7 @@ def test_freihand_layout_and_counts(synth):
         assert (xyz[..., 2] > 0.2).all()  # camera frame, metres
     assert sorted(f for f in os.listdir(pub) if f.endswith('.json')) == sorted(
         [f'training_{k}.json' for k in ('K', 'mano', 'xyz', 'verts', 'scale')]
-        + ['evaluation_K.json', 'evaluation_scale.json']
+        + ['evaluation_K.json', 'evaluation_scale.json', 'detections.json']
     )
     assert sorted(f for f in os.listdir(ev) if f.endswith('.json')) == sorted(
         f'evaluation_{k}.json' for k in ('xyz', 'verts', 'mano')
@@ -431,7 +431,7 @@ def _chirality(kp3d):
 def test_hint_layout_names_and_json(synth):
     root = synth['hint']['root']
     assert os.path.basename(root) == 'HInt_annotation_partial'
-    folders = sorted(os.listdir(root))
+    folders = sorted(f for f in os.listdir(root) if f != 'detections.json')
     assert folders == sorted(
         f'{s}_{src}_img' for s in ('TRAIN', 'VAL', 'TEST') for src in ('newdays', 'epick', 'ego4d')
     )
@@ -505,11 +505,89 @@ def test_hint_ego4d_json_only(body_model_dir, tmp_path):
     out = raw_hint.write_hint(
         str(tmp_path), str(body_model_dir), seed=3, per_folder=1, ego4d_images=False
     )
+    detections = _json(os.path.join(out['root'], 'detections.json'))
     for folder in os.listdir(out['root']):
+        if folder == 'detections.json':
+            continue
         files = os.listdir(os.path.join(out['root'], folder))
         has_jpg = any(f.endswith('.jpg') for f in files)
         assert any(f.endswith('.json') for f in files)
         assert has_jpg == ('ego4d' not in folder)
+        # no image, nothing to run a detector on
+        assert any(k.startswith(folder + '/') for k in detections) == has_jpg
+
+
+# ============================================================================ hand detections
+
+# detector.DetectorModel's defaults: per-axis jitter / box side of a visible and an occluded
+# keypoint; a 2D Gaussian error's median is sqrt(2 ln 2) = 1.18 of its per-axis std.
+_JITTER, _OCC_JITTER, _RAYLEIGH_MEDIAN = 0.02, 0.06, 1.1774
+
+
+def _check_detection(det, uv, inside):
+    """One hand's (21, 3) detection against its exact projections -> errors of the reported
+    keypoints (px) and which those are; off-image keypoints must not be reported."""
+    det = np.asarray(det)
+    assert det.shape == (21, 3)
+    rep = det[:, 2] > 0
+    assert not det[~rep].any()  # not detected: a zero row
+    assert not rep[~inside].any()  # truncation: never reported
+    return np.linalg.norm(det[:, :2] - uv, axis=-1), rep
+
+
+@pytest.mark.slow
+def test_freihand_detections_are_simulated_from_the_annotated_keypoints(synth):
+    """Every image has an entry keyed by its path; the reported points err around the projected
+    xyz by detector.py's model, scaled by the hand's projected extent: between the visible and
+    the occluded jitter (FreiHAND has no occlusion labels to split them), never exact."""
+    root = synth['freihand']['root']
+    pub = os.path.join(root, 'FreiHAND_pub_v2')
+    det = _json(os.path.join(pub, 'detections.json'))
+    keys = [f'training/rgb/{i:08d}.jpg' for i in range(4 * FH_TRAIN)]
+    keys += [f'evaluation/rgb/{i:08d}.jpg' for i in range(FH_EVAL)]
+    assert sorted(det) == sorted(keys)
+    rel = []
+    for key in keys:
+        split, n = key.split('/')[0], FH_TRAIN if key.startswith('training') else FH_EVAL
+        folder = pub if split == 'training' else os.path.join(root, 'FreiHAND_pub_v2_eval')
+        idx = int(key[-12:-4]) % n
+        K = np.array(_json(os.path.join(pub, f'{split}_K.json'))[idx])
+        xyz = np.array(_json(os.path.join(folder, f'{split}_xyz.json'))[idx])
+        verts = np.array(_json(os.path.join(folder, f'{split}_verts.json'))[idx])
+        uv, uv_v = render.project(K, xyz), render.project(K, verts)
+        err, rep = _check_detection(det[key], uv, render.inside_image(uv, (224, 224), xyz[:, 2]))
+        rel.append(err[rep] / (uv_v.max(0) - uv_v.min(0)).max())
+    rel = np.concatenate(rel)
+    assert len(rel) > 0.5 * 21 * len(keys) and (rel > 0).all()
+    med = np.median(rel)
+    assert 0.7 * _RAYLEIGH_MEDIAN * _JITTER < med < _RAYLEIGH_MEDIAN * _OCC_JITTER, med
+    # the four versions of a sample are four images: four draws of the detector
+    assert det[keys[0]] != det[keys[FH_TRAIN]]
+
+
+@pytest.mark.slow
+def test_hint_detections_follow_occlusion_and_the_box_side(synth):
+    """Per annotated hand with an image, its detection: visible keypoints err by the visible
+    jitter x the box side the writer used, occluded ones (the json's own labels) clearly more."""
+    root = synth['hint']['root']
+    det = _json(os.path.join(root, 'detections.json'))
+    hands = synth['hint']['hands']
+    assert sorted(det) == sorted(os.path.relpath(p, root) + '.jpg' for p in hands)
+    rel = {0: [], 1: []}
+    for stem_path, h in hands.items():
+        a = _json(stem_path + '.json')[0]
+        uv = np.array(a['keypoints'])
+        img = cv2.imread(stem_path + '.jpg')
+        inside = render.inside_image(uv, img.shape[1::-1], h['kp3d'][:, 2])
+        err, rep = _check_detection(det[os.path.relpath(stem_path, root) + '.jpg'], uv, inside)
+        occ = np.array(a['occlusion'])
+        for o in (0, 1):
+            rel[o].append(err[rep & (occ == o)] / h['box_side'])
+    vis, occ = np.concatenate(rel[0]), np.concatenate(rel[1])
+    assert len(vis) > 100 and len(occ) > 10 and (vis > 0).all()
+    med = np.median(vis)
+    assert 0.6 * _RAYLEIGH_MEDIAN * _JITTER < med < 1.5 * _RAYLEIGH_MEDIAN * _JITTER, med
+    assert np.median(occ) > 1.8 * med, (np.median(occ), med)
 
 
 # ============================================================================ renderer

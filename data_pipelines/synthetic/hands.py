@@ -5,6 +5,9 @@ mirror image x -> -x of the right model. Hand scenes are designed as right hands
 frame; a left hand is the mirror of such a design through the camera's y-z plane: its pose is
 the right pose conjugated by diag(-1, 1, 1) (axis-angle (x, y, z) -> (x, -y, -z)), which the
 mirrored model turns back into exactly the mirrored right-hand mesh (`mirror_pose`).
+
+Both writers also label each keypoint's occlusion from the render (`keypoint_occlusion`) and
+store what a 2D hand detector would report for the hand (`detect_hand`, detector.py's model).
 """
 
 from __future__ import annotations
@@ -12,8 +15,22 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from data_pipelines.synthetic import imaging, render
+from data_pipelines.synthetic import detector, imaging, render
 from data_pipelines.synthetic.raw_common import Models, align, mesh_faces, rot, unit
+from extpose_jax import skeletons
+
+# A keypoint lies inside the hand: its own skin seen up to this far in front of it still leaves
+# it visible (metres; a finger's thickness).
+MAX_SKIN = 0.035
+# Hands have no left/right pairs within one hand: the detector never swaps joints.
+_HAND_FLIP = skeletons.get_layout('hand21').flip
+_TIP_JOINT = (
+    15,
+    3,
+    6,
+    12,
+    9,
+)  # MANO joint under each tip vertex: thumb, index, middle, ring, pinky
 
 
 class HandRig:
@@ -101,3 +118,51 @@ def arm_meshes(rig, verts, wrist, rng, skin, length=0.35):
 
 def tint(rng, color, amount):
     return np.clip(np.asarray(color) * (1 - amount) + imaging.random_color(rng) * amount, 0, 255)
+
+
+def hand_parts(model):
+    """(face_part, own) for keypoint_occlusion: per face, the dominant MANO joint; per OpenPose
+    keypoint, the joints whose skin counts as its own surface (its joint, the parent, the
+    children). A mirrored (left) model keeps the vertex and face ids, so the right one serves."""
+    W = np.asarray(model.weights)
+    F = mesh_faces(model)
+    face_part = W[F].sum(1).argmax(1)
+    parents = model.parents
+    mano21 = np.asarray(skeletons.MANO_TO_OPENPOSE21)
+    own = []
+    for j in range(21):
+        m = int(mano21[j])
+        m = _TIP_JOINT[m - 16] if m >= 16 else m
+        near = {m} | {c for c, p in enumerate(parents) if p == m}
+        if parents[m] >= 0:
+            near.add(parents[m])
+        own.append(near)
+    return face_part, own
+
+
+def keypoint_occlusion(kp3d, uv, mask, depth, face_ids, mesh_id, parts) -> np.ndarray:
+    """(21,) 0/1, 1 = occluded: at the keypoint's pixel a 2D occluder, another mesh in front of
+    it (the other hand, a forearm), or the hand's own surface of another part (a curled finger
+    over the palm) or more than MAX_SKIN in front of it. Off-image keypoints count as visible:
+    truncation is detect_hand's."""
+    face_part, own = parts
+    return detector.keypoint_occlusion(
+        kp3d, uv, mask, depth, mesh_id, MAX_SKIN, face_ids, face_part, own
+    )
+
+
+def box_side(uv_verts) -> float:
+    """The side of the square around a hand's projected mesh: the scale of a detector's errors."""
+    return float((uv_verts.max(0) - uv_verts.min(0)).max())
+
+
+def detect_hand(rng, uv, z, occluded, side, size_wh) -> np.ndarray:
+    """One hand as a 2D detector reports it in one image: (21, 3) x, y, confidence (0: not
+    detected) in image pixels, detector.detect on a one-frame track. uv, z: the exact keypoint
+    projections and depths; occluded: keypoint_occlusion's labels; side: box_side of the hand.
+    Off-image keypoints are not reported."""
+    on_image = render.inside_image(uv, size_wh, z)
+    occluded = np.asarray(occluded, bool)
+    return detector.detect(
+        uv[None], on_image[None], occluded[None], side, size_wh, _HAND_FLIP, rng
+    )[0]

@@ -8,6 +8,19 @@ Every key, shape and encoding is the real dataset's, so convert_freihand runs on
 One right hand with a forearm per image; training images come in the dataset's four versions
 (green screen, then random textured backgrounds and hand colourisations), evaluation images
 over a random background, now and then behind a 2D occluder.
+
+Beside the annotations, `FreiHAND_pub_v2/detections.json` (convert_common.DETECTIONS_FILE) holds
+what a 2D hand detector reports for every image, in the layout convert_freihand reads (and a
+user can write for the real dataset with their own detector): one JSON object mapping the
+image's path relative to FreiHAND_pub_v2 (`training/rgb/%08d.jpg`, `evaluation/rgb/%08d.jpg`)
+to 21 x [x, y, confidence] in full-image pixels, confidence 0 = not detected. The detections
+are simulated (detector.py's error model via hands.detect_hand, one frame per image, seeded per
+image, so the four training versions of a sample err differently) around the annotated xyz's
+projections. A keypoint counts as occluded when, at its pixel in that image's render, a 2D
+occluder, the forearm, or the hand's own surface of another part (a curled finger over the
+palm) or more than hands.MAX_SKIN in front of it is seen (hands.keypoint_occlusion on the
+render's mask, depth and face ids); FreiHAND ships no occlusion labels, so this label lives only
+in the detections' error model. Keypoints off the image are not reported.
 """
 
 from __future__ import annotations
@@ -16,8 +29,19 @@ import os
 
 import numpy as np
 
+from data_pipelines.convert_common import DETECTIONS_FILE
 from data_pipelines.synthetic import imaging, render
-from data_pipelines.synthetic.hands import HandRig, arm_meshes, finger_pose, hand_orientation, tint
+from data_pipelines.synthetic.hands import (
+    HandRig,
+    arm_meshes,
+    box_side,
+    detect_hand,
+    finger_pose,
+    hand_orientation,
+    hand_parts,
+    keypoint_occlusion,
+    tint,
+)
 from data_pipelines.synthetic.raw_common import (
     SKIN_TONES,
     Models,
@@ -116,7 +140,8 @@ def _freihand_samples(seed, models, rig, split, n, size=224):
 
 
 def _render_freihand(seed, split, idx, sample, rig, faces, version: str, size=224):
-    """Renders one version of a FreiHAND sample: (rgb, mesh-id mask)."""
+    """Renders one version of a FreiHAND sample: (rgb, mesh-id mask, depth, face ids); the hand
+    is mesh 0."""
     rng = item_rng(seed, 'freihand', split, idx, 'look', version)
     skin = sample['skin']
     if version == 'gs':
@@ -132,8 +157,15 @@ def _render_freihand(seed, split, idx, sample, rig, faces, version: str, size=22
     meshes = [render.Mesh(sample['verts'], faces, color, double_sided=True)]
     arm_rng = item_rng(seed, 'freihand', split, idx, 'arm')  # the same forearm in every version
     meshes += arm_meshes(rig, sample['verts'], sample['wrist'], arm_rng, color)
-    img, mask, depth = render.render_meshes(
-        bg, meshes, sample['K'], light_dir=sample['light'], ambient=0.4, diffuse=0.7, supersample=2
+    img, mask, depth, face_ids = render.render_meshes(
+        bg,
+        meshes,
+        sample['K'],
+        light_dir=sample['light'],
+        ambient=0.4,
+        diffuse=0.7,
+        supersample=2,
+        return_faces=True,
     )
     if version == 'eval' and rng.random() < 0.3:  # something in front of the hand
         ys, xs = np.nonzero(mask == 0)
@@ -142,7 +174,17 @@ def _render_freihand(seed, split, idx, sample, rig, faces, version: str, size=22
                 rng, img, mask, depth, (xs.min(), ys.min(), xs.max(), ys.max()), 1, (0.15, 0.35)
             )
     img = imaging.sensor_noise(rng, imaging.random_blur(rng, img, 0.05, 0.05), (0.5, 2.0))
-    return img, mask
+    return img, mask, depth, face_ids
+
+
+def _detect_freihand(seed, split, idx, version, sample, render_out, parts, size=224):
+    """The simulated detection of the hand in one rendered version: (21, 3) (module docstring)."""
+    _, mask, depth, face_ids = render_out
+    uv = render.project(sample['K'], sample['xyz'])
+    occ = keypoint_occlusion(sample['xyz'], uv, mask, depth, face_ids, 0, parts)
+    side = box_side(render.project(sample['K'], sample['verts']))
+    rng = item_rng(seed, 'freihand', split, idx, 'detector', version)  # its own: nothing shifts
+    return detect_hand(rng, uv, sample['xyz'][:, 2], occ, side, (size, size))
 
 
 def write_freihand(
@@ -156,11 +198,14 @@ def write_freihand(
     evaluation: rgb (one version, a random background) + evaluation_{K,scale}.json in
     FreiHAND_pub_v2, evaluation_{xyz,verts,mano}.json (+ the same rgb) in FreiHAND_pub_v2_eval.
     The hand is the right MANO hand; xyz uses the toolbox's tips (ring 555, pinky 672).
+    FreiHAND_pub_v2/detections.json: simulated detections of every image (module docstring).
     """
     root = os.fspath(root)
     models = Models(body_models_dir)
     rig = HandRig(models)
     faces = mesh_faces(models.mano(True))
+    parts = hand_parts(models.mano(True))
+    detections = {}
     pub = os.path.join(root, 'FreiHAND_pub_v2')
     ev = os.path.join(root, 'FreiHAND_pub_v2_eval')
     total = 4 * train + evaluation
@@ -178,9 +223,13 @@ def write_freihand(
                 smp['skin'] = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.05)
                 smp['light'] = unit([rng.normal(0, 0.6), rng.normal(-0.5, 0.5), -1.0])
                 for v, version in enumerate(versions):
-                    img, mask = _render_freihand(seed, split, idx, smp, rig, faces, version)
+                    out = _render_freihand(seed, split, idx, smp, rig, faces, version)
+                    img, mask = out[:2]
                     jpg = encode_jpg(img)
                     image_id = idx + n * v
+                    detections[f'{split}/rgb/{image_id:08d}.jpg'] = _detect_freihand(
+                        seed, split, idx, version, smp, out, parts
+                    ).tolist()
                     write_bytes(os.path.join(rgb_dir, f'{image_id:08d}.jpg'), jpg)
                     if split == 'evaluation':
                         write_bytes(os.path.join(eval_rgb, f'{image_id:08d}.jpg'), jpg)
@@ -203,4 +252,5 @@ def write_freihand(
                 write_json(os.path.join(ev, 'evaluation_mano.json'), mano)
                 write_json(os.path.join(ev, 'evaluation_xyz.json'), xyz)
                 write_json(os.path.join(ev, 'evaluation_verts.json'), verts)
+    write_json(os.path.join(pub, DETECTIONS_FILE), detections)
     return {'root': root, 'pub': pub, 'eval': ev, 'train': train, 'evaluation': evaluation}

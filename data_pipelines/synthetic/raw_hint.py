@@ -6,6 +6,16 @@ Every key and encoding is the real dataset's, so convert_hint runs on it unchang
 hands (third-person for newdays, egocentric for epick and ego4d) over a random background, now
 and then behind a 2D occluder; each keypoint's occlusion label comes from the renderer's depth
 map and face ids.
+
+Beside the annotations, `HInt_annotation_partial/detections.json` (convert_common.DETECTIONS_FILE)
+holds what a 2D hand detector reports for every annotated hand, in the layout convert_hint reads
+(and a user can write for the real dataset with their own detector): one JSON object mapping
+`<folder>/<stem>.jpg` (the hand's image, relative to HInt_annotation_partial) to 21 x [x, y,
+confidence] in full-image pixels, confidence 0 = not detected. The detections are simulated
+(detector.py's error model via hands.detect_hand, one frame per hand, its own seed per hand):
+jitter scaled by the hand's projected extent, larger and often missed where the keypoint is
+occluded (the `occlusion` label), nothing for keypoints off the image. Hands of json-only
+folders (ego4d_images=False) have no image to detect on and no entry.
 """
 
 from __future__ import annotations
@@ -14,12 +24,17 @@ import os
 
 import numpy as np
 
-from data_pipelines.synthetic import detector, imaging, render
+from data_pipelines.convert_common import DETECTIONS_FILE
+from data_pipelines.synthetic import imaging, render
 from data_pipelines.synthetic.hands import (
     HandRig,
     arm_meshes,
+    box_side,
+    detect_hand,
     finger_pose,
     hand_orientation,
+    hand_parts,
+    keypoint_occlusion,
     mirror_pose,
 )
 from data_pipelines.synthetic.raw_common import (
@@ -34,7 +49,6 @@ from data_pipelines.synthetic.raw_common import (
     write_bytes,
     write_json,
 )
-from extpose_jax import skeletons
 
 HINT_SPLITS = ('TRAIN', 'VAL', 'TEST')
 HINT_SOURCES = ('newdays', 'epick', 'ego4d')
@@ -82,34 +96,6 @@ def _hint_hand_design(rng, rig, K, size_wh, source, on_right_half):
     wrist = np.array([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z])
     pose = np.concatenate([hand_orientation(rng, rig, arm), finger_pose(rng, rig)])
     return dict(pose=pose, betas=np.clip(rng.normal(0, 0.7, 10), -2, 2), wrist=wrist)
-
-
-_TIP_JOINT = (
-    15,
-    3,
-    6,
-    12,
-    9,
-)  # MANO joint under each tip vertex: thumb, index, middle, ring, pinky
-
-
-def _hand_parts(model):
-    """Per face: the dominant MANO joint; per OpenPose keypoint: the joints whose skin counts as
-    its own surface (its joint, the parent, the children)."""
-    W = np.asarray(model.weights)
-    F = mesh_faces(model)
-    face_part = W[F].sum(1).argmax(1)
-    parents = model.parents
-    mano21 = np.asarray(skeletons.MANO_TO_OPENPOSE21)
-    own = []
-    for j in range(21):
-        m = int(mano21[j])
-        m = _TIP_JOINT[m - 16] if m >= 16 else m
-        near = {m} | {c for c, p in enumerate(parents) if p == m}
-        if parents[m] >= 0:
-            near.add(parents[m])
-        own.append(near)
-    return face_part, own
 
 
 def _render_hint_image(seed, models, rig, split, source, n):
@@ -161,7 +147,7 @@ def _render_hint_image(seed, models, rig, split, source, n):
     img, mask, depth, face_ids = render.render_meshes(
         bg, meshes, K, light_dir=light, supersample=2, return_faces=True
     )
-    face_part, own = _hand_parts(models.mano(True))  # mirroring keeps the vertex / face ids
+    parts = hand_parts(models.mano(True))  # mirroring keeps the vertex / face ids
     results = []
     for k, h in enumerate(hands):
         uv_v = render.project(K, h['verts'])
@@ -171,12 +157,11 @@ def _render_hint_image(seed, models, rig, split, source, n):
             imaging.add_occluders(rng, img, mask, depth, (lo[0], lo[1], hi[0], hi[1]), 1)
         h['uv'], h['uv_v'] = uv, uv_v
     for k, h in enumerate(hands):
-        occ = detector.keypoint_occlusion(
-            h['kp3d'], h['uv'], mask, depth, k, 0.035, face_ids, face_part, own
-        )
+        occ = keypoint_occlusion(h['kp3d'], h['uv'], mask, depth, face_ids, k, parts)
         pts = np.concatenate([h['uv_v'], h['uv']])
         lo, hi = pts.min(0), pts.max(0)
         pad = rng.uniform(0.0, 0.06) * (hi - lo) + 1.0
+        side = box_side(h['uv_v'])
         lo = np.maximum(lo - pad, 0.0)
         hi = np.minimum(hi + pad, [W - 1.0, H - 1.0])
         results.append(
@@ -186,6 +171,16 @@ def _render_hint_image(seed, models, rig, split, source, n):
                 kp3d=h['kp3d'],
                 occlusion=occ,
                 bbox=np.concatenate([lo, hi]),
+                # its own generator: the image's other draws stay as they were
+                detection=detect_hand(
+                    item_rng(seed, 'hint', split, source, n, 'detector', h['side']),
+                    h['uv'],
+                    h['kp3d'][:, 2],
+                    occ,
+                    side,
+                    (W, H),
+                ),
+                box_side=side,
             )
         )
     img = imaging.random_blur(rng, img, 0.1, 0.08)
@@ -205,14 +200,16 @@ def write_hint(
     projections of the MANO keypoints; smplx tips), occlusion 21 x 0/1 (1 = hidden by another
     mesh, a 2D occluder or the hand itself, from the renderer's depth map). ego4d_images=False
     leaves the ego4d folders with json only (as before the frames are retrieved).
+    detections.json: the simulated detections of every hand with an image (module docstring).
 
-    Returns {'root', 'hands': {stem path (no extension): {'side', 'K', 'kp3d'}}}: the camera
-    and 3D keypoints behind every annotation (for tests; not part of the layout).
+    Returns {'root', 'hands': {stem path (no extension): {'side', 'K', 'kp3d', 'box_side'}}}:
+    the camera and 3D keypoints behind every annotation and the box side that scaled its
+    detection's errors (for tests; not part of the layout).
     """
     root = os.path.join(os.fspath(root), 'HInt_annotation_partial')
     models = Models(body_models_dir)
     rig = HandRig(models)
-    manifest = {}
+    manifest, detections = {}, {}
     total = len(HINT_SPLITS) * len(HINT_SOURCES) * per_folder
     with progress_bar(total, 'HInt') as bar:
         for split in HINT_SPLITS:
@@ -234,8 +231,11 @@ def write_hint(
                         write_json(os.path.join(folder, stem + '.json'), ann)
                         if source != 'ego4d' or ego4d_images:
                             write_bytes(os.path.join(folder, stem + '.jpg'), jpg)
+                            key = f'{os.path.basename(folder)}/{stem}.jpg'
+                            detections[key] = h['detection'].tolist()
                         manifest[os.path.join(folder, stem)] = dict(
-                            side=h['side'], K=K, kp3d=h['kp3d']
+                            side=h['side'], K=K, kp3d=h['kp3d'], box_side=h['box_side']
                         )
                     bar.update(1)
+    write_json(os.path.join(root, DETECTIONS_FILE), detections)
     return {'root': root, 'hands': manifest}

@@ -27,7 +27,8 @@ from extpose_jax import errors
 
 # Bumped whenever the same seed writes different files (default_data.py rebuilds caches made by
 # another version). 2: 3DPW's poses2d are simulated detections (detector.py), not projections.
-VERSION = 2
+# 3: the hand datasets carry simulated detections (FreiHAND / HInt detections.json).
+VERSION = 3
 
 
 def write_all(root, seed: int = 0, size: str = 'small', workers: int = 1) -> dict:

@@ -16,6 +16,11 @@ implementations that feed the same geometry print the same numbers.
 Means are over counted frames (PCK: per joint over counted keypoints, then over joints, as
 HaMeR's kpAvg). `num_frames_*` entries say how many frames each mean is over.
 
+Each protocol's `pose_source` is the 2D input a deployed model has there: 'detections' for all
+three (3DPW ships OpenPose's; FreiHAND and HInt ship none, so their converters read a
+detections file, simulated in the synthetic world). Evaluating with detections on records that
+carry none stops with `require_detections`' error rather than scoring a model without 2D input.
+
 Several processes: each scores its share of the windows, then
 
     protocol.merge_states(collectives.allgather_arrays(protocol.state()))
@@ -35,7 +40,7 @@ import jax
 import numpy as np
 
 from data_pipelines import augment
-from extpose_jax import metrics
+from extpose_jax import errors, metrics
 from extpose_jax.skeletons import HMR44_EVAL14, HMR44_PELVIS
 
 FOCAL_LENGTH = 5000.0  # HMR 2.0 / HaMeR crop camera, for a crop of UPSTREAM_CROP pixels
@@ -225,7 +230,8 @@ class FreiHAND:
     name = 'freihand'
     kind = 'mano'
     headline = 'pa_mpjpe'
-    pose_source = 'noisy_gt'  # no detections ship with it: the ground truth through a detector's noise
+    # No detections ship with it: convert_freihand reads a detections file (docs/data.md).
+    pose_source = 'detections'
     needs_gt_mesh = True
     record_fields = ()
 
@@ -280,7 +286,7 @@ class HInt:
     name = 'hint'
     kind = 'mano'
     headline = 'pck@0.1/all'
-    pose_source = 'noisy_gt'  # as FreiHAND
+    pose_source = 'detections'  # as FreiHAND (convert_hint's detections file)
     needs_gt_mesh = False
     record_fields = ('box', 'kp2d_occluded', 'sequence')
     subsets = ('all', 'vis', 'occ')
@@ -358,10 +364,33 @@ PROTOCOLS = {p.name: p for p in (ThreeDPW, FreiHAND, HInt)}
 
 # metrics.json's `input_2d`: where the scored model's 2D poses came from, in words.
 INPUT_2D = {
-    'detections': "the dataset's 2D detections",
+    # shipped with the dataset (3DPW) or read from a detections file by the converter
+    'detections': "2D detections (the records' kp2d_det)",
     'noisy_gt': 'simulated detections: the ground truth through the detector-noise model',
     'gt': 'GROUND-TRUTH 2D keypoints: an upper bound, not what a deployed model has',
 }
+
+
+class NoDetections(errors.UserError):
+    """Detections asked for as the 2D input of records that carry none."""
+
+
+def require_detections(reader, indices, evaluator: str = '<name>') -> None:
+    """NoDetections unless one of the records `indices` of `reader` has a detection.
+
+    Reads stop at the first record with one, so records that carry detections cost a read or
+    two; only detection-less records are read through, just before failing, so the error comes
+    before any model runs instead of a score without 2D input."""
+    for i in indices:
+        record = reader[int(i)]
+        if record is not None and record['has_kp2d_det']:
+            return
+    raise NoDetections(
+        f"pose_source='detections' but no evaluated record of {reader.data_dir} (dataset "
+        f'{reader.name!r}, split {reader.split!r}) has a 2D detection (has_kp2d_det): convert '
+        f'the dataset again with --detections FILE (docs/data.md), or evaluate on another 2D '
+        f'input, e.g. --config.evaluators.{evaluator}.pose_source=noisy_gt (metrics.json labels it)'
+    )
 
 
 def make(dataset: str):

@@ -21,7 +21,8 @@ window edges where it can. Images (FreiHAND, HInt) are one-frame runs. Batches h
 `batch_size` windows, the last one padded with empty windows: a jitted predict_fn sees one
 shape. Crops are the pipeline's deterministic ones (AugmentConfig(enabled=False)); the
 2D-pose input is `pose_source`, 'noisy_gt' seeded by the window's global index, so the inputs
-do not depend on how many processes share the windows.
+do not depend on how many processes share the windows; 'detections' on records without any is
+an error (eval_protocols.require_detections).
 
 Several processes: the plan is global and the same everywhere; process p scores windows
 p, p + P, ... (process_share), and the protocols' sums are combined at the end (see evaluate).
@@ -360,6 +361,8 @@ def evaluate(
         bodies = JaxBodies(reader.body_model, body_models_dir)
     spec = pipeline.DatasetSpec(reader.name, split=split, path=records_dir)
     plan = plan_windows(reader, spec, num_frames, hop, max_frames)
+    if pose_source == 'detections':  # the whole plan: every process decides alike
+        eval_protocols.require_detections(reader, plan.source.flat)
     cfg = pipeline.PipelineConfig(
         data_root=os.path.dirname(os.path.abspath(records_dir)),
         datasets=(spec,),

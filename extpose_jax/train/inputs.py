@@ -14,6 +14,7 @@ import os
 from data_pipelines import pipeline, records
 from extpose_jax import body_models, errors
 from extpose_jax.train import config as config_lib
+from extpose_jax.train import eval_protocols
 
 
 class InputError(errors.UserError):
@@ -42,8 +43,8 @@ def check_body_models(cfg, body_models_dir: str) -> None:
             ) from None
 
 
-def check_split(records_root: str, name: str, split: str, field: str) -> int:
-    """-> the number of records of `name`/`split`; InputError naming `field` if there are none."""
+def check_split(records_root: str, name: str, split: str, field: str):
+    """-> the reader of `name`/`split`; InputError naming `field` if it has no records."""
     spec = pipeline.DatasetSpec(name, split=split)
     try:
         reader = pipeline.open_reader(records_root, spec)
@@ -52,16 +53,19 @@ def check_split(records_root: str, name: str, split: str, field: str) -> int:
         raise InputError(f'config.{field}: {errors.one_line(why)}') from None
     if len(reader) == 0:
         raise InputError(f'config.{field}: split {split!r} of {reader.data_dir} has no records')
-    return len(reader)
+    return reader
 
 
 def check(cfg, body_models_dir: str, records_root: str) -> None:
     """Every training dataset has cfg.data.split with records (and every active evaluator's
-    dataset its split); the body-model folder has what cfg needs."""
+    dataset its split, with detections where the evaluator's 2D input is 'detections'); the
+    body-model folder has what cfg needs."""
     if not os.path.isdir(records_root):
         raise InputError(f'config.data.root={records_root!r}: no such directory')
     for name, _ in cfg.data.datasets:
         check_split(records_root, name, cfg.data.split, 'data.datasets')
     for ev in config_lib.evaluators(cfg):
-        check_split(records_root, ev.dataset, ev.split, f'evaluators.{ev.name}')
+        reader = check_split(records_root, ev.dataset, ev.split, f'evaluators.{ev.name}')
+        if config_lib.eval_kwargs(cfg, ev)['pose_source'] == 'detections':
+            eval_protocols.require_detections(reader, range(len(reader)), ev.name)
     check_body_models(cfg, body_models_dir)

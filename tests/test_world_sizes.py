@@ -1,5 +1,6 @@
 """The synthetic world's sizes and variety (raw_common.SIZES): how many sequences, actors,
-genders, body shapes, camera-relative orientations and camera heights each size's 3DPW holds,
+genders, body shapes, camera-relative orientations, camera heights and truncated people each
+size's 3DPW holds,
 and that the worker pool writes the same bytes as one process.
 
 The counts come from the real writer run over every sequence of a size, with 2 frames per
@@ -24,14 +25,21 @@ THUMB = (54, 96)  # (W, H): a fifth of the world's 270 x 480
 
 
 def _people(root: str, split: str) -> list:
-    """One dict per actor of the split's sequences: gender, betas, place, camera-relative yaw
-    and camera height at the first frame."""
+    """One dict per actor of the split's sequences: gender, betas, place, camera-relative yaw and
+    camera height at the first frame, and whether a joint ever lies off the image."""
     out = []
     for path in sorted(glob.glob(os.path.join(root, 'sequenceFiles', split, '*.pkl'))):
         seq = convert_3dpw.load_sequence(path)
         R, t = seq['cam_poses'][0][:3, :3], seq['cam_poses'][0][:3, 3]
         height = float((-R.T @ t)[1])  # the world is y up
+        K = seq['K']
         for k, gender in enumerate(seq['genders']):
+            cams = seq['cam_poses'][:, :3]
+            joints = (
+                np.einsum('fij,fpj->fpi', cams[..., :3], seq['joints'][k]) + cams[:, None, :, 3]
+            )
+            uv = joints[..., :2] / joints[..., 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
+            inside = (uv >= 0).all(-1) & (uv[..., 0] < THUMB[0]) & (uv[..., 1] < THUMB[1])
             # SMPL faces +z; in the camera, facing it is -z: yaw 0 faces the camera.
             fwd = R @ Rotation.from_rotvec(seq['poses'][k][0, :3]).apply([0.0, 0.0, 1.0])
             out.append(
@@ -39,8 +47,10 @@ def _people(root: str, split: str) -> list:
                     gender=gender,
                     betas=np.asarray(seq['betas'][k][:10]),
                     place=os.path.basename(path).split('_synth_')[0],
+                    index=int(os.path.basename(path)[-6:-4]),
                     yaw=float(np.arctan2(fwd[0], -fwd[2])),
                     height=height,
+                    truncated=not inside.all(),
                 )
             )
     return out
@@ -85,6 +95,10 @@ def test_3dpw_variety_counts(world):
     assert len(octants) >= (5 if size == 'small' else 8), sorted(octants)  # of 8
     assert np.ptp(heights) > (0.4 if size == 'small' else 0.7)  # drawn in [0.9, 1.8] m
     assert betas.std(0).min() > 0.4  # every shape direction varies (drawn at 0.8)
+    # Close-ups (every fifth sequence from the fourth) cut the legs off; the others do not.
+    close_ups = {p['index'] for p in train if p['index'] % 5 == 3}
+    assert close_ups == {p['index'] for p in train if p['truncated']}
+    assert len(close_ups) == (1 if size == 'small' else 8)
     # Held out: no test person shares a training person's shape.
     gap = np.abs(np.stack([p['betas'] for p in test])[:, None] - betas[None]).max(-1)
     assert gap.min() > 0.1
@@ -116,3 +130,26 @@ def test_workers_write_the_same_bytes(body_model_dir, tmp_path):
     assert one['sequences'] == two['sequences']
     md5 = _md5s(str(tmp_path / 'one'))
     assert len(md5) == 3 * 3 and md5 == _md5s(str(tmp_path / 'two'))  # 2 jpgs + 1 pkl each
+
+
+@pytest.mark.parametrize('size', ['small', 'large'])
+def test_freihand_hand_variety(size, body_model_dir):
+    """The hands' shapes and viewpoints (no rendering: the annotations). As in FreiHAND, the arm
+    enters from below: the wrist -> middle-knuckle direction points up the image, from one
+    side to the other (each 45-degree sector of the upper half), towards and away from the
+    camera alike."""
+    from data_pipelines.synthetic.hands import HandRig
+    from data_pipelines.synthetic.raw_common import Models
+    from data_pipelines.synthetic.raw_freihand import _freihand_samples
+
+    models = Models(str(body_model_dir))
+    n = SIZES[size]['freihand']['train']
+    samples = _freihand_samples(0, models, HandRig(models), 'training', n)
+    d = np.stack([s['xyz'][9] - s['xyz'][0] for s in samples])
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    octant = ((np.arctan2(d[:, 1], d[:, 0]) + np.pi) // (np.pi / 4)).astype(int) % 8
+    share = np.bincount(octant, minlength=8) / n
+    assert (share[:4] > 0.05).all() and share[4:].sum() == 0, share  # image y points down
+    assert min((d[:, 2] > 0).mean(), (d[:, 2] < 0).mean()) > 0.2
+    betas = np.stack([s['mano'][48:58] for s in samples])
+    assert betas.std(0).min() > 0.4  # drawn at 0.7, clipped at 2

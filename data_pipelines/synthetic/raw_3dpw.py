@@ -4,8 +4,8 @@
 
 Every key, shape, dtype and encoding is the real dataset's, so convert_3dpw runs on it
 unchanged. One or two people walk, stand, wave, phone or point in front of textured ground and
-walls seen by a moving camera, now and then behind a pillar or a box, with motion / defocus
-blur and sensor noise.
+walls seen by a moving camera, now and then behind a pillar or a box or filmed so close that
+their legs leave the image, with motion / defocus blur and sensor noise.
 
 World frame: SMPL's own frame, metres, y UP, the ground is the plane y = 0. Bodies are
 placed by SMPL's global orientation (a yaw about +y plus a small lean) and `trans`; the world
@@ -139,8 +139,9 @@ def look_at(cam_pos, target, roll: float = 0.0, up=(0.0, 1.0, 0.0)):
     return R, -R @ c
 
 
-def _fit_camera(rng, pts_world, centers, size_wh, K, t, fill):
-    """A smoothly moving camera that keeps every point of pts_world (F, P, 3) in view.
+def _fit_camera(rng, pts_world, centers, size_wh, K, t, fill, truncate=False):
+    """A smoothly moving camera that keeps every point of pts_world (F, P, 3) in view (unless
+    `truncate`: then points may leave the image).
 
     The camera orbits the per-frame centre (F, 3) at a slowly changing azimuth and height; its
     distance is solved so that the people fill about `fill` of the image height.
@@ -177,8 +178,8 @@ def _fit_camera(rng, pts_world, centers, size_wh, K, t, fill):
             ((uv[..., 1] - K[1, 2]) / (H / 2 - margin)).max(),
             ((K[1, 2] - uv[..., 1]) / (H / 2 - margin)).max(),
         )
-        scale = max(tall / (fill * H), over * 1.02)
-        if abs(scale - 1) < 0.02 and over <= 1.0:
+        scale = tall / (fill * H) if truncate else max(tall / (fill * H), over * 1.02)
+        if abs(scale - 1) < 0.02 and (truncate or over <= 1.0):
             break
         dist = float(np.clip(dist * scale, 1.5, 40.0))
     return Rs, ts
@@ -360,7 +361,16 @@ def _make_sequence(seed, models, name, index, n_frames, size_wh):
     centers[:, 1] = 0.88
     f = W * rng.uniform(1.78, 1.86)
     K = np.array([[f, 0, W / 2.0], [0, f * rng.uniform(1.0, 1.006), H / 2.0], [0, 0, 1.0]])
-    Rs, ts = _fit_camera(rng, pts, centers, size_wh, K, t30, rng.uniform(0.5, 0.72))
+    fill = rng.uniform(0.5, 0.72)
+    # A close-up (every fifth sequence, from the fourth: never in the tests' tiny world; its own
+    # stream, so the other sequences keep their bytes): the camera aims at the upper body and
+    # the people are taller than the image, so legs (now and then the head) leave it.
+    close_up = index % 5 == 3
+    if close_up:
+        framing = item_rng(seed, '3dpw', name, 'framing')
+        centers[:, 1] = framing.uniform(1.15, 1.4)
+        fill = framing.uniform(1.1, 1.4)
+    Rs, ts = _fit_camera(rng, pts, centers, size_wh, K, t30, fill, truncate=close_up)
     cam_poses = np.tile(np.eye(4), (n_frames, 1, 1))
     cam_poses[:, :3, :3], cam_poses[:, :3, 3] = Rs, ts
 
@@ -510,8 +520,8 @@ def write_3dpw(
     sequences: {split: count} over 'train', 'validation', 'test' (default one each).
     frames: image frames N per sequence (the 60 Hz arrays have 2N rows). image_size: (W, H);
     cam_intrinsics has cx = W / 2, cy = H / 2. Sequence k (counted over the splits in that
-    order) has two actors when k is even, one when odd; actor 0's betas are (10,), actor 1's
-    (300,) zero-padded. workers: processes rendering sequences side by side (the files do not
+    order) has two actors when k is even, one when odd, and is a close-up (people truncated) when
+    k % 5 == 3; actor 0's betas are (10,), actor 1's (300,) zero-padded. workers: processes rendering sequences side by side (the files do not
     depend on it). Returns {'root', 'sequences': {split: [names]}, 'frames', 'image_size'}.
     """
     root = os.fspath(root)

@@ -27,7 +27,8 @@ from extpose_jax import errors
 
 # Bumped whenever the same seed writes different files (default_data.py rebuilds caches made by
 # another version). 2: 3DPW's poses2d are simulated detections (detector.py), not projections.
-# 3: the hand datasets carry simulated detections (FreiHAND / HInt detections.json).
+# 3: the hand datasets carry simulated detections (FreiHAND / HInt detections.json), and every
+# fifth 3DPW sequence from the fourth is a close-up with truncated people.
 VERSION = 3
 
 

@@ -90,3 +90,24 @@ def test_task_inputs_convert_records_layout_to_the_skeleton_layout():
     assert frames.shape == (2, 4, 1, 256, 192, 3) and keypoints.shape == (2, 4, 1, 18, 3)
     # OpenPose-18's neck (1) and right wrist (4) are BODY_25's 1 and 4, the first 25 of the 44.
     np.testing.assert_array_equal(keypoints[:, :, 0, [1, 4]], kp[:, :, [1, 4]])
+
+
+@pytest.mark.parametrize('arch', ['rgb_only', 'late_fusion'])
+def test_config_variant_archs_trace_their_training_loss(arch):
+    """A config-variant arch rewrites the model (rgb_only: one stream): the task's modality
+    dropout must draw for the streams the built model has. It once drew for two, and an
+    rgb_only run failed at its first step."""
+    from extpose_jax import body_models
+    from extpose_jax.train import setup as setup_lib
+    from extpose_jax.train import sharding as shd
+
+    cfg = importlib.import_module('configs.video').get_config('small,frames=1')
+    cfg.model.arch = arch
+    cfg = config_lib.resolved(cfg)  # grad_accum / eval batch: the preflight's, else 1
+    task = task_lib.Task(cfg, body_model=body_models.stand_in('smpl'))
+    assert task.model_config == task.model.config
+    setup = setup_lib.TrainSetup.build(task, shd.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}))
+    state = setup.abstract_state()
+    variables = {'params': state.params, **state.constants}
+    loss, _ = jax.eval_shape(task.loss_fn, variables, setup.abstract_batch(2), jax.random.key(0))
+    assert loss.shape == ()

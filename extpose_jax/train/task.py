@@ -88,8 +88,10 @@ class Task:
         if body_model is not None:
             self.__dict__['body_model'] = body_model  # fills the cached property
         self.kind = cfg.model.kind
-        self.model_config = config_lib.model_config(cfg, body_models_dir)
         self.model = config_lib.build_model(cfg, body_models_dir)
+        # The arch's own config: an ablation such as rgb_only rewrites the modalities, and the
+        # modality dropout must draw for the streams the model has.
+        self.model_config = self.model.config
         self.body_models_dir = body_models_dir
         self.weights = config_lib.loss_weights(cfg)
         self.discriminator = disc_lib.Discriminator(self.kind)

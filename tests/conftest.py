@@ -18,7 +18,7 @@ _LONGEST_FIRST = (
     'test_train_failures.py',  # ~160
     'test_train_sharding.py',  # ~150
     'test_baselines.py',  # ~130
-    'test_ablations.py',  # ~110: the harness' quick mode, 3 trainings
+    'test_ablations.py',  # ~80: the harness' quick mode, 3 short trainings
     'test_extpose.py',  # ~100
     'test_evaluators.py',  # ~90
     'test_losses.py',  # ~90

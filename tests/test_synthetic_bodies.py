@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse
 
 from data_pipelines.synthetic import bodies as sb
-from data_pipelines.synthetic import body_files
+from data_pipelines.synthetic import body_files, mano_model
 
 GENDERS = ('neutral', 'male', 'female')
 SMPL_KEYS = {
@@ -77,7 +77,7 @@ def smpl():
 
 @pytest.fixture(scope='module')
 def mano():
-    return sb.make_mano(seed=0)
+    return mano_model.make_mano(seed=0)
 
 
 # ---------------------------------------------------------------- structure
@@ -562,7 +562,7 @@ def test_deterministic(npz, mano):
     other = sb.make_smpl('neutral', seed=1)
     assert np.array_equal(other['f'], again['f'])
     assert not np.allclose(other['v_template'], again['v_template'])
-    m2 = sb.make_mano(seed=0)
+    m2 = mano_model.make_mano(seed=0)
     for k, v in m2.items():
         if isinstance(v, np.ndarray):
             assert np.array_equal(v, mano[k]), k

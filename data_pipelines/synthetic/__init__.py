@@ -11,7 +11,8 @@ Body models (procedural, not derived from the licensed models):
     mesh.py           cage modelling, Catmull-Clark, edge splits, fitting a mesh to an SDF
     anatomy.py        skeletons, cages and SDF shapes of the synthetic bodies and hands
     rigging.py        skinning weights, joint regressors, pose correctives
-    bodies.py         SMPL / MANO model dicts with the official keys, shapes and vertex ids
+    bodies.py         SMPL model dicts with the official keys, shapes and vertex ids (+ J19)
+    mano_model.py     the MANO right hand's model dict, made the same way
     body_files.py     those models as .pkl / .npz files in the official byte format; a CLI
     legacy_pickle.py  Python-2 pickles in the byte format of the official files
 

@@ -25,7 +25,8 @@ import scipy.sparse
 
 from data_pipelines import atomic_file
 from data_pipelines.synthetic import legacy_pickle
-from data_pipelines.synthetic.bodies import make_j19_regressor, make_mano, make_smpl
+from data_pipelines.synthetic.bodies import make_j19_regressor, make_smpl
+from data_pipelines.synthetic.mano_model import make_mano
 from extpose_jax import errors
 
 # Arrays stored as chumpy objects in our .pkl files (the real SMPL files

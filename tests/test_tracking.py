@@ -137,3 +137,24 @@ def test_geometry_helpers():
     assert tracking.keypoint_similarity(kp, np.zeros((3, 3)), a) == 0.0
     with pytest.raises(ValueError, match='max_gap'):
         tracking.link({}, max_gap=-1)
+
+
+def test_links_the_detections_read_from_an_openpose_folder(tmp_path):
+    """keypoint_files' Detections are what link takes: two people, no ids, read and linked."""
+    import json
+
+    from extpose_jax.infer import keypoint_files
+
+    scene = _crossing(2, frames=8)
+    for f, dets in scene.items():
+        people = []
+        for d in dets:
+            kp = d.keypoints.copy()
+            people.append({'person_id': [-1], 'pose_keypoints_2d': kp.ravel().tolist()})
+        (tmp_path / f'clip_{f:012d}_keypoints.json').write_text(json.dumps({'people': people}))
+    tracks = tracking.link(keypoint_files.read_keypoints(str(tmp_path)))
+    assert len(tracks) == 2 and [len(t.frames) for t in tracks] == [8, 8]
+    for t in tracks:  # one walks right, the other left, every step of the way
+        x = [np.median(d.keypoints[d.keypoints[:, 2] > 0, 0]) for d in t.detections]
+        steps = np.sign(np.diff(x))
+        assert (steps == steps[0]).all()

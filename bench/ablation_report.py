@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import json
 import os
 import sys
 
@@ -22,7 +23,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.ablations import AXES, METRICS, RUNS, read_results  # noqa: E402
+from bench.ablations import AXES, METRICS, RUNS, SPECS, read_results  # noqa: E402
 
 NAMES = {
     '3dpw/mpjpe': 'MPJPE',
@@ -181,6 +182,14 @@ def write(results: str, out: str) -> str:
         'Held-out synthetic 3DPW test split, 2D input the simulated detections; metrics in mm '
         '(accel in mm/frame^2), mean +- std over seeds.',
     ]
+    expected = sum(len(RUNS) * SPECS[name].seeds for name in specs)
+    done = len({(r['spec'], r['run'], r['seed']) for r in rows})
+    if done < expected:
+        lines += [
+            '',
+            f'**Partial: {done} of the {expected} runs of the spec have finished; '
+            'the harness resumes where it stopped.**',
+        ]
     if 'quick' in specs:
         lines += [
             '',
@@ -203,6 +212,10 @@ def write(results: str, out: str) -> str:
         lines += ['', f'![{axis}](ablations/{os.path.basename(png)})', '', verdict(axis, stats)]
     with open(out, 'w') as f:
         f.write('\n'.join(lines) + '\n')
+    # The rows beside the page: the harness resumes from them on another machine.
+    for name in specs:
+        with open(os.path.join(figs, f'results-{name}.jsonl'), 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in rows if r['spec'] == name)
     return out
 
 

@@ -24,7 +24,9 @@ Runs are shared between axes (ExtPose at T = 1 is the skeleton row of the pose-f
 attention row of the fusion axis, ...). One JSON line per finished run goes to
 <out>/results.jsonl; a rerun skips what is there and resumes an interrupted run from its
 checkpoints, so the harness can be stopped at any time. Rows carry spec, world, seed, steps,
-commit and wall time.
+commit and wall time. To go on from results recorded elsewhere (the report commits them as
+docs/ablations/results-<spec>.jsonl), copy that file to <out>/results.jsonl: its runs are
+skipped, and a missing base is trained again from the same seed.
 """
 
 from __future__ import annotations

@@ -87,3 +87,5 @@ def test_quick_mode_runs_resumes_and_reports(synthetic_default, tmp_path, monkey
     text = open(report).read()
     assert 'Quick mode' in text and '| vitpose_init |' in text
     assert os.path.exists(tmp_path / 'docs' / 'ablations' / 'training_strategy.png')
+    kept = tmp_path / 'docs' / 'ablations' / 'results-quick.jsonl'
+    assert kept.read_text() == open(results).read()

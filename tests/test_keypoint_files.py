@@ -1,4 +1,4 @@
-"""extpose_jax.infer.keypoint_files: every format written by hand, parsed values checked exactly."""
+"""data_pipelines/keypoint_files.py: every format written by hand, values checked exactly."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
+from data_pipelines.keypoint_files import Detection, KeypointFileError, read_keypoints
 from extpose_jax import errors
-from extpose_jax.infer.keypoint_files import Detection, KeypointFileError, read_keypoints
 
 
 def _points(num_joints, offset=0.0, missing=()):

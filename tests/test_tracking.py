@@ -143,7 +143,7 @@ def test_links_the_detections_read_from_an_openpose_folder(tmp_path):
     """keypoint_files' Detections are what link takes: two people, no ids, read and linked."""
     import json
 
-    from extpose_jax.infer import keypoint_files
+    from data_pipelines import keypoint_files
 
     scene = _crossing(2, frames=8)
     for f, dets in scene.items():

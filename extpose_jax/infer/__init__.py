@@ -1,5 +1,5 @@
 """Inference on a user's own video.
 
-    keypoint_files.py   users' 2D keypoint files (OpenPose, COCO results, 3DPW) -> detections
-    tracking.py         detections linked into per-person tracks
+    tracking.py   detections (data_pipelines/keypoint_files.py) linked into per-person tracks
+    camera.py     the model's crop camera back to the full image's camera
 """

@@ -124,7 +124,7 @@ def link(frames: dict, max_gap: int = 2, min_similarity: float = 0.2) -> list:
 
     The file's track ids when every detection has one, else frame-to-frame linking (module
     docstring). Detections need .frame, .part, .box (x0, y0, x1, y1), .keypoints (J, 3) and
-    .track_id (keypoint_files.Detection).
+    .track_id (data_pipelines.keypoint_files.Detection).
     """
     if max_gap < 0:
         raise ValueError(f'max_gap must be >= 0, got {max_gap}')

@@ -249,6 +249,27 @@ def test_detections_on_records_without_any_is_one_clear_error(data, name):
     assert out['pose_source'] == 'noisy_gt' and out['input_2d'].startswith('simulated')
 
 
+def test_training_refuses_at_start_an_evaluator_whose_records_have_no_detections(data):
+    """inputs.check (before any model is built) runs the same check for every evaluator whose 2D
+    input is detections, naming the evaluator's config field; another input passes."""
+    import importlib
+
+    from extpose_jax.train import eval_protocols, inputs
+
+    cfg = importlib.import_module('configs.hand').get_config('small')
+    cfg.data.datasets, cfg.data.split = (('freihand', 1.0),), 'test'
+    name = 'freihand'
+    cfg.evaluators[name].split = 'test'
+    cfg.evaluators['hint'].every = 0  # off: only the freihand evaluator is checked
+    root = str(data['root'])
+    with pytest.raises(eval_protocols.NoDetections) as e:
+        inputs.check(cfg, data['bm'], root)
+    assert f'--config.evaluators.{name}.pose_source=noisy_gt' in str(e.value)
+    assert data['dirs']['freihand'] in str(e.value)
+    cfg.evaluators[name].pose_source = 'noisy_gt'
+    inputs.check(cfg, data['bm'], root)
+
+
 # ------------------------------------------------------------------------------ run_eval.py
 
 

@@ -199,7 +199,7 @@ def append_result(path: str, row: dict) -> None:
 METRICS = ('3dpw/mpjpe', '3dpw/pa_mpjpe', '3dpw/pve', '3dpw/accel')
 
 
-def run_one(spec, name, seed, init, workdir, paths, log) -> dict:
+def run_one(spec, name, seed, init, workdir, paths, log, code: str) -> dict:
     from extpose_jax.train import loop
 
     cfg = config_for(spec, name, seed, init)
@@ -222,7 +222,7 @@ def run_one(spec, name, seed, init, workdir, paths, log) -> dict:
         'start': {k: first[k] for k in METRICS} if first else None,
         'end': {k: last[k] for k in METRICS},
         'wall_s': round(time.time() - t0, 1),
-        'commit': commit(),
+        'commit': code,  # the commit the harness started from: its code is what ran
     }
 
 
@@ -274,6 +274,7 @@ def main(argv=None):
     # Runs of one arch and T compile the same init and evaluation programs: compile them once.
     jax.config.update('jax_compilation_cache_dir', os.path.join(out, 'jax_cache'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+    code = commit()  # now: later commits to the checkout do not change the running code
     paths = data_paths(spec, args)
     t_all = time.time()
     if spec.name == 'paper':
@@ -298,7 +299,8 @@ def main(argv=None):
     print(f'ablations ({spec.name}): {len(todo)} runs to go in {out}', flush=True)
     for i, (name, seed) in enumerate(todo):
         init = vitpose if name == 'vitpose_init' else base
-        row = run_one(spec, name, seed, init, os.path.join(out, f'{name}_s{seed}'), paths, log)
+        workdir = os.path.join(out, f'{name}_s{seed}')
+        row = run_one(spec, name, seed, init, workdir, paths, log, code)
         append_result(results, row)
         e = row['end']
         print(

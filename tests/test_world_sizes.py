@@ -18,6 +18,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from data_pipelines import convert_3dpw
+from data_pipelines import convert_common as cc
 from data_pipelines.synthetic import raw_3dpw
 from data_pipelines.synthetic.raw_common import SIZES
 
@@ -38,8 +39,8 @@ def _people(root: str, split: str) -> list:
             joints = (
                 np.einsum('fij,fpj->fpi', cams[..., :3], seq['joints'][k]) + cams[:, None, :, 3]
             )
-            uv = joints[..., :2] / joints[..., 2:] * K[[0, 1], [0, 1]] + K[:2, 2]
-            inside = (uv >= 0).all(-1) & (uv[..., 0] < THUMB[0]) & (uv[..., 1] < THUMB[1])
+            uv, z = cc.project(K, joints)
+            inside = cc.inside_image(uv, THUMB[::-1], z) > 0  # (H, W)
             # SMPL faces +z; in the camera, facing it is -z: yaw 0 faces the camera.
             fwd = R @ Rotation.from_rotvec(seq['poses'][k][0, :3]).apply([0.0, 0.0, 1.0])
             out.append(

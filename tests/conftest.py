@@ -67,7 +67,8 @@ def body_model_dir(tmp_path_factory):
 def synthetic_default(tmp_path_factory):
     """The built-in synthetic default (raw 3DPW / FreiHAND / HInt + records), ~25 s once.
 
-    -> {'body_models': dir, '3dpw': records dir, 'freihand': ..., 'hint': ..., 'root': records root}
+    -> {'body_models': dir, '3dpw': records dir, 'freihand': ..., 'hint': ..., 'root': records root,
+        'demo': the demo video folder (demo_video.py)}
     """
     from data_pipelines.synthetic import default_data
 

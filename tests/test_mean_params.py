@@ -128,14 +128,18 @@ def test_a_cached_default_from_another_world_version_is_rebuilt(tmp_path, monkey
     monkeypatch.setattr(default_data.shards, 'load_dataset_info', lambda dest: None)
     monkeypatch.setattr(default_data.mean_params, 'mean_params', lambda dest: {})
     monkeypatch.setattr(default_data.mean_params, 'write', lambda path, p: open(path, 'w').close())
+    monkeypatch.setattr(default_data.demo_video, 'write_demo', lambda *a, **k: None)
     stale = tmp_path / 'records' / '3dpw' / 'old_shard'
     stale.parent.mkdir(parents=True)
     stale.write_text('from the old world')
+    (tmp_path / 'demo').mkdir()  # the demo video is cut from the old world's raw 3DPW too
+    (tmp_path / 'demo' / 'clip.mp4').write_text('from the old world')
     (tmp_path / 'raw').mkdir()
     (tmp_path / 'raw' / 'COMPLETE').write_text('seed=0\n')  # the stamp before world versions
     lines = []
     default_data.ensure(str(tmp_path), seed=0, log=lines.append)
     assert rendered == [(0, 'small')] and not stale.exists()
+    assert not (tmp_path / 'demo').exists()
     assert any('rebuilding it' in line for line in lines), lines
     stamp = (tmp_path / 'raw' / 'COMPLETE').read_text()
     assert stamp == f'seed=0 world={world.VERSION} size=small\n'

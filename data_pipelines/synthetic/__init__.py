@@ -28,6 +28,7 @@ Raw datasets in the real layouts (rendered from those models; one module per dat
 
 The cached default:
     default_data.py   the raw datasets converted to records by the real converters, cached
+    demo_video.py     its demo/: a 3DPW test sequence as a video + OpenPose JSON, for inference
 
     python -m data_pipelines.synthetic.world --out DIR [--seed S] [--size tiny|small|large]
     python -m data_pipelines.synthetic.body_files --out DIR [--seed S]

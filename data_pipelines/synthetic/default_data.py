@@ -6,6 +6,8 @@ this. It runs the same converters as real data would, and caches everything unde
   <data_dir>/raw/{body_models,3DPW,FreiHAND,HInt}   world.write_all
   <data_dir>/records/{3dpw,freihand,hint}           convert_3dpw / convert_freihand / convert_hint
   <data_dir>/raw/body_models/{smpl,mano}_mean_params.npz   mean_params.py on the train records
+  <data_dir>/demo/{clip.mp4,openpose/,camera.json,ground_truth.npz}   demo_video.write_demo:
+      a 3DPW test sequence as a video + OpenPose JSON, to try the inference command on
 
 The raw folder is complete once its marker exists (written last); the converters always run but
 skip shards they finished before, so an interrupted preparation resumes where it stopped.
@@ -18,7 +20,7 @@ import shutil
 
 from data_pipelines import convert_3dpw, convert_freihand, convert_hint, mean_params, shards
 from data_pipelines.atomic_file import atomic_write
-from data_pipelines.synthetic import raw_common, world
+from data_pipelines.synthetic import demo_video, raw_common, world
 from extpose_jax.models import heads
 
 _RAW_DONE = 'COMPLETE'
@@ -31,7 +33,8 @@ def _read(path: str) -> str:
 
 
 def ensure(data_dir: str, seed: int = 0, size: str = 'small', workers=None, log=print) -> dict:
-    """Builds what is missing and returns {'body_models': dir, '3dpw': dir, ...} (records dirs).
+    """Builds what is missing and returns {'body_models': dir, '3dpw': dir, ...} (records dirs)
+    and 'demo': the demo folder (demo_video.py).
 
     size: the world's size (raw_common.SIZES); workers: rendering processes (default: the cores).
     """
@@ -51,7 +54,7 @@ def ensure(data_dir: str, seed: int = 0, size: str = 'small', workers=None, log=
             f'synthetic default in {data_dir} is {_read(marker).strip()!r}, not {stamp.strip()!r}: '
             'rebuilding it'
         )
-        for sub in ('raw', 'records'):
+        for sub in ('raw', 'records', 'demo'):
             shutil.rmtree(os.path.join(data_dir, sub), ignore_errors=True)
     if os.path.exists(marker):
         log(f'synthetic default: raw datasets cached in {raw_dir}')
@@ -75,4 +78,8 @@ def ensure(data_dir: str, seed: int = 0, size: str = 'small', workers=None, log=
         if not os.path.exists(path):
             mean_params.write(path, mean_params.mean_params(out[name]))
             log(f'synthetic default: {path} from the {name} training records')
+    # Written once (atomically: an existing folder is complete); reads the raw data, changes none.
+    demo = os.path.join(data_dir, 'demo')
+    demo_video.write_demo(raw['3dpw'], demo, log=log)
+    out['demo'] = demo
     return out

@@ -85,6 +85,7 @@ class Detection:
     score: float
     track_id: int | None
     part: str
+    box_given: bool = False  # the file's box (a person detector's), not the joints' tight box
 
     def __post_init__(self):
         joints = skeletons.get_layout(self.layout).num_joints
@@ -195,12 +196,13 @@ def _detection(frame, flat, layout, part, track_id, box=None, score=None) -> Det
     detected = keypoints[:, 2] > 0
     if detected.sum() < 2:
         return None
-    if box is None:
+    given = box is not None
+    if not given:
         xy = keypoints[detected, :2]
         box = np.concatenate([xy.min(axis=0), xy.max(axis=0)])
     if score is None:
         score = keypoints[detected, 2].mean()
-    return Detection(frame, keypoints, layout, box, float(score), track_id, part)
+    return Detection(frame, keypoints, layout, box, float(score), track_id, part, given)
 
 
 # ---------------------------------------------------------------------------- OpenPose

@@ -50,6 +50,40 @@ CASES = [
         'nosuchvariant',
     ),
     ('run_eval unparsable flag', ['run_eval.py', '--step=x'], 2, '--step=x'),
+    (
+        'run_infer unreadable video',
+        [
+            'run_infer.py',
+            '--video',
+            '{file}',
+            '--keypoints',
+            '{tmp}',
+            '--checkpoint',
+            '{tmp}',
+            '--out',
+            '{tmp}/infer',
+        ],  # fmt: skip
+        1,
+        '{file}',
+    ),
+    (
+        'run_infer bad batch size',
+        [
+            'run_infer.py',
+            '--video',
+            '{tmp}',
+            '--keypoints',
+            '{tmp}',
+            '--checkpoint',
+            '{tmp}',
+            '--out',
+            '{tmp}/infer',
+            '--batch_size',
+            '0',
+        ],  # fmt: skip
+        2,
+        '--batch_size',
+    ),
     ('run_eval missing checkpoint', ['run_eval.py', SMALL, f'--checkpoint={MISSING}'], 2, MISSING),
     ('eval_torch unknown flag', ['eval_torch.py', '--nope'], 2, "'nope'"),
     (

@@ -18,7 +18,8 @@ import pytest
 
 import run_infer
 from data_pipelines.keypoint_files import KeypointFileError
-from extpose_jax.infer import model_source, video_io
+from extpose_jax import errors
+from extpose_jax.infer import model_source, runner, video_io
 from extpose_jax.train import checkpoint
 
 pytestmark = pytest.mark.slow
@@ -27,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {  # name -> trailing shape for a body model
     'frame': (),
     'track': (),
+    'person_id': (),
     'is_right': (),
     'score': (),
     'box': (4,),
@@ -123,7 +125,7 @@ def test_trained_workdir_on_the_demo_clip(synthetic_default, trained, tmp_path):
     # Two people, untracked in the file: linked into (at least) two tracks, each frame once.
     assert len(saved['tracks']) >= 2
     pairs = set(zip(rows['frame'].tolist(), rows['track'].tolist()))
-    assert len(pairs) == num_rows
+    assert len(pairs) == num_rows and (rows['person_id'] == -1).all()
 
 
 def test_imported_hmr2_checkpoint_runs_as_an_image_model(synthetic_default, hmr2_import, tmp_path):
@@ -198,6 +200,11 @@ def test_bad_inputs_fail_in_one_line_naming_them(synthetic_default, trained, tmp
         _infer(demo, str(vitpose), out, models)
     with pytest.raises(model_source.CheckpointKindError, match='neither a training workdir'):
         _infer(demo, str(tmp_path / 'count'), out, models)
+    # Variables that are not the config's model: one line naming --checkpoint.
+    cfg, _, _ = model_source.load(trained, None)
+    headless = {'params': {'backbone': variables['params']['backbone']}}
+    with pytest.raises(errors.UserError, match='--checkpoint.*missing'):
+        runner.model_predict_fn(cfg, headless, models)
     assert not (out / 'people.npz').exists() and not (out / 'overlay.mp4').exists()
 
 

@@ -18,10 +18,12 @@ import collections
 import dataclasses
 import time
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
 from data_pipelines.keypoint_files import KeypointFileError
+from extpose_jax import errors
 from extpose_jax.infer import camera, people, tracking
 from extpose_jax.train import evaluate
 from extpose_jax.train import sharding as shd
@@ -32,7 +34,8 @@ from extpose_jax.train import task as task_lib
 # convention: pose it with the right MANO and negate x of the vertices).
 ROW_FIELDS = (
     ('frame', 'frame index in the video'),
-    ('track', "track id (the file's when it has them, else from linking)"),
+    ('track', 'track id: 0, 1, ... in order of first appearance'),
+    ('person_id', "the file's person / track id (-1: none; a person's hands share it)"),
     ('is_right', 'True for bodies and right hands'),
     ('score', "the detection's score"),
     ('box', 'x0, y0, x1, y1 of the person box the crop was made from (pixels)'),
@@ -77,11 +80,17 @@ def _check_frames(detections: dict, num_frames: int, source: str) -> None:
         )
 
 
-def _predict_fn(cfg, variables, task):
-    """The sharded predict over this process's devices and its per-call batch size."""
-    mesh = shd.make_mesh({'data': -1})
-    placed, shardings = task.place_variables(variables, mesh, source='--checkpoint')
-    return task_lib.make_sharded_predict_fn(cfg, placed, shardings, mesh, task), mesh.size
+def model_predict_fn(cfg, variables, body_models_dir: str):
+    """The config's model as batch -> head outputs: jitted, the batch split over this process's
+    devices along 'data', the variables laid out as in training (a mismatch names --checkpoint).
+    Batches must hold a multiple of jax.local_device_count() windows (run() pads them so)."""
+    task = task_lib.Task(cfg, body_models_dir)
+    mesh = shd.make_mesh({'data': -1}, jax.local_devices())
+    try:
+        placed, shardings = task.place_variables(variables, mesh, source='--checkpoint')
+    except ValueError as e:  # the variables are not this config's model: the user's input
+        raise errors.UserError(str(e)) from None
+    return task_lib.make_sharded_predict_fn(cfg, placed, shardings, mesh, task)
 
 
 def run(
@@ -103,8 +112,9 @@ def run(
 ) -> Result:
     """frames: video_io.Frames; detections: keypoint_files.read_keypoints output.
 
-    predict_fn: a stand-in for the model (the tests' oracle): batch -> head outputs (B, T, ...).
-    The batch holds augment_clip's fields and 'frame' (B, T), the video frame (-1: padding).
+    predict_fn: model_predict_fn's (built here when None; pass one to reuse its compilation), or
+    a stand-in (the tests' oracle): batch -> head outputs (B, T, ...). The batch holds
+    augment_clip's fields and 'frame' (B, T), the video frame (-1: padding).
     """
     t_start = time.perf_counter()
     kind, num_t = cfg.model.kind, int(cfg.data.num_frames)
@@ -131,9 +141,9 @@ def run(
     t_crops = time.perf_counter()
 
     # Pass 2: windows -> model -> full image.
-    devices = 1
     if predict_fn is None:
-        predict_fn, devices = _predict_fn(cfg, variables, task_lib.Task(cfg, body_models_dir))
+        predict_fn = model_predict_fn(cfg, variables, body_models_dir)
+    devices = jax.local_device_count()
     batch_size = -(-batch_size // devices) * devices
     bodies = evaluate.JaxBodies(kind, body_models_dir)
     windows = [
@@ -183,6 +193,7 @@ def run(
                 )
                 rows['frame'].append(det.frame)
                 rows['track'].append(tr.id)
+                rows['person_id'].append(-1 if det.track_id is None else det.track_id)
                 rows['is_right'].append(det.part != 'left_hand')
                 rows['score'].append(det.score)
                 rows['box'].append(crops[w.track][pos].record['box'])
@@ -211,6 +222,7 @@ def run(
 _EMPTY = {  # (trailing shape, dtype) of each field when nobody was found
     'frame': ((), np.int64),
     'track': ((), np.int64),
+    'person_id': ((), np.int64),
     'is_right': ((), np.bool_),
     'score': ((), np.float32),
     'box': ((4,), np.float32),

@@ -1,8 +1,9 @@
 """The overlay video: every person's mesh over the full frames, with the project's CPU renderer.
 
-data_pipelines/synthetic/render.py rasterises triangles with OpenCV and a z-buffer, so meshes
-of several people are depth-ordered per pixel and shaded by one light, with no OpenGL / EGL (the
-headless failures users of pyrender-based demos hit). Each track keeps one colour. Optionally
+data_pipelines/synthetic/render.py rasterises triangles with OpenCV (painter's algorithm: the
+triangles of all meshes together sorted far to near), so several people occlude each other in
+depth order, shaded by one light, with no OpenGL / EGL (the headless failures users of
+pyrender-based demos hit). Each track keeps one colour. Optionally
 the input 2D skeletons are drawn on top, in the layout the file gave them.
 """
 

@@ -10,6 +10,11 @@ JSON lines:
     render (the overlay video), each as seconds and frames/s, and the whole as frames/s;
   - the renderer alone: one SMPL mesh (the neutral model at the mean pose, 3 m in front of the
     camera, filling about half the image height) over a 1280 x 720 frame, frames/s.
+  - with --checkpoint DIR (a trained workdir, e.g. the README's): that model on the demo clip
+    against the clip's ground truth (ground_truth.npz, the gendered SMPL in the true camera):
+    HMR 2.0's 3DPW MPJPE / PA-MPJPE of the 14 joints, the 2D error of the 44 keypoints in
+    pixels (median), the root's depth error, each row matched to the actor whose 2D joints it
+    is nearest (the demo's people are untracked in its OpenPose files).
 The demo clip is built with the synthetic default when missing (data_dir/synthetic/<size>).
 """
 
@@ -44,6 +49,7 @@ def main():
     ap.add_argument('--size', default='small')
     ap.add_argument('--config', default='video')
     ap.add_argument('--repeats', type=int, default=2)
+    ap.add_argument('--checkpoint', default=None, help='also: accuracy of this model on the demo')
     a = ap.parse_args()
 
     import importlib
@@ -99,6 +105,9 @@ def main():
            'frames_per_s': n_frames / total, 'person_frames': len(best.rows['frame']),
            'compile_and_first_run_s': results[0].timings['total'], **common})  # fmt: skip
 
+    if a.checkpoint:
+        _emit({'bench': 'infer_accuracy', **_accuracy(a.checkpoint, demo, models)})
+
     # The renderer alone: one SMPL mesh at 1280 x 720.
     bodies = evaluate.JaxBodies('smpl', models)
     eye = np.tile(np.eye(3), (1, 1, 1, 1, 1))
@@ -123,6 +132,56 @@ def main():
     seconds = time.perf_counter() - t0
     _emit({'bench': 'render', 'mesh': 'smpl 6890 vertices', 'size_wh': [W, H],
            'frames': n, 'frames_per_s': n / seconds})  # fmt: skip
+
+
+def _accuracy(checkpoint: str, demo: str, models: str) -> dict:
+    """run_infer.py on the demo clip with `checkpoint`, scored against the clip's truth."""
+    import tempfile
+
+    import numpy as np
+
+    import run_infer
+    from data_pipelines import convert_3dpw
+    from data_pipelines import convert_common as cc
+    from extpose_jax import body_models, metrics
+
+    with open(os.path.join(demo, 'camera.json')) as f:
+        sequence = json.load(f)['sequence']
+    raw = os.path.join(os.path.dirname(models), '3DPW', 'sequenceFiles', 'test', sequence + '.pkl')
+    seq = convert_3dpw.load_sequence(raw)
+    K = np.asarray(seq['K'], np.float64)
+    truth = []  # per actor: (frames, 44, 3) camera-frame keypoints
+    for k in range(seq['num_actors']):
+        model = body_models.load_from_dir(models, 'smpl', seq['genders'][k])
+        frames = np.arange(seq['num_frames'])
+        j0 = convert_3dpw.rest_root_joint(model, seq['betas'][k])
+        _, transl, out = convert_3dpw.camera_frame_params(model, seq, k, frames, j0)
+        truth.append(out['keypoints'] + transl[:, None])
+    with tempfile.TemporaryDirectory() as out_dir:
+        run_infer.main(['--video', os.path.join(demo, 'clip.mp4'), '--keypoints',
+                        os.path.join(demo, 'openpose'), '--checkpoint', checkpoint, '--body_models',
+                        models, '--intrinsics', os.path.join(demo, 'camera.json'), '--out',
+                        out_dir, '--no_render', '--quiet'])  # fmt: skip
+        rows = dict(np.load(os.path.join(out_dir, 'people.npz')))
+    pred, gt, px, depth = [], [], [], []
+    for r in range(len(rows['frame'])):
+        f = int(rows['frame'][r])
+        uv = [cc.project(K, t[f])[0] for t in truth]
+        err = [np.median(np.linalg.norm(u - rows['joints_2d'][r], axis=-1)) for u in uv]
+        k = int(np.argmin(err))
+        px.append(err[k])
+        pred.append(rows['joints_3d'][r])
+        gt.append(truth[k][f])
+        depth.append(abs(rows['joints_3d'][r][:, 2].mean() - truth[k][f][:, 2].mean()))
+    m = metrics.hmr2_3dpw_eval(np.stack(pred), np.stack(gt))
+    return {
+        'checkpoint': checkpoint,
+        'person_frames': len(pred),
+        'mpjpe_mm': float(np.mean(m['mpjpe'])),
+        'pa_mpjpe_mm': float(np.mean(m['pa_mpjpe'])),
+        'joints_2d_median_px': float(np.median(px)),
+        'depth_error_m': float(np.median(depth)),
+    }
 
 
 if __name__ == '__main__':

@@ -94,19 +94,23 @@ def read_image(path: str) -> np.ndarray:
     """uint8 HxWx3 RGB; FileNotFoundError / ConversionError naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'image not found: {path}')
-    data = np.fromfile(path, np.uint8)
+    return decode_image_bytes(np.fromfile(path, np.uint8).tobytes(), path)
+
+
+def decode_image_bytes(raw: bytes, where: str) -> np.ndarray:
+    """An encoded image (JPEG / PNG bytes) -> uint8 HxWx3 RGB; ConversionError naming `where`."""
+    data = np.frombuffer(raw, np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise ConversionError(
-            f'image does not decode (corrupt or not an image): {path} ({data.size} bytes)'
+            f'image does not decode (corrupt or not an image): {where} ({data.size} bytes)'
         )
-    raw = data.tobytes()
     # libjpeg decodes a truncated file with only a warning (the missing rows come out grey); in a
     # complete JPEG the last scan (SOS, FFDA) is followed by the end-of-image marker (FFD9).
     if raw[:2] == b'\xff\xd8' and raw.rfind(b'\xff\xd9') < raw.rfind(b'\xff\xda'):
         raise ConversionError(
             f'image is truncated (no end-of-image marker after its last scan): '
-            f'{path} ({data.size} bytes)'
+            f'{where} ({data.size} bytes)'
         )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
@@ -375,12 +379,15 @@ def convert_split(
     desc: str | None = None,
     unit: str = 'it',
     quiet: bool = False,
+    shard_of: Callable[[Job], int] | None = None,
 ) -> dict:
     """Writes one split of a dataset from its jobs (see the module docstring); returns a summary.
 
     `prepare(jobs, options)`, if given, runs once per shard in its worker before the first record
     (e.g. one batched body-model pass over the shard's samples); its result is options['prepared'].
     `workers`: a process count (0: inline) or a WorkerPool shared with other splits.
+    `shard_of(job)`: the job's shard instead of shard_for(job.sequence); for inputs that come
+    already sharded (WebDataset tars: one tar, one shard, one worker).
 
     Summary: num_records / num_sequences (whole split, shards of earlier runs included), shards
     written / skipped this run, seconds, and the counters the process function added (this run's
@@ -405,7 +412,10 @@ def convert_split(
     )
     by_shard: dict[int, list[Job]] = {}
     for job in jobs:
-        by_shard.setdefault(shards.shard_for(job.sequence, num_shards), []).append(job)
+        k = shard_of(job) if shard_of else shards.shard_for(job.sequence, num_shards)
+        if not 0 <= k < num_shards:
+            raise ValueError(f'job {job.sequence!r} maps to shard {k} of {num_shards}')
+        by_shard.setdefault(k, []).append(job)
     todo = {k: v for k, v in sorted(by_shard.items()) if not writer.shard_complete(k)}
     skipped = [k for k in by_shard if k not in todo]
     writer_kw = dict(

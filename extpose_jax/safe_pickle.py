@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import copyreg
+import io
 import pickle
 import struct
 import sys
@@ -306,14 +307,24 @@ def load(path: str, error: type, what: str):
     `error` naming the file (and the global); `what` says what the file should be, e.g.
     'SMPL/MANO model file'. A missing file is FileNotFoundError as usual."""
     with open(path, 'rb') as f:
-        try:
-            return _Reader(f).load()
-        except Refused as e:
-            raise _refusal(path, error, what, e) from None
-        except DAMAGE as e:
-            raise error(
-                f'{path}: not a readable {what} (truncated or damaged: {type(e).__name__}: {e})'
-            ) from e
+        return _read(f, path, error, what)
+
+
+def loads(data: bytes, where: str, error: type, what: str):
+    """`load` for a pickle held in memory (a tar member such as WebDataset's data.pyd); `where`
+    names it in errors, e.g. 'shard.tar: <key>.data.pyd'."""
+    return _read(io.BytesIO(data), where, error, what)
+
+
+def _read(f, where: str, error: type, what: str):
+    try:
+        return _Reader(f).load()
+    except Refused as e:
+        raise _refusal(where, error, what, e) from None
+    except DAMAGE as e:
+        raise error(
+            f'{where}: not a readable {what} (truncated or damaged: {type(e).__name__}: {e})'
+        ) from e
 
 
 def load_torch(path: str, error: type, what: str = 'PyTorch checkpoint'):

@@ -216,6 +216,30 @@ def test_refusal_names_the_file_and_the_global(tmp_path):
     assert isinstance(err.value, errors.DataFileError)
 
 
+def test_loads_reads_webdataset_person_lists_and_refuses_like_load():
+    """data.pyd as webdataset writes it (pickle.dumps, protocols 2 to 5): arrays, numpy scalars,
+    a 0-d object array holding a dict (HMR 2.0's extra_info fitting_loss)."""
+    people = [
+        {
+            'keypoints_2d': np.arange(132, dtype=np.float32).reshape(44, 3),
+            'scale': np.float64(0.9),
+            'has_body_pose': np.float32(1),
+            'extra_info': {'fitting_loss': np.array({'reprojection_loss': 3.5}, dtype=object)},
+        }
+    ]
+    for protocol in (2, 3, 4, 5):
+        got = safe_pickle.loads(pickle.dumps(people, protocol=protocol), 'w', ValueError, 'p')
+        np.testing.assert_array_equal(got[0]['keypoints_2d'], people[0]['keypoints_2d'])
+        assert got[0]['extra_info']['fitting_loss'].item() == {'reprojection_loss': 3.5}
+    with pytest.raises(ValueError, match=r'^a.tar: k.data.pyd: refusing to unpickle numpy.f2py'):
+        safe_pickle.loads(
+            _dumps([_Call('numpy.f2py.__main__', 'main')]),
+            'a.tar: k.data.pyd',
+            ValueError,
+            'data.pyd',
+        )
+
+
 @pytest.mark.parametrize('cut', [1, 2, 10, -1, -5])
 def test_truncated_pickle_is_the_callers_error(tmp_path, cut):
     data = legacy_pickle.dumps({'a': np.arange(50.0), 's': {1, 2}})

@@ -1,0 +1,314 @@
+"""HMR 2.0 / HaMeR WebDataset tars -> records -> pipeline batches (convert_webdataset.py).
+
+The synthetic tars (synthetic/raw_tars.py) hold rendered bodies and hands with known SMPL / MANO
+parameters and camera. Records must give back what the source held: keypoints through the crop
+affine, the 3D keypoints projecting through the record's camera, the parameters driving the body
+model to the 3D keypoints; left hands stored unmirrored and mirrored by the pipeline with their
+pose; the box conventions of §4.3 against hand-computed numbers; bad input stopping with the
+file and key named, nothing half-written.
+"""
+
+import glob
+import io
+import os
+import pickle
+import re
+import tarfile
+
+import numpy as np
+import pytest
+
+from data_pipelines import augment, cropping, record_reader, shards
+from data_pipelines import convert_common as cc
+from data_pipelines import convert_webdataset as cw
+from data_pipelines import pipeline as pl
+from data_pipelines.synthetic import raw_tars
+from extpose_jax import body_models as bm
+
+
+@pytest.fixture(scope='session')
+def tar_data(body_model_dir, tmp_path_factory):
+    """{kind: (tar folder, records folder, truth by (key, person), summary)}."""
+    root = tmp_path_factory.mktemp('tars')
+    out = {}
+    for kind in ('hmr2', 'hamer'):
+        src = str(root / f'src_{kind}')
+        truth = raw_tars.write_tars(src, str(body_model_dir), kind=kind)
+        rec = str(root / f'rec_{kind}')
+        summary = cw.convert(src, rec, kind=kind, name=kind, quiet=True, fsync=False)
+        out[kind] = (src, rec, {(t['key'], t['person']): t for t in truth}, summary)
+    return out
+
+
+def _records(rec_dir):
+    return list(record_reader.RecordReader(rec_dir, 'train'))
+
+
+def _full_image(rec, xy):
+    a = augment.as3x3(rec['crop_affine'])
+    return augment.apply(np.linalg.inv(a)[:2], xy)
+
+
+@pytest.mark.parametrize('kind', ['hmr2', 'hamer'])
+def test_records_agree_with_the_source(tar_data, body_model_dir, kind):
+    _, rec_dir, truth, summary = tar_data[kind]
+    recs = _records(rec_dir)
+    assert len(recs) == len(truth) == summary['splits']['train']['num_records']
+    model = bm.load_from_dir(str(body_model_dir), 'smpl' if kind == 'hmr2' else 'mano')
+    root = 39 if kind == 'hmr2' else 0
+    n_kp3d = 0
+    for rec in recs:
+        t = truth[(rec['sequence'], int(rec['track']))]
+        src = t['data']
+        assert rec['frame'] == 0
+        # 2D: back through the crop affine onto the source pixels; visible ones inside the crop
+        conf = np.asarray(src['keypoints_2d'], np.float64)[:, 2]
+        np.testing.assert_array_equal(rec['kp2d'][:, 2], conf.astype(np.float32))
+        vis = conf > 0
+        np.testing.assert_allclose(
+            _full_image(rec, rec['kp2d'][vis, :2]), src['keypoints_2d'][vis, :2], atol=2e-3
+        )
+        assert np.all(rec['kp2d'][~vis] == 0)
+        assert np.all((rec['kp2d'][vis, :2] >= 0) & (rec['kp2d'][vis, :2] < 384))
+        # box: centre +- scale * 200 / 2 per axis, a scalar scale a square
+        wh = np.broadcast_to(np.asarray(src['scale'], np.float64) * 200.0, (2,))
+        want = np.concatenate([src['center'] - wh / 2, src['center'] + wh / 2])
+        np.testing.assert_allclose(rec['box'], want, rtol=1e-6)
+        # parameters and flags as stored
+        pose_key = 'body_pose' if kind == 'hmr2' else 'hand_pose'
+        np.testing.assert_array_equal(rec['pose'], src[pose_key])
+        np.testing.assert_array_equal(rec['betas'], src['betas'])
+        assert bool(rec['has_pose']) == bool(float(np.asarray(src['has_' + pose_key])) > 0)
+        assert bool(rec['has_betas']) == bool(float(np.asarray(src['has_betas'])) > 0)
+        if kind == 'hamer':
+            assert rec['hand_side'] == ('right' if t['right'] else 'left')
+        else:
+            assert rec['gender'] == 'neutral'
+        # 3D: only when every joint has a 3D label (the partial tars keep none)
+        full_3d = bool(np.all(np.asarray(src['keypoints_3d'])[:, 3] > 0))
+        assert bool(rec['has_kp3d']) == full_3d
+        if not full_3d:
+            continue
+        n_kp3d += 1
+        np.testing.assert_allclose(rec['kp3d'], t['kp3d'], atol=1e-5)
+        uv, _ = cc.project(rec['K'], rec['kp3d'])  # the nominal camera the world rendered with
+        crop = cropping.apply_affine(rec['crop_affine'], uv.astype(np.float32))
+        np.testing.assert_allclose(crop[vis], rec['kp2d'][vis, :2], atol=0.05)
+        if t['right']:  # the stored parameters drive the model to the stored joints
+            out = cc.model_forward(model, rec['pose'][None], rec['betas'][None])['keypoints'][0]
+            np.testing.assert_allclose(out - out[root], rec['kp3d'] - rec['kp3d'][root], atol=2e-4)
+    assert n_kp3d > 0
+    if kind == 'hmr2':  # every other tar holds 3D for the 19 extra joints only
+        assert summary['splits']['train']['kp3d_partial'] == len(recs) - n_kp3d > 0
+        assert not all(r['has_pose'] for r in recs)  # COCO-like people without a fit
+
+
+def _batches(rec_dir, name):
+    cfg = pl.PipelineConfig(
+        data_root=os.path.dirname(rec_dir),
+        datasets=(pl.DatasetSpec(name, path=rec_dir),),
+        augment=augment.AugmentConfig(enabled=False),
+        batch_size=1,
+        shuffle=False,
+        num_epochs=1,
+    )
+    return list(pl.make_iterator(cfg, 0, 1))
+
+
+def test_left_hands_come_out_mirrored_with_their_pose(tar_data, body_model_dir):
+    _, rec_dir, truth, _ = tar_data['hamer']
+    reader = record_reader.RecordReader(rec_dir, 'train')
+    right_mano = bm.load_from_dir(str(body_model_dir), 'mano')
+    sides = set()
+    for batch in _batches(rec_dir, 'hamer'):
+        rec = reader[int(batch['record_index'][0, 0])]
+        t = truth[(rec['sequence'], int(rec['track']))]
+        left = not t['right']
+        sides.add(left)
+        assert bool(batch['flipped'][0, 0]) == left
+        assert bool(batch['is_right'][0, 0]) == (not left)
+        pose, kp3d = batch['pose'][0, 0], batch['kp3d'][0, 0]
+        # the record holds the left hand's own pose; the batch the right-hand pose it mirrors
+        np.testing.assert_allclose(pose, t['design_pose'], atol=1e-6)
+        out = cc.model_forward(right_mano, pose[None], batch['betas'][0, :1])['keypoints'][0]
+        np.testing.assert_allclose(out - out[0], kp3d - kp3d[0], atol=2e-4)
+        # the batch's camera still projects its 3D keypoints onto its 2D ones
+        uv, _ = cc.project(batch['K'][0, 0], kp3d)
+        vis = batch['kp2d'][0, 0, :, 2] > 0
+        np.testing.assert_allclose(uv[vis], batch['kp2d'][0, 0, vis, :2], atol=0.05)
+        if left:  # the image is the mirror image: the thumb sits on the other side
+            raw = rec['kp2d'][:, :2]
+            a = np.asarray(batch['affine'][0, 0], np.float64)
+            assert np.linalg.det(a[:, :2]) < 0
+            np.testing.assert_allclose(
+                augment.apply(a, _full_image(rec, raw)), batch['kp2d'][0, 0, :, :2], atol=1e-2
+            )
+    assert sides == {True, False}
+
+
+# ---------------------------------------------------------------- box conventions
+
+
+def _write_tar(path, samples, protocol=4):
+    """samples: [(key, {ext: bytes or object to pickle})]."""
+    with tarfile.open(path, 'w') as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                if not isinstance(data, bytes):
+                    data = pickle.dumps(data, protocol=protocol)
+                info = tarfile.TarInfo(f'{key}.{ext}')
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _person(center, scale, kind='hmr2', **over):
+    j = 44 if kind == 'hmr2' else 21
+    kp = np.zeros((j, 3), np.float32)
+    kp[:, 0] = center[0] + np.linspace(-20, 20, j)
+    kp[:, 1] = center[1] + np.linspace(-30, 30, j)
+    kp[:, 2] = 1.0
+    d = dict(
+        keypoints_2d=kp,
+        keypoints_3d=np.zeros((j, 4), np.float32),
+        center=np.asarray(center, np.float32),
+        scale=scale,
+        betas=np.zeros(10, np.float32),
+        has_betas=np.float32(0),
+    )
+    if kind == 'hmr2':
+        d.update(body_pose=np.zeros(72, np.float32), has_body_pose=np.float32(0))
+    else:
+        d.update(hand_pose=np.zeros(48, np.float32), has_hand_pose=0.0, right=1.0)
+    d.update(over)
+    return d
+
+
+def _jpg(h=240, w=220):
+    rng = np.random.default_rng(0)
+    return cropping.encode_image(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_box_conventions_hand_computed(tmp_path):
+    src = tmp_path / 'boxes'
+    src.mkdir()
+    # per axis (0.5, 0.9) -> a 100 x 180 box; 3:4 -> w = max(100, 180 * 3/4) = 135, h = 180:
+    # side 180. Scalar 0.9 -> a 180 x 180 box; 3:4 -> h = max(180, 180 * 4/3) = 240: side 240.
+    people = [_person((100, 80), np.array([0.5, 0.9])), _person((110, 120), np.float64(0.9))]
+    _write_tar(src / '000000.tar', [('s/a', {'jpg': _jpg(), 'data.pyd': people})])
+    out = str(tmp_path / 'rec')
+    cw.convert(str(src), out, kind='hmr2', name='boxes', quiet=True, fsync=False)
+    recs = {int(r['track']): r for r in _records(out)}
+    np.testing.assert_allclose(recs[0]['box'], [50, -10, 150, 170])
+    np.testing.assert_allclose(recs[1]['box'], [20, 30, 200, 210])
+    sides = {}
+    for batch in _batches(out, 'boxes'):
+        rec = recs[int(batch['track'][0, 0])]
+        a = batch['affine'][0, 0]
+        # the full image's box side S maps to the 256-pixel crop: 256 / S pixels per pixel
+        sides[int(batch['track'][0, 0])] = 256.0 / float(np.hypot(a[0, 0], a[1, 0]))
+        np.testing.assert_allclose(batch['box_center'][0, 0], [96, 128], atol=1e-3)
+        centre = augment.apply(
+            a.astype(np.float64), np.asarray(rec['box'][:2] + rec['box'][2:]) / 2
+        )
+        np.testing.assert_allclose(centre, [96, 128], atol=1e-3)
+    assert sides[0] == pytest.approx(180.0, rel=1e-4)
+    assert sides[1] == pytest.approx(240.0, rel=1e-4)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+class Foreign:
+    """A class the restricted unpickler must refuse (pickled by reference to this module)."""
+
+
+def _assert_nothing_written(out):
+    assert not os.path.exists(os.path.join(out, shards.DATASET_INFO))
+    for path in glob.glob(os.path.join(out, '*')):
+        assert not path.endswith(shards.TMP_SUFFIX), path
+
+
+def _two_tars(tmp_path, bad_members):
+    src = tmp_path / 'src'
+    src.mkdir()
+    good = [(f'g/{i}', {'jpg': _jpg(), 'data.pyd': [_person((100, 100), 0.5)]}) for i in range(2)]
+    _write_tar(src / '000000.tar', good)
+    _write_tar(src / '000001.tar', [('b/ok', good[0][1]), ('b/bad', bad_members)])
+    return src
+
+
+@pytest.mark.parametrize(
+    'what, members, match',
+    [
+        (
+            'corrupt image',
+            {'jpg': b'\xff\xd8 not a jpeg', 'data.pyd': [_person((100, 100), 0.5)]},
+            r'000001\.tar: b/bad\.jpg',
+        ),
+        (
+            'garbled pickle',
+            {'jpg': _jpg(), 'data.pyd': b'\x80\x04garbage'},
+            r'000001\.tar: b/bad\.data\.pyd: not a readable',
+        ),
+        (
+            'foreign class',
+            {'jpg': _jpg(), 'data.pyd': [Foreign()]},
+            r'000001\.tar: b/bad\.data\.pyd: refusing to unpickle test_convert_tars\.Foreign',
+        ),
+        (
+            'missing key',
+            {
+                'jpg': _jpg(),
+                'data.pyd': [{k: v for k, v in _person((1, 1), 0.5).items() if k != 'scale'}],
+            },
+            r"000001\.tar: b/bad\.data\.pyd: person 0: missing key 'scale'",
+        ),
+        (
+            'mis-shaped key',
+            {'jpg': _jpg(), 'data.pyd': [_person((1, 1), 0.5, betas=np.zeros(8))]},
+            r"person 0: key 'betas' has shape \(8,\), expected \(10,\)",
+        ),
+        ('no image', {'data.pyd': [_person((1, 1), 0.5)]}, r"sample 'b/bad' has no image"),
+    ],
+)
+def test_bad_samples_stop_naming_file_and_key_or_are_skipped(tmp_path, what, members, match):
+    src = _two_tars(tmp_path, members)
+    out = str(tmp_path / 'out')
+    with pytest.raises(cc.ConversionError, match=match):
+        cw.convert(str(src), out, kind='hmr2', name='x', quiet=True, fsync=False)
+    assert not shards.shard_complete(os.path.join(out, shards.shard_name('x', 'train', 1, 2)))
+    _assert_nothing_written(out)
+    s = cw.convert(str(src), out, kind='hmr2', name='x', quiet=True, fsync=False, skip_bad=True)
+    s = s['splits']['train']
+    key = 'bad_persons' if what in ('missing key', 'mis-shaped key') else 'bad_samples'
+    assert s[key] == 1, s
+    assert s['num_records'] == 3  # two in the good tar, one good sample in the bad one
+    assert s['shards_skipped'] == 1  # the good tar's shard was finished by the failed run
+
+
+def test_truncated_tar_and_resume(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    samples = [
+        (f'k/{i}', {'jpg': _jpg(), 'data.pyd': [_person((100, 100), 0.5)]}) for i in range(3)
+    ]
+    _write_tar(src / '000000.tar', samples)
+    _write_tar(src / '000001.tar', [(f'm/{i}', m) for i, (_, m) in enumerate(samples)])
+    data = (src / '000001.tar').read_bytes()
+    (src / '000001.tar').write_bytes(data[: len(data) // 2])
+    out = str(tmp_path / 'out')
+    with pytest.raises(cc.ConversionError, match=re.escape(str(src / '000001.tar'))):
+        cw.convert(str(src), out, kind='hmr2', name='x', quiet=True, fsync=False)
+    _assert_nothing_written(out)
+    s = cw.convert(str(src), out, kind='hmr2', name='x', quiet=True, fsync=False, skip_bad=True)
+    s = s['splits']['train']
+    assert s['bad_tar_tails'] == 1 and s['shards_skipped'] == 1
+    assert 3 < s['num_records'] < 6
+    again = cw.convert(str(src), out, kind='hmr2', name='x', quiet=True, fsync=False)
+    assert again['splits']['train']['shards_skipped'] == 2  # resumable: nothing redone
+
+
+def test_sample_keys_follow_webdataset():
+    assert cw.sample_key('aic-train/0a04.data.pyd') == ('aic-train/0a04', 'data.pyd')
+    assert cw.sample_key('x/y.z/abc.jpg') == ('x/y.z/abc', 'jpg')
+    assert cw.default_name('/d/coco-train-2014-pruned/') == 'coco_train_2014_pruned'

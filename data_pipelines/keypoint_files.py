@@ -86,6 +86,7 @@ class Detection:
     track_id: int | None
     part: str
     box_given: bool = False  # the file's box (a person detector's), not the joints' tight box
+    entry: int | None = None  # OpenPose: the frame file's person entry (a body and its hands)
 
     def __post_init__(self):
         joints = skeletons.get_layout(self.layout).num_joints
@@ -190,7 +191,9 @@ def _frame(where: str, value) -> int:
     return frame
 
 
-def _detection(frame, flat, layout, part, track_id, box=None, score=None) -> Detection | None:
+def _detection(
+    frame, flat, layout, part, track_id, box=None, score=None, entry=None
+) -> Detection | None:
     """None when fewer than two joints are detected."""
     keypoints = flat.reshape(-1, 3)
     detected = keypoints[:, 2] > 0
@@ -202,7 +205,7 @@ def _detection(frame, flat, layout, part, track_id, box=None, score=None) -> Det
         box = np.concatenate([xy.min(axis=0), xy.max(axis=0)])
     if score is None:
         score = keypoints[detected, 2].mean()
-    return Detection(frame, keypoints, layout, box, float(score), track_id, part, given)
+    return Detection(frame, keypoints, layout, box, float(score), track_id, part, given, entry)
 
 
 # ---------------------------------------------------------------------------- OpenPose
@@ -262,7 +265,7 @@ def _openpose_people(path: str, frame: int):
             if flat.size == 0:
                 continue
             layout = _layout_for(key_where, flat.size, layouts)
-            detection = _detection(frame, flat, layout, part, track)
+            detection = _detection(frame, flat, layout, part, track, entry=i)
             if detection is not None:
                 found.append((key_where, detection))
     return found

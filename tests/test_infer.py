@@ -266,3 +266,40 @@ def test_oracle_left_and_right_hands_through_the_mirror_path(tmp_path, body_mode
         predict_fn=_oracle('mano', people_gt, truth, K),
     )
     _check(result, truth, people_gt, K, bodies.faces, 'mano', n)
+
+
+def test_both_hands_of_a_person_stay_together(tmp_path):
+    """Untracked OpenPose entries (body + both hands each, shuffled per frame): each hand is
+    attributed to its body's track, the same person on every frame."""
+    from extpose_jax.infer import tracking
+
+    rng = np.random.default_rng(0)
+    xs = {0: 60.0, 1: 220.0}  # two people, apart, drifting right
+    order = []
+    for f in range(5):
+        entries = []
+        for p in rng.permutation(2):
+            x = xs[p] + 3 * f
+            body = np.c_[x + 20 * rng.random(18), 40 + 150 * rng.random(18), np.ones(18)]
+            hand = lambda dx: np.c_[x + dx + 5 * rng.random(21), 120 + 5 * rng.random(21),
+                                    np.ones(21)]  # fmt: skip
+            entries.append({'person_id': [-1], 'pose_keypoints_2d': body.ravel().tolist(),
+                            'hand_left_keypoints_2d': hand(-10).ravel().tolist(),
+                            'hand_right_keypoints_2d': hand(30).ravel().tolist()})  # fmt: skip
+            order.append((f, len(entries) - 1, int(p)))
+        (tmp_path / f'v_{f:012d}_keypoints.json').write_text(json.dumps({'people': entries}))
+    detections = read_keypoints(tmp_path)
+    owners = runner.hand_owners(detections, max_gap=2)
+    truth = {(f, e): p for f, e, p in order}
+    hands = [d for dets in detections.values() for d in dets if d.part != 'body']
+    assert len(hands) == 20
+    by_person = {}
+    for d in hands:
+        by_person.setdefault(truth[(d.frame, d.entry)], set()).add(owners[(d.frame, d.entry)])
+    assert all(len(v) == 1 for v in by_person.values())  # one body track per person
+    assert by_person[0] != by_person[1]
+    # The hand tracks themselves (linked per side) follow the same people.
+    for tr in tracking.link(
+        {f: [d for d in ds if d.part != 'body'] for f, ds in detections.items()}
+    ):
+        assert len({truth[(d.frame, d.entry)] for d in tr.detections}) == 1

@@ -29,6 +29,7 @@ FIELDS = {  # name -> trailing shape for a body model
     'frame': (),
     'track': (),
     'person_id': (),
+    'person': (),
     'is_right': (),
     'score': (),
     'box': (4,),

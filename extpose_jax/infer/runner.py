@@ -36,6 +36,11 @@ ROW_FIELDS = (
     ('frame', 'frame index in the video'),
     ('track', 'track id: 0, 1, ... in order of first appearance'),
     ('person_id', "the file's person / track id (-1: none; a person's hands share it)"),
+    (
+        'person',
+        'the body track the row belongs to: its own track for a body; for a hand, the '
+        'track of the body in the same OpenPose entry (-1: none), so both hands stay together',
+    ),
     ('is_right', 'True for bodies and right hands'),
     ('score', "the detection's score"),
     ('box', 'x0, y0, x1, y1 of the person box the crop was made from (pixels)'),
@@ -69,6 +74,20 @@ def select_detections(detections: dict, kind: str) -> tuple[dict, dict]:
             if d.part not in parts:
                 skipped[f'part {d.part}'] += 1
     return kept, dict(skipped)
+
+
+def hand_owners(detections: dict, max_gap: int) -> dict:
+    """(frame, entry) -> body track id. OpenPose lists a person's body and hands in one entry;
+    linking the bodies (as a body model's run would) names the person each hand belongs to."""
+    bodies = {
+        f: [d for d in dets if d.part == 'body' and d.entry is not None]
+        for f, dets in detections.items()
+    }
+    return {
+        (d.frame, d.entry): tr.id
+        for tr in tracking.link(bodies, max_gap=max_gap)
+        for d in tr.detections
+    }
 
 
 def _check_frames(detections: dict, num_frames: int, source: str) -> None:
@@ -120,6 +139,7 @@ def run(
     kind, num_t = cfg.model.kind, int(cfg.data.num_frames)
     hop = hop or max(1, num_t // 2)
     K = camera.intrinsics(frames.size_wh, K)
+    owners = hand_owners(detections, max_gap) if kind == 'mano' else {}
     detections, skipped = select_detections(detections, kind)
     tracks = tracking.link(detections, max_gap=max_gap)
     where = {}  # id(detection) -> (track index, position in the track)
@@ -194,6 +214,9 @@ def run(
                 rows['frame'].append(det.frame)
                 rows['track'].append(tr.id)
                 rows['person_id'].append(-1 if det.track_id is None else det.track_id)
+                rows['person'].append(
+                    tr.id if kind == 'smpl' else owners.get((det.frame, det.entry), -1)
+                )
                 rows['is_right'].append(det.part != 'left_hand')
                 rows['score'].append(det.score)
                 rows['box'].append(crops[w.track][pos].record['box'])
@@ -223,6 +246,7 @@ _EMPTY = {  # (trailing shape, dtype) of each field when nobody was found
     'frame': ((), np.int64),
     'track': ((), np.int64),
     'person_id': ((), np.int64),
+    'person': ((), np.int64),
     'is_right': ((), np.bool_),
     'score': ((), np.float32),
     'box': ((4,), np.float32),

@@ -130,7 +130,7 @@ def _oracle(kind, people_gt, truth, K):
                 # The model's box is always the window's: centred, 256 px (HMR 2.0's square).
                 center = augment.apply(a, np.array([augment.OUT_W / 2, augment.OUT_H / 2]))
                 side = augment.OUT_H * np.sqrt(abs(np.linalg.det(a[:2, :2])))  # a: window -> full
-                cam = camera.full_to_crop(p['model_t'][f], center, side, K)
+                cam = camera.full_to_crop(p['t'][f], center, side, K)
                 pose = p['model_pose']
                 if batch['flipped'][b, t]:
                     cam[1] = -cam[1]
@@ -188,84 +188,66 @@ def _check(result, truth, people_gt, K, faces, kind, n_frames):
     assert len(owner_of_track) == len(truth)
 
 
-@pytest.mark.slow
-def test_oracle_bodies_crossing_through_the_whole_path(tmp_path, body_model_dir):
-    """Two people walk past each other (boxes overlapping mid-clip), no ids in the file."""
-    cfg = common.base('smpl', 'small', 4)
-    bodies = evaluate.JaxBodies('smpl', str(body_model_dir))
-    K = np.array([[400.0, 0, W / 2], [0, 400.0, H / 2], [0, 0, 1]])
-    n = 16
-    rng = np.random.default_rng(1)
-    s = np.linspace(-1, 1, n)[:, None]
-    people_gt = []
-    for k, (x0, z) in enumerate(((-1.4, 5.0), (1.4, 6.0))):
-        pose = np.r_[np.pi, 0, 0, 0.15 * rng.standard_normal(69)]  # upright, facing the camera
-        betas = 0.5 * rng.standard_normal(10)
-        t = np.c_[-x0 * s[:, 0], np.full(n, 0.1), np.full(n, z)]
-        people_gt.append(
-            {
-                'model_pose': pose,
-                'pose': pose,
-                'betas': betas,
-                'mirror': False,
-                'model_t': t,
-                't': t,
-            }
-        )
-    frames_dir, kp_dir, truth = _clip(tmp_path, bodies, 'smpl', people_gt, K, n)
+def _person(pose, betas, t, mirror=False):
+    """Ground truth of one person: `pose` in its own convention (a left hand's: the mirror
+    conjugate), the right-MANO / SMPL pose the model would predict, betas, translation (F, 3)."""
+    model_pose = augment.mirror_pose(pose.astype(np.float32), 'mano') if mirror else pose
+    return {'pose': pose, 'model_pose': np.asarray(model_pose, np.float64), 'betas': betas,
+            'mirror': mirror, 't': t}  # fmt: skip
+
+
+def _run_and_check(tmp_path, body_model_dir, kind, num_frames_model, people_gt, K, n, batch):
+    bodies = evaluate.JaxBodies(kind, str(body_model_dir))
+    frames_dir, kp_dir, truth = _clip(tmp_path, bodies, kind, people_gt, K, n)
     result = runner.run(
-        cfg,
+        common.base(kind, 'small', num_frames_model),
         None,
         str(body_model_dir),
         video_io.Frames(frames_dir),
         read_keypoints(kp_dir),
         K=K,
-        batch_size=3,
+        batch_size=batch,
         progress=False,
-        predict_fn=_oracle('smpl', people_gt, truth, K),
+        predict_fn=_oracle(kind, people_gt, truth, K),
     )
-    _check(result, truth, people_gt, K, bodies.faces, 'smpl', n)
+    _check(result, truth, people_gt, K, bodies.faces, kind, n)
+
+
+@pytest.mark.slow
+def test_oracle_bodies_crossing_through_the_whole_path(tmp_path, body_model_dir):
+    """Two people walk past each other (boxes overlapping mid-clip), no ids in the file."""
+    K = np.array([[400.0, 0, W / 2], [0, 400.0, H / 2], [0, 0, 1]])
+    n = 16
+    rng = np.random.default_rng(1)
+    s = np.linspace(-1, 1, n)
+    people_gt = [
+        _person(
+            np.r_[np.pi, 0, 0, 0.15 * rng.standard_normal(69)],  # upright, facing the camera
+            0.5 * rng.standard_normal(10),
+            np.c_[-x0 * s, np.full(n, 0.1), np.full(n, z)],
+        )
+        for x0, z in ((-1.4, 5.0), (1.4, 6.0))
+    ]
+    _run_and_check(tmp_path, body_model_dir, 'smpl', 4, people_gt, K, n, batch=3)
 
 
 @pytest.mark.slow
 def test_oracle_left_and_right_hands_through_the_mirror_path(tmp_path, body_model_dir):
     """A left hand (the mirror image of a right MANO) and a right hand: the left one is mirrored
     into the model's right-hand crop and back, its pose reported in the left-hand convention."""
-    cfg = common.base('mano', 'small', 2)
-    bodies = evaluate.JaxBodies('mano', str(body_model_dir))
     K = np.array([[300.0, 0, W / 2], [0, 300.0, H / 2], [0, 0, 1]])
     n = 6
     rng = np.random.default_rng(2)
-    people_gt = []
-    for x, mirror in ((-0.12, True), (0.12, False)):
-        pose = np.r_[0.4 * rng.standard_normal(3), 0.3 * rng.standard_normal(45)]
-        model_pose = augment.mirror_pose(pose.astype(np.float32), 'mano').astype(np.float64)
-        if not mirror:
-            model_pose = pose
-        t = np.c_[np.full(n, x) + 0.01 * np.arange(n), np.full(n, 0.02), np.full(n, 0.7)]
-        people_gt.append(
-            {
-                'model_pose': model_pose,
-                'pose': pose,
-                'betas': 0.5 * rng.standard_normal(10),
-                'mirror': mirror,
-                'model_t': t,
-                't': t,
-            }
+    people_gt = [
+        _person(
+            np.r_[0.4 * rng.standard_normal(3), 0.3 * rng.standard_normal(45)],
+            0.5 * rng.standard_normal(10),
+            np.c_[np.full(n, x) + 0.01 * np.arange(n), np.full(n, 0.02), np.full(n, 0.7)],
+            mirror,
         )
-    frames_dir, kp_dir, truth = _clip(tmp_path, bodies, 'mano', people_gt, K, n)
-    result = runner.run(
-        cfg,
-        None,
-        str(body_model_dir),
-        video_io.Frames(frames_dir),
-        read_keypoints(kp_dir),
-        K=K,
-        batch_size=2,
-        progress=False,
-        predict_fn=_oracle('mano', people_gt, truth, K),
-    )
-    _check(result, truth, people_gt, K, bodies.faces, 'mano', n)
+        for x, mirror in ((-0.12, True), (0.12, False))
+    ]
+    _run_and_check(tmp_path, body_model_dir, 'mano', 2, people_gt, K, n, batch=2)
 
 
 def test_both_hands_of_a_person_stay_together(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 
 from data_pipelines import augment, cropping, record_reader, shards
 from data_pipelines import convert_common as cc
+from data_pipelines import convert_hmr_npz as cvn
 from data_pipelines import convert_webdataset as cw
 from data_pipelines import pipeline as pl
 from data_pipelines.synthetic import raw_tars
@@ -40,8 +41,8 @@ def tar_data(body_model_dir, tmp_path_factory):
     return out
 
 
-def _records(rec_dir):
-    return list(record_reader.RecordReader(rec_dir, 'train'))
+def _records(rec_dir, split='train'):
+    return list(record_reader.RecordReader(rec_dir, split))
 
 
 def _full_image(rec, xy):
@@ -312,3 +313,101 @@ def test_sample_keys_follow_webdataset():
     assert cw.sample_key('aic-train/0a04.data.pyd') == ('aic-train/0a04', 'data.pyd')
     assert cw.sample_key('x/y.z/abc.jpg') == ('x/y.z/abc', 'jpg')
     assert cw.default_name('/d/coco-train-2014-pruned/') == 'coco_train_2014_pruned'
+
+
+# ---------------------------------------------------------------- npz + image folder
+
+
+def _npz_from_tars(src, truth, tmp_path, kind):
+    """The tars' people as an npz (scale in PIXELS) + an image folder, as a user would write."""
+    images = tmp_path / 'images'
+    rows = {}
+    for tar_path in sorted(glob.glob(os.path.join(src, '*.tar'))):
+        with tarfile.open(tar_path) as tar:
+            for info in tar:
+                if info.name.endswith('.jpg'):
+                    (images / os.path.dirname(info.name)).mkdir(parents=True, exist_ok=True)
+                    (images / info.name).write_bytes(tar.extractfile(info).read())
+    for t in truth.values():
+        d = t['data']
+        rows.setdefault('imgname', []).append(t['key'] + '.jpg')
+        rows.setdefault('center', []).append(d['center'])
+        wh = np.broadcast_to(np.asarray(d['scale'], np.float64) * 200.0, (2,))
+        rows.setdefault('scale', []).append(wh)
+        if kind == 'hmr2':
+            rows.setdefault('body_keypoints_2d', []).append(d['keypoints_2d'][:25])
+            rows.setdefault('extra_keypoints_2d', []).append(d['keypoints_2d'][25:])
+            rows.setdefault('body_pose', []).append(d['body_pose'])
+            rows.setdefault('has_body_pose', []).append(float(np.asarray(d['has_body_pose'])))
+        else:
+            rows.setdefault('hand_keypoints_2d', []).append(d['keypoints_2d'])
+            rows.setdefault('hand_keypoints_3d', []).append(d['keypoints_3d'])
+            rows.setdefault('hand_pose', []).append(d['hand_pose'])
+            rows.setdefault('has_hand_pose', []).append(float(np.asarray(d['has_hand_pose'])))
+            rows.setdefault('right', []).append(float(d['right']))
+        rows.setdefault('betas', []).append(d['betas'])
+        rows.setdefault('has_betas', []).append(float(np.asarray(d['has_betas'])))
+    path = str(tmp_path / f'{kind}_own.npz')
+    np.savez(path, **{k: np.asarray(v) for k, v in rows.items()})
+    return path, str(images)
+
+
+@pytest.mark.parametrize('kind', ['hmr2', 'hamer'])
+def test_npz_and_image_folder_agree_with_the_source(tar_data, tmp_path, kind):
+    src, _, truth, _ = tar_data[kind]
+    npz, images = _npz_from_tars(src, truth, tmp_path, kind)
+    out = str(tmp_path / 'rec')
+    s = cvn.convert(npz, images, out, kind=kind, quiet=True, fsync=False, num_shards=2)
+    assert s['dataset'] == f'{kind}_own'
+    recs = _records(out, 'test')
+    assert len(recs) == len(truth)
+    by_image = {}
+    for t in truth.values():
+        by_image.setdefault(t['key'], []).append(t)
+    for rec in recs:
+        t = by_image[rec['sequence'][: -len('.jpg')]][int(rec['track'])]
+        d = t['data']
+        wh = np.broadcast_to(np.asarray(d['scale'], np.float64) * 200.0, (2,))
+        np.testing.assert_allclose(
+            rec['box'], np.concatenate([d['center'] - wh / 2, d['center'] + wh / 2]), rtol=1e-6
+        )
+        vis = np.asarray(d['keypoints_2d'])[:, 2] > 0
+        np.testing.assert_allclose(
+            _full_image(rec, rec['kp2d'][vis, :2]), d['keypoints_2d'][vis, :2], atol=2e-3
+        )
+        pose_key = 'body_pose' if kind == 'hmr2' else 'hand_pose'
+        np.testing.assert_array_equal(rec['pose'], d[pose_key])
+        if kind == 'hamer':
+            assert rec['hand_side'] == ('right' if t['right'] else 'left')
+            np.testing.assert_allclose(rec['kp3d'], t['kp3d'], atol=1e-5)
+        else:  # upstream zeroes OpenPose joints 1-14's 3D confidence: no full 3D set
+            assert not rec['has_kp3d']
+
+
+def test_npz_bad_input(tar_data, tmp_path):
+    src, _, truth, _ = tar_data['hamer']
+    npz, images = _npz_from_tars(src, truth, tmp_path, 'hamer')
+    data = dict(np.load(npz))
+    out = str(tmp_path / 'out')
+    bad = str(tmp_path / 'short.npz')
+    np.savez(bad, **{**data, 'center': data['center'][:-1]})
+    with pytest.raises(
+        cc.ConversionError, match=r"short\.npz: key 'center' has 7 rows, 'imgname' has 8"
+    ):
+        cvn.convert(bad, images, out, kind='hamer', quiet=True, fsync=False)
+    assert not os.path.exists(out) or not os.listdir(out)  # checked before anything is written
+    np.savez(bad, **{k: v for k, v in data.items() if k != 'right'})
+    with pytest.raises(cc.ConversionError, match=r"short\.npz: missing key 'right'"):
+        cvn.convert(bad, images, out, kind='hamer', quiet=True, fsync=False)
+    np.savez(bad, **{**data, 'hand_pose': data['hand_pose'][:, :45]})
+    with pytest.raises(cc.ConversionError, match=r"key 'hand_pose' has shape \(8, 45\)"):
+        cvn.convert(bad, images, out, kind='hamer', quiet=True, fsync=False)
+    gone = os.path.join(images, data['imgname'][0])
+    os.remove(gone)
+    with pytest.raises(FileNotFoundError, match=re.escape(gone)):
+        cvn.convert(npz, images, out, kind='hamer', quiet=True, fsync=False, num_shards=1)
+    _assert_nothing_written(out)
+    s = cvn.convert(
+        npz, images, out, kind='hamer', quiet=True, fsync=False, num_shards=1, skip_bad=True
+    )
+    assert s['splits']['test']['bad_rows'] == 1 and s['splits']['test']['num_records'] == 7

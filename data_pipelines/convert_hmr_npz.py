@@ -180,7 +180,7 @@ def convert(
     fsync: bool = True,
     quiet: bool = False,
 ) -> dict:
-    """Converts one npz into split `split` of dataset `name` (default: the npz's stem with
+    """Converts one npz into split `split` of dataset `name` (default: the name of `out`,
     '-' -> '_'); returns {'dataset', 'kind', 'out', 'npz', 'images', 'splits': {split: summary}}."""
     if kind not in cw.KINDS:
         raise ValueError(f'kind must be one of {tuple(cw.KINDS)}, got {kind!r}')
@@ -194,7 +194,7 @@ def convert(
         cc.Job(imgname, (os.path.join(images, imgname), rows), units=len(rows))
         for imgname, rows in by_image.items()
     ]
-    name = name or cw.default_name(os.path.splitext(npz)[0])
+    name = name or cw.default_name(out)
     options = dict(
         kind=kind,
         npz=npz,

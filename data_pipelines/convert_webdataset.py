@@ -295,9 +295,9 @@ def list_tars(root: str) -> list[str]:
     return [os.path.join(root, f) for f in tars]
 
 
-def default_name(root: str) -> str:
-    """`coco-train-2014-pruned` -> `coco_train_2014_pruned` (record names allow no '-')."""
-    base = os.path.basename(os.path.normpath(root))
+def default_name(path: str) -> str:
+    """`.../coco-train-2014-pruned` -> `coco_train_2014_pruned` (record names allow no '-')."""
+    base = os.path.basename(os.path.normpath(path))
     return ''.join(c if c.isalnum() or c in '_.' else '_' for c in base)
 
 
@@ -318,13 +318,13 @@ def convert(
     fsync: bool = True,
     quiet: bool = False,
 ) -> dict:
-    """Converts one folder of tars into split `split` of dataset `name` (default: the folder's
-    name with '-' -> '_'); returns {'dataset', 'kind', 'out', 'root', 'splits': {split: summary}}.
+    """Converts one folder of tars into split `split` of dataset `name` (default: the name of
+    `out` with '-' -> '_', which is what the pipeline looks for: <data_root>/<name>); returns {'dataset', 'kind', 'out', 'root', 'splits': {split: summary}}.
     The summary counts samples, persons written, has_* totals and the skips (module docstring)."""
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {tuple(KINDS)}, got {kind!r}')
     tars = list_tars(os.fspath(root))
-    name = name or default_name(root)
+    name = name or default_name(out)
     body_model, num_joints = KINDS[kind][:2]
     jobs = [cc.Job(os.path.basename(t), t) for t in tars]
     shard_index = {job.sequence: k for k, job in enumerate(jobs)}
@@ -368,7 +368,7 @@ def add_args(parser, default_split: str) -> None:
     """The flags convert_webdataset and convert_hmr_npz share."""
     parser.add_argument('--kind', required=True, choices=tuple(KINDS))
     parser.add_argument('--out', required=True, help='output dataset directory')
-    parser.add_argument('--name', default=None, help='dataset name (default: from the input)')
+    parser.add_argument('--name', default=None, help='dataset name (default: from --out)')
     parser.add_argument('--split', default=default_split)
     parser.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument('--crop_size', type=int, default=384)

@@ -18,6 +18,7 @@ _LONGEST_FIRST = (
     'test_train_failures.py',  # ~160
     'test_train_sharding.py',  # ~150
     'test_infer_cli.py',  # ~140: a 2-step training job, then inference runs that compile
+    'test_train_tar_mixture.py',  # ~110: a 2-step video run on 3DPW + tar images, evaluated
     'test_baselines.py',  # ~130
     'test_ablations.py',  # ~80: the harness' quick mode, 3 short trainings
     'test_extpose.py',  # ~100

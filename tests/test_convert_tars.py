@@ -312,7 +312,7 @@ def test_truncated_tar_and_resume(tmp_path):
 def test_sample_keys_follow_webdataset():
     assert cw.sample_key('aic-train/0a04.data.pyd') == ('aic-train/0a04', 'data.pyd')
     assert cw.sample_key('x/y.z/abc.jpg') == ('x/y.z/abc', 'jpg')
-    assert cw.default_name('/d/coco-train-2014-pruned/') == 'coco_train_2014_pruned'
+    assert cw.default_name('/records/coco-train-2014-pruned/') == 'coco_train_2014_pruned'
 
 
 # ---------------------------------------------------------------- npz + image folder
@@ -358,7 +358,7 @@ def test_npz_and_image_folder_agree_with_the_source(tar_data, tmp_path, kind):
     npz, images = _npz_from_tars(src, truth, tmp_path, kind)
     out = str(tmp_path / 'rec')
     s = cvn.convert(npz, images, out, kind=kind, quiet=True, fsync=False, num_shards=2)
-    assert s['dataset'] == f'{kind}_own'
+    assert s['dataset'] == 'rec'  # the output folder's name: the pipeline finds it there
     recs = _records(out, 'test')
     assert len(recs) == len(truth)
     by_image = {}

@@ -32,6 +32,9 @@ p.add_argument('--signal_process', type=int, default=-1, help='only this process
 p.add_argument('--mesh', default='')
 p.add_argument('--nan_at', type=int, default=-1)
 p.add_argument('--set', default='')
+p.add_argument('--datasets', default='', help='the mixture: name:weight,name:weight')
+p.add_argument('--as_images', default='', help='datasets fed as single frames: name,name')
+p.add_argument('--evaluate', action='store_true', help="keep the config's evaluators")
 job_process.add_args(p)
 args = p.parse_args()
 jax = job_process.start(args)
@@ -48,7 +51,13 @@ cfg = importlib.import_module(f'configs.{args.config}').get_config('small')
 cfg.train.steps = args.steps
 cfg.train.checkpoint_every = args.checkpoint_every
 cfg.train.log_every = 1
-cfg.evaluators = {}  # no evaluation: the jobs compare training
+if not args.evaluate:
+    cfg.evaluators = {}  # no evaluation: the jobs compare training
+if args.datasets:
+    cfg.data.datasets = tuple(
+        (n, float(w)) for n, w in (kv.split(':') for kv in args.datasets.split(','))
+    )
+cfg.data.as_images = tuple(filter(None, args.as_images.split(',')))
 cfg.data.batch_size = args.batch_size
 for kv in filter(None, args.mesh.split(',')):
     k, v = kv.split('=')

@@ -1,7 +1,8 @@
 """Shared config skeleton: every configs/*.py is `base(...)` plus its own choices.
 
 Field groups (validated by extpose_jax/train/config.py before anything runs):
-  data.*    records root, mixture, clip length T, 2D-pose source, per-process loading
+  data.*    records root, mixture (and data.drop to switch one off), clip length T, 2D-pose
+            source, per-process loading
   model.*   ViT size, architecture / ablation, mask, pose form, precision, remat
   init.*    start a new run from a variables checkpoint (convert.from_torch output or a training workdir)
   optim.*   AdamW, schedule, clipping, trainable-parameter strategy
@@ -79,6 +80,9 @@ def base(kind: str, variant: str, num_frames: int) -> ml_collections.ConfigDict:
     c.data.root = config_dict.placeholder(str)  # records root; empty = the synthetic default
     c.data.datasets = (('3dpw', 1.0),) if kind == 'smpl' else (('freihand', 1.0),)  # (name, weight)
     c.data.as_images = ()  # dataset names fed as single frames in video configs
+    # Comma-separated names of data.datasets to leave out (--config.data.drop=mpii_train,ava_train):
+    # one flag switches a listed dataset off without retyping the mixture.
+    c.data.drop = ''
     c.data.split = 'train'
     c.data.num_frames = num_frames  # T (1: the image model)
     c.data.stride = 1

@@ -49,6 +49,21 @@ CASES = [
         2,
         'nosuchvariant',
     ),
+    (
+        'run_train listed dataset without records',  # {tmp}/mix holds only 3dpw
+        [
+            'run_train.py',
+            '--config=configs/video.py',
+            '--config.data.root={tmp}/mix',
+            '--config.body_models={tmp}',
+            '--config.preflight.enabled=False',
+            '--config.data.drop=mpii_train',
+            '--workdir={tmp}/mix_run',
+        ],
+        2,
+        "no records for 'h36m_train' in {tmp}/mix/h36m_train (make them with: python -m "
+        'data_pipelines.convert_webdataset --kind hmr2',
+    ),
     ('run_eval unparsable flag', ['run_eval.py', '--step=x'], 2, '--step=x'),
     (
         'run_infer unreadable video',
@@ -231,6 +246,8 @@ def _run(argv):
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('cli')
     (tmp / 'file').write_text('not a directory')
+    (tmp / 'mix' / '3dpw').mkdir(parents=True)
+    (tmp / 'mix' / '3dpw' / 'dataset_info.json').write_text('{}')
     fill = {'tmp': str(tmp), 'file': str(tmp / 'file')}
     # Twice the cores: the subprocesses spend much of their time importing (disk, not CPU).
     with concurrent.futures.ThreadPoolExecutor(2 * (os.cpu_count() or 1)) as pool:

@@ -29,6 +29,7 @@ BAD = {
     'data.root': (MISSING, {'body_models': '<tmp>'}, 'no such directory'),
     'data.datasets': ((), {}, 'at least one'),
     'data.as_images': (('coco',), {}, 'is not in data.datasets'),
+    'data.drop': ('coco', {}, 'is not in data.datasets'),
     'data.split': ('', {}, 'non-empty'),
     'data.num_frames': (0, {}, '>= 1'),
     'data.stride': (0, {}, '>= 1'),
@@ -105,6 +106,8 @@ MORE = [
     ('model.drop_path_rate', NAN, {}, 'rate in [0, 1)'),
     ('data.datasets', (('3dpw', NAN),), {}, 'finite weight'),
     ('data.datasets', (('3dpw', 1.0), ('3dpw', 2.0)), {}, 'twice'),
+    ('data.drop', '3dpw', {}, 'drops every dataset'),
+    ('data.drop', ('3dpw',), {}, 'comma-separated names in one string'),
     ('mesh.fsdp', -1, {}, 'at most one axis'),  # mesh.data is -1 already
     ('optim.warmup_steps', 160, {'optim.schedule': 'warmup_cosine'}, 'below train.steps'),
     ('body_models', '<tmp>', {}, 'set both'),  # data.root left empty

@@ -293,6 +293,13 @@ def _validate_data(cfg) -> None:
     for name in cfg.data.as_images:
         if name not in names:
             _fail('data.as_images', name, f'is not in data.datasets {names}')
+    if not isinstance(cfg.data.drop, str):
+        _fail('data.drop', cfg.data.drop, "must be comma-separated names in one string, or ''")
+    for name in dropped(cfg):
+        if name not in names:
+            _fail('data.drop', name, f'is not in data.datasets {names}')
+    if not mixture(cfg):
+        _fail('data.drop', cfg.data.drop, 'drops every dataset of data.datasets')
 
 
 # What each config-rewrite arch sets (baselines.CONFIG_VARIANTS), by the config field it owns.
@@ -354,6 +361,17 @@ def check_paths_exist(cfg) -> None:
 
 
 # ------------------------------------------------------------------------------ builders
+
+
+def dropped(cfg) -> tuple:
+    """data.drop's names: 'h36m_train, coco' -> ('h36m_train', 'coco')."""
+    return tuple(n.strip() for n in cfg.data.drop.split(',') if n.strip())
+
+
+def mixture(cfg) -> tuple:
+    """What the run trains on: data.datasets' (name, weight) pairs less the data.drop names."""
+    drop = set(dropped(cfg))
+    return tuple((name, w) for name, w in cfg.data.datasets if name not in drop)
 
 
 def resolved(cfg, *, grad_accum: Optional[int] = None, eval_batch_size: Optional[int] = None):
@@ -525,7 +543,7 @@ def pipeline_config(
         )
     specs = tuple(
         pipeline.DatasetSpec(name, float(w), split=d.split, as_images=name in d.as_images)
-        for name, w in d.datasets
+        for name, w in mixture(cfg)
     )
     return pipeline.PipelineConfig(
         data_root=data_root,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from data_pipelines import pipeline, records
+from data_pipelines import known_datasets, pipeline, records, shards
 from extpose_jax import body_models, errors
 from extpose_jax.train import config as config_lib
 from extpose_jax.train import eval_protocols
@@ -56,13 +56,49 @@ def check_split(records_root: str, name: str, split: str, field: str):
     return reader
 
 
+def check_mixture(cfg, records_root: str) -> None:
+    """Every dataset the run trains on (data.datasets less data.drop) has a records folder; else
+    one InputError naming, for each missing one, the folder looked in and the command that makes
+    it, then the flag that trains without them all (a paper mixture lists up to 11 datasets: one
+    message spares a rerun per missing one)."""
+    missing = [
+        name
+        for name, _ in config_lib.mixture(cfg)
+        if not os.path.isfile(os.path.join(records_root, name, shards.DATASET_INFO))
+    ]
+    if not missing:
+        return
+    each = '; '.join(
+        f'{name!r} in {os.path.join(records_root, name)} '
+        f'(make them with: {known_datasets.convert_command(name, records_root)})'
+        for name in missing
+    )
+    if len(missing) == len(config_lib.mixture(cfg)):  # dropping them all cannot be the way out
+        found = sorted(
+            d
+            for d in os.listdir(records_root)
+            if os.path.isfile(os.path.join(records_root, d, shards.DATASET_INFO))
+        )
+        way_out = (
+            f'none of them is there (it holds {found}): is config.data.root={records_root!r} '
+            'the records root?'
+        )
+    else:
+        drop = ','.join(config_lib.dropped(cfg) + tuple(missing))
+        way_out = (
+            f'or train without {"it" if len(missing) == 1 else "them"}: --config.data.drop={drop}'
+        )
+    raise InputError(f'config.data.datasets: no records for {each}; {way_out}')
+
+
 def check(cfg, body_models_dir: str, records_root: str) -> None:
     """Every training dataset has cfg.data.split with records (and every active evaluator's
     dataset its split, with detections where the evaluator's 2D input is 'detections'); the
     body-model folder has what cfg needs."""
     if not os.path.isdir(records_root):
         raise InputError(f'config.data.root={records_root!r}: no such directory')
-    for name, _ in cfg.data.datasets:
+    check_mixture(cfg, records_root)
+    for name, _ in config_lib.mixture(cfg):
         check_split(records_root, name, cfg.data.split, 'data.datasets')
     for ev in config_lib.evaluators(cfg):
         reader = check_split(records_root, ev.dataset, ev.split, f'evaluators.{ev.name}')

@@ -1,7 +1,8 @@
-"""Masked multi-head attention: one entry point, `attend`, three implementations.
+"""Masked multi-head attention: one entry point, `attend`, five implementations and 'auto'.
 
     out = attend(q, k, v, structure=masks.structure(layout, spec, layer), key_valid=kv,
-                 impl='dense' | 'blockwise' | 'cudnn', block_size=128)
+                 impl='dense' | 'blockwise' | 'cudnn' | 'grouped' | 'grouped_cudnn' | 'auto',
+                 block_size=128, layout=layout)
 
 q, k, v are (B, N, H, D) (BTNH, as jax.nn.dot_product_attention). The mask is the static
 `structure` (numpy bool (Nq, Nk), known while tracing) AND the dynamic `key_valid`
@@ -25,6 +26,15 @@ gradient (XLA would otherwise return the mean of V).
              a dense bias by JAX: flash-style, but no block skipping in JAX 0.10).
              GPU only and bf16/fp16 only: asked for elsewhere it RAISES (a silent fallback
              would hide that a run is not using the kernel it was configured for).
+'grouped'    the layout strategies as dense attentions over regrouped tokens, merged by
+             log-sum-exp (grouped_attention.py); needs `layout`. Exactly the allowed pairs
+             are computed, no mask tile or bias; memory O(queries x keys) per group (about
+             1/M of dense for 'extpose'). A mask it cannot express (a window narrower than the
+             clip, causal, cross-view pairs between only some views) RAISES NotGroupable.
+'grouped_cudnn'  the same groups, each served by cuDNN flash attention (no mask unless keys
+             are invalid), its log-sum-exp from an fp32 key-chunked scan. GPU, bf16/fp16.
+'auto'       resolved per call by `choose` (the rule is there); falls back, never raises, for
+             a mask the grouped kernels cannot express.
 """
 
 from __future__ import annotations
@@ -35,16 +45,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from extpose_jax.models import masks
+from extpose_jax.models import grouped_attention, masks
 
-IMPLS = ('dense', 'blockwise', 'cudnn')
+IMPLS = ('dense', 'blockwise', 'cudnn', 'grouped', 'grouped_cudnn')
+CHOICES = IMPLS + ('auto',)  # what a config may name
+_LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 
 
-def attend(q, k, v, *, structure, key_valid=None, impl='dense', block_size=128, scale=None):
-    """Masked attention; see the module docstring. Returns (B, Nq, H, D) in q's dtype."""
+def attend(
+    q, k, v, *, structure, key_valid=None, impl='dense', block_size=128, scale=None, layout=None
+):
+    """Masked attention; see the module docstring. Returns (B, Nq, H, D) in q's dtype.
+
+    layout: the masks.TokenLayout of the tokens; the grouped kernels (and 'auto', to consider
+    them) need it to regroup tokens by frame, view and modality.
+    """
+    if impl == 'auto':
+        impl = choose(structure, layout, q.dtype)[0]
     structure = _check(q, k, v, structure, key_valid, impl)
     key_valid = None if key_valid is None else jnp.asarray(key_valid).astype(bool)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if impl in ('grouped', 'grouped_cudnn'):
+        if layout is None:
+            raise ValueError(
+                f'attend(impl={impl!r}) needs the token layout (layout=...) to regroup tokens'
+            )
+        return grouped_attention.attend(
+            q,
+            k,
+            v,
+            layout=layout,
+            structure=structure,
+            key_valid=key_valid,
+            scale=scale,
+            kernel='einsum' if impl == 'grouped' else 'dpa',
+            implementation=None if impl == 'grouped' else 'cudnn',
+        )
     if impl == 'dense':
         return _dense(q, k, v, structure, key_valid, scale, implementation=None)
     if impl == 'cudnn':
@@ -55,9 +91,64 @@ def attend(q, k, v, *, structure, key_valid=None, impl='dense', block_size=128, 
     return _blockwise_fn(sched, float(scale))(q, k, v, key_valid)
 
 
+def choose(structure, layout, dtype, backend=None):
+    """(impl, why) that 'auto' runs for one layer's mask on `backend` (default: JAX's).
+
+    The rule, by platform:
+      cpu          'blockwise', even where grouped applies: measured on XLA:CPU
+                   (docs/performance.md), its stream-sized tiles stay in cache while the
+                   grouped kernel's whole groups do not; grouped was slower at every size.
+      gpu, bf16/fp16  'grouped_cudnn' where the mask is a union of frame / modality / view
+                   groups (cuDNN flash per group, no mask), else 'cudnn'.
+      gpu fp32, tpu   'grouped' where it applies (exactly the allowed pairs as large
+                   matmuls rather than a scan over small tiles), else 'blockwise'.
+    The accelerator branches follow from the kernels' design and are not yet measured
+    (bench/gpu_suite.sh measures them).
+    """
+    backend = backend or jax.default_backend()
+    if layout is None:
+        why = 'no token layout given, so the grouped kernels cannot regroup the tokens'
+    else:
+        try:
+            grouped_attention.plan(layout, np.asarray(structure))
+            why = None
+        except grouped_attention.NotGroupable as e:
+            why = str(e)
+    impl = auto_impl(why is None, dtype, backend)
+    if backend == 'cpu':
+        why = 'on a CPU blockwise is the fastest that expresses every mask (measured)'
+    return impl, why or f'the mask is a union of frame / modality / view groups: {impl}'
+
+
+def describe_auto(layout, spec, depth: int, dtype, backend=None) -> str:
+    """One line for a run's log: what 'auto' runs in each block, and why where it falls back."""
+    picks = [choose(masks.structure(layout, spec, i), layout, dtype, backend) for i in range(depth)]
+    runs = []  # (first block, last block, impl, why)
+    for i, (impl, why) in enumerate(picks):
+        if runs and runs[-1][2] == impl and runs[-1][3] == why:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i, impl, why])
+    parts = [
+        f'blocks {a}-{b}: {impl}' + ('' if impl.startswith('grouped') else f' ({why})')
+        for a, b, impl, why in runs
+    ]
+    return f"attention 'auto' on {backend or jax.default_backend()}: " + '; '.join(parts)
+
+
+def auto_impl(groupable: bool, dtype, backend: str) -> str:
+    """`choose`'s rule once groupability is known (train/estimate.py applies it too)."""
+    if backend == 'cpu':
+        return 'blockwise'
+    cudnn_ok = backend == 'gpu' and jnp.dtype(dtype) in _LOW_PRECISION
+    if groupable:
+        return 'grouped_cudnn' if cudnn_ok else 'grouped'
+    return 'cudnn' if cudnn_ok else 'blockwise'
+
+
 def _check(q, k, v, structure, key_valid, impl):
     if impl not in IMPLS:
-        raise ValueError(f'attend: unknown impl {impl!r}; allowed: {", ".join(map(repr, IMPLS))}')
+        raise ValueError(f'attend: unknown impl {impl!r}; allowed: {", ".join(map(repr, CHOICES))}')
     if (
         q.ndim != 4
         or k.shape != v.shape
@@ -89,16 +180,17 @@ def _check(q, k, v, structure, key_valid, impl):
             f'attend: key_valid must be (B, Nk) = ({k.shape[0]}, {k.shape[1]}), '
             f'got {key_valid.shape}'
         )
-    if impl == 'cudnn':
+    if impl in ('cudnn', 'grouped_cudnn'):
+        other = 'blockwise' if impl == 'cudnn' else 'grouped'
         if jax.default_backend() != 'gpu':
             raise ValueError(
-                f"attend(impl='cudnn') needs a GPU, the backend is {jax.default_backend()!r}; "
-                "use impl='blockwise' (same result, any platform)"
+                f'attend(impl={impl!r}) needs a GPU, the backend is {jax.default_backend()!r}; '
+                f'use impl={other!r} (same result, any platform)'
             )
-        if q.dtype not in (jnp.bfloat16, jnp.float16):
+        if q.dtype not in _LOW_PRECISION:
             raise ValueError(
-                f"attend(impl='cudnn') takes bf16/fp16 inputs, got {q.dtype}; set the "
-                "model's compute dtype to bfloat16 or use impl='blockwise'"
+                f'attend(impl={impl!r}) takes bf16/fp16 inputs, got {q.dtype}; set the '
+                f"model's compute dtype to bfloat16 or use impl={other!r}"
             )
     return structure
 

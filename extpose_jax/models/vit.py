@@ -71,7 +71,9 @@ class ViTConfig:
     # Recompute each block in the backward pass (nn.remat). Measured on XLA:CPU: the compiled
     # temp memory of an unrolled stack barely changes (the CPU scheduler hoists recomputation).
     remat: bool = False
-    attention: str = 'dense'  # attention.attend impl: 'dense' | 'blockwise' | 'cudnn'
+    # attention.attend impl: 'dense' | 'blockwise' | 'cudnn' | 'grouped' | 'grouped_cudnn', or
+    # 'auto' (attention.choose, per block: a schedule may mix grouped and blockwise layers).
+    attention: str = 'dense'
     # Blockwise block size; None = one stream's patches, which aligns blocks with the mask's
     # groups (a 128 block straddles 192-token groups and then visits every key block).
     block_size: int | None = None
@@ -82,10 +84,10 @@ class ViTConfig:
             raise ValueError(
                 f'ViTConfig: width {self.width} is not divisible by heads {self.heads}'
             )
-        if self.attention not in attention.IMPLS:
+        if self.attention not in attention.CHOICES:
             raise ValueError(
                 f'ViTConfig.attention: unknown impl {self.attention!r}; '
-                f'allowed: {", ".join(map(repr, attention.IMPLS))}'
+                f'allowed: {", ".join(map(repr, attention.CHOICES))}'
             )
 
     @classmethod
@@ -181,6 +183,7 @@ class Attention(nn.Module):
             key_valid=key_valid,
             impl=c.attention,
             block_size=block,
+            layout=layout,
         )
         return _dense(width, ('heads', 'embed'), c, 'proj')(out.reshape(b, n, width))
 

@@ -36,7 +36,7 @@ _CHOICES = {
     'model.head_context': extpose.HEAD_CONTEXTS,
     'model.pose_form': extpose.POSE_FORMS,
     'model.dtype': tuple(DTYPES),
-    'model.attention': attention.IMPLS,
+    'model.attention': attention.CHOICES,
     'data.pose_source': pipeline.POSE_SOURCES,
     'synthetic_size': tuple(raw_common.SIZES),
     'data.image_fill': pipeline.IMAGE_FILLS,

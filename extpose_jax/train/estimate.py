@@ -18,8 +18,10 @@ the compute dtype, t = tensor-parallel ways where heads / the MLP width divide):
   activations   per block and token b (5 C + (4 C + 2 mlp) / t) + 4 H / t (logsumexp), saved
                 for every block; with remat only each block's input (C per token) is saved and
                 one block's worth is live while it is recomputed
-  attention     dense: the (queries x keys) probabilities of every head; blockwise: one key
-                block per query at a time
+  attention     dense: the (queries x keys) probabilities of every head; grouped: those of
+                the keys the mask allows; blockwise, cudnn, grouped_cudnn: one key block (one
+                stream's patches) per query at a time; 'auto' as attention.auto_impl resolves
+                it on the platform
   fsdp          one block's gathered weights in the forward and backward (fsdp > 1)
   inputs        exact: the whole step's batch shard (the micro-batches are slices of it)
 FLOPs, global, per step (2 per multiply-add): per token and block 2 (4 C^2 + 2 C mlp) for the
@@ -37,7 +39,7 @@ import jax
 import numpy as np
 
 from extpose_jax import skeletons
-from extpose_jax.models import heads, masks
+from extpose_jax.models import attention, grouped_attention, heads, masks
 from extpose_jax.train import config as config_lib
 
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2}
@@ -68,6 +70,7 @@ class Dims:
     keys_per_query: float  # tokens a query may attend to, averaged over queries and layers
     dense_keys: int  # keys a dense kernel computes per query (all of them)
     limbs: int  # skeleton strokes drawn per frame
+    groupable: bool = False  # every layer's mask has a grouped plan (for 'auto')
     overhead: float = (
         1.0  # activation bytes actually kept / the formula's (XLA:CPU: see on_platform)
     )
@@ -103,6 +106,10 @@ class Dims:
             keys_per_query=float(np.mean(counts)) * v.num_patches,
             dense_keys=layout.streams * v.num_patches,
             limbs=len(kp_layout.limbs) + kp_layout.num_joints,
+            groupable=all(
+                grouped_attention.pieces_of(per_stream, mc.mask, i)[0] is not None
+                for i in range(v.depth)
+            ),
         )
 
     @property
@@ -119,10 +126,19 @@ XLA_CPU_OVERHEAD = 2.0
 def on_platform(d: Dims, platform: str) -> Dims:
     """The memory model of a platform. GPU / TPU: the formulas as written. CPU: XLA:CPU computes
     bf16 in fp32 and its scheduler undoes remat (measured: the same temp with and without), so
-    activations are fp32, every block's is kept, and XLA_CPU_OVERHEAD more on top."""
+    activations are fp32, every block's is kept, and XLA_CPU_OVERHEAD more on top. 'auto'
+    attention becomes what it runs there."""
+    d = dataclasses.replace(d, attention=attention_on(d, platform))
     if platform != 'cpu':
         return d
     return dataclasses.replace(d, value_bytes=4, remat=False, overhead=XLA_CPU_OVERHEAD)
+
+
+def attention_on(d: Dims, platform: str) -> str:
+    if d.attention != 'auto':
+        return d.attention
+    dtype = 'bfloat16' if d.value_bytes == 2 else 'float32'
+    return attention.auto_impl(d.groupable, dtype, platform)
 
 
 # ------------------------------------------------------------------------------ memory
@@ -149,12 +165,14 @@ def activation_bytes(d: Dims, clips: float, tensor: int = 1) -> float:
     n = clips * d.tokens_per_clip
     th, tm = _split(d.heads, tensor), _split(d.mlp, tensor)
     per_token = b * (5 * c + 4 * c / th + 2 * d.mlp / tm) + 4 * d.heads / th
-    if d.attention == 'dense':
-        per_token += 4 * d.heads / th * d.dense_keys  # softmax probabilities, fp32
+    impl = attention_on(d, jax.default_backend())
+    materialised = {'dense': d.dense_keys, 'grouped': d.keys_per_query}.get(impl)
+    if materialised:
+        per_token += 4 * d.heads / th * materialised  # softmax probabilities, fp32
     block = n * per_token
     saved = d.depth * n * c * b + 2 * block if d.remat else d.depth * block
-    # Blockwise: scores / probabilities / their gradient for one key block of every query.
-    attn_transient = 3 * n * d.block_keys * 4 * d.heads / th if d.attention != 'dense' else 0
+    # Blockwise / flash: scores / probabilities / their gradient for one key block of every query.
+    attn_transient = 0 if materialised else 3 * n * d.block_keys * 4 * d.heads / th
     frames = clips * d.frames
     # Pose images (rendered fp32, one stroke at a time) and the normalised streams.
     images = frames * d.image_pixels * 3 * (3 * 4 + d.modalities * b)

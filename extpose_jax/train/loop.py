@@ -19,6 +19,7 @@ import numpy as np
 
 from data_pipelines import pipeline
 from extpose_jax import errors
+from extpose_jax.models import attention
 from extpose_jax.models.discriminator import DISCRIMINATOR
 from extpose_jax.train import checkpoint as ckpt_lib
 from extpose_jax.train import collectives, inputs, optim, writers
@@ -251,6 +252,10 @@ def train(
         f'T={cfg.data.num_frames}, global batch {cfg.data.batch_size} clips'
         + (f' in {setup.grad_accum} micro-batches' if setup.grad_accum > 1 else '')
     )
+    if cfg.model.attention == 'auto':
+        mc = task.model_config
+        layout = mc.layout(cfg.data.num_frames)
+        log(attention.describe_auto(layout, mc.mask, mc.vit.depth, mc.vit.dtype))
     if not cfg.init.checkpoint:
         mean = task.model_config.mean_params_path
         log(f'head starts from {mean or "the identity pose (no mean_params file)"}')

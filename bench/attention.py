@@ -1,13 +1,17 @@
-"""Masked attention on this machine: dense (XLA, the reference) against blockwise (block skipping).
+"""Masked attention on this machine: dense (XLA, the reference), blockwise (block skipping) and
+grouped (dense attentions over regrouped tokens, merged by log-sum-exp).
 
 Prints JSON lines:
-  python bench/attention.py [--frames 1 4 16] [--block-size 192] [--no-vit]
+  python bench/attention.py [--frames 1 4 16] [--block-size 192] [--impls dense blockwise grouped]
+                            [--no-vit]
 - one line per (implementation, tokens): attention forward+backward under the 'extpose' mask on
   T frames x 2 modalities x 192 patches (384, 1536, 6144 tokens), 16 heads x 80 (ViT-H), B=1, fp32,
-  plus blockwise under 'extpose' + causal at the largest T (a ragged block pattern);
+  plus blockwise under 'extpose' + causal at the largest T (a ragged block pattern; grouped
+  cannot express it);
 - one line per implementation for a ViT-B video model (T=8, two modalities: 16 images, 3072
   tokens) forward+backward w.r.t. all parameters;
-- a summary line comparing the two at the largest token count.
+- a summary line at the largest token count: each implementation's temp memory and time as
+  ratios to dense and to blockwise, from this one run.
 Memory is XLA's compiled temp size (`memory_analysis().temp_size_in_bytes`: what the program
 allocates beyond its inputs and outputs) and the peak RSS of a fresh subprocess per
 configuration (which includes the ~0.3 GB of the JAX runtime). Time is the best of a few runs
@@ -63,7 +67,7 @@ def attention_case(impl, frames, block_size, causal=False, heads=16, head_dim=80
     def fwd_bwd(q, k, v, g):
         out, vjp = jax.vjp(
             lambda q, k, v: attention.attend(
-                q, k, v, structure=structure, impl=impl, block_size=block_size
+                q, k, v, structure=structure, impl=impl, block_size=block_size, layout=layout
             ),
             q,
             k,
@@ -71,7 +75,7 @@ def attention_case(impl, frames, block_size, causal=False, heads=16, head_dim=80
         )
         return out, vjp(g)
 
-    runs = 1 if (impl == 'dense' and layout.n_tokens > 4000) else 3
+    runs = 1 if (impl != 'blockwise' and layout.n_tokens > 4000) else 3
     temp, seconds = _measure(fwd_bwd, (q, k, v, g), runs)
     line = {
         'bench': 'attention',
@@ -94,6 +98,9 @@ def attention_case(impl, frames, block_size, causal=False, heads=16, head_dim=80
             blocks_computed=sched.computed,
             blocks_total=(layout.n_tokens // block_size) ** 2,
         )
+    if impl == 'grouped':
+        plan = grouped_attention.plan(layout, structure)
+        line.update(plan=plan.name, pieces=[p.describe() for p in plan.pieces])
     return line
 
 
@@ -157,6 +164,7 @@ def main():
         default=192,
         help='blockwise block; 192 = one stream, aligned with the mask (128 straddles streams)',
     )
+    parser.add_argument('--impls', nargs='+', default=['dense', 'blockwise', 'grouped'])
     parser.add_argument('--no-vit', action='store_true', help='skip the ViT-B video step')
     parser.add_argument('--one', help=argparse.SUPPRESS)  # internal: one case, as JSON
     args = parser.parse_args()
@@ -171,7 +179,7 @@ def main():
     cases = [
         {'kind': 'attention', 'impl': impl, 'frames': t, 'block_size': args.block_size}
         for t in args.frames
-        for impl in ('dense', 'blockwise')
+        for impl in args.impls
     ]
     # Ragged block pattern (streaming): compute should follow the allowed blocks, about half.
     cases.append(
@@ -184,7 +192,7 @@ def main():
         }
     )
     if not args.no_vit:
-        cases += [{'kind': 'vit', 'impl': impl} for impl in ('dense', 'blockwise')]
+        cases += [{'kind': 'vit', 'impl': impl} for impl in args.impls]
     results = []
     for case in cases:
         env = {**os.environ, 'JAX_PLATFORMS': os.environ.get('JAX_PLATFORMS', 'cpu')}
@@ -216,17 +224,24 @@ def main():
         )
 
     n = 2 * 192 * max(args.frames)
-    dense, block = pick('attention', 'dense', n), pick('attention', 'blockwise', n)
-    if dense and block:
-        summary = {
-            'bench': 'attention_summary',
-            'tokens': n,
-            'temp_ratio': round(block['xla_temp_mib'] / dense['xla_temp_mib'], 3),
-            'rss_ratio': round(block['peak_rss_gib'] / dense['peak_rss_gib'], 3),
-            'speedup': dense['seconds'] and round(dense['seconds'] / block['seconds'], 2),
-        }
-        summary['target_memory_le_15pct'] = summary['temp_ratio'] <= 0.15
-        summary['target_no_slower'] = summary['speedup'] is not None and summary['speedup'] >= 1.0
+    for bench, tokens in (('attention', n), ('vit_step', None)):
+        rows = {impl: pick(bench, impl, tokens) for impl in args.impls}
+        rows = {impl: r for impl, r in rows.items() if r and 'error' not in r}
+        if len(rows) < 2:
+            continue
+        summary = {'bench': f'{bench}_summary', 'tokens': next(iter(rows.values()))['tokens']}
+        for ref in ('dense', 'blockwise'):
+            base = rows.get(ref)
+            if not base:
+                continue
+            for impl, r in rows.items():
+                if impl in (ref, 'dense'):  # dense is the reference, never the candidate
+                    continue
+                summary[f'{impl}_vs_{ref}_temp'] = round(
+                    r['xla_temp_mib'] / base['xla_temp_mib'], 3
+                )
+                if r['seconds'] and base['seconds']:
+                    summary[f'{impl}_vs_{ref}_speedup'] = round(base['seconds'] / r['seconds'], 2)
         print(json.dumps({**summary, **common}), flush=True)
 
 
@@ -236,6 +251,6 @@ if __name__ == '__main__':
     import jax.numpy as jnp
     import numpy as np
 
-    from extpose_jax.models import attention, masks, vit
+    from extpose_jax.models import attention, grouped_attention, masks, vit
 
     main()

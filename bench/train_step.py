@@ -7,9 +7,14 @@
 A case is config:size:T:batch (clips); the decoder head is 'tiny' with ViT-tiny, else HMR 2.0's. Prints one JSON line per case: steps/s (best of
 --runs after a warm-up), frames/s, the compiled step's FLOPs (XLA cost analysis, forward +
 backward + update), MFU = FLOPs x steps/s / peak when --peak_tflops is given, XLA's compiled
-temp memory, the preflight's per-device predictions (analytic, and XLA's arguments + outputs -
-donated + temporaries) and the measured peak device memory (GPU: memory_stats) or this
-process's peak RSS (CPU), so that a GPU run checks the preflight against reality.
+temp memory, the preflight's per-device predictions (analytic, with the platform's memory
+model, and XLA's arguments + outputs - donated + temporaries) and the measured peak device
+memory (GPU: memory_stats) or this process's peak RSS (CPU), so that a GPU run checks the
+preflight against reality. Also the model FLOPs counted analytically (estimate.flops: 3x the
+forward, no remat recompute; XLA's count misses the attention loops) and `mfu_model` from
+them against the device's peak (--peak_tflops, else devices.py's table; on a CPU a timed
+matmul), images/s (T x modalities x clips per second), and for --attention auto what each
+block resolved to.
 Inputs are random arrays of the pipeline's batch shapes: the input pipeline has its own
 benchmark (bench/pipeline.py).
 """
@@ -29,7 +34,9 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from extpose_jax.models import attention, masks  # noqa: E402
 from extpose_jax.train import config as config_lib  # noqa: E402
+from extpose_jax.train import devices as devices_lib  # noqa: E402
 from extpose_jax.train import estimate, optim  # noqa: E402
 from extpose_jax.train import sharding as shd  # noqa: E402
 from extpose_jax.train import state as state_lib  # noqa: E402
@@ -58,7 +65,20 @@ def random_batch(cfg, rng):
     return batch
 
 
-def run_case(case: str, args):
+def resolved_attention(cfg) -> list:
+    """The implementation each ViT block runs (differs from the config only for 'auto')."""
+    mc = config_lib.model_config(cfg)
+    if cfg.model.attention != 'auto':
+        return [cfg.model.attention]
+    layout = mc.layout(cfg.data.num_frames)
+    impls = [
+        attention.choose(masks.structure(layout, mc.mask, i), layout, mc.vit.dtype)[0]
+        for i in range(mc.vit.depth)
+    ]
+    return sorted(set(impls), key=impls.index)
+
+
+def run_case(case: str, args) -> dict:
     name, size, frames, clips = case.split(':')
     cfg = importlib.import_module(f'configs.{name}').get_config('small')
     cfg.model.size, cfg.data.num_frames, cfg.data.batch_size = size, int(frames), int(clips)
@@ -88,9 +108,17 @@ def run_case(case: str, args):
     temp = ma.temp_size_in_bytes
     # The preflight's two predictions of this step's per-device memory, beside the measured peak.
     xla_total = ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes + temp
+    device = jax.devices()[0]
+    dims = estimate.Dims.of(cfg)
     analytic = estimate.memory(
-        estimate.Dims.of(cfg), state, batch, dict(mesh.shape), cfg.data.batch_size, 1
+        estimate.on_platform(dims, device.platform),
+        state,
+        batch,
+        dict(mesh.shape),
+        cfg.data.batch_size,
+        1,
     )['total']
+    model_flops = estimate.flops(dims, cfg.data.batch_size)['model']
     state, m = compiled(state, batch, rng)  # warm-up
     jax.block_until_ready(m)
     times = []
@@ -100,8 +128,12 @@ def run_case(case: str, args):
         jax.block_until_ready(m)
         times.append(time.perf_counter() - start)
     sps = 1.0 / min(times)
-    device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != 'cpu' else None
+    if args.peak_tflops:
+        peak = args.peak_tflops * 1e12
+    else:
+        peak = devices_lib.DeviceInfo.detect(jax.devices(), args.dtype).peak_flops
+    images = int(frames) * int(clips) * len(config_lib.model_config(cfg).modalities)
     out = {
         'bench': 'train_step',
         'case': case,
@@ -113,11 +145,16 @@ def run_case(case: str, args):
         'dtype': args.dtype,
         'remat': args.remat,
         'attention': args.attention,
+        'attention_resolved': resolved_attention(cfg),
         'params_m': round(sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, 1),
         'steps_per_s': round(sps, 4),
         'frames_per_s': round(sps * int(frames) * int(clips), 2),
+        'images_per_s': round(sps * images, 2),
         'step_s': round(min(times), 4),
         'tflops_per_step': round(flops / 1e12, 4),
+        'model_tflops_per_step': round(model_flops / 1e12, 4),
+        'mfu_model': peak and round(model_flops * sps / peak, 4),
+        'peak_tflops': peak and round(peak / 1e12, 2),
         'compiled_temp_gib': round(temp / 2**30, 3),
         'preflight_analytic_gib': round(analytic / 2**30, 3),
         'preflight_compiled_gib': round(xla_total / 2**30, 3),
@@ -128,9 +165,10 @@ def run_case(case: str, args):
         out['mfu'] = round(flops * sps / (args.peak_tflops * 1e12), 4)
     if stats:
         out['peak_device_gib'] = round(stats.get('peak_bytes_in_use', 0) / 2**30, 3)
+        out['device_limit_gib'] = round(stats.get('bytes_limit', 0) / 2**30, 3)
     else:
         out['peak_rss_gib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
-    print(json.dumps(out), flush=True)
+    return out
 
 
 def main():
@@ -145,7 +183,7 @@ def main():
     )
     p.add_argument('--dtype', default='float32', choices=tuple(config_lib.DTYPES))
     p.add_argument('--remat', action='store_true')
-    p.add_argument('--attention', default='blockwise', choices=('dense', 'blockwise', 'cudnn'))
+    p.add_argument('--attention', default='blockwise', choices=attention.CHOICES)
     p.add_argument('--runs', type=int, default=3)
     p.add_argument(
         '--peak_tflops',
@@ -161,7 +199,7 @@ def main():
             'body_models'
         ]
     for case in args.cases:
-        run_case(case, args)
+        print(json.dumps(run_case(case, args)), flush=True)
 
 
 if __name__ == '__main__':

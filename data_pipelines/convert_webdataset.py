@@ -144,7 +144,7 @@ def person_record(image, p: dict, box_wh, kind: str, sequence: str, track: int, 
     has_kp3d = bool(np.all(conf3 > 0))
     stats = opt['stats']
     if not has_kp3d and np.any(conf3 > 0):
-        stats['kp3d_partial'] = stats.get('kp3d_partial', 0) + 1
+        _count(opt, 'kp3d_partial')
     record = {
         'image': jpeg,
         'crop_affine': affine,
@@ -176,7 +176,7 @@ def person_record(image, p: dict, box_wh, kind: str, sequence: str, track: int, 
 def enough_keypoints(p: dict, opt) -> bool:
     if int((p['keypoints_2d'][:, 2] > 0).sum()) >= opt['min_keypoints']:
         return True
-    opt['stats']['few_keypoints'] = opt['stats'].get('few_keypoints', 0) + 1
+    _count(opt, 'few_keypoints')
     return False
 
 

@@ -20,8 +20,9 @@ from data_pipelines import augment
 from data_pipelines.keypoint_files import read_keypoints
 from data_pipelines.synthetic import render
 from extpose_jax import geometry, skeletons
-from extpose_jax.infer import camera, overlay, people, runner, video_io
-from extpose_jax.train import evaluate
+from extpose_jax.infer import camera, overlay, runner, video_io
+from extpose_jax.train import config as config_lib
+from extpose_jax.train import evaluate, overlays
 
 W, H = 320, 240
 
@@ -66,7 +67,7 @@ def _clip(tmp_path, bodies, kind, people_gt, K, n_frames):
             for tr in truth
         ]
         image = render.render_meshes(np.full((H, W, 3), 60, np.uint8), meshes, K)[0]
-        _write_png(frames_dir / f'{f:04d}.png', image)
+        overlays.write_png(str(frames_dir / f'{f:04d}.png'), image)
         persons = []
         for i in rng.permutation(len(truth)):
             uv = render.project(K, truth[i]['joints'][f])
@@ -83,16 +84,10 @@ def _clip(tmp_path, bodies, kind, people_gt, K, n_frames):
     return str(frames_dir), str(kp_dir), truth
 
 
-def _write_png(path, rgb):
-    import cv2
-
-    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-
 def _oracle(kind, people_gt, truth, K):
     """batch -> head outputs: each crop's own person (nearest projected joints to the crop's
     keypoints, mapped back to the full image), in the model's terms (module docstring)."""
-    layout = skeletons.get_layout(people.RECORD_LAYOUT[kind])
+    layout = skeletons.get_layout(config_lib.RECORD_LAYOUT[kind])
 
     def predict(batch):
         b_len, t_len = batch['frame'].shape

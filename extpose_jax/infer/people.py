@@ -35,6 +35,8 @@ import numpy as np
 from data_pipelines import augment, cropping
 from extpose_jax import geometry, skeletons
 from extpose_jax.infer import camera
+from extpose_jax.train import config as config_lib
+from extpose_jax.train import evaluate  # the one definition of the window tiling
 
 CROP_SIZE, CROP_MARGIN, JPEG_QUALITY = 384, 0.25, 95  # the converters' defaults
 # Keypoint box -> person box: the median ratio of the mesh box's side to the OpenPose-18
@@ -42,7 +44,6 @@ CROP_SIZE, CROP_MARGIN, JPEG_QUALITY = 384, 0.25, 95  # the converters' defaults
 # (10-90%: 1.07-1.18); the boxes of a person detector need no growth.
 KEYPOINT_BOX_SCALE = 1.15
 PARTS = {'smpl': ('body',), 'mano': ('left_hand', 'right_hand')}
-RECORD_LAYOUT = {'smpl': 'hmr44', 'mano': 'hand21'}
 
 
 def person_box(det, box_scale: float = KEYPOINT_BOX_SCALE) -> np.ndarray:
@@ -67,7 +68,7 @@ def make_crop(frame_rgb: np.ndarray, det, kind: str, box_scale: float) -> Crop:
     """A detection in a decoded frame -> its pseudo-record (module docstring, steps 1-2)."""
     box = person_box(det, box_scale)
     jpeg, affine = cropping.crop_and_encode(frame_rgb, box, CROP_SIZE, CROP_MARGIN, JPEG_QUALITY)
-    layout = RECORD_LAYOUT[kind]
+    layout = config_lib.RECORD_LAYOUT[kind]
     kp = skeletons.convert(det.keypoints.astype(np.float32), det.layout, layout)
     kp_crop = np.zeros_like(kp)
     seen = kp[:, 2] > 0
@@ -103,8 +104,6 @@ class Window:
 
 def track_windows(track_id: int, n: int, num_frames: int, hop: int) -> list[Window]:
     """Windows over a track of n crops (evaluation's tiling; short tracks padded at the end)."""
-    from extpose_jax.train import evaluate  # the one definition of the tiling
-
     starts, owner = evaluate.window_starts(n, num_frames, hop)
     out = []
     for w, s in enumerate(starts):
@@ -126,7 +125,7 @@ def window_inputs(crops: list, window: Window, kind: str) -> dict:
         images,
         augment.IDENTITY,
         body_model=kind,
-        layout=skeletons.get_layout(RECORD_LAYOUT[kind]),
+        layout=skeletons.get_layout(config_lib.RECORD_LAYOUT[kind]),
         pose_source='detections',
     )
 

@@ -56,7 +56,9 @@ def random_batch(cfg, rng):
         'image': rng.integers(0, 256, (b, t, 256, 192, 3), dtype=np.uint8),
         'kp2d_input': kp,
         'kp2d': kp,
-        'kp3d': rng.normal(0, 0.3, (b, t, j, 3)).astype(np.float32),
+        'kp3d': np.concatenate(  # the pipeline's layout: x, y, z, per-joint confidence
+            [rng.normal(0, 0.3, (b, t, j, 3)), np.ones((b, t, j, 1))], -1
+        ).astype(np.float32),
         'pose': rng.normal(0, 0.3, (b, t, p)).astype(np.float32),
         'betas': rng.normal(0, 1, (b, t, 10)).astype(np.float32),
     }

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from data_pipelines import records
 from extpose_jax import skeletons
 
 OUT_H, OUT_W = 256, 192  # the ViT input window of HMR 2.0 / HaMeR
@@ -372,7 +373,7 @@ def augment_clip(
         'image': np.zeros((t_len, out_h, out_w, 3), np.uint8),
         'kp2d': np.zeros((t_len, j, 3), np.float32),
         'kp2d_input': np.zeros((t_len, j, 3), np.float32),
-        'kp3d': np.zeros((t_len, j, 3), np.float32),
+        'kp3d': np.zeros((t_len, j, 4), np.float32),  # x, y, z, confidence
         'pose': np.zeros((t_len, p_len), np.float32),
         'betas': np.zeros((t_len, 10), np.float32),
         'K': np.zeros((t_len, 3, 3), np.float32),
@@ -434,7 +435,8 @@ def augment_clip(
         out['affine'][i] = full_to_out[:2]
         out['K'][i] = output_intrinsics(full_to_out, rec['K'], r3)
         out['kp2d'][i] = transform_keypoints_2d(rec['kp2d'], m, perm)
-        kp3d = rec['kp3d'] @ r3.T
+        kp3d = records.kp3d_with_confidence(rec['kp3d'])
+        kp3d = np.concatenate([kp3d[:, :3] @ r3.T, kp3d[:, 3:]], 1)  # a joint keeps its confidence
         out['kp3d'][i] = kp3d[perm] if perm is not None else kp3d
         pose = mirror_pose(rec['pose'], body_model) if mirror else rec['pose']
         out['pose'][i] = rotate_global_orient(pose, rotation_3d(params, False))

@@ -276,7 +276,7 @@ def batch_spec(cfg: PipelineConfig, num_joints: int, body_model: str) -> dict:
         'image': ((b, t, aug.OUT_H, aug.OUT_W, 3), np.uint8),
         'kp2d': ((b, t, j, 3), f32),
         'kp2d_input': ((b, t, j, 3), f32),
-        'kp3d': ((b, t, j, 3), f32),
+        'kp3d': ((b, t, j, 4), f32),  # x, y, z, confidence
         'pose': ((b, t, p), f32),
         'betas': ((b, t, 10), f32),
         'K': ((b, t, 3, 3), f32),

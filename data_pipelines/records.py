@@ -21,8 +21,14 @@ from tensorflow_datasets.core.features.feature import TensorInfo
 from data_pipelines import cropping
 from extpose_jax import errors
 
-# Bump when a field is added, removed or changes meaning; readers refuse other versions.
-SCHEMA_VERSION = 2  # 2: optional kp2d_occluded (HInt occlusion labels)
+# Bump when a field is added, removed or changes meaning; readers refuse versions outside
+# READABLE_VERSIONS. 2: optional kp2d_occluded (HInt occlusion labels). 3: kp3d carries a
+# per-joint confidence, (J, 4), so sets with 3D labels on some joints only (H36M, MPI-INF-3DHP
+# in HMR 2.0's tars) keep them.
+SCHEMA_VERSION = 3
+# Version 2 stays readable: users hold days of converted data, and its kp3d maps onto v3 exactly
+# (decode_record gives every joint the record's has_kp3d as its confidence).
+READABLE_VERSIONS = (2, 3)
 
 NUM_BETAS = 10
 # body model -> (pose length, the string field naming the subject kind, its allowed values).
@@ -67,7 +73,7 @@ LOGICAL_SHAPES = {
     'kp2d': ('J', 3),
     'kp2d_det': ('J', 3),
     'kp2d_occluded': ('J',),
-    'kp3d': ('J', 3),
+    'kp3d': ('J', 4),  # x, y, z, confidence (encode_record also takes (J, 3): confidence 1)
     'pose': ('P',),
     'betas': (NUM_BETAS,),
 }
@@ -104,6 +110,18 @@ class SchemaVersionError(RecordError):
     pass
 
 
+def check_schema_version(version, where: str, hint: str = '') -> int:
+    """The version as an int if this code reads it, else SchemaVersionError naming `where`."""
+    if isinstance(version, (int, np.integer)) and not isinstance(version, (bool, np.bool_)):
+        version = int(version)
+        if version in READABLE_VERSIONS:
+            return version
+    readable = ' or '.join(map(str, READABLE_VERSIONS))
+    raise SchemaVersionError(
+        f'{where} has schema_version {version!r}, this code reads {readable}{hint}'
+    )
+
+
 class IncompleteShardError(RecordError):
     pass
 
@@ -132,6 +150,18 @@ class CorruptRecordError(RecordError):
 
 # ---------------------------------------------------------------- encode / decode one record
 
+
+def kp3d_with_confidence(value, where: str = 'kp3d') -> np.ndarray:
+    """(J, 4) float32 x, y, z, confidence from (J, 4), or from (J, 3) with confidence 1 (how
+    every writer before schema 3 passed kp3d); ValueError naming `where` for any other shape."""
+    value = np.asarray(value, np.float32)
+    if value.ndim != 2 or value.shape[1] not in (3, 4):
+        raise ValueError(f'{where} has shape {value.shape}, expected (J, 4) or (J, 3)')
+    if value.shape[1] == 3:
+        value = np.concatenate([value, np.ones((len(value), 1), np.float32)], 1)
+    return value
+
+
 _serializer = example_serializer.ExampleSerializer(_STORAGE)
 _parser = example_parser.ExampleParserNp(_STORAGE)
 
@@ -146,7 +176,9 @@ def encode_record(
     """Validates one record dict (fields in docs/data.md) and serializes it as a tf.train.Example.
 
     `image` is JPEG bytes, or a uint8 HxWx3 RGB crop that is encoded here. Labels may be omitted:
-    their has_* flag then defaults to False and the array to zeros. Errors name the field.
+    their has_* flag then defaults to False and the array to zeros. kp3d is (J, 4) with a
+    per-joint confidence, or (J, 3) (confidence 1); has_kp3d defaults to any confidence > 0.
+    Errors name the field.
     """
     if body_model not in BODY_MODELS:
         raise ValueError(f'body_model must be one of {sorted(BODY_MODELS)}, got {body_model!r}')
@@ -184,6 +216,8 @@ def encode_record(
             if not flag:
                 raise ValueError(f'{ctx}: missing required field {key!r}')
             value = np.zeros(shape, np.float32)
+        elif key == 'kp3d':
+            value = kp3d_with_confidence(record[key], f"{ctx}: field 'kp3d'")
         else:
             value = np.asarray(record[key], np.float32)
         if value.shape != shape:
@@ -194,6 +228,13 @@ def encode_record(
         out[key] = value.reshape(-1)
         if flag:
             out[flag] = int(bool(record.get(flag, key in record)))
+    conf3 = out['kp3d'].reshape(-1, 4)[:, 3]
+    if np.any(conf3 < 0):
+        raise ValueError(f"{ctx}: field 'kp3d' has negative confidences")
+    if 'has_kp3d' not in record:  # a kp3d with no confident joint labels nothing
+        out['has_kp3d'] = int(bool(np.any(conf3 > 0)))
+    elif record['has_kp3d'] and not np.any(conf3 > 0):
+        raise ValueError(f"{ctx}: has_kp3d=True but every 'kp3d' confidence is 0")
     x0, y0, x1, y1 = out['box']
     if not (x1 > x0 and y1 > y0):
         raise ValueError(f"{ctx}: field 'box' must be x0,y0,x1,y1 with x1 > x0, y1 > y0")
@@ -236,16 +277,15 @@ def decode_record(payload: bytes, *, decode_image: bool = False) -> dict[str, An
 
     Arrays come back as numpy float32/int64 in their logical shapes, scalars as np.int64 / np.bool_,
     strings as str, and `image` as JPEG bytes (or uint8 HxWx3 RGB with decode_image=True).
+    Every readable schema version decodes to this version's fields (kp3d (J, 4)); the
+    `schema_version` returned is the one the record was written with.
     """
     raw = _parser.parse_example(payload)
     # The TFDS parser silently skips spec keys absent from the payload; check them here.
     missing = set(_STORAGE) - set(raw)
     if missing:
         raise ValueError(f'record lacks fields {sorted(missing)}')
-    if raw['schema_version'] != SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f'record has schema_version {raw["schema_version"]}, this code reads {SCHEMA_VERSION}'
-        )
+    version = check_schema_version(raw['schema_version'], 'record')
     j = int(raw['num_joints'])
     out: dict[str, Any] = {
         'schema_version': np.int64(raw['schema_version']),
@@ -258,6 +298,12 @@ def decode_record(payload: bytes, *, decode_image: bool = False) -> dict[str, An
     sizes = {'J': j, 'P': len(raw['pose'])}
     for key in _FLOAT_FIELDS:
         shape = tuple(sizes.get(d, d) for d in LOGICAL_SHAPES[key])
+        if key == 'kp3d' and version == 2:
+            # v2 had one has_kp3d for all joints: its joints were all labelled or none was.
+            xyz = np.asarray(raw[key], np.float32).reshape(j, 3)
+            conf = np.full((j, 1), 1.0 if raw['has_kp3d'] else 0.0, np.float32)
+            out[key] = np.concatenate([xyz, conf], 1)
+            continue
         out[key] = np.asarray(raw[key], np.float32).reshape(shape)
     for flag in HAS_FLAGS:
         out[flag] = np.bool_(raw[flag])

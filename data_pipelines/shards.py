@@ -31,7 +31,7 @@ from data_pipelines.records import (
     IncompleteShardError,
     MissingSplitError,
     RecordError,
-    SchemaVersionError,
+    check_schema_version,
     encode_record,
     record_context,
 )
@@ -87,12 +87,7 @@ def load_index(path: str) -> dict[str, np.ndarray]:
         ) from None
     except Exception as e:
         raise IncompleteShardError(f'cannot read shard index {ipath}: {e}') from e
-    if int(index.get('schema_version', -1)) != SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f'index {ipath} has schema_version '
-            f'{int(index.get("schema_version", -1))}, this code reads '
-            f'{SCHEMA_VERSION}'
-        )
+    check_schema_version(int(index.get('schema_version', -1)), f'index {ipath}')
     missing = sorted(
         {'offsets', 'seq_ids', 'seq_names', 'track', 'frame', 'num_joints', 'body_model'}
         - set(index)
@@ -281,11 +276,7 @@ def load_dataset_info(data_dir: str) -> dict:
         raise RecordError(f'{path} is not valid JSON: {e}') from e
     if not isinstance(info, dict):
         raise RecordError(f'{path}: expected a JSON object, got {type(info).__name__}')
-    if info.get('schema_version') != SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f'{path} has schema_version {info.get("schema_version")!r}, this '
-            f'code reads {SCHEMA_VERSION}; reconvert the dataset'
-        )
+    check_schema_version(info.get('schema_version'), path, '; reconvert the dataset')
     if not isinstance(info.get('name'), str) or not isinstance(info.get('splits'), dict):
         raise RecordError(f"{path}: needs a 'name' string and a 'splits' object")
     return info
@@ -386,6 +377,9 @@ def finalize_split(out_dir: str, name: str, split: str, num_shards: int) -> dict
             info = load_dataset_info(out_dir)
             if info.get('name') != name:
                 raise ValueError(f'{path} belongs to dataset {info.get("name")!r}, not {name!r}')
+            # Splits of older readable versions stay as they are (their shards say their own
+            # version); the file names the newest one written into it.
+            info['schema_version'] = SCHEMA_VERSION
         info['splits'][split] = entry
         atomic_file.atomic_write(path, lambda f: f.write(json.dumps(info, indent=1).encode()))
     return entry

@@ -274,16 +274,23 @@ def accel_error(pred, gt, valid=None):
 # ----------------------------------------------------------------------------- HMR 2.0 protocol
 
 
-def hmr2_3dpw_eval(pred44, gt44) -> dict:
+def hmr2_3dpw_eval(pred44, gt44, valid=None) -> dict:
     """HMR 2.0's 3DPW / H36M evaluation (4D-Humans eval.py, pose_utils.Evaluator).
 
     pred44, gt44: (..., 44, C >= 3) HMR 2.0 keypoints in metres (a 4th confidence channel is
     ignored). Both sets are centred on the pelvis (joint 39), the 14 HMR44_EVAL14 joints are
-    scored. Returns {'mpjpe': (...,), 'pa_mpjpe': (...,)} in mm.
+    scored. valid (..., 44): optional, joints outside it neither count nor enter the Procrustes
+    fit (the caller decides what an unlabelled pelvis means). Returns {'mpjpe': (...,),
+    'pa_mpjpe': (...,)} in mm.
     """
     pred = center(_float(pred44)[..., :3], HMR44_PELVIS)[..., HMR44_EVAL14, :]
     gt = center(_float(gt44)[..., :3], HMR44_PELVIS)[..., HMR44_EVAL14, :]
-    return {'mpjpe': 1000.0 * mpjpe(pred, gt), 'pa_mpjpe': 1000.0 * pa_mpjpe(pred, gt)}
+    if valid is not None:
+        valid = jnp.asarray(valid)[..., HMR44_EVAL14]
+    return {
+        'mpjpe': 1000.0 * mpjpe(pred, gt, valid),
+        'pa_mpjpe': 1000.0 * pa_mpjpe(pred, gt, valid),
+    }
 
 
 __all__ = [

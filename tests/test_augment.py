@@ -97,6 +97,7 @@ def _decoded(recs, crops):
         d.setdefault('hand_side', '')
         for flag in records.HAS_FLAGS:
             d[flag] = np.bool_(flag != 'has_kp2d_occluded')
+        d['kp3d'] = records.kp3d_with_confidence(d['kp3d'])  # decode_record gives (J, 4)
         out.append(d)
     return out, [cv2.cvtColor(c, cv2.COLOR_RGB2BGR) for c in crops]
 
@@ -145,7 +146,7 @@ def test_rotated_3d_projects_onto_rotated_2d(body_model, side, flip):
     recs, crops = synthetic_track(rng, 3, body_model=body_model, hand_side=side or 'right')
     out = _run(recs, crops, dataclasses.replace(STRONG, flip=flip), body_model=body_model)
     for t in range(3):
-        uvw = out['kp3d'][t].astype(np.float64) @ out['K'][t].astype(np.float64).T
+        uvw = out['kp3d'][t, :, :3].astype(np.float64) @ out['K'][t].astype(np.float64).T
         proj = uvw[:, :2] / uvw[:, 2:]
         ok = out['kp2d'][t][:, 2] > 0
         np.testing.assert_allclose(proj[ok], out['kp2d'][t][ok, :2], atol=0.02)
@@ -190,7 +191,28 @@ def test_window_geometry_matches_upstream():
     np.testing.assert_allclose(out['box_center'][0], [96, 128], atol=1e-3)
     np.testing.assert_allclose(out['box_size'][0], 256.0, atol=1e-3)
     np.testing.assert_allclose(out['pose'][0], recs[0]['pose'], atol=1e-6)
-    np.testing.assert_allclose(out['kp3d'][0], recs[0]['kp3d'], atol=1e-6)
+    np.testing.assert_allclose(out['kp3d'][0, :, :3], recs[0]['kp3d'], atol=1e-6)
+    np.testing.assert_array_equal(out['kp3d'][0, :, 3], 1.0)
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_kp3d_confidence_moves_with_its_joint(flip):
+    rng = np.random.default_rng(5)
+    recs, crops = synthetic_track(rng, 2)
+    conf = np.zeros(44, np.float32)
+    conf[25:] = 1.0  # H36M-style: 3D on the 19 extra joints only
+    conf[[2, 5, 30]] = [0.25, 0.5, 0.75]  # and a few distinct values to follow
+    for r in recs:
+        r['kp3d'] = np.concatenate([r['kp3d'], conf[:, None]], 1)
+    params = dataclasses.replace(STRONG, flip=flip)
+    out = _run(recs, crops, params)
+    perm = skeletons.HMR44.flip_array if flip else np.arange(44)
+    r3 = aug.rotation_3d(params, flip)
+    for t, r in enumerate(recs):
+        # output joint k is the record's joint perm[k]: its confidence and rotated position
+        np.testing.assert_array_equal(out['kp3d'][t, :, 3], conf[perm])
+        np.testing.assert_allclose(out['kp3d'][t, :, :3], r['kp3d'][perm, :3] @ r3.T, atol=1e-5)
+    assert out['has_kp3d'].all()
 
 
 def test_flip_twice_is_identity():
@@ -209,7 +231,9 @@ def test_flip_twice_is_identity():
     again = aug.transform_keypoints_2d(flipped['kp2d'], mirror, skeletons.HMR44.flip_array)
     np.testing.assert_allclose(again, plain['kp2d'], atol=1e-4)
     np.testing.assert_allclose(
-        flipped['kp3d'][..., skeletons.HMR44.flip_array, :] * [-1, 1, 1], plain['kp3d'], atol=1e-6
+        flipped['kp3d'][..., skeletons.HMR44.flip_array, :] * [-1, 1, 1, 1],
+        plain['kp3d'],
+        atol=1e-6,
     )
     np.testing.assert_allclose(
         aug.mirror_pose(flipped['pose'][0], 'smpl'), plain['pose'][0], atol=1e-6

@@ -85,7 +85,7 @@ def _pkls(root):
 
 
 def _project_to_crop(rec):
-    uv, _ = convert_common.project(rec['K'], rec['kp3d'])
+    uv, _ = convert_common.project(rec['K'], rec['kp3d'][:, :3])
     return cropping.apply_affine(rec['crop_affine'], uv)
 
 
@@ -181,7 +181,8 @@ def test_3dpw_records_match_raw(raw, converted):
                 # kp3d: the body-25 slots that are SMPL skeleton joints = camera-frame jointPositions
                 jp = np.asarray(seq['jointPositions'][k][i]).reshape(24, 3) @ Rc.T + tc
                 slots = np.flatnonzero(smpl_to_op < 24)
-                np.testing.assert_allclose(rec['kp3d'][slots], jp[smpl_to_op[slots]], atol=1e-4)
+                np.testing.assert_allclose(rec['kp3d'][slots, :3], jp[smpl_to_op[slots]], atol=1e-4)
+                np.testing.assert_array_equal(rec['kp3d'][:, 3], 1.0)  # every joint labelled
                 # kp2d = projection with K, then the crop affine; conf = on the image
                 crop_xy = _project_to_crop(rec)
                 assert np.abs(crop_xy - rec['kp2d'][:, :2]).max() < SUBPIXEL
@@ -196,7 +197,7 @@ def test_3dpw_records_match_raw(raw, converted):
                 np.testing.assert_array_equal(rec['kp2d'][:, 2], inside.astype(np.float32))
                 # box: the person (its body keypoints) lies in the box
                 x0, y0, x1, y1 = rec['box']
-                body = convert_common.project(K, rec['kp3d'][:25])[0]
+                body = convert_common.project(K, rec['kp3d'][:25, :3])[0]
                 assert (body[:, 0] > x0 - 2).all() and (body[:, 0] < x1 + 2).all()
                 assert (body[:, 1] > y0 - 2).all() and (body[:, 1] < y1 + 2).all()
                 # kp2d_det: poses2d (3, 18) -> OpenPose-18 -> the 44 layout, through the affine
@@ -258,7 +259,7 @@ def test_freihand_records_match_raw(raw, converted):
             xyz = np.asarray(xyz_all[idx])
             non_ring_pinky_tip = [j for j in range(21) if j not in (16, 20)]
             np.testing.assert_allclose(
-                rec['kp3d'][non_ring_pinky_tip], xyz[non_ring_pinky_tip], atol=1e-5
+                rec['kp3d'][non_ring_pinky_tip, :3], xyz[non_ring_pinky_tip], atol=1e-5
             )
             assert np.abs(_project_to_crop(rec) - rec['kp2d'][:, :2]).max() < SUBPIXEL
             assert (rec['kp2d'][:, 2] == 1).all()

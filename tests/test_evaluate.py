@@ -22,7 +22,8 @@ from test_body_models import _smplx_smpl, _torch_mano, _torch_smpl_keypoints
 from data_pipelines import augment as aug
 from data_pipelines import convert_common, cropping, record_reader, shards
 from data_pipelines import pipeline as pl
-from extpose_jax import body_models, geometry, skeletons
+from extpose_jax import body_models, geometry, metrics, skeletons
+from extpose_jax.train import eval_protocols as ep
 from extpose_jax.train import evaluate as ev
 
 K_CROP = np.array([[5000.0, 0, aug.OUT_W / 2], [0, 5000.0, aug.OUT_H / 2], [0, 0, 1]])
@@ -385,6 +386,81 @@ def test_3dpw_root_rotation_moves_mpjpe_but_not_pa_mpjpe(data):
     )
     assert m['3dpw/pa_mpjpe'] < 0.05
     assert m['3dpw/mpjpe'] > 10 and m['3dpw/pve'] > 10
+
+
+# ------------------------------------------------------- per-joint 3D confidence (schema 3)
+
+
+def _scored(protocol, conf, seed=0):
+    """One track of T frames through a protocol: (result, GT (T, J, 3), prediction (T, J, 3)).
+    GT joints with conf 0 get far-off coordinates: they must change nothing."""
+    rng = np.random.default_rng(seed)
+    t, j = conf.shape
+    gt = rng.normal(0, 0.3, (t, j, 3)) + [0.0, 0.0, 4.0]
+    pred = (gt + rng.normal(0, 0.03, gt.shape)).astype(np.float32)
+    gt = np.where(conf[..., None] > 0, gt, 1e3).astype(np.float32)
+    verts = rng.normal(0, 0.3, (1, t, 30, 3)).astype(np.float32)
+    batch = {
+        'kp3d': np.concatenate([gt, conf[..., None]], -1)[None].astype(np.float32),
+        **{k: np.ones((1, t), bool) for k in ('has_kp3d', 'has_pose', 'has_betas')},
+        'sequence_id': np.zeros((1, t), np.int32),
+        'track': np.zeros((1, t), np.int64),
+        'frame': np.arange(t, dtype=np.int64)[None],
+    }
+    pred_geo = {'keypoints_3d': pred[None], 'vertices': verts}
+    p = protocol()
+    p.update(batch, pred_geo, {'vertices': verts, 'keypoints': gt[None]}, np.ones((1, t), bool), {})
+    return p.result(), gt.astype(np.float64), pred.astype(np.float64)
+
+
+def test_3dpw_scores_only_labelled_joints():
+    t = 7
+    res, gt, pred = _scored(ep.ThreeDPW, np.ones((t, 44), np.float32))
+    # all labelled: the unmasked protocol's numbers (fp32 sums in another order: a few ulps)
+    ref = metrics.hmr2_3dpw_eval(pred.astype(np.float32), gt.astype(np.float32))
+    assert res['3dpw/mpjpe'] == pytest.approx(float(np.mean(ref['mpjpe'])), rel=1e-5)
+    assert res['3dpw/pa_mpjpe'] == pytest.approx(float(np.mean(ref['pa_mpjpe'])), rel=1e-5)
+    assert res['3dpw/num_frames_joints'] == t and res['3dpw/num_frames_accel'] == t - 2
+
+    conf = np.ones((t, 44), np.float32)
+    unlabelled = skeletons.HMR44_EVAL14[:3]
+    conf[1, unlabelled] = 0.0  # frame 1: three scored joints without 3D
+    conf[2, skeletons.HMR44_PELVIS] = 0.0  # frame 2: no pelvis to centre on: not scored
+    res, gt, pred = _scored(ep.ThreeDPW, conf)
+    mpjpe, pa = [], []
+    for f in (0, 1, 3, 4, 5, 6):
+        keep = conf[f, skeletons.HMR44_EVAL14] > 0
+        c = lambda kp: (kp - kp[skeletons.HMR44_PELVIS])[skeletons.HMR44_EVAL14][keep]  # noqa: E731
+        p14, g14 = c(pred[f]), c(gt[f])
+        mpjpe.append(np.linalg.norm(p14 - g14, axis=-1).mean())
+        pa.append(np.linalg.norm(_similarity_aligned(p14, g14) - g14, axis=-1).mean())
+    # fp32 metres (~1 m, ulp 1e-7 m) against a float64 reference: 1e-3 mm is ample
+    assert res['3dpw/mpjpe'] == pytest.approx(1000 * np.mean(mpjpe), abs=1e-3)
+    assert res['3dpw/pa_mpjpe'] == pytest.approx(1000 * np.mean(pa), abs=1e-3)
+    assert res['3dpw/num_frames_joints'] == 6
+    # the acceleration error needs all 14 joints: frames 3-6 are the one run left
+    assert res['3dpw/num_frames_accel'] == 2
+
+
+def test_freihand_scores_only_labelled_joints():
+    t = 3
+    res, gt, pred = _scored(ep.FreiHAND, np.ones((t, 21), np.float32))
+    ref = metrics.pa_mpjpe(pred.astype(np.float32), gt.astype(np.float32))
+    assert res['freihand/pa_mpjpe'] == pytest.approx(1000 * float(np.mean(ref)), rel=1e-5)
+    conf = np.ones((t, 21), np.float32)
+    conf[0, [3, 7, 20]] = 0.0
+    conf[2] = 0.0  # nothing labelled: not scored
+    res, gt, pred = _scored(ep.FreiHAND, conf)
+    pa = []
+    for f in (0, 1):
+        keep = conf[f] > 0
+        pa.append(
+            np.linalg.norm(
+                _similarity_aligned(pred[f][keep], gt[f][keep]) - gt[f][keep], axis=-1
+            ).mean()
+        )
+    assert res['freihand/pa_mpjpe'] == pytest.approx(1000 * np.mean(pa), abs=1e-3)
+    assert res['freihand/num_frames_joints'] == 2
 
 
 # ------------------------------------------------------------------------------ FreiHAND

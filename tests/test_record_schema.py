@@ -2,6 +2,8 @@
 checks, the same bytes in every process, and the crop that records carry. Shards, framing and
 the reader are in test_records.py."""
 
+import glob
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 from test_records import J_BODY, J_HAND, make_record
 
-from data_pipelines import cropping, shards
+from data_pipelines import cropping, record_reader, shards
 from data_pipelines import records as R
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +50,113 @@ def test_record_with_other_schema_version_is_refused():
         R.decode_record(R._serializer.serialize_example(example))
 
 
+def _encode(rec, body_model='smpl'):
+    return R.encode_record(rec, num_joints=J_BODY, body_model=body_model)
+
+
+def _as_v2(payload: bytes) -> bytes:
+    """The bytes a schema-2 writer made of the same record: version 2, kp3d (J, 3) flattened.
+    The Example spec is otherwise the same (every array is a flat list in both versions)."""
+    example = R._parser.parse_example(payload)
+    example['schema_version'] = 2
+    example['kp3d'] = example['kp3d'].reshape(-1, 4)[:, :3].reshape(-1)
+    return R._serializer.serialize_example(example)
+
+
+def test_kp3d_round_trips_with_per_joint_confidence():
+    rng = np.random.default_rng(0)
+    rec = make_record(rng, 's', 0, 0)
+    xyz = rec['kp3d']
+    conf = np.zeros(J_BODY, np.float32)
+    conf[25:] = 1.0  # 3D on the 19 extra joints only, as H36M / MPI-INF in HMR 2.0's tars
+    conf[30] = 0.5
+    rec['kp3d'] = np.concatenate([xyz, conf[:, None]], 1)
+    back = R.decode_record(_encode(rec))
+    assert back['kp3d'].shape == (J_BODY, 4) and back['kp3d'].dtype == np.float32
+    np.testing.assert_array_equal(back['kp3d'], rec['kp3d'])
+    assert back['has_kp3d'] and back['schema_version'] == R.SCHEMA_VERSION == 3
+    # (J, 3), as every writer before schema 3 passed it: every joint labelled
+    back = R.decode_record(_encode(dict(rec, kp3d=xyz)))
+    np.testing.assert_array_equal(back['kp3d'], np.concatenate([xyz, np.ones((J_BODY, 1))], 1))
+    # no confident joint: has_kp3d defaults to False; an explicit False is kept with its array
+    back = R.decode_record(_encode(dict(rec, kp3d=np.zeros((J_BODY, 4)))))
+    assert not back['has_kp3d']
+    back = R.decode_record(_encode(dict(rec, has_kp3d=False)))
+    assert not back['has_kp3d'] and np.array_equal(back['kp3d'], rec['kp3d'])
+
+
+@pytest.mark.parametrize('has_kp3d', [True, False])
+def test_schema_2_records_decode_with_confidence_from_has_kp3d(has_kp3d):
+    rng = np.random.default_rng(1)
+    rec = make_record(rng, 's', 0, 0)
+    if not has_kp3d:
+        del rec['kp3d']
+    back = R.decode_record(_as_v2(_encode(rec)))
+    assert back['schema_version'] == 2 and back['has_kp3d'] == has_kp3d
+    assert back['kp3d'].shape == (J_BODY, 4) and back['kp3d'].dtype == np.float32
+    xyz = rec['kp3d'] if has_kp3d else np.zeros((J_BODY, 3), np.float32)
+    np.testing.assert_array_equal(back['kp3d'][:, :3], xyz)
+    np.testing.assert_array_equal(back['kp3d'][:, 3], float(has_kp3d))
+    # every other field as a schema-3 decode gives it
+    now = R.decode_record(_encode(rec))
+    for key in set(now) - {'kp3d', 'schema_version'}:
+        np.testing.assert_array_equal(back[key], now[key], err_msg=key)
+
+
+def test_schema_2_dataset_is_read_and_extended(tmp_path, monkeypatch):
+    """A dataset written by schema-2 code (records, indexes, dataset_info.json) reads; a split
+    written into it now is schema 3 beside it."""
+    out = str(tmp_path / 'ds')
+    rng = np.random.default_rng(2)
+    old = [make_record(rng, f's{i}', 0, 0, partial=i == 2) for i in range(3)]
+    with monkeypatch.context() as m:
+        encode = shards.encode_record
+        m.setattr(shards, 'encode_record', lambda *a, **k: _as_v2(encode(*a, **k)))
+        m.setattr(shards, 'SCHEMA_VERSION', 2)
+        with shards.RecordWriter(
+            out, 'toy', 'old', num_shards=2, num_joints=J_BODY, body_model='smpl', fsync=False
+        ) as w:
+            for rec in old:
+                w.write(rec)
+    info_path = os.path.join(out, shards.DATASET_INFO)
+    assert json.load(open(info_path))['schema_version'] == 2
+    for path in glob.glob(os.path.join(out, '*.index')):
+        assert int(np.load(path)['schema_version']) == 2
+    reader = record_reader.RecordReader(out, 'old')
+    for rec in old:
+        back = reader.lookup(rec['sequence'], 0, 0)
+        assert back['schema_version'] == 2 and back['has_kp3d'] == ('kp3d' in rec)
+        np.testing.assert_array_equal(back['kp3d'][:, 3], float('kp3d' in rec))
+    with shards.RecordWriter(
+        out, 'toy', 'new', num_shards=1, num_joints=J_BODY, body_model='smpl', fsync=False
+    ) as w:
+        w.write(make_record(rng, 'n', 0, 0))
+    assert json.load(open(info_path))['schema_version'] == 3
+    assert len(record_reader.RecordReader(out, 'old')) == 3
+    assert record_reader.RecordReader(out, 'new')[0]['schema_version'] == 3
+
+
+@pytest.mark.parametrize('version', [1, 4])
+def test_other_schema_versions_are_refused_everywhere(tmp_path, version):
+    out = str(tmp_path / 'ds')
+    with shards.RecordWriter(
+        out, 'toy', 'train', num_shards=1, num_joints=J_BODY, body_model='smpl', fsync=False
+    ) as w:
+        w.write(make_record(np.random.default_rng(3), 's', 0, 0))
+    (index,) = glob.glob(os.path.join(out, '*.index'))
+    z = dict(np.load(index))
+    with open(index, 'wb') as f:
+        np.savez(f, **{**z, 'schema_version': np.int64(version)})
+    with pytest.raises(R.SchemaVersionError, match=f'index .* has schema_version {version}, '):
+        record_reader.RecordReader(out, 'train')
+    info_path = os.path.join(out, shards.DATASET_INFO)
+    info = json.load(open(info_path))
+    with open(info_path, 'w') as f:
+        json.dump({**info, 'schema_version': float(version)}, f)
+    with pytest.raises(R.SchemaVersionError, match=rf'has schema_version {version}\.0, this'):
+        record_reader.RecordReader(out, 'train')
+
+
 @pytest.mark.parametrize(
     'change, match',
     [
@@ -62,6 +171,14 @@ def test_record_with_other_schema_version_is_refused():
         (lambda r: r.update(frame=1.0), "'frame' must be an int"),
         (lambda r: r.update(box=[5, 5, 1, 9]), "'box' must be"),
         (lambda r: r.update(image_size=np.array([0, 5])), "'image_size'"),
+        (lambda r: r.update(kp3d=np.zeros((J_BODY, 5))), r"'kp3d' has shape \(44, 5\)"),
+        (lambda r: r.update(kp3d=np.zeros(J_BODY * 4)), r"'kp3d' has shape \(176,\)"),
+        (lambda r: r.update(kp3d=np.zeros((J_HAND, 4))), r"'kp3d' has shape \(21, 4\)"),
+        (lambda r: r.update(kp3d=np.full((J_BODY, 4), -1.0)), "'kp3d' has negative conf"),
+        (
+            lambda r: r.update(kp3d=np.zeros((J_BODY, 4)), has_kp3d=True),
+            "has_kp3d=True but every 'kp3d' confidence is 0",
+        ),
     ],
 )
 def test_invalid_records_name_the_field(change, match):

@@ -87,11 +87,13 @@ def assert_same(rec_in, rec_out, num_joints=J_BODY, name='toy', split='train'):
         if expected is None:
             assert not rec_out[R._OPTIONAL[key]] and not out.any(), key
         else:
+            if key == 'kp3d':  # written (J, 3): every joint labelled
+                expected = R.kp3d_with_confidence(expected)
             np.testing.assert_array_equal(out, np.asarray(expected, np.float32), err_msg=key)
             if key in R._OPTIONAL:
                 assert rec_out[R._OPTIONAL[key]], key
     assert rec_out['crop_affine'].shape == (2, 3) and rec_out['K'].shape == (3, 3)
-    assert rec_out['kp2d'].shape == (num_joints, 3)
+    assert rec_out['kp2d'].shape == (num_joints, 3) and rec_out['kp3d'].shape == (num_joints, 4)
     np.testing.assert_array_equal(rec_out['image_size'], rec_in['image_size'])
     assert rec_out['image_size'].dtype == np.int64
     for key in ('sequence', 'gender', 'hand_side'):
@@ -233,7 +235,7 @@ def test_hand_records_and_decoded_images(tmp_path):
         w.write(rec)
     payload = next(tfrecord.iter_framed(path))[1]
     back = R.decode_record(payload)
-    assert back['kp3d'].shape == (J_HAND, 3) and back['pose'].shape == (48,)
+    assert back['kp3d'].shape == (J_HAND, 4) and back['pose'].shape == (48,)
     assert back['hand_side'] == 'left' and back['gender'] == ''
     img = R.decode_record(payload, decode_image=True)['image']
     assert img.dtype == np.uint8 and img.shape == (40, 40, 3)

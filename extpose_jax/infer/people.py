@@ -80,7 +80,7 @@ def make_crop(frame_rgb: np.ndarray, det, kind: str, box_scale: float) -> Crop:
         'crop_affine': affine,
         'K': np.eye(3, dtype=np.float32),  # only feeds the labels' intrinsics, unused here
         'kp2d': np.zeros((j, 3), np.float32),
-        'kp3d': np.zeros((j, 3), np.float32),
+        'kp3d': np.zeros((j, 4), np.float32),
         'pose': np.zeros((p,), np.float32),
         'betas': np.zeros((10,), np.float32),
         'kp2d_det': kp_crop,

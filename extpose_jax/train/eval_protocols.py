@@ -14,7 +14,10 @@ implementations that feed the same geometry print the same numbers.
 | hint     | PCK @ 0.05 / 0.1 / 0.15 x the annotated box's longer side (fractions), ALL / VIS / OCC, overall and per source | HaMeR's HInt evaluation |
 
 Means are over counted frames (PCK: per joint over counted keypoints, then over joints, as
-HaMeR's kpAvg). `num_frames_*` entries say how many frames each mean is over.
+HaMeR's kpAvg). `num_frames_*` entries say how many frames each mean is over. GT joints whose
+kp3d confidence is 0 neither count in a joint error nor enter its Procrustes fit, so records
+with 3D on some joints only can be scored; with every joint labelled (3DPW, FreiHAND) the
+numbers are the unmasked protocol's.
 
 Each protocol's `pose_source` is the 2D input a deployed model has there: 'detections' for all
 three (3DPW ships OpenPose's; FreiHAND and HInt ship none, so their converters read a
@@ -103,9 +106,15 @@ class _Means:
 # ---------------------------------------------------------------------------------- 3DPW
 
 
+def _kp3d_valid(gt_kp):
+    """Joints with a 3D label: (..., J) from kp3d (..., J, 4) (confidence last)."""
+    return np.asarray(gt_kp)[..., 3] > 0
+
+
 @jax.jit
 def _body_frame_metrics(pred_kp, gt_kp, pred_verts, gt_verts, gt_model_kp):
-    scores = metrics.hmr2_3dpw_eval(pred_kp, gt_kp)
+    gt_kp, labelled = gt_kp[..., :3], gt_kp[..., 3] > 0
+    scores = metrics.hmr2_3dpw_eval(pred_kp, gt_kp, labelled)
     pve = 1000.0 * metrics.pve(
         pred_verts, gt_verts, pred_kp[:, HMR44_PELVIS], gt_model_kp[:, HMR44_PELVIS]
     )
@@ -140,7 +149,12 @@ class ThreeDPW:
         self.rows = {k: [] for k in self._ROWS}
 
     def update(self, batch, pred, gt_mesh, count, fields) -> None:
-        joints = count & batch['has_kp3d']
+        labelled = _kp3d_valid(batch['kp3d'])
+        eval14 = labelled[..., HMR44_EVAL14]
+        # Scores need the pelvis (both sets are centred on it) and a scored joint; the
+        # acceleration error compares the same 14 joints across frames, so it takes a frame
+        # only with all of them (a partial frame breaks its run, as a missing frame does).
+        joints = count & batch['has_kp3d'] & labelled[..., HMR44_PELVIS] & eval14.any(-1)
         mesh = count & batch['has_pose'] & batch['has_betas']
         mpjpe, pa, pve, pred14, gt14 = _body_frame_metrics(
             _flat(pred['keypoints_3d']),
@@ -152,7 +166,7 @@ class ThreeDPW:
         self.means.add('mpjpe', mpjpe, _flat(joints))
         self.means.add('pa_mpjpe', pa, _flat(joints))
         self.means.add('pve', pve, _flat(mesh))
-        keep = _flat(joints)
+        keep = _flat(joints & eval14.all(-1))
         track = np.stack([_flat(batch['sequence_id']), _flat(batch['track'])], -1)
         for key, value in (
             ('accel/track', track),
@@ -212,7 +226,7 @@ class ThreeDPW:
 
 @jax.jit
 def _hand_frame_metrics(pred_kp, gt_kp, pred_verts, gt_verts):
-    pa_joints = 1000.0 * metrics.pa_mpjpe(pred_kp, gt_kp)
+    pa_joints = 1000.0 * metrics.pa_mpjpe(pred_kp, gt_kp[..., :3], gt_kp[..., 3] > 0)
     pa_verts = 1000.0 * metrics.pa_pve(pred_verts, gt_verts)
     # One frame at a time in chunks: the nearest-neighbour matrices are 778 x 778 per frame.
     f = jax.lax.map(
@@ -239,7 +253,7 @@ class FreiHAND:
         self.means = _Means()
 
     def update(self, batch, pred, gt_mesh, count, fields) -> None:
-        joints = _flat(count & batch['has_kp3d'])
+        joints = _flat(count & batch['has_kp3d'] & _kp3d_valid(batch['kp3d']).any(-1))
         mesh = _flat(count & batch['has_pose'] & batch['has_betas'])
         pa_j, pa_v, f = _hand_frame_metrics(
             _flat(pred['keypoints_3d']),

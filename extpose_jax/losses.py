@@ -6,6 +6,8 @@ frame of the [B, T] clip batch:
 
   2D keypoints  sum_j c_j * |x_hat_j - x_j|_1         normalised crop units (below), c = GT conf
   3D keypoints  sum_j c_j * |(X_hat_j - X_hat_r) - (X_j - X_r)|_1   root r = 39 (SMPL) / 0 (MANO)
+                c = the record's per-joint 3D confidence; 0 for a frame whose root has c_r = 0
+                (our choice: upstream would centre on the unlabelled root's stored values)
   parameters    has * sum (R_hat - R)^2 over the 9 entries of every rotation matrix (GT axis-angle
                 -> matrix); global orient and body / hand pose are separate terms
   betas         has * sum (beta_hat - beta)^2
@@ -77,7 +79,7 @@ def keypoint_2d_loss(
 
 
 def keypoint_3d_loss(pred, gt, root: int):
-    """sum_j conf_j * |root-centred pred - root-centred gt|_1.
+    """sum_j conf_j * |root-centred pred - root-centred gt|_1, and 0 where the root's conf is 0.
 
     pred (..., J, 3); gt (..., J, 4) with confidence last, or (..., J, 3) (confidence 1).
     """
@@ -87,7 +89,10 @@ def keypoint_3d_loss(pred, gt, root: int):
         conf = jnp.ones(gt.shape[:-1] + (1,), gt.dtype)
     pred_c = pred - pred[..., root : root + 1, :]
     gt_c = gt - gt[..., root : root + 1, :]
-    return jnp.sum(conf * jnp.abs(pred_c - gt_c), axis=(-2, -1))
+    per_sample = jnp.sum(conf * jnp.abs(pred_c - gt_c), axis=(-2, -1))
+    # Upstream centres on the stored root whatever its confidence; an unlabelled root is a zero
+    # row in the records, so that would pull every joint toward an arbitrary origin instead.
+    return jnp.where(conf[..., root, 0] > 0, per_sample, 0.0)
 
 
 def parameter_loss(pred_rotmats, gt_axis_angle, has=None):
@@ -183,9 +188,9 @@ def total_loss(
 
     outputs: head outputs with leading dims (B, T) (or (B, T, 1)): global_orient (.., 1, 3, 3),
       body_pose (.., 23, 3, 3) / hand_pose (.., 15, 3, 3), betas (.., 10), pred_cam (.., 3).
-    batch: kp2d [B,T,J,3] window pixels + conf, kp3d [B,T,J,3 or 4], pose [B,T,P] axis-angle
-      (global first), betas [B,T,10], has_kp2d / has_kp3d / has_pose / has_betas [B,T] and
-      frame_valid [B,T] (missing flags default to True).
+    batch: kp2d [B,T,J,3] window pixels + conf, kp3d [B,T,J,4] (conf last; [B,T,J,3]: conf 1),
+      pose [B,T,P] axis-angle (global first), betas [B,T,10], has_kp2d / has_kp3d / has_pose /
+      has_betas [B,T] and frame_valid [B,T] (missing flags default to True).
     discriminator: optional callable (rotmats (..., J, 3, 3), betas (..., 10)) -> (..., J + 2),
       e.g. `lambda r, b: Discriminator(kind).apply(d_vars, r, b)`; without it the adversarial
       term is 0. terms hold the unweighted sums ('loss_kp2d', ...) and 'loss'.

@@ -159,6 +159,36 @@ def test_keypoint_3d_loss_root_centred():
     assert float(losses.keypoint_3d_loss(pred, gt, root=1)) == pytest.approx(1.0)
 
 
+def test_keypoint_3d_loss_per_joint_confidence_and_unlabelled_root():
+    # root 0; joint 1 labelled (conf 1), joint 2 not (conf 0, its GT garbage), joint 3 at 0.5.
+    # No coordinate ties (|.|'s gradient at 0 is a convention), dyadic numbers: exact in fp32.
+    pred = jnp.array([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 5.0, 1.0], [0.0, 0.0, 3.0]])
+    gt = jnp.array(
+        [
+            [10.0, 0.0, 0.0, 1.0],
+            [10.5, 0.25, -0.25, 1.0],
+            [-99.0, 99.0, 99.0, 0.0],
+            [10.25, -0.5, 1.0, 0.5],
+        ]
+    )
+    # centred: j1 pred (1, 0, 0) - gt (0.5, 0.25, -0.25) = (0.5, -0.25, 0.25) -> 1;
+    # j3 pred (0, 0, 2) - gt (0.25, -0.5, 1) = (-0.25, 0.5, 1) -> 1.75 at conf 0.5
+    assert float(losses.keypoint_3d_loss(pred, gt, root=0)) == 1.0 + 0.875
+    grad = np.asarray(jax.grad(lambda p: losses.keypoint_3d_loss(p, gt, root=0))(pred))
+    np.testing.assert_array_equal(grad[2], 0.0)  # the unlabelled joint gets no gradient
+    np.testing.assert_array_equal(grad[1], [1.0, -1.0, 1.0])  # conf * sign of the difference
+    np.testing.assert_array_equal(grad[3], [-0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(grad[0], [-0.5, 0.5, -1.5])  # the root: minus their sum
+    # an unlabelled root: the sample's 3D term and its gradient are 0, not pulled to zeros
+    no_root = gt.at[0, 3].set(0.0)
+    assert float(losses.keypoint_3d_loss(pred, no_root, root=0)) == 0.0
+    grad = jax.grad(lambda p: losses.keypoint_3d_loss(p, no_root, root=0))(pred)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+    # batched: only the sample whose root is unlabelled drops out
+    both = losses.keypoint_3d_loss(jnp.stack([pred, pred]), jnp.stack([gt, no_root]), root=0)
+    np.testing.assert_array_equal(np.asarray(both), [1.875, 0.0])
+
+
 def test_parameter_and_betas_loss():
     rz90 = jnp.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     pred = jnp.stack([rz90, jnp.eye(3)])[None]  # (1, 2, 3, 3)

@@ -20,9 +20,9 @@ or `convert(npz, images, out, kind=...)`. Layout (datasets.md §4.2), N rows = N
 
 imgname, center and scale are required (and `right` for hands); any other key missing reads
 as zeros, i.e. absent (upstream's rule). As upstream's loader, the 3D confidence of OpenPose
-joints 1-14 is zeroed for bodies, so body rows never carry kp3d here (a record needs every
-joint's 3D label; see convert_webdataset). `extra_info` / `part` are not read, so the file
-loads with allow_pickle=False.
+joints 1-14 is zeroed for bodies: a body row's kp3d keeps the other joints' 3D labels with
+their per-joint confidence (has_kp3d when any is > 0; see convert_webdataset). `extra_info` /
+`part` are not read, so the file loads with allow_pickle=False.
 
 Records as convert_webdataset.person_record makes them, with box size = scale (pixels);
 sequence = imgname, track = the row's rank among the rows of its image, frame = 0. Bad input:

@@ -28,7 +28,7 @@ One record per person (person_record; shared with convert_hmr_npz):
 | box | the UNEXPANDED person box: centre ± scale·200/2 per axis (scale (w, h); a scalar is a square). The 3:4 expansion and the square side max(w·4/3, h) happen in augment.hmr_box, as upstream's expand_to_aspect_ratio at load time |
 | image / crop_affine | cropping.crop_and_encode around that box (crop_size, margin) |
 | kp2d | keypoints_2d through crop_affine, conf clipped to [0, 1]; rows with conf 0 are zero rows |
-| kp3d | keypoints_3d[:, :3] as stored (metres; root-relative for most sets, so K need not project it); has_kp3d only when EVERY joint's 3D confidence is > 0: the schema has no per-joint 3D confidence, and a joint the set lacks would be pulled to zeros by the loss. Persons with some but not all 3D joints are counted (`kp3d_partial`) and keep no 3D |
+| kp3d | (J, 4): keypoints_3d[:, :3] as stored (metres; root-relative for most sets, so K need not project it) and its confidence clipped to [0, 1]; rows with conf 0 are zero rows. has_kp3d when ANY joint's conf is > 0: H36M / MPI-INF-3DHP bodies (3D on the 19 extra joints only) keep their 3D joints, the others weigh 0 in the loss. Persons with some but not all joints labelled are counted (`kp3d_partial`) |
 | pose / betas | body_pose (72) / hand_pose (48), axis-angle, global orientation first; has_pose = has_body_pose / has_hand_pose > 0, has_betas > 0 |
 | gender / hand_side | `neutral` (HMR 2.0 trains the neutral SMPL) / `right` if right > 0.5 else `left` |
 | K | none in the tars: the nominal HMR 2.0 camera of the full image (convert_common.nominal_K) |
@@ -140,10 +140,12 @@ def person_record(image, p: dict, box_wh, kind: str, sequence: str, track: int, 
     conf = np.clip(p['keypoints_2d'][:, 2], 0.0, 1.0)
     kp2d = cc.keypoints_to_crop(p['keypoints_2d'][:, :2], conf, affine)
     kp2d[conf <= 0] = 0.0
-    conf3 = p['keypoints_3d'][:, 3]
-    has_kp3d = bool(np.all(conf3 > 0))
+    conf3 = np.clip(p['keypoints_3d'][:, 3], 0.0, 1.0)
+    kp3d = np.concatenate([p['keypoints_3d'][:, :3], conf3[:, None]], 1)
+    kp3d[conf3 <= 0] = 0.0
+    has_kp3d = bool(np.any(conf3 > 0))
     stats = opt['stats']
-    if not has_kp3d and np.any(conf3 > 0):
+    if has_kp3d and not np.all(conf3 > 0):
         _count(opt, 'kp3d_partial')
     record = {
         'image': jpeg,
@@ -162,7 +164,7 @@ def person_record(image, p: dict, box_wh, kind: str, sequence: str, track: int, 
         'frame': 0,
     }
     if has_kp3d:
-        record['kp3d'] = p['keypoints_3d'][:, :3]
+        record['kp3d'] = kp3d
     if body_model == 'smpl':
         record['gender'] = 'neutral'
     else:

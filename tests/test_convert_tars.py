@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import re
+import shlex
 import tarfile
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_records_agree_with_the_source(tar_data, body_model_dir, kind):
     assert len(recs) == len(truth) == summary['splits']['train']['num_records']
     model = bm.load_from_dir(str(body_model_dir), 'smpl' if kind == 'hmr2' else 'mano')
     root = 39 if kind == 'hmr2' else 0
-    n_kp3d = 0
+    n_kp3d = n_partial = 0
     for rec in recs:
         t = truth[(rec['sequence'], int(rec['track']))]
         src = t['data']
@@ -85,22 +86,31 @@ def test_records_agree_with_the_source(tar_data, body_model_dir, kind):
             assert rec['hand_side'] == ('right' if t['right'] else 'left')
         else:
             assert rec['gender'] == 'neutral'
-        # 3D: only when every joint has a 3D label (the partial tars keep none)
-        full_3d = bool(np.all(np.asarray(src['keypoints_3d'])[:, 3] > 0))
-        assert bool(rec['has_kp3d']) == full_3d
-        if not full_3d:
+        # 3D: every labelled joint with its confidence; unlabelled rows are zero rows
+        conf3 = np.clip(np.asarray(src['keypoints_3d'], np.float64)[:, 3], 0, 1)
+        labelled = conf3 > 0
+        assert bool(rec['has_kp3d']) == bool(labelled.any())
+        np.testing.assert_array_equal(rec['kp3d'][:, 3], conf3.astype(np.float32))
+        assert np.all(rec['kp3d'][~labelled] == 0)
+        np.testing.assert_allclose(rec['kp3d'][labelled, :3], t['kp3d'][labelled], atol=1e-5)
+        if not labelled.all():  # H36M-like: the 19 extra joints only
+            np.testing.assert_array_equal(labelled, np.arange(len(conf3)) >= 25)
+            n_partial += 1
             continue
         n_kp3d += 1
-        np.testing.assert_allclose(rec['kp3d'], t['kp3d'], atol=1e-5)
-        uv, _ = cc.project(rec['K'], rec['kp3d'])  # the nominal camera the world rendered with
+        uv, _ = cc.project(rec['K'], rec['kp3d'][:, :3])  # the nominal camera the world used
         crop = cropping.apply_affine(rec['crop_affine'], uv.astype(np.float32))
         np.testing.assert_allclose(crop[vis], rec['kp2d'][vis, :2], atol=0.05)
         if t['right']:  # the stored parameters drive the model to the stored joints
             out = cc.model_forward(model, rec['pose'][None], rec['betas'][None])['keypoints'][0]
-            np.testing.assert_allclose(out - out[root], rec['kp3d'] - rec['kp3d'][root], atol=2e-4)
+            kp = rec['kp3d'][:, :3]
+            np.testing.assert_allclose(out - out[root], kp - kp[root], atol=2e-4)
     assert n_kp3d > 0
+    stats = summary['splits']['train']
+    assert stats['has_kp3d'] == len(recs)  # partial 3D is carried, not dropped
+    assert stats.get('kp3d_partial', 0) == n_partial
     if kind == 'hmr2':  # every other tar holds 3D for the 19 extra joints only
-        assert summary['splits']['train']['kp3d_partial'] == len(recs) - n_kp3d > 0
+        assert n_partial > 0
         assert not all(r['has_pose'] for r in recs)  # COCO-like people without a fit
 
 
@@ -116,6 +126,25 @@ def _batches(rec_dir, name):
     return list(pl.make_iterator(cfg, 0, 1))
 
 
+def test_partial_3d_reaches_the_batch_with_its_confidence(tar_data):
+    """An H36M-like person (3D on the 19 extra joints only) trains with 3D on those joints."""
+    _, rec_dir, truth, _ = tar_data['hmr2']
+    reader = record_reader.RecordReader(rec_dir, 'train')
+    partial = 0
+    for batch in _batches(rec_dir, 'hmr2'):
+        rec = reader[int(batch['record_index'][0, 0])]
+        src = truth[(rec['sequence'], int(rec['track']))]['data']
+        if np.asarray(src['keypoints_3d'])[:25, 3].any():
+            continue
+        partial += 1
+        assert batch['kp3d'].shape[-2:] == (44, 4) and batch['has_kp3d'][0, 0]
+        np.testing.assert_array_equal(batch['kp3d'][0, 0, :25], 0.0)
+        np.testing.assert_array_equal(batch['kp3d'][0, 0, 25:, 3], 1.0)
+        # no augmentation: the camera frame is the record's
+        np.testing.assert_allclose(batch['kp3d'][0, 0, 25:, :3], rec['kp3d'][25:, :3], atol=1e-6)
+    assert partial > 0
+
+
 def test_left_hands_come_out_mirrored_with_their_pose(tar_data, body_model_dir):
     _, rec_dir, truth, _ = tar_data['hamer']
     reader = record_reader.RecordReader(rec_dir, 'train')
@@ -128,7 +157,7 @@ def test_left_hands_come_out_mirrored_with_their_pose(tar_data, body_model_dir):
         sides.add(left)
         assert bool(batch['flipped'][0, 0]) == left
         assert bool(batch['is_right'][0, 0]) == (not left)
-        pose, kp3d = batch['pose'][0, 0], batch['kp3d'][0, 0]
+        pose, kp3d = batch['pose'][0, 0], batch['kp3d'][0, 0, :, :3]
         # the record holds the left hand's own pose; the batch the right-hand pose it mirrors
         np.testing.assert_allclose(pose, t['design_pose'], atol=1e-6)
         out = cc.model_forward(right_mano, pose[None], batch['betas'][0, :1])['keypoints'][0]
@@ -337,6 +366,8 @@ def _npz_from_tars(src, truth, tmp_path, kind):
         if kind == 'hmr2':
             rows.setdefault('body_keypoints_2d', []).append(d['keypoints_2d'][:25])
             rows.setdefault('extra_keypoints_2d', []).append(d['keypoints_2d'][25:])
+            rows.setdefault('body_keypoints_3d', []).append(d['keypoints_3d'][:25])
+            rows.setdefault('extra_keypoints_3d', []).append(d['keypoints_3d'][25:])
             rows.setdefault('body_pose', []).append(d['body_pose'])
             rows.setdefault('has_body_pose', []).append(float(np.asarray(d['has_body_pose'])))
         else:
@@ -377,11 +408,14 @@ def test_npz_and_image_folder_agree_with_the_source(tar_data, tmp_path, kind):
         )
         pose_key = 'body_pose' if kind == 'hmr2' else 'hand_pose'
         np.testing.assert_array_equal(rec['pose'], d[pose_key])
+        conf3 = np.asarray(d['keypoints_3d'], np.float64)[:, 3].copy()
         if kind == 'hamer':
             assert rec['hand_side'] == ('right' if t['right'] else 'left')
-            np.testing.assert_allclose(rec['kp3d'], t['kp3d'], atol=1e-5)
-        else:  # upstream zeroes OpenPose joints 1-14's 3D confidence: no full 3D set
-            assert not rec['has_kp3d']
+        else:  # upstream zeroes OpenPose joints 1-14's 3D confidence; the others are kept
+            conf3[1:15] = 0.0
+        np.testing.assert_array_equal(rec['kp3d'][:, 3], conf3.astype(np.float32))
+        assert rec['has_kp3d']
+        np.testing.assert_allclose(rec['kp3d'][conf3 > 0, :3], t['kp3d'][conf3 > 0], atol=1e-5)
 
 
 def test_npz_bad_input(tar_data, tmp_path):
@@ -411,3 +445,66 @@ def test_npz_bad_input(tar_data, tmp_path):
         npz, images, out, kind='hamer', quiet=True, fsync=False, num_shards=1, skip_bad=True
     )
     assert s['splits']['test']['bad_rows'] == 1 and s['splits']['test']['num_records'] == 7
+
+
+# ---------------------------------------------------------------- docs/data.md's own-data example
+
+DATA_MD = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'data.md'
+)
+
+
+def _own_data_example():
+    """The python and bash blocks of docs/data.md's "Own data" section, as the reader sees them."""
+    with open(DATA_MD, encoding='utf-8') as f:
+        text = f.read()
+    section = text[text.index('**Own data (npz + images).**') :]
+    python = re.search(r'```python\n(.*?)```', section, re.S).group(1)
+    bash = re.search(r'```bash\n(.*?)```', section, re.S).group(1)
+    return python, shlex.split(bash.replace('\\\n', ' '))
+
+
+def test_docs_own_data_example_converts(tmp_path, monkeypatch):
+    python, argv = _own_data_example()
+    assert argv[:3] == ['python', '-m', 'data_pipelines.convert_hmr_npz'], argv
+    # What the example leaves to the reader: images, BODY_25 keypoints in each box, the 3D of
+    # the extra joints (the second person has none), SMPL parameters.
+    rng = np.random.default_rng(0)
+    mine = tmp_path / 'mine'
+    (mine / 'img').mkdir(parents=True)
+    for name in ('0001', '0002'):
+        (mine / 'img' / f'{name}.jpg').write_bytes(_jpg(480, 640))
+    centre = np.array([[320, 240], [480, 250], [300, 260]], np.float64)
+    size = np.array([[120, 300], [100, 280], [140, 320]], np.float64)
+    kp25 = np.ones((3, 25, 3), np.float32)
+    kp25[..., :2] = centre[:, None] + rng.uniform(-0.4, 0.4, (3, 25, 2)) * size[:, None]
+    kp19_3d = np.zeros((3, 19, 4), np.float32)
+    kp19_3d[[0, 2], :, :3] = rng.normal(0, 0.3, (2, 19, 3))
+    kp19_3d[[0, 2], :, 3] = 1.0
+    pose = rng.normal(0, 0.2, (3, 72)).astype(np.float32)
+    betas = rng.normal(0, 1, (3, 10)).astype(np.float32)
+    monkeypatch.chdir(tmp_path)
+    exec(python, {'kp25': kp25, 'kp19_3d': kp19_3d, 'pose': pose, 'betas': betas})
+
+    args = [str(mine) if a == '/data/mine' else a for a in argv[3:]]
+    summary = cvn.main(args + ['--workers', '0', '--quiet'])
+    assert summary['dataset'] == 'mydata' and summary['splits']['train']['num_records'] == 3
+    recs = {(r['sequence'], int(r['track'])): r for r in _records('records/mydata', 'train')}
+    rows = [('img/0001.jpg', 0), ('img/0001.jpg', 1), ('img/0002.jpg', 0)]
+    assert sorted(recs) == rows
+    for i, key in enumerate(rows):
+        rec = recs[key]
+        # scale is the box (w, h) in pixels here: centre +- scale / 2 (exact in fp32)
+        np.testing.assert_array_equal(
+            rec['box'], np.r_[centre[i] - size[i] / 2, centre[i] + size[i] / 2]
+        )
+        np.testing.assert_allclose(
+            _full_image(rec, rec['kp2d'][:25, :2]), kp25[i, :, :2], atol=2e-3
+        )
+        np.testing.assert_array_equal(rec['kp2d'][25:], 0.0)  # no extra 2D joints given
+        assert bool(rec['has_pose']) == bool(rec['has_betas']) == (i < 2)
+        np.testing.assert_array_equal(rec['pose'], pose[i])  # kept as given, flag or not
+        # 3D on the extra joints only, with the confidence given
+        assert bool(rec['has_kp3d']) == (i != 1)
+        np.testing.assert_array_equal(rec['kp3d'][:25], 0.0)
+        np.testing.assert_array_equal(rec['kp3d'][25:], kp19_3d[i])

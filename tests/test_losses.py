@@ -379,6 +379,40 @@ def test_total_loss_terms_masks_and_padding(smpl_model):
 
 
 @pytest.mark.slow
+def test_total_loss_with_3d_on_the_extra_joints_only(smpl_model):
+    """An H36M / MPI-INF-like batch (3D labels on HMR 2.0's 19 extra joints only, the OpenPose-25
+    rows unlabelled and garbage) through the whole loss with SMPL: loss_kp3d is the sum over the
+    labelled joints of the pelvis-centred L1 error, computed here in float64 from the posed
+    keypoints; a frame whose pelvis is unlabelled adds nothing."""
+    from extpose_jax.models import extpose
+
+    out, batch = _synthetic('smpl', smpl_model)
+    out = _perturb(out, np.random.default_rng(2))
+    rng = np.random.default_rng(3)
+    kp3 = np.asarray(batch['kp3d'], np.float64)
+    conf = np.zeros(kp3.shape[:-1] + (1,))
+    conf[..., 25:, 0] = 1.0
+    kp3[..., :25, :] = rng.normal(0.0, 50.0, kp3[..., :25, :].shape)  # never read
+    conf[1, 2, losses.ROOT_JOINT['smpl'], 0] = 0.0  # one frame without its pelvis label
+    gt = np.concatenate([kp3, conf], -1).astype(np.float32)
+    _, terms = _total(smpl_model, 'smpl')(out, {**batch, 'kp3d': jnp.asarray(gt)})
+
+    pred = np.asarray(jax.jit(extpose.posed_keypoints)(out, smpl_model)['keypoints_3d'], np.float64)
+    root = losses.ROOT_JOINT['smpl']
+    err = np.abs((pred - pred[..., root : root + 1, :]) - (kp3 - kp3[..., root : root + 1, :]))
+    per_frame = np.sum(conf * err, axis=(-2, -1))
+    per_frame[1, 2] = 0.0
+    want = per_frame.sum()
+    # fp32: 5 frames x 19 joints x 3 coordinates of |differences| of ~1 m coordinates, each off
+    # by a few ulps of 1 m (the posed keypoints are compiled in two programs); a wrong mask or
+    # root would be off by the ~0.01-0.1 m per-joint errors themselves.
+    n_terms = 5 * 19 * 3
+    tol = n_terms * 8 * np.finfo(np.float32).eps * max(1.0, np.abs(pred).max())
+    assert float(terms['loss_kp3d']) == pytest.approx(want, abs=tol)
+    assert want > 100 * tol
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['smpl', 'mano'])
 def test_total_loss_with_discriminator(kind, smpl_model, mano_model):
     model = smpl_model if kind == 'smpl' else mano_model

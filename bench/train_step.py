@@ -13,8 +13,10 @@ memory (GPU: memory_stats) or this process's peak RSS (CPU), so that a GPU run c
 preflight against reality. Also the model FLOPs counted analytically (estimate.flops: 3x the
 forward, no remat recompute; XLA's count misses the attention loops) and `mfu_model` from
 them against the device's peak (--peak_tflops, else devices.py's table; on a CPU a timed
-matmul), images/s (T x modalities x clips per second), and for --attention auto what each
-block resolved to.
+matmul), images/s (T x modalities x clips per second), for --attention auto what each
+block resolved to, and the step's build cost in process CPU seconds: lower_cpu_s (tracing and
+lowering) and compile_cpu_s (XLA, under the XLA_FLAGS it reports; docs/testing.md compares the
+tests' cheap-compile flags with this).
 Inputs are random arrays of the pipeline's batch shapes: the input pipeline has its own
 benchmark (bench/pipeline.py).
 """
@@ -102,7 +104,13 @@ def run_case(case: str, args) -> dict:
     step = state_lib.make_train_step(task.loss_fn, tx, mesh, shardings, shd.batch_sharding(mesh))
     batch = shd.global_batch(random_batch(cfg, np.random.default_rng(0)), mesh)
     rng = jax.random.key(1)
-    compiled = step.jitted.lower(state, batch, rng).compile()
+    # Process CPU seconds: tracing + lowering (Python), then XLA's compile (or, with
+    # JAX_COMPILATION_CACHE_DIR, a cache load); what the XLA_FLAGS below cost to build.
+    t0 = time.process_time()
+    lowered = step.jitted.lower(state, batch, rng)
+    t1 = time.process_time()
+    compiled = lowered.compile()
+    t2 = time.process_time()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
@@ -157,6 +165,9 @@ def run_case(case: str, args) -> dict:
         'model_tflops_per_step': round(model_flops / 1e12, 4),
         'mfu_model': peak and round(model_flops * sps / peak, 4),
         'peak_tflops': peak and round(peak / 1e12, 2),
+        'lower_cpu_s': round(t1 - t0, 2),
+        'compile_cpu_s': round(t2 - t1, 2),
+        'xla_flags': os.environ.get('XLA_FLAGS', ''),
         'compiled_temp_gib': round(temp / 2**30, 3),
         'preflight_analytic_gib': round(analytic / 2**30, 3),
         'preflight_compiled_gib': round(xla_total / 2**30, 3),

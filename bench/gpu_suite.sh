@@ -43,9 +43,9 @@
 #
 # --dry: JAX on the CPU, ViT-tiny (video T = 2, image T = 1 x 2 clips), 1 timed step, the T
 # search capped at the video case's T = 2 (its run a compilation-cache hit), the tests' cheapest
-# XLA:CPU compile (tests/run.sh); cuDNN cases are not_applicable. The same code path, so a GPU run does not fail on
-# a typo. Each case still compiles a whole train
-# step: ~30-50 s per case on a loaded 2-core CPU (all CPU-runnable cases: ~4 minutes).
+# XLA:CPU compile (tests/run.sh); cuDNN cases are not_applicable. The same code path, so a GPU
+# run does not fail on a typo. Each case still compiles a whole train step: ~30-50 s per case
+# on a loaded 2-core CPU (all CPU-runnable cases: ~4 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $# -lt 1 || "$1" == -* ]]; then

@@ -44,19 +44,31 @@ def _simulated_processes(n, run):
     """run(process_index, allgather) in n threads whose allgather exchanges like n processes
     (through collectives' npz bytes, as the real one); -> the n return values."""
     barrier, slots = threading.Barrier(n, timeout=300), [None] * n
+    # One decode at a time: np.load parses each .npy header with ast.literal_eval, and CPython
+    # 3.11's AST construction is not safe in two threads at once (it failed here once with
+    # "SystemError: AST constructor recursion depth mismatch"). Real processes do not share it.
+    decoding = threading.Lock()
 
     def allgather_of(i):
         def allgather(arrays):
             slots[i] = collectives.encode(arrays)
             barrier.wait()
-            out = [collectives.decode(x) for x in slots]
+            with decoding:
+                out = [collectives.decode(x) for x in slots]
             barrier.wait()  # nobody overwrites a slot before everyone has read it
             return out
 
         return allgather
 
+    def process(i):
+        try:
+            return run(i, allgather_of(i))
+        except BaseException:
+            barrier.abort()  # the others fail now instead of waiting out the timeout
+            raise
+
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
-        return list(pool.map(lambda i: run(i, allgather_of(i)), range(n)))
+        return list(pool.map(process, range(n)))
 
 
 @pytest.mark.slow

@@ -271,8 +271,10 @@ def main(argv=None):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    # Runs of one arch and T compile the same init and evaluation programs: compile them once.
-    jax.config.update('jax_compilation_cache_dir', os.path.join(out, 'jax_cache'))
+    # Runs of one arch and T compile the same init and evaluation programs: compile them once,
+    # in the user's cache if they set one (JAX_COMPILATION_CACHE_DIR), else in the output folder.
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update('jax_compilation_cache_dir', os.path.join(out, 'jax_cache'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
     code = commit()  # now: later commits to the checkout do not change the running code
     paths = data_paths(spec, args)

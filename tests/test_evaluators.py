@@ -4,6 +4,7 @@ hand datasets at their own cadences."""
 import json
 import os
 
+import cv2
 import pytest
 
 from configs import common, hand
@@ -76,3 +77,5 @@ def test_two_evaluators_write_at_their_own_cadences(synthetic_default, tmp_path)
                 if tag in row:
                     logged.setdefault(tag, []).append(row['step'])
     assert logged == {'eval/freihand/pa_mpjpe': [0, 2, 4], 'eval/hint/pck@0.1/all': [0, 3, 4]}
+    # The run's last act: the curves of what moved (the subprocess jobs of the loop tests skip it).
+    assert cv2.imread(str(tmp_path / 'curves.png')).ndim == 3

@@ -80,6 +80,11 @@ for kv in filter(None, args.set.split(',')):
     group, key = k.split('.')
     cfg[group][key] = _typed(v)
 
+# The curves PNG (the loop's last act) costs ~2 s of CPU a job in matplotlib; these jobs compare
+# training. tests/test_writers.py checks the plot, and the in-process runs of test_evaluators.py
+# and test_ablations.py and test_overfit.py's run_train.py draw it at the end of a real loop.
+writers.plot_curves = lambda *_, **__: None
+
 if args.nan_at > 0:
     device_batch, calls = task_lib.device_batch, []
 

@@ -17,7 +17,7 @@ _LONGEST_FIRST = (
     'test_overfit.py',  # ~260: 160 training steps in a subprocess
     'test_train_failures.py',  # ~160
     'test_train_sharding.py',  # ~150
-    'test_gpu_suite.py',  # ~100: the GPU suite's dry mode compiles 3 train steps
+    'test_gpu_suite.py',  # ~70: the GPU suite's dry mode compiles a bf16 train step
     'test_infer_cli.py',  # ~140: a 2-step training job, then inference runs that compile
     'test_train_tar_mixture.py',  # ~110: a 2-step video run on 3DPW + tar images, evaluated
     'test_baselines.py',  # ~130

@@ -6,11 +6,10 @@ python -m pip install -q -r requirements-torch.txt
 # Whole files per worker (--dist loadfile): module fixtures are built once; the longest files
 # first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order). Most long tests are
 # single-threaded compiles, subprocess start-ups and waits (a process sleeping 40 s, jobs
-# waiting for their peers), so more workers than cores keep two cores busy (13:22 with three
-# against 13:57 with two on a quiet machine). Four, not three: beside a job that keeps both cores
-# busy, three took 29:42 on a slow machine, 18 s under CI's 30-minute ceiling; four take a larger
-# share of a loaded machine (22:09 against 25:09 on another day) for ~1.3 GB more memory
-# (docs/testing.md). PYTEST_WORKERS=0 runs everything in one process.
+# waiting for their peers), so three workers keep two cores busy: 13:22 against 13:57 with two
+# on a quiet machine. Four gained nothing beside a 2-core job on a slow machine (29:46 against
+# 29:42 with three) and slowed the neighbour more (docs/testing.md).
+# PYTEST_WORKERS=0 runs everything in one process.
 # It runs every test; the fast tier leaves out those marked slow (pytest.ini):
 #     python -m pytest -q -m 'not slow' -n 2 tests
 # Compile-bound: the tests compile hundreds of XLA programs and run each a few times. LLVM's
@@ -22,4 +21,4 @@ python -m pip install -q -r requirements-torch.txt
 # program one of them compiled (programs over 1 s of compile time).
 export XLA_FLAGS="--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false ${XLA_FLAGS:-}"
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$(mktemp -d)/jax_cache}"
-JAX_PLATFORMS=cpu python -m pytest -q -n "${PYTEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder --durations=15 tests "$@"
+JAX_PLATFORMS=cpu python -m pytest -q -n "${PYTEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder --durations=15 tests "$@"
